@@ -1,0 +1,33 @@
+"""edgeexport: export PyTorch models to ONNX, OpenVINO, CoreML and TensorRT and prove them right.
+
+Importing this package does not import torch or any backend; :func:`convert` needs torch,
+:func:`load` (running an artifact) does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "check_parity", "convert", "load"]
+
+
+def convert(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`edgeexport.pipeline.convert`."""
+    from edgeexport.pipeline import convert as _convert
+
+    return _convert(*args, **kwargs)
+
+
+def check_parity(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`edgeexport.pipeline.check_parity`."""
+    from edgeexport.pipeline import check_parity as _check_parity
+
+    return _check_parity(*args, **kwargs)
+
+
+def load(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`edgeexport.runtimes.load`."""
+    from edgeexport.runtimes import load as _load
+
+    return _load(*args, **kwargs)

@@ -1,0 +1,5 @@
+"""``python -m edgeexport`` runs the CLI."""
+
+from edgeexport.cli import main
+
+main()

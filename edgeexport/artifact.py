@@ -1,0 +1,407 @@
+"""The artifact folder and its ``manifest.json``: the contract between exporters, runtimes and validation.
+
+An artifact is a self-contained folder::
+
+    manifest.json          what the model is, its I/O, precision, tolerance, versions, hashes
+    model.onnx | ...       the target's model files (named in ``manifest.files``)
+    golden/<case>_inputs.npz, golden/<case>_outputs.npz
+                           reference inputs and PyTorch outputs, one pair per shape case
+
+Artifacts are written into a temporary sibling folder and renamed into place, so a failed or
+interrupted conversion leaves the output path as it was. Reading treats the folder as
+untrusted: the manifest is schema-checked, every path must stay inside the folder and every
+file's sha256 must match. This module imports neither torch nor any runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeexport.errors import ArtifactError, OutputDirError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GOLDEN_DIR = "golden"
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
+TOOL_PACKAGES = (
+    "edgeexport", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnxslim",
+    "openvino", "nncf", "coremltools", "tensorrt", "numpy",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named model input or output. ``shape`` holds ints for fixed dims, axis names for dynamic ones."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """Map of dimension index to symbolic axis name."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "dynamic_axes": {str(i): n for i, n in self.dynamic_axes.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> TensorSpec:
+        name = _field(data, "name", str, where)
+        dtype = _field(data, "dtype", str, where)
+        if dtype not in DTYPES:
+            raise ArtifactError(f"manifest {where}.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        shape = _field(data, "shape", list, where)
+        if not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in shape):
+            raise ArtifactError(f"manifest {where}.shape must hold non-negative ints and axis names, got {shape!r}")
+        return cls(name=name, dtype=dtype, shape=tuple(shape))
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity tolerance: ``|target - reference| <= atol + rtol * |reference|`` elementwise.
+
+    ``per_output`` overrides (atol, rtol) for single outputs by name.
+    """
+
+    atol: float
+    rtol: float
+    per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def for_output(self, name: str) -> tuple[float, float]:
+        return self.per_output.get(name, (self.atol, self.rtol))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol,
+                "per_output": {k: list(v) for k, v in self.per_output.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
+        atol = _number(data, "atol", "tolerance")
+        rtol = _number(data, "rtol", "tolerance")
+        per_output = _field(data, "per_output", dict, "tolerance")
+        parsed: dict[str, tuple[float, float]] = {}
+        for name, pair in per_output.items():
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)):
+                raise ArtifactError(f"manifest tolerance.per_output.{name} must be [atol, rtol]")
+            parsed[name] = (float(pair[0]), float(pair[1]))
+        return cls(atol=atol, rtol=rtol, per_output=parsed)
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One golden shape case: reference inputs and outputs saved as ``.npz`` files."""
+
+    name: str
+    axes: dict[str, int]
+    inputs: str
+    outputs: str
+
+
+@dataclass
+class Manifest:
+    """Everything a device needs to know about an artifact, serialised as ``manifest.json``.
+
+    ``created_at`` is the only field that differs between two conversions of the same model.
+    """
+
+    model: dict[str, Any]
+    target: str
+    runtime: str
+    precision: str
+    model_file: str
+    exporter: dict[str, Any]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    tolerance: Tolerance
+    logits_outputs: list[str] = field(default_factory=list)
+    golden: list[GoldenCase] = field(default_factory=list)
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "created_at": self.created_at,
+            "model": self.model,
+            "target": self.target,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "model_file": self.model_file,
+            "exporter": self.exporter,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "logits_outputs": self.logits_outputs,
+            "tolerance": self.tolerance.to_dict(),
+            "golden": [asdict(g) for g in self.golden],
+            "runtime_options": self.runtime_options,
+            "tool_versions": self.tool_versions,
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Parse and schema-check a manifest dict; raise :class:`ArtifactError` naming the bad field."""
+        if not isinstance(data, dict):
+            raise ArtifactError("manifest.json must hold a JSON object")
+        version = _field(data, "schema_version", int, "")
+        if version > SCHEMA_VERSION:
+            raise ArtifactError(
+                f"manifest schema_version {version} is newer than this edgeexport understands "
+                f"({SCHEMA_VERSION}); upgrade edgeexport to read this artifact")
+        if version < 1:
+            raise ArtifactError(f"manifest schema_version {version} is not valid")
+        golden = []
+        for i, case in enumerate(_field(data, "golden", list, "")):
+            where = f"golden[{i}]"
+            if not isinstance(case, dict):
+                raise ArtifactError(f"manifest {where} must be an object")
+            axes = _field(case, "axes", dict, where)
+            if not all(isinstance(v, int) for v in axes.values()):
+                raise ArtifactError(f"manifest {where}.axes must map axis names to ints")
+            golden.append(GoldenCase(name=_field(case, "name", str, where), axes=axes,
+                                     inputs=_field(case, "inputs", str, where),
+                                     outputs=_field(case, "outputs", str, where)))
+        files = _field(data, "files", dict, "")
+        if not all(isinstance(v, str) for v in files.values()):
+            raise ArtifactError("manifest files must map paths to sha256 strings")
+        return cls(
+            schema_version=version,
+            created_at=_field(data, "created_at", str, ""),
+            model=_field(data, "model", dict, ""),
+            target=_field(data, "target", str, ""),
+            runtime=_field(data, "runtime", str, ""),
+            precision=_field(data, "precision", str, ""),
+            model_file=_field(data, "model_file", str, ""),
+            exporter=_field(data, "exporter", dict, ""),
+            inputs=[TensorSpec.from_dict(t, f"inputs[{i}]") for i, t in enumerate(_field(data, "inputs", list, ""))],
+            outputs=[TensorSpec.from_dict(t, f"outputs[{i}]") for i, t in enumerate(_field(data, "outputs", list, ""))],
+            logits_outputs=_field(data, "logits_outputs", list, ""),
+            tolerance=Tolerance.from_dict(_field(data, "tolerance", dict, "")),
+            golden=golden,
+            runtime_options=_field(data, "runtime_options", dict, ""),
+            tool_versions=_field(data, "tool_versions", dict, ""),
+            files=files,
+        )
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    path = f"{where}.{key}" if where else key
+    if key not in data:
+        raise ArtifactError(f"manifest is missing field {path!r}; the artifact is incomplete, re-run convert")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ArtifactError(f"manifest field {path!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _number(data: Mapping[str, Any], key: str, where: str) -> float:
+    value = data.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ArtifactError(f"manifest field '{where}.{key}' must be a non-negative number")
+    return float(value)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the installed packages that can influence an artifact."""
+    versions = {}
+    for package in TOOL_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """Return ``root/relative`` or raise if the path is absolute or leaves ``root``."""
+    candidate = Path(relative)
+    resolved = (root / candidate).resolve()
+    if candidate.is_absolute() or not resolved.is_relative_to(root.resolve()):
+        raise ArtifactError(f"artifact path {relative!r} points outside the artifact folder; refusing to read it")
+    return resolved
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def check_output_dir(path: Path, *, force: bool) -> None:
+    """Refuse an output path that is a file, a non-empty folder (unless ``force``) or not writable."""
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"output path {str(path)!r} is a file; choose a folder path with -o")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputDirError(f"output folder {str(path)!r} is not empty; choose another -o or pass --force to replace it")
+    parent = path.parent if not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not _writable(parent):
+        raise OutputDirError(f"output folder {str(path)!r} is not writable; choose another -o")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def staged_output(path: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` atomically.
+
+    On any exception (KeyboardInterrupt included) the temporary folder is removed and ``path``
+    is left exactly as it was.
+    """
+    check_output_dir(path, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield stage
+        _replace(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace(stage: Path, path: Path) -> None:
+    if not path.exists():
+        stage.rename(path)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    backup.rmdir()
+    path.rename(backup)
+    try:
+        stage.rename(path)
+    except BaseException:
+        backup.rename(path)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_golden(folder: Path, case: str, axes: dict[str, int], inputs: Mapping[str, np.ndarray],
+                outputs: Mapping[str, np.ndarray]) -> GoldenCase:
+    """Write one golden case (inputs and reference outputs) under ``folder/golden``."""
+    (folder / GOLDEN_DIR).mkdir(exist_ok=True)
+    golden = GoldenCase(name=case, axes=dict(axes), inputs=f"{GOLDEN_DIR}/{case}_inputs.npz",
+                        outputs=f"{GOLDEN_DIR}/{case}_outputs.npz")
+    _save_npz(folder / golden.inputs, inputs)
+    _save_npz(folder / golden.outputs, outputs)
+    return golden
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    # np.savez stamps zip entries with the current time; write entries ourselves with a fixed
+    # date so that converting the same model twice gives byte-identical golden files.
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in ``folder``, stamp versions and time, and write ``manifest.json``."""
+    manifest.files = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME
+    }
+    manifest.tool_versions = tool_versions()
+    manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+MAX_MANIFEST_BYTES = 4 << 20
+
+
+@dataclass
+class Artifact:
+    """An artifact folder opened for reading. ``open`` parses the manifest; ``verify`` checks hashes."""
+
+    path: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> Artifact:
+        root = Path(path)
+        manifest_path = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise ArtifactError(f"artifact folder {str(root)!r} does not exist; pass the folder written by 'edgeexport convert'")
+        if not manifest_path.is_file():
+            raise ArtifactError(f"{str(root)!r} has no {MANIFEST_NAME}; it is not an edgeexport artifact")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
+        try:
+            data = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{MANIFEST_NAME} is not valid JSON ({exc}); the artifact is corrupt, re-run convert") from None
+        manifest = Manifest.from_dict(data)
+        artifact = cls(path=root, manifest=manifest)
+        for relative in (manifest.model_file, *manifest.files):
+            resolve_inside(root, relative)
+        return artifact
+
+    def file(self, relative: str) -> Path:
+        """Absolute path of a file listed in the manifest, checked to stay inside the folder."""
+        return resolve_inside(self.path, relative)
+
+    @property
+    def model_path(self) -> Path:
+        return self.file(self.manifest.model_file)
+
+    def verify(self) -> None:
+        """Check that every listed file exists and matches its sha256."""
+        for relative, expected in self.manifest.files.items():
+            path = self.file(relative)
+            if not path.is_file():
+                raise ArtifactError(f"artifact file {relative!r} is missing; the artifact is incomplete, re-run convert")
+            if sha256_file(path) != expected:
+                raise ArtifactError(f"artifact file {relative!r} does not match its sha256 in the manifest; it was modified or corrupted")
+
+    def load_golden(self, case: GoldenCase) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Inputs and reference outputs of one golden case (never unpickles)."""
+        return self._load_npz(case.inputs), self._load_npz(case.outputs)
+
+    def _load_npz(self, relative: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.file(relative), allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"golden file {relative!r} cannot be read ({exc}); the artifact is corrupt") from None

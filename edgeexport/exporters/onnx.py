@@ -1,0 +1,221 @@
+"""ONNX target: torch.onnx export (dynamo first, TorchScript as fallback), checked, simplified, fp16.
+
+Stages:
+  1. capture + translate with ``torch.onnx.export`` -- strategies tried in order, the winner
+     and the first failure recorded in the manifest;
+  2. ``onnx.checker`` and shape inference;
+  3. optional simplification with onnxslim, optional fp16 weights/compute
+     (onnxruntime's float16 converter, fp32 inputs/outputs kept);
+  4. save, with external data when the model exceeds protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from edgeexport.artifact import Tolerance
+from edgeexport.errors import CaptureError, ConversionError
+from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.reference.model import ReferenceModel
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+PROTOBUF_LIMIT = 2 * 1024**3 - 1
+
+
+@dataclass
+class CaptureResult:
+    """Outcome of one capture strategy: a model, or the exception that stopped it."""
+
+    strategy: str
+    model: onnx.ModelProto | None = None
+    exception: BaseException | None = None
+
+
+class CaptureStrategy(ABC):
+    """One way of turning the reference module into an ONNX ModelProto."""
+
+    name: ClassVar[str]
+
+    def __call__(self, reference: ReferenceModel, opset: int | None) -> CaptureResult:
+        # torch.export specialises dims of size 0 and 1, so dynamic axes are traced at >= 2.
+        sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
+        example = reference.make_inputs(sizes)
+        args = tuple(torch.from_numpy(example[n]) for n in reference.input_names)
+        try:
+            # Export with SDPA's math kernel: T5's and Swin's float attention bias otherwise
+            # fail in decomposition ("Cannot view a tensor ..."); parity is unaffected.
+            with _quiet(), sdpa_kernel([SDPBackend.MATH]):
+                return CaptureResult(self.name, model=self._capture(reference, args, opset))
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
+            logger.debug("capture strategy %s failed", self.name, exc_info=True)
+            return CaptureResult(self.name, exception=exc)
+
+    @abstractmethod
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
+        ...
+
+
+class DynamoStrategy(CaptureStrategy):
+    """``torch.onnx.export(dynamo=True)``: torch.export capture, onnxscript translation."""
+
+    name = "dynamo"
+
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
+        # The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
+        dynamic = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
+        program = torch.onnx.export(
+            reference.module, args, dynamo=True, opset_version=opset, input_names=reference.input_names,
+            output_names=reference.output_names, dynamic_shapes=(dynamic,) if any(dynamic) else None,
+            optimize=True, verbose=False)
+        return program.model_proto
+
+
+class TorchScriptStrategy(CaptureStrategy):
+    """The legacy TorchScript exporter (``dynamo=False``), for models torch.export cannot capture."""
+
+    name = "torchscript"
+
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
+        import io
+
+        buffer = io.BytesIO()
+        torch.onnx.export(reference.module, args, buffer, dynamo=False, opset_version=opset or 17,
+                          input_names=reference.input_names, output_names=reference.output_names,
+                          dynamic_axes={k: v for k, v in reference.dynamic_axes.items() if v})
+        return onnx.load_from_string(buffer.getvalue())
+
+
+CAPTURE_STRATEGIES: tuple[CaptureStrategy, ...] = (DynamoStrategy(), TorchScriptStrategy())
+
+
+NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "onnxslim")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch.onnx/onnxscript progress prints, warnings and log chatter; failures still raise."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def capture(reference: ReferenceModel, *, opset: int | None,
+            strategies: tuple[CaptureStrategy, ...] = CAPTURE_STRATEGIES) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Stage 1: try each strategy in order; return the model and what happened.
+
+    Raises:
+        CaptureError: every strategy failed; the message carries the *first* failure, since
+            later fallback errors mostly confuse.
+    """
+    failures: list[CaptureResult] = []
+    for strategy in strategies:
+        result = strategy(reference, opset)
+        if result.model is not None:
+            info = {"strategy": result.strategy,
+                    "fallback_reason": _describe(failures[0].exception) if failures else None}
+            return result.model, info
+        failures.append(result)
+    first = failures[0]
+    raise CaptureError(f"stage 1/3 (capture) failed for {reference.name}: {first.strategy}: {_describe(first.exception)}; "
+                       "all strategies failed (" + ", ".join(f.strategy for f in failures) + "). "
+                       "Next steps: simplify the failing module or report the op") from first.exception
+
+
+def _describe(exc: BaseException | None) -> str:
+    """First line of the root cause of ``exc`` (torch wraps the useful message in several layers)."""
+    if exc is None:
+        return ""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(root)).splitlines() if line.strip()]
+    summary = f"{type(root).__name__}: {lines[0].strip() if lines else ''}"
+    return summary[:400] + ("..." if len(summary) > 400 else "")
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Stage 2: run shape inference and the ONNX checker; return the shape-annotated model."""
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionError(f"stage 2/3 (onnx checker) failed: {_describe(exc)}") from exc
+    return model
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants and fuse patterns with onnxslim (returns a new model)."""
+    import onnxslim
+
+    with _quiet():
+        return onnxslim.slim(model)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
+
+
+def save(model: onnx.ModelProto, folder: Path) -> None:
+    """Stage 4: write ``model.onnx``, moving weights to external data above protobuf's 2 GB limit."""
+    external = model.ByteSize() >= PROTOBUF_LIMIT
+    onnx.save_model(model, folder / MODEL_FILE, save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=EXTERNAL_DATA_FILE)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class OnnxExporter(Exporter):
+    """Exports to ``model.onnx`` run by onnxruntime."""
+
+    target = "onnx"
+    runtime = "onnxruntime"
+    requires = ("onnx", "onnxscript", "onnxruntime")
+    precisions = {"fp32": None, "fp16": Tolerance(atol=2e-2, rtol=2e-2)}
+
+    def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
+               simplify_graph: bool = True, **options: Any) -> ExportResult:
+        model, info = capture(reference, opset=opset)
+        model = check(model)
+        passes = []
+        if simplify_graph:
+            model = simplify(model)
+            passes.append("onnxslim")
+        if precision == "fp16":
+            model = to_fp16(model)
+            passes.append("float16(keep_io_types)")
+        save(model, folder)
+        exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model), "passes": passes, **info}
+        return ExportResult(model_file=MODEL_FILE, exporter=exporter)
+
+
+EXPORTER = OnnxExporter()

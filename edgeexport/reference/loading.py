@@ -1,0 +1,181 @@
+"""Build reference models from the zoo, a ``save_pretrained`` folder, a hub id or a user module."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from edgeexport.artifact import Tolerance
+from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
+from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
+from edgeexport.reference.specs import PRESETS, InputSpec, ModelSpec, generic_spec, get_spec, spec_for_model_type
+from edgeexport.reference.tasks import TASKS, task_from_architecture, task_head
+
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def load_reference(model: str | Path, *, task: str | None = None, preset: str = "tiny", seed: int = 0,
+                   allow_pickle: bool = False) -> ReferenceModel:
+    """Build the reference model for a zoo name, a local ``save_pretrained`` folder or a hub id.
+
+    Args:
+        model: Zoo name (``gpt2``), a folder holding ``config.json`` and weights, or ``org/name``.
+        task: Task to export; defaults to the zoo model's first task or the folder's architecture.
+        preset: ``tiny`` or ``full`` (zoo models only). Defaults to ``tiny``.
+        seed: Seed of the random weights of zoo models. Defaults to 0.
+        allow_pickle: Allow loading pickled ``.bin`` weights, which can run code. Defaults to False.
+
+    Raises:
+        UsageError: unknown model, task or preset.
+        ModelLoadError: the folder or hub id cannot be loaded.
+    """
+    text = str(model)
+    if Path(text).is_dir():
+        return _from_folder(Path(text), task=task, source=f"folder:{Path(text).resolve()}", allow_pickle=allow_pickle)
+    if "/" in text and not Path(text).exists() and not text.startswith((".", "/")):
+        return _from_folder(_download(text), task=task, source=f"hub:{text}", allow_pickle=allow_pickle)
+    if "/" in text or text.startswith("."):
+        raise ModelLoadError(f"model folder {text!r} does not exist; pass a zoo name, a save_pretrained folder or a hub id")
+    return _from_zoo(get_spec(text), task=task, preset=preset, seed=seed)
+
+
+def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> ReferenceModel:
+    task = task or spec.tasks[0]
+    task_head(task)
+    if task not in spec.tasks:
+        raise UsageError(f"model {spec.name!r} does not support task {task!r}; its tasks: {', '.join(spec.tasks)}")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    config = transformers.AutoConfig.for_model(spec.model_type, **spec.presets[preset], **spec.task_config.get(task, {}))
+    torch.manual_seed(seed)
+    model = getattr(transformers, task_head(task).auto_class).from_config(config)
+    return _reference(spec, model, task=task, preset=preset, name=spec.name, source="zoo")
+
+
+def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: bool) -> ReferenceModel:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"folder {str(folder)!r} has no config.json; save the model with save_pretrained()")
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{str(config_path)!r} cannot be read as a transformers config: {_first_line(exc)}") from None
+    safe = [p for pattern in SAFE_WEIGHTS for p in folder.glob(pattern)]
+    pickled = [p for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)]
+    if not safe and not pickled:
+        raise ModelLoadError(f"folder {str(folder)!r} has no weights (*.safetensors); save the model with save_pretrained()")
+    if not safe and not allow_pickle:
+        raise ModelLoadError(f"folder {str(folder)!r} holds only pickled weights ({pickled[0].name}), and loading a pickle "
+                             "can run code; convert them to safetensors or pass --allow-pickle if you trust the file")
+    architecture = (config.architectures or [""])[0]
+    task = task or _task_of(config, architecture, folder)
+    head = task_head(task)
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None or task_from_architecture(architecture, _main_input(model_class)) != task:
+        model_class = getattr(transformers, head.auto_class)
+    try:
+        model = model_class.from_pretrained(folder, use_safetensors=bool(safe))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"weights in {str(folder)!r} cannot be loaded: {_first_line(exc)}") from None
+    spec = spec_for_model_type(config.model_type) or generic_spec(
+        head.modality, config.model_type, causal=task == "causal-lm")
+    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source)
+
+
+def _task_of(config: Any, architecture: str, folder: Path) -> str:
+    model_class = getattr(transformers, architecture, None)
+    task = task_from_architecture(architecture, _main_input(model_class)) if model_class else None
+    if task is None:
+        raise UsageError(f"cannot tell the task of {str(folder)!r} (architecture {architecture or 'unknown'!r}); "
+                         f"pass --task, one of: {', '.join(TASKS)}")
+    return task
+
+
+def _main_input(model_class: Any) -> str:
+    return getattr(model_class, "main_input_name", "input_ids")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        import huggingface_hub
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:  # noqa: BLE001 - any hub failure (offline, 404, auth) becomes one clear line
+        raise ModelLoadError(f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}); "
+                             "check the id and network, or save the model with save_pretrained() and pass the folder") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
+               source: str) -> ReferenceModel:
+    head = task_head(task)
+    config = model.config
+    inputs = spec.inputs(config, task)
+    wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
+    sizes = spec.sizes(preset or "full")
+    used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
+    return ReferenceModel(
+        name=name, task=task, preset=preset, source=source, architecture=type(model).__name__,
+        module=wrapper, inputs=inputs, output_names=list(head.outputs),
+        sizes={a: s for a, s in sizes.items() if a in used_axes},
+        tolerance=Tolerance(spec.atol, spec.rtol), logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
+    )
+
+
+def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], *,
+                          dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, name: str | None = None,
+                          atol: float = 1e-4, rtol: float = 1e-3) -> ReferenceModel:
+    """Wrap a user ``nn.Module`` and its example inputs as a reference model.
+
+    Args:
+        module: The model; its ``forward`` takes the example inputs by name (or position).
+        example_inputs: Tensors by parameter name, or a sequence in ``forward``'s order.
+        dynamic_axes: ``{input_name: {dim: axis_name}}``; other dims stay fixed.
+        name: Model name for the manifest. Defaults to the module's class name.
+        atol: Absolute parity tolerance. Defaults to 1e-4.
+        rtol: Relative parity tolerance. Defaults to 1e-3.
+
+    Raises:
+        InputSpecError: names that ``forward`` does not take, non-tensors, or bad dynamic axes.
+    """
+    import inspect
+
+    parameters = list(inspect.signature(module.forward).parameters)
+    if not isinstance(example_inputs, Mapping):
+        example_inputs = dict(zip(parameters, example_inputs))
+    for key, value in example_inputs.items():
+        if key not in parameters:
+            raise InputSpecError(f"example input {key!r} is not a parameter of {type(module).__name__}.forward"
+                                 f"({', '.join(parameters)})")
+        if not isinstance(value, torch.Tensor):
+            raise InputSpecError(f"example input {key!r} is a {type(value).__name__}; pass a torch.Tensor")
+    axes = {k: dict(v) for k, v in (dynamic_axes or {}).items()}
+    specs, sizes = [], {}
+    for key, tensor in example_inputs.items():
+        dims: list[str | int] = list(tensor.shape)
+        for dim, axis in axes.pop(key, {}).items():
+            if not 0 <= dim < tensor.dim():
+                raise InputSpecError(f"dynamic axis {dim} of input {key!r} is out of range for its rank {tensor.dim()}")
+            dims[dim] = axis
+            sizes[axis] = (int(tensor.shape[dim]), int(tensor.shape[dim]) + 1)
+        specs.append(InputSpec(key, tuple(dims), "sample", str(tensor.dtype).removeprefix("torch.")))
+    if axes:
+        raise InputSpecError(f"dynamic_axes names {sorted(axes)} that are not example inputs ({', '.join(example_inputs)})")
+    module.eval()
+    with torch.inference_mode():
+        output_names, _ = flatten_outputs(module(**example_inputs))
+    return ReferenceModel(
+        name=name or type(module).__name__, task="custom", preset=None, source="module",
+        architecture=type(module).__name__, module=ModuleWrapper(module, list(example_inputs)).eval(),
+        inputs=specs, output_names=output_names, sizes=sizes, tolerance=Tolerance(atol, rtol),
+        example_values={k: v.detach().cpu().numpy() for k, v in example_inputs.items()},
+    )

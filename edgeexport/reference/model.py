@@ -1,0 +1,149 @@
+"""A reference model ready for export: a flat-I/O wrapper, its input specs and an input generator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeexport.artifact import TensorSpec, Tolerance
+from edgeexport.errors import InputSpecError
+from edgeexport.reference.specs import InputSpec
+
+
+class ExportWrapper(torch.nn.Module):
+    """Calls a transformers model with named inputs, returns the task's outputs as a flat tuple."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str], output_names: Sequence[str],
+                 forward_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.forward_kwargs = dict(forward_kwargs or {})
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(**dict(zip(self.input_names, tensors)), **self.forward_kwargs, return_dict=True)
+        return tuple(outputs[name] for name in self.output_names)
+
+
+class ModuleWrapper(torch.nn.Module):
+    """Wraps a user module so it takes positional inputs and returns a flat tuple of tensors."""
+
+    def __init__(self, module: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.input_names = list(input_names)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return flatten_outputs(self.module(**dict(zip(self.input_names, tensors))))[1]
+
+
+def flatten_outputs(result: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
+    """Names and tensors of a module's result: a tensor, a tuple/list or a dict of tensors."""
+    if isinstance(result, torch.Tensor):
+        return ["output"], (result,)
+    if isinstance(result, Mapping):
+        items = [(k, v) for k, v in result.items() if isinstance(v, torch.Tensor)]
+        return [k for k, _ in items], tuple(v for _, v in items)
+    if isinstance(result, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in result):
+        return [f"output_{i}" for i in range(len(result))], tuple(result)
+    raise InputSpecError(f"the module returned {type(result).__name__}; return a tensor, a tuple or a dict of tensors")
+
+
+@dataclass
+class ReferenceModel:
+    """Everything the exporters and validation need from the PyTorch side.
+
+    ``module`` takes the inputs positionally in the order of ``inputs`` and returns a tuple in
+    the order of ``output_names``. ``sizes`` holds the (example, alternate) size of every
+    dynamic axis; golden cases are drawn at both.
+    """
+
+    name: str
+    task: str
+    preset: str | None
+    source: str
+    architecture: str
+    module: torch.nn.Module
+    inputs: list[InputSpec]
+    output_names: list[str]
+    sizes: dict[str, tuple[int, int]]
+    tolerance: Tolerance
+    logits_outputs: list[str] = field(default_factory=list)
+    vocab_size: int = 2
+    example_values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {s.name: {i: d for i, d in enumerate(s.dims) if isinstance(d, str)} for s in self.inputs}
+
+    def shape_cases(self) -> list[tuple[str, dict[str, int]]]:
+        """The example sizes and one alternate case that moves every dynamic axis at once."""
+        example = {axis: sizes[0] for axis, sizes in self.sizes.items()}
+        alternate = {axis: sizes[1] for axis, sizes in self.sizes.items()}
+        cases = [("example", example)]
+        if alternate != example:
+            cases.append(("alternate", alternate))
+        return cases
+
+    def make_inputs(self, sizes: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs with the given dynamic-axis sizes (example sizes by default), seeded."""
+        axes = {axis: s[0] for axis, s in self.sizes.items()} | dict(sizes or {})
+        rng = np.random.default_rng(seed)
+        return {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
+
+    def _draw(self, spec: InputSpec, axes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
+        shape = tuple(axes[d] if isinstance(d, str) else d for d in spec.dims)
+        if spec.kind == "ids":
+            return rng.integers(0, self.vocab_size, size=shape).astype(spec.dtype)
+        if spec.kind == "mask":
+            mask = np.ones(shape, dtype=spec.dtype)
+            for row in range(1, shape[0]):  # later rows get right padding, so masks are exercised
+                mask[row, max(1, shape[1] - 2 * row):] = 0
+            return mask
+        if spec.kind == "zeros":
+            return np.zeros(shape, dtype=spec.dtype)
+        if spec.kind == "sample":
+            low, high = self.example_values[spec.name].min(), self.example_values[spec.name].max()
+            if np.issubdtype(np.dtype(spec.dtype), np.integer):
+                return rng.integers(low, high + 1, size=shape).astype(spec.dtype)
+            if spec.dtype == "bool":
+                return rng.integers(0, 2, size=shape).astype(bool)
+        return rng.standard_normal(shape).astype(spec.dtype)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """PyTorch eager outputs for numpy inputs."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names]
+        with torch.inference_mode():
+            outputs = self.module(*tensors)
+        return {name: out.detach().cpu().numpy() for name, out in zip(self.output_names, outputs)}
+
+    def input_tensor_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(s.name, s.dtype, s.dims) for s in self.inputs]
+
+    def output_tensor_specs(self, cases: Sequence[tuple[Mapping[str, int], Mapping[str, np.ndarray]]]) -> list[TensorSpec]:
+        """Output specs with dynamic dims found by comparing outputs of the shape cases.
+
+        A dim that changes between cases is named after the input axis whose size it equals
+        in every case, else ``<output>_dim<i>``.
+        """
+        specs = []
+        for name in self.output_names:
+            shapes = [outputs[name].shape for _, outputs in cases]
+            dims: list[int | str] = []
+            for i, size in enumerate(shapes[0]):
+                if all(s[i] == size for s in shapes):
+                    dims.append(int(size))
+                    continue
+                axis = next((a for a in self.sizes if all(axes[a] == s[i] for (axes, _), s in zip(cases, shapes))), None)
+                dims.append(axis or f"{name}_dim{i}")
+            specs.append(TensorSpec(name, str(cases[0][1][name].dtype), tuple(dims)))
+        return specs

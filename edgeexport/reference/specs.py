@@ -1,0 +1,312 @@
+"""Declarative per-architecture specs of the reference zoo.
+
+Each spec says, as data: the transformers model type, its tasks (default first), the config
+of each preset (``tiny`` for tests, ``full`` for the published size), its flat named inputs
+with symbolic axes, example and alternate sizes of each dynamic axis, and its parity
+tolerance. Family base classes hold what a modality shares; an architecture overrides only
+what differs. New architectures register with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from edgeexport.errors import UsageError
+
+PRESETS = ("tiny", "full")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. ``dims`` holds axis names (dynamic) and ints (fixed).
+
+    ``kind`` says how example values are drawn: ``ids`` (token ids below the vocab size),
+    ``mask`` (ones, trailing zeros in later rows to exercise padding), ``zeros`` or ``float``
+    (standard normal).
+    """
+
+    name: str
+    dims: tuple[str | int, ...]
+    kind: str
+    dtype: str = "int64"
+
+
+class ModelSpec:
+    """Base spec. Subclasses set the class attributes; methods derive inputs from a config."""
+
+    name: ClassVar[str]
+    model_type: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    task_config: ClassVar[dict[str, dict[str, Any]]] = {}
+    axis_sizes: ClassVar[dict[str, dict[str, tuple[int, int]]]] = {}
+    forward_kwargs: ClassVar[dict[str, Any]] = {}
+    atol: ClassVar[float] = 1e-4
+    rtol: ClassVar[float] = 1e-3
+
+    def inputs(self, config: Any, task: str) -> list[InputSpec]:
+        raise NotImplementedError
+
+    def sizes(self, preset: str) -> dict[str, tuple[int, int]]:
+        """Example and alternate size of each dynamic axis for a preset (``full`` for loaded models)."""
+        return self.axis_sizes.get(preset) or self.axis_sizes["full"]
+
+    def vocab_size(self, config: Any) -> int:
+        return int(getattr(config, "vocab_size", 2) or 2)
+
+
+class TextEncoderSpec(ModelSpec):
+    """Encoder-only text models: input_ids + attention_mask over (batch, sequence)."""
+
+    axis_sizes = {"tiny": {"batch": (2, 3), "sequence": (8, 13)}, "full": {"batch": (1, 2), "sequence": (128, 64)}}
+    uses_token_type_ids: ClassVar[bool] = False
+
+    def inputs(self, config: Any, task: str) -> list[InputSpec]:
+        specs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
+                 InputSpec("attention_mask", ("batch", "sequence"), "mask")]
+        if self.uses_token_type_ids:
+            specs.append(InputSpec("token_type_ids", ("batch", "sequence"), "zeros"))
+        return specs
+
+
+class CausalLMSpec(TextEncoderSpec):
+    """Decoder-only language models; exported without KV cache (one full forward)."""
+
+    forward_kwargs = {"use_cache": False}
+
+
+class Seq2SeqSpec(ModelSpec):
+    """Encoder-decoder text models, exported as one graph returning decoder logits."""
+
+    axis_sizes = {
+        "tiny": {"batch": (2, 3), "sequence": (8, 13), "decoder_sequence": (5, 7)},
+        "full": {"batch": (1, 2), "sequence": (128, 64), "decoder_sequence": (32, 16)},
+    }
+    forward_kwargs = {"use_cache": False}
+
+    def inputs(self, config: Any, task: str) -> list[InputSpec]:
+        return [InputSpec("input_ids", ("batch", "sequence"), "ids"),
+                InputSpec("attention_mask", ("batch", "sequence"), "mask"),
+                InputSpec("decoder_input_ids", ("batch", "decoder_sequence"), "ids")]
+
+
+class VisionSpec(ModelSpec):
+    """Image models: pixel_values (batch, channels, height, width).
+
+    ``dynamic_image_size`` says whether height and width are dynamic axes; models with
+    learned position embeddings of a fixed grid (ViT) keep them fixed at ``config.image_size``.
+    """
+
+    dynamic_image_size: ClassVar[bool] = True
+    axis_sizes = {"tiny": {"batch": (2, 3), "height": (64, 96), "width": (64, 128)},
+                  "full": {"batch": (1, 2), "height": (224, 256), "width": (224, 288)}}
+
+    def inputs(self, config: Any, task: str) -> list[InputSpec]:
+        channels = int(getattr(config, "num_channels", 3))
+        if self.dynamic_image_size:
+            return [InputSpec("pixel_values", ("batch", channels, "height", "width"), "float", "float32")]
+        size = _image_size(config)
+        return [InputSpec("pixel_values", ("batch", channels, size, size), "float", "float32")]
+
+
+class AudioSpec(ModelSpec):
+    """Raw-waveform audio models: input_values (batch, audio_length)."""
+
+    axis_sizes = {"tiny": {"batch": (2, 3), "audio_length": (2000, 3200)},
+                  "full": {"batch": (1, 2), "audio_length": (16000, 24000)}}
+
+    def inputs(self, config: Any, task: str) -> list[InputSpec]:
+        return [InputSpec("input_values", ("batch", "audio_length"), "float", "float32")]
+
+
+def _image_size(config: Any) -> int:
+    size = getattr(config, "image_size", None) or getattr(getattr(config, "backbone_config", None), "image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+# --------------------------------------------------------------------------- registry
+
+SPECS: dict[str, ModelSpec] = {}
+
+
+def register(cls: type[ModelSpec]) -> type[ModelSpec]:
+    """Class decorator adding a spec to the zoo under ``cls.name``."""
+    SPECS[cls.name] = cls()
+    return cls
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in SPECS:
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(SPECS)} "
+                         "(or pass a save_pretrained folder or a hub id like org/name)")
+    return SPECS[name]
+
+
+def spec_for_model_type(model_type: str) -> ModelSpec | None:
+    return next((s for s in SPECS.values() if s.model_type == model_type), None)
+
+
+FAMILY_BY_MODALITY: dict[str, type[ModelSpec]] = {
+    "text": TextEncoderSpec, "text2text": Seq2SeqSpec, "vision": VisionSpec, "audio": AudioSpec,
+}
+
+
+def generic_spec(modality: str, model_type: str, *, causal: bool = False) -> ModelSpec:
+    """A spec for an architecture outside the zoo, from its modality's family."""
+    base = CausalLMSpec if causal else FAMILY_BY_MODALITY[modality]
+    return type(f"Generic{base.__name__}", (base,), {"name": model_type, "model_type": model_type, "tasks": ()})()
+
+
+# --------------------------------------------------------------------------- the zoo
+
+_TEXT_TINY = {"vocab_size": 1000, "max_position_embeddings": 128}
+
+
+@register
+class GPT2Spec(CausalLMSpec):
+    name = "gpt2"
+    model_type = "gpt2"
+    tasks = ("causal-lm",)
+    presets = {
+        "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 1000, "n_positions": 128,
+                 "bos_token_id": 999, "eos_token_id": 999},
+        "full": {},  # GPT2Config() is gpt2 (124M)
+    }
+
+
+@register
+class BertSpec(TextEncoderSpec):
+    name = "bert"
+    model_type = "bert"
+    tasks = ("sequence-classification", "token-classification", "question-answering")
+    uses_token_type_ids = True
+    presets = {
+        "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 64, "type_vocab_size": 2, **_TEXT_TINY},
+        "full": {},  # BertConfig() is bert-base-uncased
+    }
+    task_config = {"sequence-classification": {"num_labels": 3}, "token-classification": {"num_labels": 5}}
+
+
+@register
+class BartSpec(Seq2SeqSpec):
+    name = "bart"
+    model_type = "bart"
+    tasks = ("seq2seq-lm",)
+    presets = {
+        "tiny": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, **_TEXT_TINY},
+        "full": {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
+                 "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072,
+                 "vocab_size": 50265, "max_position_embeddings": 1024},  # facebook/bart-base
+    }
+
+
+@register
+class T5Spec(Seq2SeqSpec):
+    name = "t5"
+    model_type = "t5"
+    tasks = ("seq2seq-lm",)
+    presets = {
+        "tiny": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 2, "num_decoder_layers": 2,
+                 "num_heads": 2, "vocab_size": 1000, "relative_attention_num_buckets": 8},
+        "full": {"vocab_size": 32128},  # T5Config() is t5-small
+    }
+
+
+@register
+class ViTSpec(VisionSpec):
+    name = "vit"
+    model_type = "vit"
+    tasks = ("image-classification",)
+    dynamic_image_size = False
+    presets = {
+        "tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                 "num_attention_heads": 2, "intermediate_size": 64},
+        "full": {},  # ViTConfig() is vit-base-patch16-224
+    }
+    task_config = {"image-classification": {"num_labels": 10}}
+
+
+@register
+class ConvNextSpec(VisionSpec):
+    name = "convnext"
+    model_type = "convnext"
+    tasks = ("image-classification",)
+    presets = {
+        "tiny": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "image_size": 64},
+        "full": {},  # ConvNextConfig() is convnext-tiny-224
+    }
+    task_config = {"image-classification": {"num_labels": 10}}
+
+
+@register
+class DetrSpec(VisionSpec):
+    name = "detr"
+    model_type = "detr"
+    tasks = ("object-detection",)
+    presets = {
+        "tiny": {"backbone_config": {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32, 64, 128],
+                                     "depths": [1, 1, 1, 1], "layer_type": "basic", "out_features": ["stage4"]},
+                 "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_queries": 10},
+        "full": {},  # DetrConfig() is detr-resnet-50 with a randomly initialised ResNet-50 backbone
+    }
+    task_config = {"object-detection": {"num_labels": 5}}
+    atol = 1e-4
+    rtol = 1e-3
+
+
+@register
+class Mask2FormerSpec(VisionSpec):
+    name = "mask2former"
+    model_type = "mask2former"
+    tasks = ("segmentation",)
+    # Swin's window partitioning is traced with the example's grid: a second image size fails
+    # in a Reshape at run time, so the image size stays fixed at the backbone's image_size.
+    dynamic_image_size = False
+    presets = {
+        "tiny": {"backbone_config": {"model_type": "swin", "image_size": 64, "embed_dim": 16, "depths": [1, 1, 1, 1],
+                                     "num_heads": [1, 1, 2, 2], "window_size": 4,
+                                     "out_features": ["stage1", "stage2", "stage3", "stage4"]},
+                 "feature_size": 32, "mask_feature_size": 32, "hidden_dim": 32, "encoder_feedforward_dim": 64,
+                 "encoder_layers": 1, "decoder_layers": 2, "num_attention_heads": 2, "dim_feedforward": 64,
+                 "num_queries": 10},
+        "full": {"backbone_config": {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2],
+                                     "num_heads": [3, 6, 12, 24], "window_size": 7, "image_size": 384,
+                                     "out_features": ["stage1", "stage2", "stage3", "stage4"]}},  # swin-tiny
+    }
+    task_config = {"segmentation": {"num_labels": 5}}
+    axis_sizes = {"tiny": {"batch": (1, 2)}, "full": {"batch": (1, 2)}}
+    atol = 1e-3
+
+
+@register
+class GLPNSpec(VisionSpec):
+    name = "glpn"
+    model_type = "glpn"
+    tasks = ("depth-estimation",)
+    presets = {
+        "tiny": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 2, 2],
+                 "decoder_hidden_size": 16},
+        "full": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 8, 27, 3],  # vinvino02/glpn-kitti (MiT-b4)
+                 "num_attention_heads": [1, 2, 5, 8], "decoder_hidden_size": 64},
+    }
+    axis_sizes = {"tiny": {"batch": (2, 3), "height": (64, 96), "width": (64, 128)},
+                  "full": {"batch": (1, 2), "height": (352, 384), "width": (704, 736)}}
+
+
+@register
+class Wav2Vec2Spec(AudioSpec):
+    name = "wav2vec2"
+    model_type = "wav2vec2"
+    tasks = ("ctc", "audio-classification")
+    presets = {
+        "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                 "conv_dim": [16, 16], "conv_stride": [5, 2], "conv_kernel": [10, 3],
+                 "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "vocab_size": 32,
+                 "classifier_proj_size": 16},
+        "full": {},  # Wav2Vec2Config() is wav2vec2-base
+    }
+    task_config = {"audio-classification": {"num_labels": 4}}

@@ -1,0 +1,68 @@
+"""Task heads: which transformers auto class builds a task and which outputs it exports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeexport.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TaskHead:
+    """A task's model class and its flat, named outputs (``logits`` get top-k agreement checks)."""
+
+    auto_class: str
+    outputs: tuple[str, ...]
+    logits: tuple[str, ...]
+    modality: str
+
+
+TASKS: dict[str, TaskHead] = {
+    "causal-lm": TaskHead("AutoModelForCausalLM", ("logits",), ("logits",), "text"),
+    "sequence-classification": TaskHead("AutoModelForSequenceClassification", ("logits",), ("logits",), "text"),
+    "token-classification": TaskHead("AutoModelForTokenClassification", ("logits",), ("logits",), "text"),
+    "question-answering": TaskHead(
+        "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), ("start_logits", "end_logits"), "text"),
+    "seq2seq-lm": TaskHead("AutoModelForSeq2SeqLM", ("logits",), ("logits",), "text2text"),
+    "image-classification": TaskHead("AutoModelForImageClassification", ("logits",), ("logits",), "vision"),
+    "object-detection": TaskHead("AutoModelForObjectDetection", ("logits", "pred_boxes"), ("logits",), "vision"),
+    "segmentation": TaskHead(
+        "AutoModelForUniversalSegmentation", ("class_queries_logits", "masks_queries_logits"),
+        ("class_queries_logits",), "vision"),
+    "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision"),
+    "ctc": TaskHead("AutoModelForCTC", ("logits",), ("logits",), "audio"),
+    "audio-classification": TaskHead("AutoModelForAudioClassification", ("logits",), ("logits",), "audio"),
+}
+
+# Suffix of a transformers architecture class name -> task, for save_pretrained folders.
+ARCHITECTURE_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForConditionalGeneration", "seq2seq-lm"),
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForUniversalSegmentation", "segmentation"),
+    ("ForDepthEstimation", "depth-estimation"),
+    ("ForCTC", "ctc"),
+    ("ForAudioClassification", "audio-classification"),
+)
+
+
+def task_head(task: str) -> TaskHead:
+    """The :class:`TaskHead` of ``task``; unknown tasks raise a :class:`UsageError` listing the known ones."""
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def task_from_architecture(architecture: str, main_input_name: str) -> str | None:
+    """Guess the task of a transformers class name such as ``BertForTokenClassification``."""
+    for suffix, task in ARCHITECTURE_SUFFIXES:
+        if architecture.endswith(suffix):
+            if task == "sequence-classification" and main_input_name == "input_values":
+                return "audio-classification"
+            return task
+    return None

@@ -1,0 +1,54 @@
+"""Runtimes, one module per backend, behind one interface: ``load(artifact)(inputs) -> outputs``.
+
+The manifest names the runtime module that runs an artifact (``manifest.runtime``), so a new
+target plugs in with one module defining ``RUNNER`` (and optionally ``describe``).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from edgeexport.artifact import Artifact
+from edgeexport.errors import ArtifactError
+from edgeexport.runtimes.base import Runner
+
+__all__ = ["Runner", "load", "open_artifact", "runtime_module", "runtimes"]
+
+
+def runtimes() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+
+
+def runtime_module(name: str) -> ModuleType:
+    """The runtime module called ``name``; raises :class:`ArtifactError` for names this version lacks."""
+    if name not in runtimes():
+        raise ArtifactError(f"artifact needs runtime {name!r}, which this edgeexport does not have "
+                            f"(it has {', '.join(runtimes())}); upgrade edgeexport")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def open_artifact(artifact: str | Path | Artifact, *, verify: bool = True) -> Artifact:
+    """Open (and by default hash-check) an artifact folder."""
+    opened = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
+    if verify:
+        opened.verify()
+    return opened
+
+
+def load(artifact: str | Path | Artifact, *, verify: bool = True, **options: Any) -> Runner:
+    """Open an artifact and return its runner; the backend session is created on first call.
+
+    Args:
+        artifact: The artifact folder (or an opened :class:`Artifact`).
+        verify: Check every file's sha256 first. Defaults to True.
+        **options: Runner options (see each runner's docstring).
+    """
+    opened = open_artifact(artifact, verify=verify)
+    runner_class = runtime_module(opened.manifest.runtime).RUNNER
+    runner_class.check_available()
+    return runner_class(opened, **options)

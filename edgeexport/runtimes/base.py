@@ -1,0 +1,118 @@
+"""The runner contract: ``load(artifact)(inputs) -> outputs``, the same for every target.
+
+The base class owns the public call: it checks inputs against the manifest (names, dtypes,
+ranks, fixed dims), creates the backend session lazily on first use, times only the backend
+call, and returns fresh numpy arrays (never buffers the backend may reuse). Backends
+implement the ``_*_impl`` hooks. Runtimes never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeexport.artifact import Artifact, TensorSpec
+from edgeexport.errors import InputSpecError, MissingBackendError
+
+
+class Runner(ABC):
+    """Runs one artifact. Use as a callable, optionally as a context manager to free the session.
+
+    Attributes:
+        last_inference_time: Seconds the last backend call took (excluding input checks).
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+
+    def __init__(self, artifact: Artifact, **options: Any) -> None:
+        self.artifact = artifact
+        self.options = options
+        self.last_inference_time = 0.0
+        self._active = False
+
+    @classmethod
+    def check_available(cls) -> None:
+        missing = [name for name in cls.requires if importlib.util.find_spec(name) is None]
+        if missing:
+            extra = f"edgeexport[{cls.extra}]" if cls.extra else "edgeexport"
+            raise MissingBackendError(f"runtime {cls.name!r} needs {', '.join(missing)}; install it with: pip install '{extra}'")
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.artifact.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.artifact.manifest.outputs
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self._active:
+            self._activate_impl()
+            self._active = True
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._deactivate_impl()
+            self._active = False
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named numpy inputs and return named numpy outputs."""
+        feed = check_inputs(self.inputs, inputs)
+        self.activate()
+        start = time.perf_counter()
+        outputs = self._infer_impl(feed)
+        self.last_inference_time = time.perf_counter() - start
+        return {spec.name: np.array(outputs[spec.name], copy=True) for spec in self.outputs}
+
+    @abstractmethod
+    def _activate_impl(self) -> None:
+        """Create the backend session (heavy work happens here, not in ``__init__``)."""
+
+    @abstractmethod
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Run the backend on checked inputs; return outputs by name."""
+
+    def _deactivate_impl(self) -> None:
+        """Free the backend session."""
+
+
+def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check named inputs against the manifest's specs; return them as contiguous arrays.
+
+    Raises:
+        InputSpecError: a missing or unexpected name, a wrong dtype, rank or fixed dim.
+    """
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in inputs]
+    extra = [n for n in inputs if n not in expected]
+    if missing or extra:
+        raise InputSpecError(f"inputs do not match the model: missing {missing}, unexpected {extra}; expected {expected}")
+    feed = {}
+    for spec in specs:
+        array = np.asarray(inputs[spec.name])
+        if array.dtype != np.dtype(spec.dtype):
+            raise InputSpecError(f"input {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}")
+        if array.ndim != len(spec.shape):
+            raise InputSpecError(f"input {spec.name!r} has rank {array.ndim} (shape {list(array.shape)}), "
+                                 f"the model expects rank {len(spec.shape)} {list(spec.shape)}")
+        for axis, (size, want) in enumerate(zip(array.shape, spec.shape)):
+            if isinstance(want, int) and size != want:
+                raise InputSpecError(f"input {spec.name!r} has size {size} on dim {axis}, the model expects {want} "
+                                     f"(shape {list(spec.shape)})")
+        feed[spec.name] = np.ascontiguousarray(array)
+    return feed
