@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgeexport.errors import EdgeExportError
 
@@ -36,10 +37,10 @@ def _one_line_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except EdgeExportError as exc:
-            errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            errors.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            errors.print("[red]interrupted[/red]: nothing was written", highlight=False)
+            errors.print(Text.assemble(("interrupted", "red"), ": nothing was written"), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -68,7 +69,8 @@ def list_command() -> None:
     for target in targets():
         exporter = get_exporter(target)
         missing = [m for m in exporter.requires if importlib.util.find_spec(m) is None]
-        state = "[green]yes[/green]" if not missing else f"[yellow]no[/yellow] (pip install 'edgeexport[{target}]')"
+        state = Text("yes", "green") if not missing else Text.assemble(("no", "yellow"),
+                                                                       f" (pip install 'edgeexport[{target}]')")
         table.add_row(target, exporter.runtime, ", ".join(exporter.precisions), state)
     console.print(table)
 
@@ -100,9 +102,10 @@ def convert(
                              allow_pickle=allow_pickle, progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
     errors.print(f"wrote {result.artifact} ({target}, {precision}, exporter {exporter.get('name')}"
-                 f"/{exporter.get('strategy')})", highlight=False)
+                 f"/{exporter.get('strategy')})", highlight=False, markup=False)
     if exporter.get("fallback_reason"):
-        errors.print(f"[yellow]note:[/yellow] first strategy failed: {exporter['fallback_reason']}", highlight=False)
+        errors.print(Text.assemble(("note:", "yellow"), f" first strategy failed: {exporter['fallback_reason']}"),
+                     highlight=False)
     if result.report is not None:
         _show_parity(result.report, json_output)
 
@@ -115,7 +118,7 @@ def _show_parity(report: Any, json_output: bool) -> None:
     else:
         console.print(parity_table(report))
     if not report.passed:
-        errors.print("[red]parity FAILED[/red]: " + "; ".join(report.failures()), highlight=False)
+        errors.print(Text.assemble(("parity FAILED", "red"), ": " + "; ".join(report.failures())), highlight=False)
         raise typer.Exit(1)
 
 

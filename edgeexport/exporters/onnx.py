@@ -1,11 +1,12 @@
-"""ONNX target: torch.onnx export (dynamo first, TorchScript as fallback), checked, simplified, fp16.
+"""ONNX target: torch.export + torch.onnx (TorchScript exporter as fallback), checked, simplified, fp16.
 
-Stages:
-  1. capture + translate with ``torch.onnx.export`` -- strategies tried in order, the winner
-     and the first failure recorded in the manifest;
-  2. ``onnx.checker`` and shape inference;
-  3. optional simplification with onnxslim, optional fp16 weights/compute
-     (onnxruntime's float16 converter, fp32 inputs/outputs kept);
+Stages, each with its own error class:
+  1. capture with ``torch.export`` (:class:`CaptureError`);
+  2. translate to ONNX with ``torch.onnx.export`` (:class:`ConversionError` naming the op and
+     the PyTorch module that produced it). Strategies (dynamo, then TorchScript) are tried in
+     order; the winner and the first failure are recorded in the manifest;
+  3. ``onnx.checker`` and shape inference, then optional onnxslim simplification and fp16
+     weights/compute (onnxruntime's float16 converter, fp32 inputs/outputs kept);
   4. save, with external data when the model exceeds protobuf's 2 GB limit.
 """
 
@@ -71,18 +72,67 @@ class CaptureStrategy(ABC):
 
 
 class DynamoStrategy(CaptureStrategy):
-    """``torch.onnx.export(dynamo=True)``: torch.export capture, onnxscript translation."""
+    """``torch.export`` capture, then ``torch.onnx.export`` of the ExportedProgram (onnxscript translation).
+
+    Capturing first keeps the two stages apart: a capture failure raises :class:`CaptureError`,
+    a translation failure :class:`ConversionError` naming the op and the module that produced it.
+    """
 
     name = "dynamo"
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
         # The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
-        dynamic = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
-        program = torch.onnx.export(
-            reference.module, args, dynamo=True, opset_version=opset, input_names=reference.input_names,
-            output_names=reference.output_names, dynamic_shapes=(dynamic,) if any(dynamic) else None,
-            optimize=True, verbose=False)
-        return program.model_proto
+        # torch.export takes Dim.DYNAMIC; torch.onnx.export then renames those axes to our names.
+        named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
+        unnamed = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
+        try:
+            program = torch.export.export(reference.module, args, dynamic_shapes=(unnamed,) if any(named) else None,
+                                          strict=False)
+        except Exception as exc:
+            raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {_describe(exc)}; "
+                               "make the failing code traceable or try the TorchScript exporter") from exc
+        try:
+            onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset,
+                                             input_names=reference.input_names, output_names=reference.output_names,
+                                             dynamic_shapes=(named,) if any(named) else None, optimize=True,
+                                             verbose=False)
+        except Exception as exc:
+            raise ConversionError(f"stage 2/4 (translate to ONNX) failed for {reference.name}: "
+                                  f"{_locate_failure(exc, program)}") from exc
+        return onnx_program.model_proto
+
+
+def _locate_failure(exc: BaseException, program: torch.export.ExportedProgram) -> str:
+    """Name the op that failed to translate and the PyTorch module (path, class, source line) it came from."""
+    text = "\n".join(str(e) for e in _chain(exc))
+    op = re.search(r"OpOverload\(op='([^']+)', overload='([^']+)'\)", text)
+    node_name = re.search(r"translating node %(\w+)", text)
+    node = next((n for n in program.graph.nodes if node_name and n.name == node_name.group(1)), None)
+    op_name = f"{op.group(1)}.{op.group(2)}" if op else (str(node.target) if node is not None else "unknown op")
+    where = "an unknown module"
+    if node is not None:
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        if stack:
+            path, kind = stack[-1]
+            where = f"module '{_module_path(path)}' ({kind if isinstance(kind, str) else kind.__qualname__})"
+        trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+        source = next((line.strip() for line in reversed(trace) if line.strip().startswith("File ")), "")
+        where += f" at {source}" if source else ""
+    return (f"no ONNX translation for op {op_name}, produced by {where}. Next steps: replace the op in that module, "
+            "or register an onnxscript function for it")
+
+
+def _module_path(path: str) -> str:
+    """``L['self'].block.attn`` or ``block.attn`` -> ``block.attn`` (top level shows as the root)."""
+    cleaned = re.sub(r"^L\['self'\]\.?", "", path)
+    cleaned = re.sub(r"\._modules\['([^']+)'\]", r".\1", cleaned).lstrip(".")
+    return cleaned.removeprefix("module.").removeprefix("model.") or "<root>"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__
 
 
 class TorchScriptStrategy(CaptureStrategy):
@@ -123,7 +173,7 @@ def _quiet() -> Iterator[None]:
 
 
 def capture(reference: ReferenceModel, *, opset: int | None,
-            strategies: tuple[CaptureStrategy, ...] = CAPTURE_STRATEGIES) -> tuple[onnx.ModelProto, dict[str, Any]]:
+            strategies: tuple[CaptureStrategy, ...] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Stage 1: try each strategy in order; return the model and what happened.
 
     Raises:
@@ -131,7 +181,7 @@ def capture(reference: ReferenceModel, *, opset: int | None,
             later fallback errors mostly confuse.
     """
     failures: list[CaptureResult] = []
-    for strategy in strategies:
+    for strategy in strategies or CAPTURE_STRATEGIES:
         result = strategy(reference, opset)
         if result.model is not None:
             info = {"strategy": result.strategy,
@@ -139,9 +189,12 @@ def capture(reference: ReferenceModel, *, opset: int | None,
             return result.model, info
         failures.append(result)
     first = failures[0]
-    raise CaptureError(f"stage 1/3 (capture) failed for {reference.name}: {first.strategy}: {_describe(first.exception)}; "
-                       "all strategies failed (" + ", ".join(f.strategy for f in failures) + "). "
-                       "Next steps: simplify the failing module or report the op") from first.exception
+    tried = ", ".join(f.strategy for f in failures)
+    if isinstance(first.exception, (CaptureError, ConversionError)):
+        raise type(first.exception)(f"{first.exception} (strategies tried: {tried})") from first.exception
+    raise CaptureError(f"stage 1/4 (capture) failed for {reference.name}: {first.strategy}: {_describe(first.exception)}; "
+                       f"strategies tried: {tried}. Next steps: simplify the failing module or report the op"
+                       ) from first.exception
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -163,7 +216,7 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ConversionError(f"stage 2/3 (onnx checker) failed: {_describe(exc)}") from exc
+        raise ConversionError(f"stage 3/4 (onnx checker) failed: {_describe(exc)}") from exc
     return model
 
 

@@ -13,17 +13,21 @@ import transformers
 
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
+from edgeexport.reference.generation import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
 from edgeexport.reference.specs import PRESETS, InputSpec, ModelSpec, generic_spec, get_spec, spec_for_model_type
-from edgeexport.reference.tasks import TASKS, task_from_architecture, task_head
+from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 def load_reference(model: str | Path, *, task: str | None = None, preset: str = "tiny", seed: int = 0,
-                   allow_pickle: bool = False) -> ReferenceModel:
+                   allow_pickle: bool = False) -> ReferenceModel | ReferenceBundle:
     """Build the reference model for a zoo name, a local ``save_pretrained`` folder or a hub id.
+
+    The generation task ``seq2seq-lm-with-past`` gives a :class:`ReferenceBundle` (encoder and
+    decoder); every other task a single :class:`ReferenceModel`.
 
     Args:
         model: Zoo name (``gpt2``), a folder holding ``config.json`` and weights, or ``org/name``.
@@ -46,11 +50,12 @@ def load_reference(model: str | Path, *, task: str | None = None, preset: str = 
     return _from_zoo(get_spec(text), task=task, preset=preset, seed=seed)
 
 
-def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> ReferenceModel:
+def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> ReferenceModel | ReferenceBundle:
     task = task or spec.tasks[0]
     task_head(task)
-    if task not in spec.tasks:
-        raise UsageError(f"model {spec.name!r} does not support task {task!r}; its tasks: {', '.join(spec.tasks)}")
+    if WITH_PAST.get(task, task) not in spec.tasks:
+        raise UsageError(f"model {spec.name!r} does not support task {task!r}; "
+                         f"its tasks: {', '.join(supported_tasks(spec.tasks))}")
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     config = transformers.AutoConfig.for_model(spec.model_type, **spec.presets[preset], **spec.task_config.get(task, {}))
@@ -59,7 +64,8 @@ def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> R
     return _reference(spec, model, task=task, preset=preset, name=spec.name, source="zoo")
 
 
-def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: bool) -> ReferenceModel:
+def _from_folder(folder: Path, *, task: str | None, source: str,
+                 allow_pickle: bool) -> ReferenceModel | ReferenceBundle:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"folder {str(folder)!r} has no config.json; save the model with save_pretrained()")
@@ -86,7 +92,9 @@ def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: b
         raise ModelLoadError(f"weights in {str(folder)!r} cannot be loaded: {_first_line(exc)}") from None
     spec = spec_for_model_type(config.model_type) or generic_spec(
         head.modality, config.model_type, causal=task == "causal-lm")
-    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source)
+    tokenizer = folder / "tokenizer.json"
+    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source,
+                      tokenizer=tokenizer if tokenizer.is_file() else None)
 
 
 def _task_of(config: Any, architecture: str, folder: Path) -> str:
@@ -116,7 +124,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-               source: str) -> ReferenceModel:
+               source: str, tokenizer: Path | None = None) -> ReferenceModel | ReferenceBundle:
+    if task in WITH_PAST:
+        return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)
     config = model.config
     inputs = spec.inputs(config, task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,10 @@ class ReferenceModel:
 
     ``module`` takes the inputs positionally in the order of ``inputs`` and returns a tuple in
     the order of ``output_names``. ``sizes`` holds the (example, alternate) size of every
-    dynamic axis; golden cases are drawn at both.
+    dynamic axis; golden cases are drawn at both. ``output_axes`` names dynamic output dims
+    (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
+    ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`) and
+    ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer).
     """
 
     name: str
@@ -76,6 +80,9 @@ class ReferenceModel:
     logits_outputs: list[str] = field(default_factory=list)
     vocab_size: int = 2
     example_values: dict[str, np.ndarray] = field(default_factory=dict)
+    output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    assets: dict[str, Path] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -101,7 +108,7 @@ class ReferenceModel:
         return {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
 
     def _draw(self, spec: InputSpec, axes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
-        shape = tuple(axes[d] if isinstance(d, str) else d for d in spec.dims)
+        shape = tuple(axis_size(d, axes) if isinstance(d, str) else d for d in spec.dims)
         if spec.kind == "ids":
             return rng.integers(0, self.vocab_size, size=shape).astype(spec.dtype)
         if spec.kind == "mask":
@@ -111,6 +118,8 @@ class ReferenceModel:
             return mask
         if spec.kind == "zeros":
             return np.zeros(shape, dtype=spec.dtype)
+        if spec.kind == "positions":
+            return np.broadcast_to(np.arange(shape[-1], dtype=spec.dtype), shape).copy()
         if spec.kind == "sample":
             low, high = self.example_values[spec.name].min(), self.example_values[spec.name].max()
             if np.issubdtype(np.dtype(spec.dtype), np.integer):
@@ -132,14 +141,18 @@ class ReferenceModel:
     def output_tensor_specs(self, cases: Sequence[tuple[Mapping[str, int], Mapping[str, np.ndarray]]]) -> list[TensorSpec]:
         """Output specs with dynamic dims found by comparing outputs of the shape cases.
 
-        A dim that changes between cases is named after the input axis whose size it equals
-        in every case, else ``<output>_dim<i>``.
+        A dim that changes between cases is named by ``output_axes``, else after the input axis
+        whose size it equals in every case, else ``<output>_dim<i>``.
         """
         specs = []
         for name in self.output_names:
             shapes = [outputs[name].shape for _, outputs in cases]
             dims: list[int | str] = []
+            declared = self.output_axes.get(name, {})
             for i, size in enumerate(shapes[0]):
+                if i in declared:
+                    dims.append(declared[i])
+                    continue
                 if all(s[i] == size for s in shapes):
                     dims.append(int(size))
                     continue
@@ -147,3 +160,8 @@ class ReferenceModel:
                 dims.append(axis or f"{name}_dim{i}")
             specs.append(TensorSpec(name, str(cases[0][1][name].dtype), tuple(dims)))
         return specs
+
+
+def axis_size(dim: str, axes: Mapping[str, int]) -> int:
+    """Size of a dynamic dim: an axis name, or a sum of axis names such as ``past_sequence+sequence``."""
+    return sum(axes[term] for term in dim.split("+"))

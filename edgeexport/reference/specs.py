@@ -21,9 +21,10 @@ PRESETS = ("tiny", "full")
 class InputSpec:
     """One model input. ``dims`` holds axis names (dynamic) and ints (fixed).
 
-    ``kind`` says how example values are drawn: ``ids`` (token ids below the vocab size),
-    ``mask`` (ones, trailing zeros in later rows to exercise padding), ``zeros`` or ``float``
-    (standard normal).
+    A dynamic dim may also be a sum of axes, such as ``past_sequence+sequence``. ``kind`` says
+    how example values are drawn: ``ids`` (token ids below the vocab size), ``mask`` (ones,
+    trailing zeros in later rows to exercise padding), ``zeros``, ``positions`` (0, 1, ...
+    along the last dim) or ``float`` (standard normal).
     """
 
     name: str
@@ -209,9 +210,10 @@ class T5Spec(Seq2SeqSpec):
     model_type = "t5"
     tasks = ("seq2seq-lm",)
     presets = {
+        # T5Config() leaves decoder_start_token_id unset; t5-small starts decoding with pad (0).
         "tiny": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 2, "num_decoder_layers": 2,
-                 "num_heads": 2, "vocab_size": 1000, "relative_attention_num_buckets": 8},
-        "full": {"vocab_size": 32128},  # T5Config() is t5-small
+                 "num_heads": 2, "vocab_size": 1000, "relative_attention_num_buckets": 8, "decoder_start_token_id": 0},
+        "full": {"vocab_size": 32128, "decoder_start_token_id": 0},  # T5Config() is t5-small
     }
 
 

@@ -32,7 +32,14 @@ TASKS: dict[str, TaskHead] = {
     "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision"),
     "ctc": TaskHead("AutoModelForCTC", ("logits",), ("logits",), "audio"),
     "audio-classification": TaskHead("AutoModelForAudioClassification", ("logits",), ("logits",), "audio"),
+    # Generation variants: the decoder with its KV cache as inputs and outputs (edgeexport.generation);
+    # edgeexport.reference.generation adds the cache names to these outputs.
+    "causal-lm-with-past": TaskHead("AutoModelForCausalLM", ("logits",), ("logits",), "text"),
+    "seq2seq-lm-with-past": TaskHead("AutoModelForSeq2SeqLM", ("logits",), ("logits",), "text2text"),
 }
+
+# Generation variant -> the task it is a variant of; a model with the base task supports the variant.
+WITH_PAST: dict[str, str] = {"causal-lm-with-past": "causal-lm", "seq2seq-lm-with-past": "seq2seq-lm"}
 
 # Suffix of a transformers architecture class name -> task, for save_pretrained folders.
 ARCHITECTURE_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -56,6 +63,11 @@ def task_head(task: str) -> TaskHead:
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[task]
+
+
+def supported_tasks(tasks: tuple[str, ...]) -> list[str]:
+    """A model's tasks followed by the generation variants of those tasks."""
+    return [*tasks, *(variant for variant, base in WITH_PAST.items() if base in tasks)]
 
 
 def task_from_architecture(architecture: str, main_input_name: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.table import Table
+from rich.text import Text
 
 from edgeexport.validation.latency import LatencyStats
 from edgeexport.validation.parity import ParityReport
@@ -24,9 +25,9 @@ def parity_table(report: ParityReport) -> Table:
     for case in report.cases:
         axes = ",".join(f"{k}={v}" for k, v in case.axes.items())
         if case.error:
-            table.add_row(case.case, axes, "-", "-", "-", "-", "-", "-", f"[red]FAIL[/red] {case.error}")
+            table.add_row(case.case, axes, "-", "-", "-", "-", "-", "-", Text.assemble(("FAIL", "red"), f" {case.error}"))
         for out in case.outputs:
-            status = "[green]PASS[/green]" if out else f"[red]FAIL[/red] {out.reason}"
+            status = Text("PASS", "green") if out else Text.assemble(("FAIL", "red"), f" {out.reason}")
             table.add_row(case.case, axes, out.name, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
                           _num(out.cosine, ".6f"), _num(out.top1, ".3f"), status)
     return table

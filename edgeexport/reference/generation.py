@@ -1,0 +1,238 @@
+"""Reference models of the generation tasks: decoders that take and return their KV cache.
+
+``causal-lm-with-past`` gives one :class:`~edgeexport.reference.model.ReferenceModel` (a merged
+decoder: an empty past on the first step, so one graph serves prefill and decode);
+``seq2seq-lm-with-past`` gives a :class:`ReferenceBundle` of an encoder and a decoder. Names
+and shapes follow :mod:`edgeexport.generation`.
+
+The wrappers rebuild transformers cache objects (``DynamicCache``, ``EncoderDecoderCache``)
+from the flat tensors, so the exported graph runs the model's own attention code. The encoder
+wrapper gets the cross-attention key/values by running the decoder once on a dummy token,
+which fills the cross-attention cache; everything else of that pass is dead code that export
+removes. Caches are full-attention layers: sliding-window caches are not supported.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache
+
+from edgeexport.artifact import Tolerance
+from edgeexport.generation import TOKENIZER_FILE, GenerationSpec, TokenIds, cross_names, past_names, present_names
+from edgeexport.reference.model import ReferenceModel
+from edgeexport.reference.specs import InputSpec, ModelSpec
+
+# (example, alternate) sizes: the example case is a prefill (empty past), the alternate a decode step.
+AXIS_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "tiny": {"batch": (2, 3), "sequence": (4, 1), "past_sequence": (0, 6), "encoder_sequence": (8, 13)},
+    "full": {"batch": (1, 2), "sequence": (16, 1), "past_sequence": (0, 32), "encoder_sequence": (32, 16)},
+}
+TOTAL = "past_sequence+sequence"
+Layout = list[tuple[int, int, str]]  # per layer: heads, head_dim, dtype
+
+
+@dataclass
+class ReferenceBundle:
+    """Reference components exported together as one bundle (:mod:`edgeexport.bundle`), by role."""
+
+    name: str
+    task: str
+    preset: str | None
+    source: str
+    architecture: str
+    components: dict[str, ReferenceModel]
+
+
+class CausalLMWithPast(torch.nn.Module):
+    """``forward(input_ids, attention_mask, [position_ids], *past)`` -> ``(logits, *present)``."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        self.cache_kwarg = _cache_kwarg(model)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = len(self.input_names)
+        cache = DynamicCache(_pairs(tensors[count:]))
+        outputs = self.model(**dict(zip(self.input_names, tensors[:count])), **{self.cache_kwarg: cache},
+                             use_cache=True, return_dict=True)
+        return (outputs["logits"], *_flat(_returned_cache(outputs)))
+
+
+class Seq2SeqEncoderWithCross(torch.nn.Module):
+    """``forward(input_ids, attention_mask)`` -> the cross-attention key/values of every decoder layer."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.cache_kwarg = _cache_kwarg(model.get_decoder())
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        input_ids, attention_mask = tensors
+        hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)[0]
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self.model.get_decoder()(input_ids=input_ids[:, :1], encoder_hidden_states=hidden,
+                                 encoder_attention_mask=attention_mask, **{self.cache_kwarg: cache}, use_cache=True)
+        return tuple(_flat(cache.cross_attention_cache))
+
+
+class Seq2SeqDecoderWithPast(torch.nn.Module):
+    """``forward(input_ids, encoder_attention_mask, *past, *cross)`` -> ``(logits, *present)``."""
+
+    def __init__(self, model: torch.nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = layers
+        self.cache_kwarg = _cache_kwarg(model)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        input_ids, encoder_attention_mask = tensors[:2]
+        past, cross = tensors[2:2 + 2 * self.layers], tensors[2 + 2 * self.layers:]
+        cache = EncoderDecoderCache(DynamicCache(_pairs(past)), DynamicCache(_pairs(cross)))
+        # The decoder reads only the batch size, length and dtype of the encoder states once the
+        # cross-attention cache is filled; a slice of the first cross key carries exactly those.
+        stand_in = cross[0][:, 0]
+        outputs = self.model(attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
+                             encoder_outputs=(stand_in,), **{self.cache_kwarg: cache}, use_cache=True, return_dict=True)
+        return (outputs["logits"], *_flat(_returned_cache(outputs).self_attention_cache))
+
+
+def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
+                        source: str, tokenizer: Path | None = None) -> ReferenceModel | ReferenceBundle:
+    """The reference of a generation task: a merged decoder, or an encoder + decoder bundle.
+
+    Args:
+        spec: The model's zoo (or generic) spec, for its tolerance and vocab size.
+        model: The transformers model with its LM head.
+        task: ``causal-lm-with-past`` or ``seq2seq-lm-with-past``.
+        preset: Zoo preset (sizes of the golden cases); None for loaded models.
+        name: Model name for the manifest.
+        source: Where the model came from (manifest ``model.source``).
+        tokenizer: A ``tokenizer.json`` to copy into the decoder artifact.
+    """
+    model.eval()
+    common = {"name": name, "task": task, "preset": preset, "source": source,
+              "architecture": type(model).__name__, "tolerance": Tolerance(spec.atol, spec.rtol),
+              "vocab_size": spec.vocab_size(model.config)}
+    sizes = AXIS_SIZES[preset or "full"]
+    tokens = token_ids(model)
+    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None else {}
+    if task == "causal-lm-with-past":
+        return _causal(model, _layout(model), tokens, sizes, assets, common)
+    self_layout, cross_layout = _seq2seq_layout(model)
+    encoder = _seq2seq_encoder(model, cross_layout, tokens, sizes, common)
+    decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, sizes, assets, common)
+    return ReferenceBundle(name=name, task=task, preset=preset, source=source, architecture=common["architecture"],
+                           components={"encoder": encoder, "decoder": decoder})
+
+
+def token_ids(model: torch.nn.Module) -> TokenIds:
+    """Special token ids from the model's generation config (falling back to its config)."""
+    def pick(key: str) -> Any:
+        value = getattr(model.generation_config, key, None)
+        return value if value is not None else getattr(model.config, key, None)
+
+    eos = pick("eos_token_id")
+    eos = () if eos is None else tuple(int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    singles = {field: pick(f"{field}_token_id") for field in ("bos", "pad", "decoder_start", "forced_bos", "forced_eos")}
+    return TokenIds(eos=eos, **{k: None if v is None else int(v) for k, v in singles.items()})
+
+
+def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, sizes: dict[str, tuple[int, int]],
+            assets: dict[str, Path], common: dict[str, Any]) -> ReferenceModel:
+    inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"), InputSpec("attention_mask", ("batch", TOTAL), "mask")]
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        inputs.append(InputSpec("position_ids", ("batch", "sequence"), "positions"))
+    layers = len(layout)
+    inputs += _cache_inputs(past_names(layers), layout, "past_sequence")
+    module = CausalLMWithPast(model, [i.name for i in inputs[:len(inputs) - 2 * layers]]).eval()
+    generation = GenerationSpec(role="decoder", past=tuple(past_names(layers)), present=tuple(present_names(layers)),
+                                tokens=tokens, tokenizer=TOKENIZER_FILE if assets else None)
+    return _component(module, inputs, ["logits", *present_names(layers)], sizes, generation, assets, common,
+                      output_axes={"logits": {0: "batch", 1: "sequence"},
+                                   **{n: {0: "batch", 2: TOTAL} for n in present_names(layers)}})
+
+
+def _seq2seq_encoder(model: torch.nn.Module, cross_layout: Layout, tokens: TokenIds,
+                     sizes: dict[str, tuple[int, int]], common: dict[str, Any]) -> ReferenceModel:
+    layers = len(cross_layout)
+    inputs = [InputSpec("input_ids", ("batch", "encoder_sequence"), "ids"),
+              InputSpec("attention_mask", ("batch", "encoder_sequence"), "mask")]
+    generation = GenerationSpec(role="encoder", cross=tuple(cross_names(layers)), tokens=tokens)
+    return _component(Seq2SeqEncoderWithCross(model).eval(), inputs, cross_names(layers), sizes, generation, {},
+                      common, output_axes={n: {0: "batch", 2: "encoder_sequence"} for n in cross_names(layers)})
+
+
+def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
+                     sizes: dict[str, tuple[int, int]], assets: dict[str, Path], common: dict[str, Any]) -> ReferenceModel:
+    layers = len(self_layout)
+    inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
+              InputSpec("encoder_attention_mask", ("batch", "encoder_sequence"), "mask"),
+              *_cache_inputs(past_names(layers), self_layout, "past_sequence"),
+              *_cache_inputs(cross_names(layers), cross_layout, "encoder_sequence")]
+    generation = GenerationSpec(role="decoder", past=tuple(past_names(layers)), present=tuple(present_names(layers)),
+                                cross=tuple(cross_names(layers)), tokens=tokens,
+                                tokenizer=TOKENIZER_FILE if assets else None)
+    return _component(Seq2SeqDecoderWithPast(model, layers).eval(), inputs, ["logits", *present_names(layers)], sizes,
+                      generation, assets, common,
+                      output_axes={"logits": {0: "batch", 1: "sequence"},
+                                   **{n: {0: "batch", 2: TOTAL} for n in present_names(layers)}})
+
+
+def _component(module: torch.nn.Module, inputs: list[InputSpec], output_names: list[str],
+               sizes: dict[str, tuple[int, int]], generation: GenerationSpec, assets: dict[str, Path],
+               common: dict[str, Any], *, output_axes: dict[str, dict[int, str]]) -> ReferenceModel:
+    used = {term for spec in inputs for dim in spec.dims if isinstance(dim, str) for term in dim.split("+")}
+    return ReferenceModel(module=module, inputs=inputs, output_names=output_names,
+                          sizes={axis: size for axis, size in sizes.items() if axis in used},
+                          logits_outputs=["logits"] if "logits" in output_names else [], output_axes=output_axes,
+                          generation=generation.to_dict(), assets=assets, **common)
+
+
+def _cache_inputs(names: list[str], layout: Layout, axis: str) -> list[InputSpec]:
+    return [InputSpec(name, ("batch", heads, axis, head_dim), "float", dtype)
+            for name, (heads, head_dim, dtype) in zip(names, (entry for entry in layout for _ in range(2)))]
+
+
+def _layout(model: torch.nn.Module) -> Layout:
+    """Heads, head dim and dtype of every cache layer, read from one short forward pass."""
+    ids = torch.zeros((1, 2), dtype=torch.long)
+    with torch.inference_mode():
+        outputs = model(input_ids=ids, use_cache=True, return_dict=True)
+    return _shapes(_returned_cache(outputs).layers)
+
+
+def _seq2seq_layout(model: torch.nn.Module) -> tuple[Layout, Layout]:
+    ids = torch.zeros((1, 2), dtype=torch.long)
+    with torch.inference_mode():
+        cache = _returned_cache(model(input_ids=ids, decoder_input_ids=ids[:, :1], use_cache=True, return_dict=True))
+    return _shapes(cache.self_attention_cache.layers), _shapes(cache.cross_attention_cache.layers)
+
+
+def _shapes(layers: Iterable[Any]) -> Layout:
+    return [(int(layer.keys.shape[1]), int(layer.keys.shape[3]), str(layer.keys.dtype).removeprefix("torch."))
+            for layer in layers]
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; use the name ``forward`` takes."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _returned_cache(outputs: Any) -> Any:
+    return outputs["cache"] if "cache" in outputs else outputs["past_key_values"]
+
+
+def _pairs(flat: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def _flat(cache: Any) -> list[torch.Tensor]:
+    return [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]

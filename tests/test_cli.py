@@ -1,0 +1,126 @@
+"""The command line: each command on a real artifact, and one clear error line per user mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeexport.cli import app
+from edgeexport.pipeline import ConversionResult
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_list_shows_models_tasks_and_targets() -> None:
+    code, out, _ = invoke("list")
+    assert code == 0
+    assert "question-answering" in out and "mask2former" in out
+    assert "onnx" in out and "onnxruntime" in out
+
+
+def test_convert_prints_parity_table_and_writes_artifact(tmp_path: Path) -> None:
+    code, out, err = invoke("convert", "vit", "-o", str(tmp_path / "vit"))
+    assert code == 0, err
+    assert "parity: onnx (fp32) on onnxruntime vs PyTorch" in out
+    assert out.count("PASS") == 4  # 2 golden + 2 fresh cases, one output each
+    assert (tmp_path / "vit" / "manifest.json").is_file()
+    assert "exporter torch.onnx/dynamo" in err
+
+
+def test_convert_fp16_keeps_fp32_io(tmp_path: Path) -> None:
+    code, out, err = invoke("convert", "convnext", "--precision", "fp16", "-o", str(tmp_path / "c"), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["passed"] and report["precision"] == "fp16"
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["dtype"] == "float32" and manifest["outputs"][0]["dtype"] == "float32"
+    assert "float16(keep_io_types)" in manifest["exporter"]["passes"]
+
+
+def test_validate_json_and_exit_codes(bert_artifact: ConversionResult) -> None:
+    code, out, _ = invoke("validate", str(bert_artifact.artifact), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["passed"] and [c["case"] for c in report["cases"]] == ["example", "alternate"]
+    code, out, err = invoke("validate", str(bert_artifact.artifact), "--atol", "0", "--rtol", "0")
+    assert code == 1
+    assert "parity FAILED" in err
+
+
+def test_validate_with_reference_reruns_pytorch_on_fresh_inputs(bert_artifact: ConversionResult) -> None:
+    code, out, _ = invoke("validate", str(bert_artifact.artifact), "--reference", "--json")
+    assert code == 0
+    assert [c["source"] for c in json.loads(out)["cases"]] == ["golden", "golden", "reference", "reference"]
+
+
+def test_bench_reports_both_backends(bert_artifact: ConversionResult) -> None:
+    code, out, _ = invoke("bench", str(bert_artifact.artifact), "--reference", "--iterations", "3", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["label"] for r in rows] == ["pytorch eager", "onnx (onnxruntime, fp32)"]
+    assert all(r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
+
+
+def test_inspect_shows_ops_and_parameters(bert_artifact: ConversionResult) -> None:
+    code, out, _ = invoke("inspect", str(bert_artifact.artifact), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ops"]["MatMul"] > 0
+    assert data["parameters"] > 30_000
+    code, out, _ = invoke("inspect", str(bert_artifact.artifact))
+    assert code == 0 and "BertForSequenceClassification" not in out and "sequence-classification" in out
+
+
+def test_validate_runs_without_torch(bert_artifact: ConversionResult) -> None:
+    """The device side (validate) must not import torch."""
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+              "from edgeexport.cli import main\n"
+              f"sys.argv = ['edgeexport', 'validate', {str(bert_artifact.artifact)!r}]\nmain()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["convert", "resnet9000"], "error: unknown model 'resnet9000'; choose one of: gpt2, bert"),
+    (["convert", "bert", "--task", "causal-lm"], "error: model 'bert' does not support task 'causal-lm'"),
+    (["convert", "bert", "--target", "tflite"], "error: unknown target 'tflite'; choose one of: "),
+    (["convert", "bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; "
+                                                 "choose one of: fp32, fp16"),
+    (["convert", "bert", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, full"),
+    (["validate", "/nonexistent/artifact"], "error: artifact folder '/nonexistent/artifact' does not exist"),
+    (["convert", "./no/such/folder"], "error: model folder './no/such/folder' does not exist"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(args: list[str], message: str) -> None:
+    code, out, err = invoke(*args)
+    assert code == 2
+    assert err.startswith(message), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+
+
+def test_non_empty_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = invoke("convert", "bert", "-o", str(tmp_path))
+    assert code == 2
+    assert err.strip() == f"error: output folder '{tmp_path}' is not empty; choose another -o or pass --force to replace it"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeexport.exporters.onnx import EXPORTER
+
+    monkeypatch.setattr(type(EXPORTER), "requires", ("onnx", "edgeexport_missing_backend"))
+    code, _, err = invoke("convert", "bert")
+    assert code == 2
+    assert err.strip() == ("error: target 'onnx' needs edgeexport_missing_backend; "
+                           "install it with: pip install 'edgeexport[onnx]'")
