@@ -74,19 +74,27 @@ class TensorSpec:
 class Tolerance:
     """Parity tolerance: ``|target - reference| <= atol + rtol * |reference|`` elementwise.
 
-    ``per_output`` overrides (atol, rtol) for single outputs by name.
+    ``per_output`` overrides (atol, rtol) for single outputs by name. ``min_cosine`` and
+    ``min_top1`` (quantized targets) let an output that exceeds the elementwise bound pass
+    statistically instead: when ``min_cosine`` is set, an output also passes if its cosine
+    similarity is at least ``min_cosine``, its top-1 agreement (logits only) at least
+    ``min_top1``, and its mean absolute error within ``atol + rtol * mean(|reference|)``.
     """
 
     atol: float
     rtol: float
     per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
+    min_cosine: float | None = None
+    min_top1: float | None = None
 
     def for_output(self, name: str) -> tuple[float, float]:
         return self.per_output.get(name, (self.atol, self.rtol))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol,
-                "per_output": {k: list(v) for k, v in self.per_output.items()}}
+        data: dict[str, Any] = {"atol": self.atol, "rtol": self.rtol,
+                                "per_output": {k: list(v) for k, v in self.per_output.items()}}
+        data.update({k: v for k, v in (("min_cosine", self.min_cosine), ("min_top1", self.min_top1)) if v is not None})
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
@@ -98,7 +106,8 @@ class Tolerance:
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)):
                 raise ArtifactError(f"manifest tolerance.per_output.{name} must be [atol, rtol]")
             parsed[name] = (float(pair[0]), float(pair[1]))
-        return cls(atol=atol, rtol=rtol, per_output=parsed)
+        return cls(atol=atol, rtol=rtol, per_output=parsed, min_cosine=_fraction(data, "min_cosine", "tolerance"),
+                   min_top1=_fraction(data, "min_top1", "tolerance"))
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ class Manifest:
     """Everything a device needs to know about an artifact, serialised as ``manifest.json``.
 
     ``created_at`` is the only field that differs between two conversions of the same model.
+    ``generation`` (optional, written only when set) is the KV-cache block of generation
+    artifacts, parsed by :class:`edgeexport.generation.GenerationSpec`.
     """
 
     model: dict[str, Any]
@@ -130,6 +141,7 @@ class Manifest:
     logits_outputs: list[str] = field(default_factory=list)
     golden: list[GoldenCase] = field(default_factory=list)
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -159,6 +171,7 @@ class Manifest:
             "tolerance": self.tolerance.to_dict(),
             "golden": [asdict(g) for g in self.golden],
             "runtime_options": self.runtime_options,
+            **({"generation": self.generation} if self.generation else {}),
             "tool_versions": self.tool_versions,
             "files": self.files,
         }
@@ -204,6 +217,7 @@ class Manifest:
             tolerance=Tolerance.from_dict(_field(data, "tolerance", dict, "")),
             golden=golden,
             runtime_options=_field(data, "runtime_options", dict, ""),
+            generation=_field(data, "generation", dict, "") if "generation" in data else {},
             tool_versions=_field(data, "tool_versions", dict, ""),
             files=files,
         )
@@ -223,6 +237,16 @@ def _number(data: Mapping[str, Any], key: str, where: str) -> float:
     value = data.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ArtifactError(f"manifest field '{where}.{key}' must be a non-negative number")
+    return float(value)
+
+
+def _fraction(data: Mapping[str, Any], key: str, where: str) -> float | None:
+    """An optional number in [0, 1]; absent or null gives None (manifests written before the field existed)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ArtifactError(f"manifest field '{where}.{key}' must be a number between 0 and 1")
     return float(value)
 
 

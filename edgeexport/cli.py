@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeexport.errors import EdgeExportError
+
+if TYPE_CHECKING:
+    from edgeexport.artifact import Manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export PyTorch models to ONNX, OpenVINO, CoreML and TensorRT, and prove them right.")
@@ -56,12 +59,13 @@ def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
     from edgeexport.exporters import get_exporter, targets
     from edgeexport.reference.specs import PRESETS, SPECS
+    from edgeexport.reference.tasks import supported_tasks
 
     models = Table(title="models")
     for column in ("model", "tasks (default first)", "presets"):
         models.add_column(column)
     for name, spec in SPECS.items():
-        models.add_row(name, ", ".join(spec.tasks), ", ".join(PRESETS))
+        models.add_row(name, ", ".join(supported_tasks(spec.tasks)), ", ".join(PRESETS))
     console.print(models)
     table = Table(title="targets")
     for column in ("target", "runtime", "precisions", "installed"):
@@ -110,13 +114,15 @@ def convert(
         _show_parity(result.report, json_output)
 
 
-def _show_parity(report: Any, json_output: bool) -> None:
+def _show_parity(report: Any, json_output: bool, localization: Any = None) -> None:
     from edgeexport.validation.report import parity_table
 
     if json_output:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), **({"localization": localization.to_dict()} if localization else {})})
     else:
         console.print(parity_table(report))
+    if localization is not None:
+        errors.print(Text.assemble(("explain", "cyan"), ": " + _explanation(localization)), highlight=False)
     if not report.passed:
         errors.print(Text.assemble(("parity FAILED", "red"), ": " + "; ".join(report.failures())), highlight=False)
         raise typer.Exit(1)
@@ -130,20 +136,48 @@ def validate(
     atol: Annotated[Optional[float], typer.Option(help="Override the manifest's absolute tolerance.")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Override the manifest's relative tolerance.")] = None,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
+                                               "torch); runs by itself when parity fails and torch is here.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check ARTIFACT against its golden bundle (no torch needed); exit 1 on parity failure."""
+    """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from edgeexport.artifact import Tolerance
+    from edgeexport.bundle import component_folders
     from edgeexport.pipeline import check_parity, rebuild_reference
     from edgeexport.runtimes import open_artifact
 
-    opened = open_artifact(artifact)
+    opened = open_artifact(next(iter(component_folders(artifact).values())))
     tolerance = None
     if atol is not None or rtol is not None:
         stored = opened.manifest.tolerance
         tolerance = Tolerance(atol if atol is not None else stored.atol, rtol if rtol is not None else stored.rtol)
     ref = rebuild_reference(opened.manifest) if reference else None
-    _show_parity(check_parity(artifact, ref, tolerance=tolerance, threads=threads), json_output)
+    report = check_parity(artifact, ref, tolerance=tolerance, threads=threads)
+    localization = None
+    if explain or not report.passed:
+        localization = _localize(artifact, opened.manifest, ref, report, requested=explain)
+    _show_parity(report, json_output, localization)
+
+
+def _localize(artifact: Path, manifest: Any, reference: Any, report: Any, *, requested: bool) -> Any:
+    """Localise the divergence of an ONNX artifact; without torch or for other targets only when asked."""
+    from edgeexport.errors import UsageError
+    from edgeexport.pipeline import explain, rebuild_reference
+
+    problem = ("divergence localization works on ONNX artifacts" if manifest.target != "onnx" else
+               "divergence localization needs torch installed" if importlib.util.find_spec("torch") is None else "")
+    if problem:
+        if requested:
+            raise UsageError(f"--explain: {problem}")
+        return None
+    return explain(artifact, reference or rebuild_reference(manifest), report)
+
+
+def _explanation(localization: Any) -> str:
+    if localization.first is not None:
+        return localization.first.describe()
+    return (f"no intermediate value diverged beyond tolerance on case {localization.case!r} "
+            f"({localization.compared} compared); only the final outputs differ")
 
 
 @app.command()
@@ -176,18 +210,30 @@ def inspect(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show ARTIFACT's manifest, op histogram, parameter count and size."""
+    """Show ARTIFACT's manifest, op histogram, parameter count and size (of each component of a bundle)."""
+    from edgeexport.bundle import Bundle, component_folders
+
+    described = {role: _describe(folder) for role, folder in component_folders(artifact).items()}
+    if json_output:
+        data = {role: {"manifest": m.to_dict(), "size_bytes": size, **details}
+                for role, (m, details, size) in described.items()}
+        _print_json(data[""] if "" in data else {"bundle": Bundle.open(artifact).to_dict(), "components": data})
+        return
+    for role, (manifest, details, size) in described.items():
+        _print_artifact(f"{artifact}" + (f" ({role})" if role else ""), manifest, details, size)
+
+
+def _describe(folder: Path) -> tuple[Manifest, dict[str, Any], int]:
     from edgeexport.runtimes import open_artifact, runtime_module
 
-    opened = open_artifact(artifact)
-    manifest = opened.manifest
-    module = runtime_module(manifest.runtime)
+    opened = open_artifact(folder)
+    module = runtime_module(opened.manifest.runtime)
     details = module.describe(opened) if hasattr(module, "describe") else {}
-    size = sum(opened.file(f).stat().st_size for f in manifest.files)
-    if json_output:
-        _print_json({"manifest": manifest.to_dict(), "size_bytes": size, **details})
-        return
-    info = Table(title=f"{artifact}", show_header=False)
+    return opened.manifest, details, sum(opened.file(f).stat().st_size for f in opened.manifest.files)
+
+
+def _print_artifact(title: str, manifest: Manifest, details: dict[str, Any], size: int) -> None:
+    info = Table(title=title, show_header=False)
     info.add_column("field")
     info.add_column("value")
     for field_name, value in (
@@ -199,6 +245,7 @@ def inspect(
         ("outputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
         ("tolerance", f"atol={manifest.tolerance.atol:g} rtol={manifest.tolerance.rtol:g}"),
         ("golden cases", ", ".join(g.name for g in manifest.golden)),
+        *((("generation", _generation_summary(manifest)),) if manifest.generation else ()),
         ("parameters", f"{details.get('parameters', 0):,}"), ("size", f"{size / 1e6:.2f} MB"),
         ("created", manifest.created_at),
     ):
@@ -211,6 +258,47 @@ def inspect(
         for op, count in details["ops"].items():
             ops.add_row(op, str(count))
         console.print(ops)
+
+
+def _generation_summary(manifest: Manifest) -> str:
+    from edgeexport.generation import GenerationSpec
+
+    spec = GenerationSpec.of(manifest)
+    cache = f"{len(spec.past) // 2} layers (past_key_values.{{i}}.key|value -> present.{{i}}.key|value)" if spec.past else ""
+    cross = f"{len(spec.cross) // 2} layers of encoder_key_values.{{i}}.key|value" if spec.cross else ""
+    tokens = ", ".join(f"{k}={v}" for k, v in spec.tokens.to_dict().items() if v not in (None, []))
+    return "; ".join(part for part in (spec.role, cache, cross and f"cross {cross}", tokens,
+                                       f"tokenizer {spec.tokenizer or 'none'}") if part)
+
+
+@app.command()
+@_one_line_errors
+def generate(
+    artifact: Annotated[Path, typer.Argument(help="causal-lm-with-past artifact or seq2seq-lm-with-past bundle.")],
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs a tokenizer in the artifact).")] = None,
+    prompt_ids: Annotated[Optional[str], typer.Option(help="Prompt token ids, e.g. 1,2,3.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 32,
+    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling probability mass.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler.")] = None,
+    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+) -> None:
+    """Generate from a prompt with ARTIFACT, streaming tokens to stdout, then tokens/s to stderr."""
+    from edgeexport.runtimes.generate import Generator, TextStreamer
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    with Generator.load(artifact, threads=threads) as generator:
+        output = generator.generate(generator.prompt(prompt, prompt_ids), max_new_tokens=max_new_tokens,
+                                    do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                    streamer=TextStreamer(generator, write))
+    write("\n")
+    errors.print(f"{output.tokens.size} tokens in {output.total_s:.2f} s: {output.tokens_per_s:.1f} tokens/s "
+                 f"(first token {output.first_token_s * 1e3:.1f} ms)", highlight=False, markup=False)
 
 
 def main() -> None:

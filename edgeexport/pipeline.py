@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeexport.artifact import Manifest, Tolerance, check_output_dir, save_golden, staged_output, write_manifest
+from edgeexport.bundle import component_folders, write_bundle
 from edgeexport.errors import UsageError
-from edgeexport.exporters import get_exporter
+from edgeexport.exporters import Exporter, get_exporter
 from edgeexport.validation.latency import LatencyStats, measure
 from edgeexport.validation.parity import ParityReport, check_artifact
 
 if TYPE_CHECKING:
     import torch
 
+    from edgeexport.validation.localize import Localization
+
+    from edgeexport.reference.generation import ReferenceBundle
     from edgeexport.reference.model import ReferenceModel
 
 Progress = Callable[[str], None]
@@ -24,12 +29,17 @@ FRESH_SEED = 1000
 
 @dataclass
 class ConversionResult:
-    """What :func:`convert` produced. ``report`` is None when validation was skipped."""
+    """What :func:`convert` produced. ``report`` is None when validation was skipped.
+
+    For a bundle (:mod:`edgeexport.bundle`), ``manifest`` is the decoder's, ``components`` holds
+    every component's manifest by role, and the report's cases are named ``<role>/<case>``.
+    """
 
     artifact: Path
     manifest: Manifest
     report: ParityReport | None
-    reference: ReferenceModel
+    reference: ReferenceModel | ReferenceBundle
+    components: dict[str, Manifest] = field(default_factory=dict)
 
 
 def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None = None, *,
@@ -73,39 +83,85 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     reference = _reference(model, example_inputs, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
                            dynamic_axes=dynamic_axes)
     folder = Path(output_dir or f"{reference.name}-{reference.task}-{target}-{precision}")
-    default_tolerance = exporter.tolerance(reference, precision)
-    tolerance = Tolerance(atol if atol is not None else default_tolerance.atol,
-                          rtol if rtol is not None else default_tolerance.rtol, default_tolerance.per_output)
+    components = getattr(reference, "components", {"": reference})
     say("running the reference on the golden inputs")
-    cases = [(name, sizes, reference.make_inputs(sizes, seed=i)) for i, (name, sizes) in enumerate(reference.shape_cases())]
-    golden = [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
+    golden = {role: _golden(component) for role, component in components.items()}
     with staged_output(folder, force=force) as stage:
-        say(f"exporting to {target} ({precision})")
-        result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify)
-        say("writing the artifact")
-        manifest = Manifest(
-            model={"name": reference.name, "task": reference.task, "preset": reference.preset, "seed": seed,
-                   "source": reference.source, "architecture": reference.architecture},
-            target=target, runtime=exporter.runtime, precision=precision, model_file=result.model_file,
-            exporter=result.exporter, inputs=reference.input_tensor_specs(),
-            outputs=reference.output_tensor_specs([(sizes, outputs) for _, sizes, _, outputs in golden]),
-            tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
-            golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
-        )
-        write_manifest(stage, manifest)
+        manifests = {}
+        for role, component in components.items():
+            say(f"exporting {role or 'the model'} to {target} ({precision})")
+            (stage / role).mkdir(exist_ok=True)
+            manifests[role] = _write_artifact(
+                stage / role, component, golden[role], exporter, target=target, precision=precision, opset=opset,
+                simplify=simplify, seed=seed, atol=atol, rtol=rtol)
+        if "" not in components:
+            write_bundle(stage, list(components), _model_info(reference, seed))
     report = None
     if validate:
         say("checking parity against PyTorch")
         report = check_parity(folder, reference)
-    return ConversionResult(artifact=folder, manifest=manifest, report=report, reference=reference)
+    return ConversionResult(artifact=folder, manifest=manifests.get("decoder", manifests.get("")), report=report,
+                            reference=reference, components={r: m for r, m in manifests.items() if r})
 
 
-def check_parity(folder: str | Path, reference: ReferenceModel | None = None, *, tolerance: Tolerance | None = None,
-                 **runner_options: Any) -> ParityReport:
-    """Golden cases, plus fresh inputs at every shape case when a reference model is given."""
+Golden = list[tuple[str, dict[str, int], dict[str, Any], dict[str, Any]]]
+
+
+def _golden(reference: ReferenceModel) -> Golden:
+    cases = [(name, sizes, reference.make_inputs(sizes, seed=i)) for i, (name, sizes) in enumerate(reference.shape_cases())]
+    return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
+
+
+def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:
+    return {"name": reference.name, "task": reference.task, "preset": reference.preset, "seed": seed,
+            "source": reference.source, "architecture": reference.architecture}
+
+
+def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,
+                    precision: str, opset: int | None, simplify: bool, seed: int, atol: float | None,
+                    rtol: float | None) -> Manifest:
+    """Export one reference into ``stage`` with its golden cases, assets and manifest."""
+    default_tolerance = exporter.tolerance(reference, precision)
+    tolerance = replace(default_tolerance, atol=atol if atol is not None else default_tolerance.atol,
+                        rtol=rtol if rtol is not None else default_tolerance.rtol)
+    result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify)
+    for relative, source in reference.assets.items():
+        (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, stage / relative)
+    manifest = Manifest(
+        model=_model_info(reference, seed), target=target, runtime=exporter.runtime, precision=precision,
+        model_file=result.model_file, exporter=result.exporter, inputs=reference.input_tensor_specs(),
+        outputs=reference.output_tensor_specs([(sizes, outputs) for _, sizes, _, outputs in golden]),
+        tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
+        golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
+        generation=reference.generation,
+    )
+    return write_manifest(stage, manifest)
+
+
+def check_parity(folder: str | Path, reference: ReferenceModel | ReferenceBundle | None = None, *,
+                 tolerance: Tolerance | None = None, **runner_options: Any) -> ParityReport:
+    """Golden cases, plus fresh inputs at every shape case when a reference model is given.
+
+    A bundle is checked component by component; the report's cases are named ``<role>/<case>``.
+    """
+    reports = {role: _check_one(path, reference, tolerance, runner_options)
+               for role, path in component_folders(folder).items()}
+    if "" in reports:
+        return reports[""]
+    first = next(iter(reports.values()))
+    cases = [replace(case, case=f"{role}/{case.case}") for role, report in reports.items() for case in report.cases]
+    return replace(first, artifact=str(folder), cases=cases)
+
+
+def _check_one(folder: Path, reference: ReferenceModel | ReferenceBundle | None, tolerance: Tolerance | None,
+               runner_options: dict[str, Any]) -> ParityReport:
+    from edgeexport.generation import GenerationSpec
     from edgeexport.runtimes import load
 
     runner = load(folder, **runner_options)
+    if reference is not None and hasattr(reference, "components"):
+        reference = reference.components[GenerationSpec.of(runner.artifact.manifest).role]
     fresh = []
     if reference is not None:
         for i, (name, sizes) in enumerate(reference.shape_cases()):
@@ -118,7 +174,7 @@ def check_parity(folder: str | Path, reference: ReferenceModel | None = None, *,
 
 
 def _reference(model: Any, example_inputs: Any, *, task: str | None, preset: str, seed: int, allow_pickle: bool,
-               dynamic_axes: Any) -> ReferenceModel:
+               dynamic_axes: Any) -> ReferenceModel | ReferenceBundle:
     from edgeexport.reference import load_reference, reference_from_module
 
     if isinstance(model, (str, Path)):
@@ -130,7 +186,7 @@ def _reference(model: Any, example_inputs: Any, *, task: str | None, preset: str
     return reference_from_module(model, example_inputs, dynamic_axes=dynamic_axes)
 
 
-def rebuild_reference(manifest: Manifest) -> ReferenceModel:
+def rebuild_reference(manifest: Manifest) -> ReferenceModel | ReferenceBundle:
     """The reference model an artifact was converted from, rebuilt from its manifest (needs torch)."""
     from edgeexport.reference import load_reference
 
@@ -144,17 +200,19 @@ def rebuild_reference(manifest: Manifest) -> ReferenceModel:
                      "rebuild it, call edgeexport.check_parity(artifact, reference) from Python instead")
 
 
-def bench(folder: str | Path, *, reference: ReferenceModel | None = None, warmup: int = 3, iterations: int = 20,
-          **runner_options: Any) -> list[LatencyStats]:
-    """Latency of the artifact on its golden example inputs, and of PyTorch eager when a reference is given.
+def bench(folder: str | Path, *, reference: ReferenceModel | None = None, inputs: Mapping[str, Any] | None = None,
+          warmup: int = 3, iterations: int = 20, **runner_options: Any) -> list[LatencyStats]:
+    """Latency of the artifact, and of PyTorch eager on the same inputs when a reference is given.
 
-    PyTorch runs first so its row is the baseline the table's speed-up refers to.
+    Inputs default to the golden example case. PyTorch runs first so its row is the baseline
+    the table's speed-up refers to.
     """
     from edgeexport.runtimes import load
 
     runner = load(folder, **runner_options)
     artifact = runner.artifact
-    inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
+    if inputs is None:
+        inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
     batch = int(next(iter(inputs.values())).shape[0]) if inputs else 1
     results = []
     if reference is not None:
@@ -169,3 +227,16 @@ def bench(folder: str | Path, *, reference: ReferenceModel | None = None, warmup
                                             f"{artifact.manifest.precision})",
                                batch=batch, warmup=warmup, iterations=iterations))
     return results
+
+
+def explain(folder: str | Path, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:
+    """Localise the first diverging operation of an ONNX artifact on its first failing golden case
+    (the example case when none failed)."""
+    from edgeexport.runtimes import open_artifact
+    from edgeexport.validation.localize import localize
+
+    artifact = open_artifact(folder)
+    failed = {c.case for c in (report.cases if report else []) if not c.passed}
+    case = next((g for g in artifact.manifest.golden if g.name in failed), artifact.manifest.golden[0])
+    inputs, _ = artifact.load_golden(case)
+    return localize(artifact, reference, inputs, case=case.name, tolerance=report.tolerance if report else None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -53,15 +54,9 @@ class CaptureStrategy(ABC):
     name: ClassVar[str]
 
     def __call__(self, reference: ReferenceModel, opset: int | None) -> CaptureResult:
-        # torch.export specialises dims of size 0 and 1, so dynamic axes are traced at >= 2.
-        sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
-        example = reference.make_inputs(sizes)
-        args = tuple(torch.from_numpy(example[n]) for n in reference.input_names)
         try:
-            # Export with SDPA's math kernel: T5's and Swin's float attention bias otherwise
-            # fail in decomposition ("Cannot view a tensor ..."); parity is unaffected.
-            with _quiet(), sdpa_kernel([SDPBackend.MATH]):
-                return CaptureResult(self.name, model=self._capture(reference, args, opset))
+            with export_context():
+                return CaptureResult(self.name, model=self._capture(reference, trace_inputs(reference), opset))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
             logger.debug("capture strategy %s failed", self.name, exc_info=True)
             return CaptureResult(self.name, exception=exc)
@@ -81,25 +76,56 @@ class DynamoStrategy(CaptureStrategy):
     name = "dynamo"
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
-        # The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
-        # torch.export takes Dim.DYNAMIC; torch.onnx.export then renames those axes to our names.
-        named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
-        unnamed = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
-        try:
-            program = torch.export.export(reference.module, args, dynamic_shapes=(unnamed,) if any(named) else None,
-                                          strict=False)
-        except Exception as exc:
-            raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {_describe(exc)}; "
-                               "make the failing code traceable or try the TorchScript exporter") from exc
-        try:
-            onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset,
-                                             input_names=reference.input_names, output_names=reference.output_names,
-                                             dynamic_shapes=(named,) if any(named) else None, optimize=True,
-                                             verbose=False)
-        except Exception as exc:
-            raise ConversionError(f"stage 2/4 (translate to ONNX) failed for {reference.name}: "
-                                  f"{_locate_failure(exc, program)}") from exc
-        return onnx_program.model_proto
+        return dynamo_export(reference, args, opset).model_proto
+
+
+def trace_inputs(reference: ReferenceModel) -> tuple[torch.Tensor, ...]:
+    """Example inputs to trace with: torch.export specialises dims of size 0 and 1, so every
+    dynamic axis is traced at a size >= 2."""
+    sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
+    example = reference.make_inputs(sizes)
+    return tuple(torch.from_numpy(example[n]) for n in reference.input_names)
+
+
+@contextlib.contextmanager
+def export_context() -> Iterator[None]:
+    """Quiet export with SDPA's math kernel: T5's and Swin's float attention bias otherwise fail
+    in decomposition ("Cannot view a tensor ..."); parity is unaffected."""
+    with _quiet(), sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> Any:
+    """Stages 1 and 2: ``torch.export`` then ``torch.onnx.export``; returns the ``torch.onnx.ONNXProgram``.
+
+    Raises:
+        CaptureError: torch.export failed.
+        ConversionError: translation failed; the message names the op and its module.
+    """
+    # The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
+    # torch.export takes Dim.DYNAMIC; torch.onnx.export then renames those axes to our names.
+    named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
+    unnamed = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
+    try:
+        program = torch.export.export(reference.module, args, dynamic_shapes=(unnamed,) if any(named) else None,
+                                      strict=False)
+    except Exception as exc:
+        raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {_describe(exc)}; "
+                           "make the failing code traceable or try the TorchScript exporter") from exc
+    try:
+        return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=reference.input_names,
+                                 output_names=reference.output_names, dynamic_shapes=(named,) if any(named) else None,
+                                 optimize=True, verbose=False)
+    except Exception as exc:
+        raise ConversionError(f"stage 2/4 (translate to ONNX) failed for {reference.name}: "
+                              f"{_locate_failure(exc, program)}") from exc
+
+
+def decomposed_program(reference: ReferenceModel, *, opset: int | None = None) -> torch.export.ExportedProgram:
+    """The decomposed ExportedProgram that the dynamo exporter translates; its node names are the
+    names of the ONNX values they became (used to localise divergences)."""
+    with export_context():
+        return dynamo_export(reference, trace_inputs(reference), opset).exported_program
 
 
 def _locate_failure(exc: BaseException, program: torch.export.ExportedProgram) -> str:
@@ -111,19 +137,39 @@ def _locate_failure(exc: BaseException, program: torch.export.ExportedProgram) -
     op_name = f"{op.group(1)}.{op.group(2)}" if op else (str(node.target) if node is not None else "unknown op")
     where = "an unknown module"
     if node is not None:
-        stack = list((node.meta.get("nn_module_stack") or {}).values())
-        if stack:
-            path, kind = stack[-1]
-            where = f"module '{_module_path(path)}' ({kind if isinstance(kind, str) else kind.__qualname__})"
-        trace = (node.meta.get("stack_trace") or "").strip().splitlines()
-        source = next((line.strip() for line in reversed(trace) if line.strip().startswith("File ")), "")
-        where += f" at {source}" if source else ""
+        origin = node_origin(node)
+        where = f"module '{origin.module}' ({origin.module_class})" + (f" at {origin.source}" if origin.source else "")
     return (f"no ONNX translation for op {op_name}, produced by {where}. Next steps: replace the op in that module, "
             "or register an onnxscript function for it")
 
 
+@dataclass(frozen=True)
+class NodeOrigin:
+    """Where an FX node came from: innermost module path and class, and the source line."""
+
+    module: str
+    module_class: str
+    source: str
+
+
+def node_origin(node: torch.fx.Node) -> NodeOrigin:
+    """The innermost ``nn.Module`` (path relative to the reference model) and source line of an FX node."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    path, kind = stack[-1] if stack else ("", "")
+    trace = [line.strip() for line in (node.meta.get("stack_trace") or "").strip().splitlines()]
+    files = [i for i, line in enumerate(trace) if line.startswith("File ")]
+    # The innermost frame outside torch itself: the model code that called the op or module.
+    outside = [i for i in files if f"{os.sep}torch{os.sep}" not in trace[i]] or files
+    source = ""
+    if outside:
+        last = outside[-1]
+        source = trace[last] + (f": {trace[last + 1]}" if last + 1 < len(trace) else "")
+    return NodeOrigin(module=_module_path(path), module_class=kind if isinstance(kind, str) else kind.__qualname__,
+                      source=source)
+
+
 def _module_path(path: str) -> str:
-    """``L['self'].block.attn`` or ``block.attn`` -> ``block.attn`` (top level shows as the root)."""
+    """``L['self'].block.attn`` or ``model.block.attn`` -> ``block.attn`` (top level shows as ``<root>``)."""
     cleaned = re.sub(r"^L\['self'\]\.?", "", path)
     cleaned = re.sub(r"\._modules\['([^']+)'\]", r".\1", cleaned).lstrip(".")
     return cleaned.removeprefix("module.").removeprefix("model.") or "<root>"

@@ -2,6 +2,7 @@
 
 The manifest names the runtime module that runs an artifact (``manifest.runtime``), so a new
 target plugs in with one module defining ``RUNNER`` (and optionally ``describe``).
+``generate`` is not a backend: it holds the generation loop over these runners.
 Nothing here imports torch.
 """
 
@@ -14,14 +15,18 @@ from types import ModuleType
 from typing import Any
 
 from edgeexport.artifact import Artifact
+from edgeexport.bundle import Bundle, is_bundle
 from edgeexport.errors import ArtifactError
 from edgeexport.runtimes.base import Runner
 
 __all__ = ["Runner", "load", "open_artifact", "runtime_module", "runtimes"]
 
 
+NOT_RUNTIMES = ("base", "generate")  # modules of this package that are not backends
+
+
 def runtimes() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_RUNTIMES)
 
 
 def runtime_module(name: str) -> ModuleType:
@@ -33,7 +38,15 @@ def runtime_module(name: str) -> ModuleType:
 
 
 def open_artifact(artifact: str | Path | Artifact, *, verify: bool = True) -> Artifact:
-    """Open (and by default hash-check) an artifact folder."""
+    """Open (and by default hash-check) an artifact folder.
+
+    Raises:
+        ArtifactError: not an artifact; a bundle's message names its components.
+    """
+    if not isinstance(artifact, Artifact) and is_bundle(artifact):
+        roles = Bundle.open(artifact).components
+        raise ArtifactError(f"{str(artifact)!r} is a bundle of {', '.join(roles)}; pass one component "
+                            f"(e.g. {Path(artifact) / next(iter(roles))}), or use validate, inspect or generate")
     opened = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     if verify:
         opened.verify()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +78,16 @@ class Runner(ABC):
         outputs = self._infer_impl(feed)
         self.last_inference_time = time.perf_counter() - start
         return {spec.name: np.array(outputs[spec.name], copy=True) for spec in self.outputs}
+
+    def step(self, feed: Mapping[str, Any], *, keep: Collection[str] = ()) -> dict[str, Any]:
+        """One call of a generation loop, where outputs become the next call's inputs.
+
+        Outputs named in ``keep`` may come back as backend-native handles (a KV cache left
+        where the backend put it); a handle is only valid as an input of this runner's next
+        ``step``. Other outputs are numpy arrays. Backends that can avoid copies override
+        this (onnxruntime binds inputs and outputs); the default is the checked ``self(feed)``.
+        """
+        return self(feed)
 
     @abstractmethod
     def _activate_impl(self) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,31 @@ class OnnxruntimeRunner(Runner):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, feed)))
+
+    def step(self, feed: Mapping[str, Any], *, keep: Collection[str] = ()) -> dict[str, Any]:
+        """IO-bound call: ``OrtValue`` inputs are bound as they are and ``keep`` outputs stay ``OrtValue``s
+        (on the GPU under CUDA), so a KV cache never round-trips through numpy.
+
+        Inputs are not checked against the manifest; the generation loop builds them from it.
+        """
+        import onnxruntime as ort
+
+        self.activate()
+        binding = self.session.io_binding()
+        arrays = {name: np.ascontiguousarray(value) for name, value in feed.items() if not isinstance(value, ort.OrtValue)}
+        for name, value in feed.items():
+            if name in arrays:
+                binding.bind_cpu_input(name, arrays[name])
+            else:
+                binding.bind_ortvalue_input(name, value)
+        device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        names = [spec.name for spec in self.outputs]
+        for name in names:
+            binding.bind_output(name, device if name in keep else "cpu")
+        start = time.perf_counter()
+        self.session.run_with_iobinding(binding)
+        self.last_inference_time = time.perf_counter() - start
+        return {name: value if name in keep else value.numpy() for name, value in zip(names, binding.get_outputs())}
 
     def _deactivate_impl(self) -> None:
         self.session = None

@@ -12,9 +12,11 @@ import numpy as np
 class OutputComparison:
     """Errors of one output; truthy when it passed.
 
-    ``passed`` means ``|target - reference| <= atol + rtol * |reference|`` everywhere, same
-    shape, and no NaN/Inf in the target. ``top1``/``top5`` (logits only) are the fraction of
-    positions whose reference argmax is the target's argmax / within the target's top 5.
+    ``passed`` means same shape, no NaN/Inf in the target, and either
+    ``|target - reference| <= atol + rtol * |reference|`` everywhere or, where a statistical
+    criterion is given (quantized targets), cosine, top-1 and mean error within it (see
+    :func:`compare_output`). ``top1``/``top5`` (logits only) are the fraction of positions whose
+    reference argmax is the target's argmax / within the target's top 5.
     """
 
     name: str
@@ -39,8 +41,24 @@ class OutputComparison:
 
 
 def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol: float, rtol: float,
-                   logits: bool = False) -> OutputComparison:
-    """Compare one output; never raises for bad values, it reports them."""
+                   logits: bool = False, min_cosine: float | None = None,
+                   min_top1: float | None = None) -> OutputComparison:
+    """Compare one output; never raises for bad values, it reports them.
+
+    Args:
+        name: Output name.
+        target: The target's output.
+        reference: PyTorch's output.
+        atol: Absolute tolerance.
+        rtol: Relative tolerance.
+        logits: Compute top-1/top-5 agreement over the last axis. Defaults to False.
+        min_cosine: If set, an output beyond the elementwise bound still passes when its cosine
+            similarity is at least this, its top-1 agreement at least ``min_top1`` (logits
+            only) and its mean absolute error at most ``atol + rtol * mean(|reference|)``:
+            quantization noise passes, a regression (wrong values, shuffled or rescaled
+            logits) does not. Defaults to None (elementwise only).
+        min_top1: Least top-1 agreement of logits for the statistical criterion. Defaults to None.
+    """
     result = OutputComparison(name=name, shape=list(reference.shape), passed=False, atol=atol, rtol=rtol)
     if target.shape != reference.shape:
         result.reason = f"shape {list(target.shape)} differs from the reference's {list(reference.shape)}"
@@ -65,15 +83,37 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol
     if logits and want.ndim >= 1 and want.shape[-1] > 1:
         result.top1, result.top5 = _topk_agreement(got, want)
     result.passed = bool((excess <= 0).all())
-    if not result.passed:
-        result.reason = (f"max abs error {result.max_abs:.3g} at index {result.worst_index} exceeds "
-                         f"atol {atol:g} + rtol {rtol:g} * |reference|")
+    if result.passed:
+        return result
+    result.reason = (f"max abs error {result.max_abs:.3g} at index {result.worst_index} exceeds "
+                     f"atol {atol:g} + rtol {rtol:g} * |reference|")
+    if min_cosine is not None:
+        misses = _statistical_misses(result, mean_bound=atol + rtol * float(np.abs(want).mean()),
+                                     min_cosine=min_cosine, min_top1=min_top1)
+        result.passed = not misses
+        result.reason = "" if result.passed else f"{result.reason}, and {', '.join(misses)}"
     return result
 
 
+def _statistical_misses(result: OutputComparison, *, mean_bound: float, min_cosine: float,
+                        min_top1: float | None) -> list[str]:
+    """The statistical criteria an output misses (empty when it meets them all)."""
+    misses = []
+    if not result.cosine >= min_cosine:
+        misses.append(f"cosine {result.cosine:.4f} < {min_cosine:g}")
+    if min_top1 is not None and result.top1 is not None and result.top1 < min_top1:
+        misses.append(f"top-1 agreement {result.top1:.3f} < {min_top1:g}")
+    if result.mean_abs > mean_bound:
+        misses.append(f"mean abs error {result.mean_abs:.3g} > {mean_bound:.3g}")
+    return misses
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; two all-zero vectors count as identical (1.0)."""
     norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return 1.0 if norms == 0 and not a.any() and not b.any() else float(a @ b / norms) if norms else 0.0
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.clip(a @ b / norms, -1.0, 1.0))
 
 
 def _topk_agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:

@@ -78,7 +78,8 @@ def compare_outputs(case: str, source: str, axes: dict[str, int], target: Output
     for name, want in reference.items():
         atol, rtol = tolerance.for_output(name)
         comparisons.append(compare_output(name, np.asarray(target[name]), np.asarray(want), atol=atol, rtol=rtol,
-                                          logits=name in logits))
+                                          logits=name in logits, min_cosine=tolerance.min_cosine,
+                                          min_top1=tolerance.min_top1))
     return CaseResult(case, source, axes, comparisons)
 
 

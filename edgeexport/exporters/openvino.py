@@ -1,0 +1,246 @@
+"""OpenVINO target: ``ov.convert_model`` from the PyTorch module, the ONNX capture as fallback.
+
+Stages:
+  1. convert -- strategies tried in order: ``pytorch`` (OpenVINO's PyTorch frontend traces the
+     reference module), ``onnx`` (the ONNX target's capture and checker, read by OpenVINO's
+     ONNX frontend); the winner and the first failure are recorded in the manifest, and a
+     failure names the op that has no conversion and the module that uses it;
+  2. name the inputs and outputs exactly as the reference does;
+  3. compress for the precision: fp16 weights, int8 weights (``nncf.compress_weights``) or
+     int8 post-training quantization (``nncf.quantize`` on inputs drawn from the reference);
+  4. save ``model.xml``/``model.bin``, fp16-compressed only for ``fp16``.
+
+openvino and nncf are imported where they are used, so ``edgeexport list`` works without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from edgeexport.artifact import Tolerance
+from edgeexport.errors import ConversionError
+from edgeexport.exporters import onnx as onnx_target
+from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.reference.model import ReferenceModel
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"
+# OpenVINO's CPU plugin runs bf16 on CPUs that support it unless told otherwise.
+INFERENCE_PRECISION = "f32"
+CALIBRATION_SAMPLES = 24
+CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
+ATTENTION_OPS = frozenset({"Softmax", "ScaledDotProductAttention"})
+FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
+IGNORED_OPS = frozenset({"prim::Constant"})  # reported beside the real culprit, never the cause
+
+
+@dataclass
+class ConvertResult:
+    """Outcome of one conversion strategy: an OpenVINO model, or the exception that stopped it."""
+
+    strategy: str
+    model: ov.Model | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    exception: BaseException | None = None
+
+
+class ConvertStrategy(ABC):
+    """One way of turning the reference module into an ``openvino.Model``."""
+
+    name: ClassVar[str]
+
+    def __call__(self, reference: ReferenceModel, opset: int | None) -> ConvertResult:
+        try:
+            with onnx_target._quiet():
+                model, details = self._convert(reference, opset)
+            return ConvertResult(self.name, model=model, details=details)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
+            logger.debug("conversion strategy %s failed", self.name, exc_info=True)
+            return ConvertResult(self.name, exception=exc)
+
+    @abstractmethod
+    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+        """Return the converted model and what to record about how it was made."""
+
+
+class PyTorchStrategy(ConvertStrategy):
+    """``ov.convert_model`` on the module itself, dynamic dims declared as ``-1``."""
+
+    name = "pytorch"
+
+    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+        import openvino as ov
+
+        shapes = [(ov.PartialShape([-1 if isinstance(d, str) else d for d in spec.dims]), ov.Type(np.dtype(spec.dtype)))
+                  for spec in reference.inputs]
+        return ov.convert_model(reference.module, example_input=example_args(reference), input=shapes), {}
+
+
+class OnnxStrategy(ConvertStrategy):
+    """The ONNX target's capture and checker, then OpenVINO's ONNX frontend."""
+
+    name = "onnx"
+
+    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+        import openvino as ov
+
+        model, info = onnx_target.capture(reference, opset=opset)
+        model = onnx_target.check(model)
+        with tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as folder:
+            onnx_target.save(model, Path(folder))
+            converted = ov.convert_model(Path(folder) / onnx_target.MODEL_FILE)
+        return converted, {"onnx_capture": info["strategy"], "opset": onnx_target.opset_of(model)}
+
+
+CONVERT_STRATEGIES: tuple[ConvertStrategy, ...] = (PyTorchStrategy(), OnnxStrategy())
+
+
+def example_args(reference: ReferenceModel) -> tuple[torch.Tensor, ...]:
+    """Example tensors in input order, dynamic axes at >= 2 so that tracing keeps them general."""
+    sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
+    example = reference.make_inputs(sizes)
+    return tuple(torch.from_numpy(example[n]) for n in reference.input_names)
+
+
+def convert(reference: ReferenceModel, *, opset: int | None,
+            strategies: tuple[ConvertStrategy, ...] = CONVERT_STRATEGIES) -> tuple[ov.Model, dict[str, Any]]:
+    """Stage 1: try each strategy in order; return the model and what happened.
+
+    Raises:
+        ConversionError: every strategy failed; the message carries the *first* failure (with
+            the unconvertible op and its module where OpenVINO names one).
+    """
+    failures: list[ConvertResult] = []
+    for strategy in strategies:
+        result = strategy(reference, opset)
+        if result.model is not None:
+            reason = describe_failure(reference, failures[0].exception) if failures else None
+            return result.model, {"strategy": result.strategy, "fallback_reason": reason, **result.details}
+        failures.append(result)
+    first = failures[0]
+    raise ConversionError(
+        f"stage 1/4 (convert) failed for {reference.name}: {first.strategy}: {describe_failure(reference, first.exception)}; "
+        f"strategies tried: {', '.join(f.strategy for f in failures)}. "
+        "Next steps: replace the op in that module, or export to ONNX and report the op to OpenVINO") from first.exception
+
+
+def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> str:
+    """One line for a failed conversion: the ops OpenVINO could not convert and their modules, else the error."""
+    ops = sorted(set(FRONTEND_OP.findall(str(exc))) - IGNORED_OPS)
+    if not ops:
+        return onnx_target._describe(exc)
+    modules = modules_using(reference, set(ops))
+    return "no OpenVINO conversion for " + ", ".join(
+        f"{op} (in {modules[op]})" if op in modules else op for op in ops)
+
+
+def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
+    """``{op: "path (Class)"}`` of the first module calling each TorchScript op (re-traces the module)."""
+    try:
+        with onnx_target._quiet():
+            traced = torch.jit.trace(reference.module, example_args(reference), check_trace=False, strict=False)
+    except Exception:  # noqa: BLE001 - locating is best effort; the op name alone still goes out
+        logger.debug("could not trace %s to locate %s", reference.name, ops, exc_info=True)
+        return {}
+    found: dict[str, str] = {}
+    for node in traced.inlined_graph.nodes():
+        if node.kind() in ops and node.kind() not in found:
+            path = node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
+            found[node.kind()] = f"module '{path or '<root>'}' ({type(reference.module.get_submodule(path)).__name__})"
+    return found
+
+
+def name_tensors(model: ov.Model, reference: ReferenceModel) -> None:
+    """Stage 2 (in place): give the model's inputs and outputs the reference's names, in order."""
+    for port, name in zip(model.inputs, reference.input_names):
+        port.get_tensor().set_names({name})
+        port.get_node().set_friendly_name(name)
+    for port, name in zip(model.outputs, reference.output_names):
+        port.get_tensor().set_names({name})
+
+
+def compress_weights(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]:
+    """int8 weights (asymmetric, per channel) with nncf; activations stay float."""
+    import nncf
+
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM), "nncf.compress_weights(int8_asym)"
+
+
+def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]:
+    """int8 weights and activations with nncf post-training quantization on reference inputs."""
+    import nncf
+
+    model_type = nncf.ModelType.TRANSFORMER if is_transformer(model) else None
+    samples = calibration_set(reference)
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=model_type)
+    kind = "transformer" if model_type else "default"
+    return quantized, f"nncf.quantize({kind}, {len(samples)} calibration samples)"
+
+
+def is_transformer(model: ov.Model) -> bool:
+    """Whether the graph has attention (softmax), for nncf's transformer quantization scheme."""
+    return any(op.get_type_name() in ATTENTION_OPS for op in model.get_ops())
+
+
+def calibration_set(reference: ReferenceModel, samples: int = CALIBRATION_SAMPLES) -> list[dict[str, np.ndarray]]:
+    """Seeded reference inputs, cycling through the shape cases, none equal to a golden or fresh case."""
+    cases = [sizes for _, sizes in reference.shape_cases()]
+    return [reference.make_inputs(cases[i % len(cases)], seed=CALIBRATION_SEED + i) for i in range(samples)]
+
+
+Compressor = Callable[["ov.Model", ReferenceModel], "tuple[ov.Model, str]"]
+COMPRESSORS: dict[str, Compressor] = {"int8-weights": compress_weights, "int8": quantize}
+
+
+class OpenVinoExporter(Exporter):
+    """Exports to ``model.xml``/``model.bin`` run by OpenVINO.
+
+    Precisions: ``fp32``; ``fp16`` (weights stored in fp16, computed in fp32); ``int8-weights``
+    (int8 weights, float activations); ``int8`` (post-training quantization, judged by cosine
+    and top-1 agreement as well as error magnitudes).
+    """
+
+    target = "openvino"
+    runtime = "openvino"
+    requires = ("openvino", "nncf")
+    precisions = {
+        "fp32": None,
+        "fp16": Tolerance(atol=1e-2, rtol=1e-2),
+        "int8-weights": Tolerance(atol=2e-2, rtol=5e-2),
+        "int8": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, min_top1=0.9),
+    }
+
+    def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
+               **options: Any) -> ExportResult:
+        import openvino as ov
+
+        model, info = convert(reference, opset=opset)
+        name_tensors(model, reference)
+        passes = []
+        if precision in COMPRESSORS:
+            with onnx_target._quiet():
+                model, applied = COMPRESSORS[precision](model, reference)
+            passes.append(applied)
+        ov.save_model(model, folder / MODEL_FILE, compress_to_fp16=precision == "fp16")
+        if precision == "fp16":
+            passes.append("compress_to_fp16")
+        exporter = {"name": "openvino", "openvino": ov.get_version(), "passes": passes, **info}
+        return ExportResult(model_file=MODEL_FILE, exporter=exporter,
+                            runtime_options={"inference_precision": INFERENCE_PRECISION})
+
+
+EXPORTER = OpenVinoExporter()

@@ -1,0 +1,92 @@
+"""OpenVINO runner for ``model.xml`` artifacts: CPU by default; GPU, NPU and AUTO passed through."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edgeexport.artifact import Artifact
+from edgeexport.errors import UsageError
+from edgeexport.runtimes.base import Runner
+
+PERFORMANCE_HINTS = ("latency", "throughput")
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+class OpenVinoRunner(Runner):
+    """Runs ``model.xml`` compiled by ``openvino.Core`` with one infer request.
+
+    Options:
+        device: OpenVINO device (``CPU``, ``GPU``, ``GPU.1``, ``NPU``, ``AUTO``, ``AUTO:GPU,CPU``...).
+            Defaults to ``CPU``.
+        performance_hint: ``latency`` or ``throughput``; None keeps the device's default. Defaults to None.
+        threads: ``INFERENCE_NUM_THREADS`` (0 = OpenVINO's default). Defaults to 0.
+        inference_precision: ``INFERENCE_PRECISION_HINT`` (``f32``, ``bf16``, ``f16``). Defaults to the
+            manifest's ``runtime_options`` (``f32`` for edgeexport's artifacts, since the CPU plugin
+            would otherwise run bf16 on CPUs that have it); None there keeps the device's default.
+    """
+
+    name = "openvino"
+    requires = ("openvino",)
+    extra = "openvino"
+    label = "openvino"
+
+    def __init__(self, artifact: Artifact, *, device: str = "CPU", performance_hint: str | None = None,
+                 threads: int = 0, inference_precision: str | None = None) -> None:
+        super().__init__(artifact)
+        if performance_hint is not None and performance_hint not in PERFORMANCE_HINTS:
+            raise UsageError(f"unknown performance hint {performance_hint!r}; choose one of: {', '.join(PERFORMANCE_HINTS)}")
+        self.device = device
+        self.performance_hint = performance_hint
+        self.threads = threads
+        self.inference_precision = inference_precision or artifact.manifest.runtime_options.get("inference_precision")
+        self.compiled: Any = None
+        self.request: Any = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The properties passed to ``compile_model``."""
+        config: dict[str, Any] = {}
+        if self.inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        if self.performance_hint:
+            config["PERFORMANCE_HINT"] = self.performance_hint.upper()
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def _activate_impl(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        device = self.device.split(":")[0].split(".")[0]
+        available = core.available_devices
+        if device not in VIRTUAL_DEVICES and not any(d.split(".")[0] == device for d in available):
+            raise UsageError(f"OpenVINO device {self.device!r} is not available here; available: {', '.join(available)}")
+        self.compiled = core.compile_model(str(self.artifact.model_path), self.device, self.config)
+        self.request = self.compiled.create_infer_request()
+
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        results = self.request.infer(feed)
+        return {spec.name: results[spec.name] for spec in self.outputs}
+
+    def _deactivate_impl(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def describe(artifact: Artifact) -> dict[str, Any]:
+    """Op histogram (OpenVINO node types, parameters and results excluded) and constant element count."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(artifact.model_path))
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Parameter", "Result")]
+    kinds = Counter(op.get_type_name() for op in ops)
+    parameters = sum(int(np.prod(op.get_output_shape(0))) for op in ops if op.get_type_name() == "Constant")
+    return {"ops": dict(kinds.most_common()), "parameters": parameters, "nodes": len(ops)}
+
+
+RUNNER = OpenVinoRunner
