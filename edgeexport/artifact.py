@@ -223,8 +223,10 @@ class Manifest:
         )
 
 
-def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+def _field(data: Any, key: str, kind: type, where: str) -> Any:
     path = f"{where}.{key}" if where else key
+    if not isinstance(data, Mapping):
+        raise ArtifactError(f"manifest {where or 'root'} must be a JSON object, got {type(data).__name__}")
     if key not in data:
         raise ArtifactError(f"manifest is missing field {path!r}; the artifact is incomplete, re-run convert")
     value = data[key]
@@ -234,7 +236,7 @@ def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
 
 
 def _number(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
+    value = _field(data, key, object, where)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ArtifactError(f"manifest field '{where}.{key}' must be a non-negative number")
     return float(value)
@@ -313,6 +315,8 @@ def staged_output(path: Path, *, force: bool) -> Iterator[Path]:
     try:
         yield stage
         _replace(stage, path)
+    except OSError as exc:  # a full disk or a vanished folder: the user's environment, not a bug
+        raise OutputDirError(f"writing {str(path)!r} failed: {exc.strerror or exc}; nothing was written") from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -89,38 +89,3 @@ def test_validate_runs_without_torch(bert_artifact: ConversionResult) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["convert", "resnet9000"], "error: unknown model 'resnet9000'; choose one of: gpt2, bert"),
-    (["convert", "bert", "--task", "causal-lm"], "error: model 'bert' does not support task 'causal-lm'"),
-    (["convert", "bert", "--target", "tflite"], "error: unknown target 'tflite'; choose one of: "),
-    (["convert", "bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; "
-                                                 "choose one of: fp32, fp16"),
-    (["convert", "bert", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, full"),
-    (["validate", "/nonexistent/artifact"], "error: artifact folder '/nonexistent/artifact' does not exist"),
-    (["convert", "./no/such/folder"], "error: model folder './no/such/folder' does not exist"),
-])
-def test_user_errors_are_one_line_with_exit_code_2(args: list[str], message: str) -> None:
-    code, out, err = invoke(*args)
-    assert code == 2
-    assert err.startswith(message), err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
-
-
-def test_non_empty_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
-    code, _, err = invoke("convert", "bert", "-o", str(tmp_path))
-    assert code == 2
-    assert err.strip() == f"error: output folder '{tmp_path}' is not empty; choose another -o or pass --force to replace it"
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
-def test_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeexport.exporters.onnx import EXPORTER
-
-    monkeypatch.setattr(type(EXPORTER), "requires", ("onnx", "edgeexport_missing_backend"))
-    code, _, err = invoke("convert", "bert")
-    assert code == 2
-    assert err.strip() == ("error: target 'onnx' needs edgeexport_missing_backend; "
-                           "install it with: pip install 'edgeexport[onnx]'")

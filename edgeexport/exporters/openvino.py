@@ -7,7 +7,8 @@ Stages:
      failure names the op that has no conversion and the module that uses it;
   2. name the inputs and outputs exactly as the reference does;
   3. compress for the precision: fp16 weights, int8 weights (``nncf.compress_weights``) or
-     int8 post-training quantization (``nncf.quantize`` on inputs drawn from the reference);
+     int8 post-training quantization (``nncf.quantize`` on inputs drawn from the reference,
+     the task head kept in float, 7-bit weights so CPUs without VNNI do not saturate);
   4. save ``model.xml``/``model.bin``, fp16-compressed only for ``fp16``.
 
 openvino and nncf are imported where they are used, so ``edgeexport list`` works without them.
@@ -43,7 +44,11 @@ MODEL_FILE = "model.xml"
 INFERENCE_PRECISION = "f32"
 CALIBRATION_SAMPLES = 24
 CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
+# The last weighted layers (the task head: classifier, pooler, LM head) stay in float: they are
+# a sliver of the compute, and quantizing them costs most of the int8 error on the zoo.
+FLOAT_HEAD_LAYERS = 2
 ATTENTION_OPS = frozenset({"Softmax", "ScaledDotProductAttention"})
+WEIGHTED_OPS = frozenset({"MatMul", "Convolution", "GroupConvolution"})
 FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
 IGNORED_OPS = frozenset({"prim::Constant"})  # reported beside the real culprit, never the cause
 
@@ -135,7 +140,7 @@ def convert(reference: ReferenceModel, *, opset: int | None,
     raise ConversionError(
         f"stage 1/4 (convert) failed for {reference.name}: {first.strategy}: {describe_failure(reference, first.exception)}; "
         f"strategies tried: {', '.join(f.strategy for f in failures)}. "
-        "Next steps: replace the op in that module, or export to ONNX and report the op to OpenVINO") from first.exception
+        "Next steps: replace the op in that module, or report it to OpenVINO") from first.exception
 
 
 def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> str:
@@ -149,7 +154,10 @@ def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> st
 
 
 def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
-    """``{op: "path (Class)"}`` of the first module calling each TorchScript op (re-traces the module)."""
+    """``{op: "module 'path' (Class)"}`` of the first module calling each op (re-traces the module).
+
+    Paths are relative to the user's model: the wrapper's own attribute is dropped.
+    """
     try:
         with onnx_target._quiet():
             traced = torch.jit.trace(reference.module, example_args(reference), check_trace=False, strict=False)
@@ -160,7 +168,8 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
     for node in traced.inlined_graph.nodes():
         if node.kind() in ops and node.kind() not in found:
             path = node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
-            found[node.kind()] = f"module '{path or '<root>'}' ({type(reference.module.get_submodule(path)).__name__})"
+            kind = type(reference.module.get_submodule(path)).__name__
+            found[node.kind()] = f"module '{path.partition('.')[2] or '<root>'}' ({kind})"
     return found
 
 
@@ -181,14 +190,24 @@ def compress_weights(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Mod
 
 
 def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]:
-    """int8 weights and activations with nncf post-training quantization on reference inputs."""
+    """int8 weights and activations with nncf post-training quantization on reference inputs.
+
+    The task head (the last :data:`FLOAT_HEAD_LAYERS` weighted layers) stays in float, and
+    weights use 7 bits (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels
+    accumulate pairs in int16, do not saturate.
+    """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model_type = nncf.ModelType.TRANSFORMER if is_transformer(model) else None
     samples = calibration_set(reference)
-    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=model_type)
+    head = weighted_layers(model)[-FLOAT_HEAD_LAYERS:]
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=model_type,
+                              ignored_scope=nncf.IgnoredScope(names=head),
+                              advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
     kind = "transformer" if model_type else "default"
-    return quantized, f"nncf.quantize({kind}, {len(samples)} calibration samples)"
+    return quantized, (f"nncf.quantize({kind}, {len(samples)} calibration samples, overflow_fix, "
+                       f"{len(head)} head layers in float)")
 
 
 def is_transformer(model: ov.Model) -> bool:
@@ -196,10 +215,18 @@ def is_transformer(model: ov.Model) -> bool:
     return any(op.get_type_name() in ATTENTION_OPS for op in model.get_ops())
 
 
+def weighted_layers(model: ov.Model) -> list[str]:
+    """Names of the MatMuls and convolutions with constant weights, in topological order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in WEIGHTED_OPS and op.input_value(1).get_node().get_type_name() == "Constant"]
+
+
 def calibration_set(reference: ReferenceModel, samples: int = CALIBRATION_SAMPLES) -> list[dict[str, np.ndarray]]:
-    """Seeded reference inputs, cycling through the shape cases, none equal to a golden or fresh case."""
-    cases = [sizes for _, sizes in reference.shape_cases()]
-    return [reference.make_inputs(cases[i % len(cases)], seed=CALIBRATION_SEED + i) for i in range(samples)]
+    """Seeded reference inputs at the example sizes, none equal to a golden or fresh case.
+
+    One shape only: nncf stacks some statistics across samples, which fails on mixed shapes.
+    """
+    return [reference.make_inputs(seed=CALIBRATION_SEED + i) for i in range(samples)]
 
 
 Compressor = Callable[["ov.Model", ReferenceModel], "tuple[ov.Model, str]"]
@@ -217,11 +244,14 @@ class OpenVinoExporter(Exporter):
     target = "openvino"
     runtime = "openvino"
     requires = ("openvino", "nncf")
+    # fp16 weights are decompressed and computed in fp32, so elementwise bounds hold. Quantized
+    # errors are relative to each layer's range: a small atol (the tiny zoo's logits are ~1e-2)
+    # with cosine, top-1 and mean-error criteria, so that a rescaled or shuffled output fails.
     precisions = {
         "fp32": None,
-        "fp16": Tolerance(atol=1e-2, rtol=1e-2),
-        "int8-weights": Tolerance(atol=2e-2, rtol=5e-2),
-        "int8": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, min_top1=0.9),
+        "fp16": Tolerance(atol=1e-3, rtol=1e-2),
+        "int8-weights": Tolerance(atol=1e-3, rtol=5e-2, min_cosine=0.999, min_top1=0.95),
+        "int8": Tolerance(atol=1e-3, rtol=1e-1, min_cosine=0.99, min_top1=0.9),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,

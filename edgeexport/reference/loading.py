@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from safetensors import SafetensorError
 
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
@@ -88,8 +89,9 @@ def _from_folder(folder: Path, *, task: str | None, source: str,
         model_class = getattr(transformers, head.auto_class)
     try:
         model = model_class.from_pretrained(folder, use_safetensors=bool(safe))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelLoadError(f"weights in {str(folder)!r} cannot be loaded: {_first_line(exc)}") from None
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise ModelLoadError(f"weights in {str(folder)!r} cannot be loaded ({_first_line(exc)}); "
+                             "the file is truncated or corrupt, save the model again") from None
     spec = spec_for_model_type(config.model_type) or generic_spec(
         head.modality, config.model_type, causal=task == "causal-lm")
     tokenizer = folder / "tokenizer.json"

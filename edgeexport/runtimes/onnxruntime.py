@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeexport.artifact import Artifact
+from edgeexport.artifact import Artifact, resolve_inside
 from edgeexport.errors import UsageError
 from edgeexport.runtimes.base import Runner
 
@@ -56,6 +57,7 @@ class OnnxruntimeRunner(Runner):
         unknown = [p for p in providers if p not in available]
         if unknown:
             raise UsageError(f"execution providers {unknown} are not available here; available: {', '.join(available)}")
+        check_external_data(self.artifact)
         self.session = ort.InferenceSession(str(self.artifact.model_path), options, providers=providers)
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -89,6 +91,22 @@ class OnnxruntimeRunner(Runner):
 
     def _deactivate_impl(self) -> None:
         self.session = None
+
+
+def check_external_data(artifact: Artifact) -> None:
+    """Refuse a model whose external-data locations leave the artifact folder, before any weight is read.
+
+    onnxruntime would otherwise open whatever path an (untrusted) model names, ``../../etc/passwd``
+    or an absolute path included.
+    """
+    import onnx
+
+    model = onnx.load(str(artifact.model_path), load_external_data=False)
+    model_dir = Path(artifact.manifest.model_file).parent
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            resolve_inside(artifact.path, str(model_dir / location))
 
 
 def describe(artifact: Artifact) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Fixes for coremltools' PyTorch frontend, registered in its op registry (``register_torch_op``).
+
+Importing this module registers every fix once. Each fix says which model needs it and why;
+remove a fix when the coremltools release pinned by the ``coreml`` extra fixes it upstream.
+This module uses coremltools internals (``frontend.torch.ops``); the pin keeps them stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.frontend.torch import ops
+from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING, NUM_TO_NUMPY_DTYPE
+from coremltools.converters.mil.mil.types import builtin_to_string, nptype_from_builtin
+from coremltools.converters.mil.mil.types.symbolic import any_symbolic
+
+ORIGINAL_GROUP_NORM = ops.group_norm
+
+
+# transformers 5 builds attention masks with ``q_idx.new_ones((), dtype=torch.bool)``
+# (masking_utils.and_masks); coremltools 9.0 maps new_zeros and new_full, not new_ones.
+# Needed by GPT-2, BERT, BART, T5 and DETR.
+@register_torch_op
+def new_ones(context: Any, node: Any) -> None:
+    """``tensor.new_ones(size, dtype=...)``: a tensor of ones, of ``tensor``'s dtype unless given."""
+    inputs = ops._get_inputs(context, node, min_expected=2)
+    source, size = inputs[0], inputs[1]
+    dtype = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    numpy_dtype = NUM_TO_NUMPY_DTYPE[int(dtype.val)] if dtype is not None else None
+    if not isinstance(size, list) and size.can_be_folded_to_const():
+        shape = tuple(int(d) for d in np.atleast_1d(size.val)) if np.ndim(size.val) else ()
+        value = np.ones(shape, dtype=numpy_dtype or nptype_from_builtin(source.dtype))
+        context.add(mb.const(val=value, name=node.name))
+        return
+    ones = ops._make_fill_op(size, 1.0, node.name + "_fill")
+    target = NUM_TO_DTYPE_STRING[int(dtype.val)] if dtype is not None else builtin_to_string(source.dtype)
+    context.add(ops._cast_to(ones, target, node.name))
+
+
+# coremltools' ``_cast`` folds ``int(t)``/``bool(t)`` of a constant one-element tensor with
+# ``int(x.val)``; numpy 2.4 rejects int() of arrays with ndim > 0 ("only 0-dimensional arrays
+# can be converted to Python scalars"). Needed by GPT-2, BERT, T5, DETR and Mask2Former.
+def _fold_scalar(context: Any, node: Any, cast: type, dtype_name: str) -> None:
+    x = ops._get_inputs(context, node, expected=1)[0]
+    if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
+        context.add(mb.const(val=cast(np.asarray(x.val).item()), name=node.name))
+        return
+    ops._cast(context, node, cast, dtype_name)
+
+
+@register_torch_op(torch_alias=["int"], override=True)
+def _int(context: Any, node: Any) -> None:
+    _fold_scalar(context, node, int, "int32")
+
+
+@register_torch_op(torch_alias=["bool"], override=True)
+def _bool(context: Any, node: Any) -> None:
+    _fold_scalar(context, node, bool, "bool")
+
+
+# coremltools' group_norm puts the batch dim, a Python symbol when the batch is dynamic, into
+# a constant shape list ("Cannot add const [is0, 16, 1]"). Needed by Wav2Vec2 (its first conv
+# layer's group norm) with a dynamic batch. Static shapes keep coremltools' own translation.
+@register_torch_op(override=True)
+def group_norm(context: Any, node: Any) -> None:
+    """``group_norm(x, groups, weight, bias, eps, cudnn)`` with the grouped shape computed at run time."""
+    inputs = ops._get_inputs(context, node, min_expected=2)
+    x = inputs[0]
+    if not any_symbolic(x.shape):
+        ORIGINAL_GROUP_NORM(context, node)
+        return
+    groups = int(inputs[1].val)
+    weight, bias = (inputs[2] if len(inputs) > 2 else None), (inputs[3] if len(inputs) > 3 else None)
+    eps = float(inputs[4].val) if len(inputs) > 4 else 1e-5
+    context.add(_group_norm(x, groups, weight, bias, eps), node.name)
+
+
+def _group_norm(x: Any, groups: int, weight: Any, bias: Any, eps: float) -> Any:
+    """Normalise ``x`` (N, C, ...) over groups of channels; every reshape takes a run-time shape."""
+    channels, rank = int(x.shape[1]), len(x.shape)
+    shape = mb.shape(x=x)
+    grouped_shape = mb.concat(values=[mb.slice_by_size(x=shape, begin=[0], size=[1]),
+                                      np.array([groups, channels // groups], dtype=np.int32),
+                                      mb.slice_by_size(x=shape, begin=[2], size=[-1])], axis=0)
+    grouped = mb.reshape(x=x, shape=grouped_shape)
+    axes = list(range(2, rank + 1))
+    centred = mb.sub(x=grouped, y=mb.reduce_mean(x=grouped, axes=axes, keep_dims=True))
+    variance = mb.reduce_mean(x=mb.mul(x=centred, y=centred), axes=axes, keep_dims=True)
+    normalised = mb.reshape(x=mb.real_div(x=centred, y=mb.sqrt(x=mb.add(x=variance, y=eps))), shape=shape)
+    affine_shape = [1, channels] + [1] * (rank - 2)
+    if weight is not None:
+        normalised = mb.mul(x=normalised, y=mb.reshape(x=weight, shape=affine_shape))
+    if bias is not None:
+        normalised = mb.add(x=normalised, y=mb.reshape(x=bias, shape=affine_shape))
+    return normalised

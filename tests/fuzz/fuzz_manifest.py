@@ -1,0 +1,54 @@
+"""atheris fuzzer of the manifest parser and artifact loader.
+
+Run: python tests/fuzz/fuzz_manifest.py -runs=20000 tests/fuzz/corpus
+(CI runs a fixed number of iterations, seeded with the valid manifest in tests/fuzz/corpus/).
+Any exception other than ArtifactError is a finding: fix it and keep the input as a regression
+test in tests/test_fuzz_manifest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import atheris
+
+from edgeexport.artifact import Artifact, Manifest
+from edgeexport.errors import ArtifactError
+
+FOLDER = Path(tempfile.mkdtemp(prefix="edgeexport-fuzz-"))
+
+
+def test_one_input(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    text = provider.ConsumeUnicodeNoSurrogates(provider.remaining_bytes())
+    try:
+        parsed = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        parsed = None
+    if parsed is not None:
+        try:
+            Manifest.from_dict(parsed)
+        except ArtifactError:
+            pass
+    (FOLDER / "manifest.json").write_text(text, errors="surrogatepass")
+    try:
+        Artifact.open(FOLDER).verify()
+    except ArtifactError:
+        pass
+
+
+def main() -> None:
+    try:
+        atheris.instrument_all()
+        atheris.Setup(sys.argv, test_one_input)
+        atheris.Fuzz()
+    finally:
+        shutil.rmtree(FOLDER, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

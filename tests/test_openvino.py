@@ -1,0 +1,209 @@
+"""OpenVINO target: every zoo pair converts at fp32 with parity (golden and fresh cases at both
+shapes); fp16, int8-weights and int8 pass their own criteria; int8's statistical criterion
+rejects planted regressions; conversion failures name the op and the module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeexport.artifact import Artifact, Tolerance
+from edgeexport.errors import ConversionError, UsageError
+from edgeexport.pipeline import ConversionResult, check_parity, convert
+from edgeexport.reference import load_reference
+from edgeexport.reference.specs import SPECS
+from edgeexport.validation.metrics import compare_output
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from edgeexport.exporters.openvino import EXPORTER  # noqa: E402 - after the skips
+from edgeexport.runtimes import load  # noqa: E402
+from edgeexport.runtimes.openvino import describe  # noqa: E402
+
+PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
+SLOW = pytest.mark.slow
+
+
+def _convert(name: str, folder: Path, *, task: str | None = None, precision: str = "fp32") -> ConversionResult:
+    return convert(name, task=task, target="openvino", precision=precision, output_dir=folder)
+
+
+def _constant_types(folder: Path) -> set[str]:
+    """Element types of the constants in an artifact's model.xml."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(Artifact.open(folder).model_path))
+    return {op.get_output_element_type(0).get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"}
+
+
+@pytest.fixture(scope="module")
+def int8_bert(tmp_path_factory: pytest.TempPathFactory) -> ConversionResult:
+    """Tiny BERT sequence classification, post-training quantized to int8."""
+    return _convert("bert", tmp_path_factory.mktemp("openvino") / "bert-int8", precision="int8")
+
+
+@pytest.mark.parametrize(("name", "task"), PAIRS, ids=[f"{n}-{t}" for n, t in PAIRS])
+def test_zoo_pair_converts_with_fp32_parity(name: str, task: str, tmp_path: Path) -> None:
+    result = _convert(name, tmp_path / "artifact", task=task)
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    cases = {(c.case, c.source) for c in result.report.cases}
+    assert {("alternate", "golden"), ("fresh-alternate", "reference")} <= cases
+    manifest = Artifact.open(result.artifact).manifest
+    assert manifest.runtime == "openvino" and manifest.model_file == "model.xml"
+    assert {"model.xml", "model.bin"} <= set(manifest.files)
+    assert manifest.exporter["strategy"] == "pytorch" and manifest.exporter["fallback_reason"] is None
+    assert manifest.runtime_options == {"inference_precision": "f32"}
+    assert "f16" not in _constant_types(result.artifact), "fp32 weights must not be fp16-compressed"
+
+
+@pytest.mark.parametrize(("name", "precision", "weight_type"), [
+    ("bert", "fp16", "f16"), ("vit", "fp16", "f16"),
+    ("bert", "int8-weights", "u8"), ("convnext", "int8-weights", "u8"),
+])
+def test_compressed_weights_pass_their_tolerance(name: str, precision: str, weight_type: str, tmp_path: Path) -> None:
+    result = _convert(name, tmp_path / "artifact", precision=precision)
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert result.manifest.tolerance == EXPORTER.precisions[precision]
+    assert weight_type in _constant_types(result.artifact)
+
+
+def test_int8_bert_passes_statistically(int8_bert: ConversionResult) -> None:
+    assert int8_bert.report is not None and int8_bert.report.passed, int8_bert.report.failures()
+    manifest = json.loads((int8_bert.artifact / "manifest.json").read_text())
+    assert manifest["tolerance"]["min_cosine"] == EXPORTER.precisions["int8"].min_cosine
+    assert manifest["tolerance"]["min_top1"] == EXPORTER.precisions["int8"].min_top1
+    assert "transformer" in manifest["exporter"]["passes"][0]
+    assert "FakeQuantize" in describe(Artifact.open(int8_bert.artifact))["ops"]
+    assert all(o.cosine >= 0.99 and o.top1 == 1.0 for c in int8_bert.report.cases for o in c.outputs)
+
+
+@pytest.mark.parametrize("name", ["vit", pytest.param("convnext", marks=SLOW), pytest.param("wav2vec2", marks=SLOW)])
+def test_int8_passes_statistically(name: str, tmp_path: Path) -> None:
+    result = _convert(name, tmp_path / "artifact", precision="int8")
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert "FakeQuantize" in describe(Artifact.open(result.artifact))["ops"]
+
+
+def test_int8_artifact_fails_against_a_different_model(int8_bert: ConversionResult) -> None:
+    """A planted regression: the artifact checked against BERT with other weights must fail."""
+    report = check_parity(int8_bert.artifact, load_reference("bert", seed=1))
+
+    fresh = [c for c in report.cases if c.source == "reference"]
+    assert not report.passed and fresh and not any(c.passed for c in fresh)
+    assert any("cosine" in line or "top-1" in line for line in report.failures())
+
+
+class TestInt8Criterion:
+    """compare_output with the int8 tolerance: quantization-like noise passes, regressions fail."""
+
+    tolerance: Tolerance = EXPORTER.precisions["int8"]
+    rng = np.random.default_rng(0)
+    reference = (rng.standard_normal((64, 10)) * 3).astype(np.float32)
+
+    def _compare(self, target: np.ndarray) -> bool:
+        tol = self.tolerance
+        return bool(compare_output("logits", target.astype(np.float32), self.reference, atol=tol.atol, rtol=tol.rtol,
+                                   logits=True, min_cosine=tol.min_cosine, min_top1=tol.min_top1))
+
+    def test_quantization_noise_passes_beyond_the_elementwise_bound(self) -> None:
+        noise = self.rng.standard_normal(self.reference.shape) * 0.03 * self.reference.std()
+        target = self.reference + noise
+        target[0, 0] += 1.0  # one outlier breaks the elementwise bound
+        assert self._compare(target)
+
+    @pytest.mark.parametrize("regression", ["shuffled classes", "rescaled", "other model", "swapped top-2"])
+    def test_regressions_fail(self, regression: str) -> None:
+        ref = self.reference
+        order = np.argsort(ref, axis=1)
+        swapped = ref.copy()
+        rows = np.arange(len(ref))
+        swapped[rows, order[:, -1]], swapped[rows, order[:, -2]] = ref[rows, order[:, -2]], ref[rows, order[:, -1]]
+        target = {"shuffled classes": ref[:, ::-1], "rescaled": ref * 2.0,
+                  "other model": self.rng.standard_normal(ref.shape) * 3, "swapped top-2": swapped}[regression]
+        assert not self._compare(target)
+
+    def test_manifest_without_statistical_fields_loads(self) -> None:
+        data = Tolerance(1e-4, 1e-3).to_dict()
+        assert "min_cosine" not in data
+        assert Tolerance.from_dict(data) == Tolerance(1e-4, 1e-3)
+        assert Tolerance.from_dict(self.tolerance.to_dict()) == self.tolerance
+
+
+class _Inner(torch.nn.Module):
+    def __init__(self, op: object) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, op: object) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+        self.block = torch.nn.Sequential(_Inner(op))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.linear(x))
+
+
+def test_unconvertible_op_error_names_op_and_module(tmp_path: Path) -> None:
+    folder = tmp_path / "artifact"
+    with pytest.raises(ConversionError) as error:
+        convert(_Net(torch.lgamma), {"x": torch.randn(2, 4)}, target="openvino", output_dir=folder)
+
+    message = str(error.value)
+    assert "aten::lgamma" in message and "'block.0' (_Inner)" in message and "\n" not in message
+    assert not folder.exists()
+
+
+def test_direct_failure_falls_back_to_onnx_and_is_recorded(tmp_path: Path) -> None:
+    result = convert(_Net(torch.frac), {"x": torch.randn(2, 4)}, target="openvino", output_dir=tmp_path / "artifact",
+                     dynamic_axes={"x": {0: "batch"}})
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert result.manifest.exporter["strategy"] == "onnx"
+    assert "aten::frac" in result.manifest.exporter["fallback_reason"]
+
+
+class TestRunner:
+    @pytest.fixture(scope="class")
+    def artifact(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return _convert("bert", tmp_path_factory.mktemp("openvino") / "bert").artifact
+
+    def test_fp32_inference_precision_and_options_reach_openvino(self, artifact: Path) -> None:
+        import openvino as ov
+
+        runner = load(artifact, performance_hint="throughput", threads=1)
+        assert runner.config == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+                                 "INFERENCE_NUM_THREADS": 1}
+        with runner:
+            assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+            assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+    def test_bad_options_are_usage_errors(self, artifact: Path) -> None:
+        with pytest.raises(UsageError, match="performance hint"):
+            load(artifact, performance_hint="fast")
+        with pytest.raises(UsageError, match="not available"), load(artifact, device="NOSUCHDEVICE"):
+            pass
+
+    def test_describe_counts_ops_and_parameters(self, artifact: Path) -> None:
+        details = describe(Artifact.open(artifact))
+        assert details["ops"]["MatMul"] > 0 and details["parameters"] > 30_000
+
+    def test_running_an_artifact_does_not_import_torch(self, artifact: Path) -> None:
+        code = ("import sys; from edgeexport.runtimes import load; from edgeexport.artifact import Artifact; "
+                f"a = Artifact.open({str(artifact)!r}); inputs, _ = a.load_golden(a.manifest.golden[0]); "
+                "load(a)(inputs); assert 'torch' not in sys.modules, 'torch was imported'")
+        subprocess.run([sys.executable, "-c", code], check=True)
