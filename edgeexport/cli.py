@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeexport.errors import EdgeExportError
+from edgeexport.reporting.gate import DEFAULT_LATENCY_MARGIN_PCT, DEFAULT_PARITY_MARGIN
 
 if TYPE_CHECKING:
     from edgeexport.artifact import Manifest
@@ -30,6 +31,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
+ReportPaths = Annotated[Optional[list[Path]], typer.Option(
+    "--report", help="Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v1), "
+                     ".xml (JUnit), .md (Markdown, e.g. a GitHub job summary), .html (one page with plots).")]
+FailOn = Annotated[str, typer.Option(help="Exit 1 on 'any' parity failure or regression against --baseline, or "
+                                          "only on a 'regression' against --baseline.")]
+Baseline = Annotated[Optional[Path], typer.Option(help="JSON report of an earlier run (--report FILE.json) to "
+                                                       "compare against.")]
+ParityMargin = Annotated[float, typer.Option(help="An output regresses when its max abs error exceeds the "
+                                                  "baseline's by more than this times its atol.")]
+LatencyMargin = Annotated[float, typer.Option(help="A backend regresses when its p50 latency is more than this "
+                                                   "percentage slower than the baseline's.")]
 
 
 def _one_line_errors(command: F) -> F:
@@ -51,6 +63,13 @@ def _one_line_errors(command: F) -> F:
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+Shapes = Annotated[Optional[list[str]], typer.Option(
+    "--shapes", help="TensorRT profile of a dynamic axis, AXIS:MIN,OPT,MAX, e.g. batch:1,4,16 (repeatable); "
+                     "defaults to 1, the example size and 4x it.")]
+Workspace = Annotated[Optional[str], typer.Option(help="TensorRT builder workspace limit, e.g. 4GiB (default: "
+                                                       "TensorRT's, the GPU's memory).")]
 
 
 @app.command("list")
@@ -96,6 +115,8 @@ def convert(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
+    shapes: Shapes = None,
+    workspace: Workspace = None,
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
     from edgeexport.pipeline import convert as run_convert
@@ -103,15 +124,19 @@ def convert(
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, atol=atol, rtol=rtol, simplify=simplify,
-                             allow_pickle=allow_pickle, progress=lambda message: status.update(message))
+                             allow_pickle=allow_pickle, target_options={"shapes": shapes, "workspace": workspace},
+                             progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
     errors.print(f"wrote {result.artifact} ({target}, {precision}, exporter {exporter.get('name')}"
                  f"/{exporter.get('strategy')})", highlight=False, markup=False)
     if exporter.get("fallback_reason"):
         errors.print(Text.assemble(("note:", "yellow"), f" first strategy failed: {exporter['fallback_reason']}"),
                      highlight=False)
+    if exporter.get("note"):
+        errors.print(Text.assemble(("note:", "yellow"), f" {exporter['note']}"), highlight=False)
     if result.report is not None:
         _show_parity(result.report, json_output)
+        _exit_on("parity", result.report.failures())
 
 
 def _show_parity(report: Any, json_output: bool, localization: Any = None) -> None:
@@ -123,8 +148,12 @@ def _show_parity(report: Any, json_output: bool, localization: Any = None) -> No
         console.print(parity_table(report))
     if localization is not None:
         errors.print(Text.assemble(("explain", "cyan"), ": " + _explanation(localization)), highlight=False)
-    if not report.passed:
-        errors.print(Text.assemble(("parity FAILED", "red"), ": " + "; ".join(report.failures())), highlight=False)
+
+
+def _exit_on(what: str, failures: list[str]) -> None:
+    """Print ``<what> FAILED: ...`` and exit 1 when there are failures."""
+    if failures:
+        errors.print(Text.assemble((f"{what} FAILED", "red"), ": " + "; ".join(failures)), highlight=False)
         raise typer.Exit(1)
 
 
@@ -139,13 +168,21 @@ def validate(
     explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
                                                "torch); runs by itself when parity fails and torch is here.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    report_paths: ReportPaths = None,
+    fail_on: FailOn = "any",
+    baseline: Baseline = None,
+    parity_margin: ParityMargin = DEFAULT_PARITY_MARGIN,
+    latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from edgeexport.artifact import Tolerance
     from edgeexport.bundle import component_folders
     from edgeexport.pipeline import check_parity, rebuild_reference
+    from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
     from edgeexport.runtimes import open_artifact
 
+    paths = check_report_paths(report_paths or [])
+    gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
     opened = open_artifact(next(iter(component_folders(artifact).values())))
     tolerance = None
     if atol is not None or rtol is not None:
@@ -156,16 +193,22 @@ def validate(
     localization = None
     if explain or not report.passed:
         localization = _localize(artifact, opened.manifest, ref, report, requested=explain)
+    run = RunReport.create("validate", artifact, opened.manifest, gate=gate, parity=report, localization=localization)
+    write_reports(run, paths)
     _show_parity(report, json_output, localization)
+    _exit_on("parity", run.failures)
 
 
 def _localize(artifact: Path, manifest: Any, reference: Any, report: Any, *, requested: bool) -> Any:
     """Localise the divergence of an ONNX artifact; without torch or for other targets only when asked."""
+    from edgeexport.bundle import is_bundle
     from edgeexport.errors import UsageError
     from edgeexport.pipeline import explain, rebuild_reference
 
     problem = ("divergence localization works on ONNX artifacts" if manifest.target != "onnx" else
-               "divergence localization needs torch installed" if importlib.util.find_spec("torch") is None else "")
+               "divergence localization needs torch installed" if importlib.util.find_spec("torch") is None else
+               f"divergence localization works on one artifact; pass a component such as {artifact / 'decoder'}"
+               if is_bundle(artifact) else "")
     if problem:
         if requested:
             raise UsageError(f"--explain: {problem}")
@@ -189,19 +232,61 @@ def bench(
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 20,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
+    report_paths: ReportPaths = None,
+    fail_on: FailOn = "any",
+    baseline: Baseline = None,
+    parity_margin: ParityMargin = DEFAULT_PARITY_MARGIN,
+    latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
 ) -> None:
-    """Time ARTIFACT on its golden inputs (p50/p90/p99, throughput, peak RSS)."""
+    """Time ARTIFACT on its golden inputs (p50/p90/p99, throughput, peak RSS); exit 1 on a regression."""
     from edgeexport.pipeline import bench as run_bench
     from edgeexport.pipeline import rebuild_reference
+    from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
     from edgeexport.runtimes import open_artifact
     from edgeexport.validation.report import latency_table
 
-    ref = rebuild_reference(open_artifact(artifact).manifest) if reference else None
+    paths = check_report_paths(report_paths or [])
+    gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
+    manifest = open_artifact(artifact).manifest
+    ref = rebuild_reference(manifest) if reference else None
     stats = run_bench(artifact, reference=ref, warmup=warmup, iterations=iterations, threads=threads)
+    run = RunReport.create("bench", artifact, manifest, gate=gate, latency=stats)
+    write_reports(run, paths)
     if json_output:
         _print_json([s.to_dict() for s in stats])
     else:
         console.print(latency_table(stats))
+    _exit_on("latency", run.failures)
+
+
+@app.command()
+@_one_line_errors
+def matrix(
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", help="Zoo models, name or name:task, repeatable or comma-separated (default: all, default task).")] = None,
+    targets: Annotated[Optional[list[str]], typer.Option(
+        "--targets", help="Targets, repeatable or comma-separated (default: every installed one).")] = None,
+    precisions: Annotated[Optional[list[str]], typer.Option(
+        "--precisions", help="Precisions, repeatable or comma-separated (default: fp32).")] = None,
+    preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size).")] = "tiny",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder of results/ and the matrix files.")] = Path("matrix"),
+    jobs: Annotated[int, typer.Option(min=1, help="Combinations run in parallel processes.")] = 1,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any combination fails or errors.")] = False,
+) -> None:
+    """Convert and validate every model x target x precision; resumable, writes matrix.json/.md/.html to OUTPUT."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeexport.matrix import console_view, plan, run_matrix
+
+    combinations = plan(models, targets, precisions or ["fp32"], preset)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=errors) as bar:
+        task = bar.add_task("matrix", total=len(combinations))
+        result = run_matrix(output, combinations, jobs=jobs, progress=lambda done, total, message: bar.update(
+            task, completed=done, total=total, description=message))
+    console.print(console_view(result))
+    errors.print(f"wrote {output / 'matrix.md'}, matrix.html and matrix.json", highlight=False, markup=False)
+    _exit_on("matrix", [c.combination.key for c in result.cells if c.status != "passed"] if strict else [])
 
 
 @app.command()
@@ -209,18 +294,39 @@ def bench(
 def inspect(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    target: Annotated[Optional[str], typer.Option(help="Also preflight the ONNX graph for this target (tensorrt): "
+                                                       "unsupported ops, attributes, dtypes and known pitfalls.")] = None,
+    locate: Annotated[bool, typer.Option(help="With --target: name each problem's PyTorch module (needs torch; "
+                                              "re-exports the model).")] = False,
 ) -> None:
     """Show ARTIFACT's manifest, op histogram, parameter count and size (of each component of a bundle)."""
     from edgeexport.bundle import Bundle, component_folders
+    from edgeexport.trt.preflight import preflight_artifact
 
-    described = {role: _describe(folder) for role, folder in component_folders(artifact).items()}
+    folders = component_folders(artifact)
+    described = {role: _describe(folder) for role, folder in folders.items()}
+    checked = {role: preflight_artifact(folder, target=target, locate=locate)
+               for role, folder in folders.items()} if target else {}
     if json_output:
-        data = {role: {"manifest": m.to_dict(), "size_bytes": size, **details}
+        data = {role: {"manifest": m.to_dict(), "size_bytes": size, **details,
+                       **({"preflight": checked[role].to_dict()} if role in checked else {})}
                 for role, (m, details, size) in described.items()}
         _print_json(data[""] if "" in data else {"bundle": Bundle.open(artifact).to_dict(), "components": data})
         return
     for role, (manifest, details, size) in described.items():
         _print_artifact(f"{artifact}" + (f" ({role})" if role else ""), manifest, details, size)
+        if role in checked:
+            _print_preflight(checked[role])
+
+
+def _print_preflight(report: Any) -> None:
+    table = Table(title=f"{report.summary()} (table: {report.source})")
+    for column in ("severity", "node", "op", "module", "problem"):
+        table.add_column(column)
+    for f in report.findings:
+        table.add_row(Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-",
+                      f.module or "-", f.message)
+    console.print(table)
 
 
 def _describe(folder: Path) -> tuple[Manifest, dict[str, Any], int]:
@@ -269,6 +375,23 @@ def _generation_summary(manifest: Manifest) -> str:
     tokens = ", ".join(f"{k}={v}" for k, v in spec.tokens.to_dict().items() if v not in (None, []))
     return "; ".join(part for part in (spec.role, cache, cross and f"cross {cross}", tokens,
                                        f"tokenizer {spec.tokenizer or 'none'}") if part)
+
+
+@app.command()
+@_one_line_errors
+def build(
+    artifact: Annotated[Path, typer.Argument(help="TensorRT artifact folder (from convert --target tensorrt).")],
+    shapes: Shapes = None,
+    workspace: Workspace = None,
+) -> None:
+    """Build ARTIFACT's TensorRT engine on this machine's GPU, atomically; the manifest records TensorRT and the GPU."""
+    from edgeexport.trt.build import build_artifact
+
+    with console.status("building the TensorRT engine", spinner="dots"):
+        manifest = build_artifact(artifact, shapes=shapes, workspace=workspace)
+    engine = manifest.runtime_options["engine"]
+    errors.print(f"built {artifact / engine['file']} (TensorRT {engine['tensorrt']}, {engine['gpu']}, compute "
+                 f"capability {engine['compute_capability']})", highlight=False, markup=False)
 
 
 @app.command()

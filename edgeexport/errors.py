@@ -38,6 +38,10 @@ class ArtifactError(UsageError):
     """An artifact folder is missing files, corrupt or of an unknown schema."""
 
 
+class DeviceError(UsageError):
+    """The GPU cannot do what was asked: none visible, out of memory, or a failing CUDA call."""
+
+
 class CaptureError(EdgeExportError):
     """Stage 1 failed: PyTorch could not capture the model into a graph."""
 

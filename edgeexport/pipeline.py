@@ -47,7 +47,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             precision: str = "fp32", opset: int | None = None, validate: bool = True, force: bool = False,
             atol: float | None = None, rtol: float | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
             simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
-            progress: Progress | None = None) -> ConversionResult:
+            target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> ConversionResult:
     """Convert a model to an artifact folder for ``target`` and (by default) check its parity.
 
     Args:
@@ -67,6 +67,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         simplify: Simplify the graph (onnxslim) where the target supports it. Defaults to True.
         allow_pickle: Allow pickled weights in a model folder. Defaults to False.
         seed: Seed of zoo weights. Defaults to 0.
+        target_options: Options of the target's exporter (``Exporter.options``; tensorrt: ``shapes``,
+            ``workspace``); None values are unset. Defaults to none.
         progress: Called with a short message before each stage.
 
     Raises:
@@ -76,6 +78,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     say = progress or (lambda _message: None)
     exporter = get_exporter(target)
     exporter.check_precision(precision)
+    exporter.check_options(target_options or {})
     exporter.check_available()
     if output_dir is not None:
         check_output_dir(Path(output_dir), force=force)
@@ -93,7 +96,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             (stage / role).mkdir(exist_ok=True)
             manifests[role] = _write_artifact(
                 stage / role, component, golden[role], exporter, target=target, precision=precision, opset=opset,
-                simplify=simplify, seed=seed, atol=atol, rtol=rtol)
+                simplify=simplify, seed=seed, atol=atol, rtol=rtol,
+                options={k: v for k, v in (target_options or {}).items() if v is not None})
         if "" not in components:
             write_bundle(stage, list(components), _model_info(reference, seed))
     report = None
@@ -119,12 +123,12 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,
                     precision: str, opset: int | None, simplify: bool, seed: int, atol: float | None,
-                    rtol: float | None) -> Manifest:
+                    rtol: float | None, options: Mapping[str, Any]) -> Manifest:
     """Export one reference into ``stage`` with its golden cases, assets and manifest."""
     default_tolerance = exporter.tolerance(reference, precision)
     tolerance = replace(default_tolerance, atol=atol if atol is not None else default_tolerance.atol,
                         rtol=rtol if rtol is not None else default_tolerance.rtol)
-    result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify)
+    result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify, **options)
     for relative, source in reference.assets.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, stage / relative)

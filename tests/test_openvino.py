@@ -178,9 +178,9 @@ def test_direct_failure_falls_back_to_onnx_and_is_recorded(tmp_path: Path) -> No
 
 
 class TestRunner:
-    @pytest.fixture(scope="class")
-    def artifact(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
-        return _convert("bert", tmp_path_factory.mktemp("openvino") / "bert").artifact
+    @pytest.fixture()
+    def artifact(self, int8_bert: ConversionResult) -> Path:
+        return int8_bert.artifact
 
     def test_fp32_inference_precision_and_options_reach_openvino(self, artifact: Path) -> None:
         import openvino as ov

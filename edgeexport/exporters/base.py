@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,13 +35,15 @@ class Exporter(ABC):
 
     Subclasses declare ``target`` (CLI name), ``runtime`` (module under
     ``edgeexport.runtimes`` that runs the artifact), ``requires`` (importable packages) and
-    ``precisions`` (name -> tolerance, or None to keep the reference model's own tolerance).
+    ``precisions`` (name -> tolerance, or None to keep the reference model's own tolerance)
+    and ``options`` (target-specific keyword options of :meth:`export`, e.g. tensorrt's ``shapes``).
     """
 
     target: ClassVar[str]
     runtime: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     precisions: ClassVar[dict[str, Tolerance | None]] = {"fp32": None}
+    options: ClassVar[tuple[str, ...]] = ()
 
     def check_available(self) -> None:
         """Raise :class:`MissingBackendError` naming the pip extra if a required package is missing."""
@@ -53,6 +56,13 @@ class Exporter(ABC):
         if precision not in self.precisions:
             raise UsageError(f"target {self.target!r} does not support precision {precision!r}; "
                              f"choose one of: {', '.join(self.precisions)}")
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`UsageError` for target options this target does not take (None values are unset)."""
+        unknown = sorted(name for name, value in options.items() if value is not None and name not in self.options)
+        if unknown:
+            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+            raise UsageError(f"target {self.target!r} has no option {', '.join(unknown)}; {takes}")
 
     def tolerance(self, reference: ReferenceModel, precision: str) -> Tolerance:
         """Parity tolerance of an artifact: the precision's own, else the reference model's."""

@@ -18,6 +18,8 @@ from coremltools.converters.mil.mil.types import builtin_to_string, nptype_from_
 from coremltools.converters.mil.mil.types.symbolic import any_symbolic
 
 ORIGINAL_GROUP_NORM = ops.group_norm
+ORIGINAL_LINSPACE = ops.linspace
+ORIGINAL_UPSAMPLE_NEAREST2D = ops.upsample_nearest2d
 
 
 # transformers 5 builds attention masks with ``q_idx.new_ones((), dtype=torch.bool)``
@@ -61,6 +63,25 @@ def _bool(context: Any, node: Any) -> None:
     _fold_scalar(context, node, bool, "bool")
 
 
+# coremltools folds a constant linspace with ``np.linspace(start.val, end.val, n)``; when start
+# and end are one-element arrays (``height - 0.5`` of a traced size) the result is (n, 1), not
+# (n,), and the meshgrid that follows rejects it. Needed by Mask2Former (deformable attention
+# reference points).
+@register_torch_op(override=True)
+def linspace(context: Any, node: Any) -> None:
+    """``torch.linspace(start, end, steps)``, folded to a 1-D constant when all three are known."""
+    start, end, steps = ops._get_inputs(context, node, min_expected=3)[:3]
+    if not all(v.can_be_folded_to_const() for v in (start, end, steps)):
+        ORIGINAL_LINSPACE(context, node)
+        return
+    values = np.linspace(_scalar(start.val), _scalar(end.val), int(_scalar(steps.val)), dtype=np.float32)
+    context.add(mb.const(val=values, name=node.name))
+
+
+def _scalar(value: Any) -> float:
+    return np.asarray(value).reshape(()).item()
+
+
 # coremltools' group_norm puts the batch dim, a Python symbol when the batch is dynamic, into
 # a constant shape list ("Cannot add const [is0, 16, 1]"). Needed by Wav2Vec2 (its first conv
 # layer's group norm) with a dynamic batch. Static shapes keep coremltools' own translation.
@@ -96,3 +117,34 @@ def _group_norm(x: Any, groups: int, weight: Any, bias: Any, eps: float) -> Any:
     if bias is not None:
         normalised = mb.add(x=normalised, y=mb.reshape(x=bias, shape=affine_shape))
     return normalised
+
+
+# For nearest interpolation to a run-time size (``interpolate(mask, size=features.shape[-2:])``)
+# coremltools emits a placeholder op that a later pass must turn into a fixed scale factor; a
+# size that is not a multiple of the input's ("Unable to map torch_upsample_nearest_neighbor to
+# core upsample") fails. Needed by DETR (its pixel mask, resized to the backbone's feature map)
+# with a dynamic image size. Sizes the pass can resolve keep coremltools' translation.
+@register_torch_op(torch_alias=["upsample_nearest2d.vec"], override=True)
+def upsample_nearest2d(context: Any, node: Any) -> None:
+    """Nearest interpolation; to a run-time size it gathers rows and columns ``floor(i * in / out)``."""
+    inputs = ops._get_inputs(context, node, min_expected=2)
+    x, size = inputs[0], inputs[1]
+    if not isinstance(size, list) or _scale_resolvable(x, size):
+        ORIGINAL_UPSAMPLE_NEAREST2D(context, node)
+        return
+    shape = mb.shape(x=x)
+    for axis, out in zip((2, 3), size):
+        out = mb.cast(x=out, dtype="int32")
+        source = mb.floor_div(x=mb.mul(x=mb.range_1d(start=0, end=out, step=1), y=mb.gather(x=shape, indices=axis)),
+                              y=out)
+        x = mb.gather(x=x, indices=source, axis=axis)
+    context.add(mb.identity(x=x, name=node.name))
+
+
+def _scale_resolvable(x: Any, size: list[Any]) -> bool:
+    """Whether coremltools' upsample pass can trace ``size`` back to constant scale factors of ``x``."""
+    from coremltools.converters.mil.frontend.torch.ssa_passes import torch_upsample_to_core_upsample as upsample
+
+    return all(out.val is None and (upsample._try_get_upsample_factor_pattern_1(out.op) is not None
+                                    or upsample._try_get_upsample_factor_pattern_2(out.op, axis, x) is not None)
+               for axis, out in zip((2, 3), size))

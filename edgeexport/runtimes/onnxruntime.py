@@ -26,6 +26,8 @@ class OnnxruntimeRunner(Runner):
         optimization: graph optimisation level, one of ``disable|basic|extended|all``. Defaults to ``all``.
         providers: execution providers in priority order. Defaults to CUDA when available, then CPU;
             pass ``["TensorrtExecutionProvider", "CUDAExecutionProvider"]`` for the TensorRT EP.
+        provider_options: options by provider name, e.g. ``{"TensorrtExecutionProvider": {"trt_fp16_enable": True}}``.
+            Defaults to none.
     """
 
     name = "onnxruntime"
@@ -34,13 +36,15 @@ class OnnxruntimeRunner(Runner):
     label = "onnxruntime"
 
     def __init__(self, artifact: Artifact, *, threads: int = 0, optimization: str = "all",
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None,
+                 provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         super().__init__(artifact)
         if optimization not in OPTIMIZATION_LEVELS:
             raise UsageError(f"unknown optimization level {optimization!r}; choose one of: {', '.join(OPTIMIZATION_LEVELS)}")
         self.threads = threads
         self.optimization = optimization
         self.providers = providers
+        self.provider_options = dict(provider_options or {})
         self.session: Any = None
 
     def _activate_impl(self) -> None:
@@ -58,7 +62,8 @@ class OnnxruntimeRunner(Runner):
         if unknown:
             raise UsageError(f"execution providers {unknown} are not available here; available: {', '.join(available)}")
         check_external_data(self.artifact)
-        self.session = ort.InferenceSession(str(self.artifact.model_path), options, providers=providers)
+        self.session = ort.InferenceSession(str(self.artifact.model_path), options, providers=providers,
+                                            provider_options=[dict(self.provider_options.get(p, {})) for p in providers])
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         names = [o.name for o in self.outputs]

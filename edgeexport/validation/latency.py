@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,10 @@ import numpy as np
 
 @dataclass
 class LatencyStats:
-    """Latency of one backend on one input batch. ``peak_rss_mb`` is the process peak so far."""
+    """Latency of one backend on one input batch. ``peak_rss_mb`` is the process peak so far.
+
+    ``samples_ms`` holds every timed run, for plots; :meth:`to_dict` leaves it out.
+    """
 
     label: str
     batch: int
@@ -25,9 +28,10 @@ class LatencyStats:
     mean_ms: float
     throughput: float
     peak_rss_mb: float
+    samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples_ms"}
 
 
 def measure(call: Callable[[], float | None], *, label: str, batch: int, warmup: int = 3,
@@ -49,7 +53,7 @@ def measure(call: Callable[[], float | None], *, label: str, batch: int, warmup:
     return LatencyStats(label=label, batch=batch, iterations=iterations, p50_ms=p50,
                         p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)),
                         mean_ms=float(ms.mean()), throughput=batch * 1e3 / p50 if p50 else float("inf"),
-                        peak_rss_mb=peak_rss_mb())
+                        peak_rss_mb=peak_rss_mb(), samples_ms=ms.tolist())
 
 
 def peak_rss_mb() -> float:

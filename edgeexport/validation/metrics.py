@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+SAMPLE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class OutputSample:
+    """Up to :data:`SAMPLE_SIZE` paired elements of one output (flattened, float64), for plots.
+
+    The elements are evenly spaced over the output and always include the worst one. Kept in
+    memory only: reports on disk hold the metrics, not the values.
+    """
+
+    reference: np.ndarray
+    target: np.ndarray
+    size: int
+
+    @property
+    def errors(self) -> np.ndarray:
+        """``|target - reference|`` of the sampled elements."""
+        return np.abs(self.target - self.reference)
 
 
 @dataclass
@@ -32,12 +52,15 @@ class OutputComparison:
     top5: float | None = None
     worst_index: list[int] | None = None
     reason: str = ""
+    sample: OutputSample | None = field(default=None, repr=False, compare=False)
 
     def __bool__(self) -> bool:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        """The metrics as JSON-ready values (non-finite floats as None); the sample is left out."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sample"}
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
 
 
 def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol: float, rtol: float,
@@ -80,6 +103,7 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol
     result.mean_abs = float(diff.mean())
     result.cosine = _cosine(got.ravel(), want.ravel())
     result.worst_index = [int(i) for i in worst]
+    result.sample = _sample(got.ravel(), want.ravel(), int(np.ravel_multi_index(worst, diff.shape)))
     if logits and want.ndim >= 1 and want.shape[-1] > 1:
         result.top1, result.top5 = _topk_agreement(got, want)
     result.passed = bool((excess <= 0).all())
@@ -106,6 +130,12 @@ def _statistical_misses(result: OutputComparison, *, mean_bound: float, min_cosi
     if result.mean_abs > mean_bound:
         misses.append(f"mean abs error {result.mean_abs:.3g} > {mean_bound:.3g}")
     return misses
+
+
+def _sample(got: np.ndarray, want: np.ndarray, worst: int) -> OutputSample:
+    """Evenly spaced elements of the flattened output plus the worst one."""
+    picked = np.unique(np.append(np.linspace(0, got.size - 1, min(got.size, SAMPLE_SIZE - 1)).astype(np.int64), worst))
+    return OutputSample(reference=want[picked], target=got[picked], size=got.size)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,131 @@
+"""Greedy generation with a KV cache: PyTorch ``generate()`` vs edgeexport's loop on onnxruntime.
+
+Usage: python benchmarks/generation.py [--prompt-tokens 16] [--new-tokens 32] [--repeats 3] [--threads 2]
+
+GPT-2 124M (full preset, random weights, seeded) is converted to a ``causal-lm-with-past``
+ONNX artifact (fp32). Both backends get the same 16-token prompt (batch 1) and generate 32
+tokens greedily with the same thread count (torch.set_num_threads and onnxruntime
+intra-op threads). Each backend runs once untimed, then ``--repeats`` times; the table shows
+medians of tokens/s (generated tokens over the whole call, prompt included) and first-token
+latency (prompt forward pass + first token). The token sequences are checked to be equal.
+Prints a table and writes benchmarks/results/generation.json. Report ratios, not lone
+times: the machines are shared.
+
+optimum's ORTModelForCausalLM is not included: optimum-onnx 0.1.0 (the only release) requires
+transformers<4.58, and edgeexport needs transformers>=5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers.generation.streamers import BaseStreamer
+
+from edgeexport.pipeline import convert
+from edgeexport.runtimes.generate import Generator
+
+
+class FirstTokenClock(BaseStreamer):
+    """Records when transformers' generate() emits its first new token (its first put() is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first = 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        """Nothing to flush."""
+
+
+def time_pytorch(model: torch.nn.Module, ids: np.ndarray, new_tokens: int) -> tuple[list[int], float, float]:
+    """Tokens, tokens/s and first-token seconds of one greedy ``generate()``."""
+    clock = FirstTokenClock()
+    prompt = torch.from_numpy(ids)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
+                             max_new_tokens=new_tokens, streamer=clock, pad_token_id=model.config.eos_token_id)
+        total = time.perf_counter() - start
+    tokens = out[0, ids.shape[1]:].tolist()
+    return tokens, len(tokens) / total, clock.first - start
+
+
+def time_ours(generator: Generator, ids: np.ndarray, new_tokens: int) -> tuple[list[int], float, float]:
+    output = generator.generate(ids, max_new_tokens=new_tokens)
+    return output.tokens[0].tolist(), output.tokens_per_s, output.first_token_s
+
+
+def run(*, prompt_tokens: int, new_tokens: int, repeats: int, threads: int, out: Path) -> dict:
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = convert("gpt2", task="causal-lm-with-past", preset="full", output_dir=Path(tmp) / "gpt2",
+                         validate=False)
+        model = result.reference.module.model
+        ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, prompt_tokens))
+        timings: dict[str, list[tuple[list[int], float, float]]] = {"pytorch eager generate()": [],
+                                                                   "edgeexport on onnxruntime": []}
+        with Generator.load(result.artifact, threads=threads) as generator:
+            calls = {"pytorch eager generate()": lambda: time_pytorch(model, ids, new_tokens),
+                     "edgeexport on onnxruntime": lambda: time_ours(generator, ids, new_tokens)}
+            for call in calls.values():
+                call()  # warm-up
+            for _ in range(repeats):  # interleaved, so load on the shared machine hits both alike
+                for label, call in calls.items():
+                    timings[label].append(call())
+    rows = [{"backend": label, "tokens_per_s": statistics.median(t[1] for t in runs),
+             "first_token_ms": statistics.median(t[2] for t in runs) * 1e3, "runs": len(runs)}
+            for label, runs in timings.items()]
+    report = {
+        "model": "gpt2 (124M, full preset, random weights)", "machine": platform.processor() or platform.machine(),
+        "threads": threads, "torch": torch.__version__, "batch": 1, "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens, "rows": rows, "speedup": rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"],
+        "same_tokens": all(a[0] == b[0] for a, b in zip(*timings.values())),
+        "optimum": "not installable: optimum-onnx 0.1.0 requires transformers<4.58; edgeexport needs transformers>=5",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def show(report: dict) -> None:
+    table = Table(title=f"greedy generation, GPT-2 124M, batch 1, {report['prompt_tokens']}-token prompt, "
+                        f"{report['new_tokens']} new tokens, {report['threads']} threads (medians)")
+    for column in ("backend", "tokens/s", "first token ms", "speed-up"):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    base = report["rows"][0]["tokens_per_s"]
+    for row in report["rows"]:
+        table.add_row(row["backend"], f"{row['tokens_per_s']:.1f}", f"{row['first_token_ms']:.1f}",
+                      f"{row['tokens_per_s'] / base:.2f}x")
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"same tokens: {report['same_tokens']}; optimum: {report['optimum']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generation.json")
+    args = parser.parse_args()
+    show(run(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads,
+             out=args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The support matrix: convert and validate every model x target x precision, resumably and in parallel.
+
+Each combination's result is one JSON file in ``<folder>/results/`` (written atomically), so
+a run that stops resumes where it left off, and the matrix of a folder is every result in
+it: per-job folders of a CI job matrix merge by copying their ``results/`` files together
+and running :func:`write_matrix` (``edgeexport matrix -o FOLDER`` with nothing left to run).
+A combination that fails is recorded with its one-line error; nothing stops the matrix.
+
+``<folder>/matrix.json`` (schema ``edgeexport.matrix.v1``, see docs/reports.md),
+``matrix.md`` and ``matrix.html`` hold the whole matrix; the README's table is rendered
+from a committed ``matrix.json`` by :mod:`edgeexport.matrix_readme`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from edgeexport.errors import EdgeExportError, MissingBackendError, UsageError
+
+SCHEMA = "edgeexport.matrix.v1"
+RESULTS_DIR = "results"
+STATUS_WORD = {"passed": "passes", "failed": "fails", "error": "error"}
+STATUS_MARK = {"passed": "✅ passes", "failed": "❌ fails", "error": "⚠️ error"}
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One model:task, target, precision and preset to convert and validate."""
+
+    model: str
+    task: str
+    target: str
+    precision: str
+    preset: str = "tiny"
+
+    @property
+    def key(self) -> str:
+        """File stem of its result: ``<model>-<task>-<preset>-<target>-<precision>``."""
+        return f"{self.model}-{self.task}-{self.preset}-{self.target}-{self.precision}"
+
+
+@dataclass
+class CellResult:
+    """The outcome of one combination: ``passed``, ``failed`` (parity) or ``error`` (with ``error``).
+
+    ``failures`` lists the parity failures, ``max_abs`` is the largest max abs error over
+    every case and output (None when nothing was compared), ``report`` the full
+    ``edgeexport.report.v1`` document of the validation (kept in the result file only).
+    """
+
+    combination: Combination
+    status: str
+    error: str = ""
+    failures: list[str] = field(default_factory=list)
+    max_abs: float | None = None
+    exporter: str = ""
+    seconds: float = 0.0
+    report: dict[str, Any] | None = None
+
+    def to_dict(self, *, with_report: bool = True) -> dict[str, Any]:
+        data = {**asdict(self.combination), "status": self.status, "error": self.error, "failures": self.failures,
+                "max_abs": self.max_abs, "exporter": self.exporter, "seconds": round(self.seconds, 2)}
+        return {**data, "report": self.report} if with_report else data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        combination = Combination(data["model"], data["task"], data["target"], data["precision"], data["preset"])
+        return cls(combination, data["status"], data.get("error", ""), list(data.get("failures", [])),
+                   data.get("max_abs"), data.get("exporter", ""), float(data.get("seconds", 0.0)), data.get("report"))
+
+
+@dataclass
+class Matrix:
+    """Every result of a matrix folder, in a stable order."""
+
+    cells: list[CellResult]
+
+    def columns(self) -> list[tuple[str, str]]:
+        """The (target, precision) pairs present, sorted."""
+        return sorted({(c.combination.target, c.combination.precision) for c in self.cells})
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The (model, task, preset) triples present, in order of first appearance."""
+        return list(dict.fromkeys((c.combination.model, c.combination.task, c.combination.preset) for c in self.cells))
+
+    def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
+        return next((c for c in self.cells if (c.combination.model, c.combination.task, c.combination.preset) == row
+                     and (c.combination.target, c.combination.precision) == column), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``edgeexport.matrix.v1`` document (cells without their full reports)."""
+        return {"schema": SCHEMA, "cells": [c.to_dict(with_report=False) for c in self.cells]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Matrix:
+        """Read an ``edgeexport.matrix.v1`` document.
+
+        Raises:
+            UsageError: another schema.
+        """
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise UsageError(f"not an edgeexport matrix (schema {SCHEMA!r} expected); write one with edgeexport matrix")
+        return cls([CellResult.from_dict(c) for c in data["cells"]])
+
+
+def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = None,
+         precisions: Iterable[str] = ("fp32",), preset: str = "tiny") -> list[Combination]:
+    """Every combination, after checking the names (before any work).
+
+    Args:
+        models: Zoo models as ``name`` (its default task) or ``name:task``; comma-separated lists
+            are split. Defaults to every zoo model with its default task.
+        targets: Target names. Defaults to every target whose backend is installed.
+        precisions: Precisions; a target is paired only with those it has (the others show as
+            ``–``). Defaults to fp32.
+        preset: ``tiny`` or ``full``. Defaults to ``tiny``.
+
+    Raises:
+        UsageError: an unknown model, task, target or preset, or a precision no chosen target has.
+    """
+    from edgeexport.exporters import get_exporter
+    from edgeexport.exporters import targets as all_targets
+    from edgeexport.reference.specs import PRESETS, SPECS
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    pairs = [_model_task(name) for name in _split(models or SPECS)]
+    chosen = {t: get_exporter(t).precisions for t in (_split(targets) if targets else
+                                                      [t for t in all_targets() if _installed(t)])}
+    wanted = _split(precisions)
+    for precision in wanted:
+        if not any(precision in available for available in chosen.values()):
+            raise UsageError(f"no chosen target has precision {precision!r}; "
+                             + "; ".join(f"{t}: {', '.join(available)}" for t, available in chosen.items()))
+    return [Combination(model, task, target, precision, preset) for model, task in pairs
+            for target, available in chosen.items() for precision in wanted if precision in available]
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _model_task(name: str) -> tuple[str, str]:
+    from edgeexport.reference.specs import get_spec
+    from edgeexport.reference.tasks import supported_tasks
+
+    model, _, task = name.partition(":")
+    tasks = supported_tasks(get_spec(model).tasks)
+    if task and task not in tasks:
+        raise UsageError(f"model {model!r} has no task {task!r}; choose one of: {', '.join(tasks)}")
+    return model, task or tasks[0]
+
+
+def _installed(target: str) -> bool:
+    from edgeexport.exporters import get_exporter
+
+    try:
+        get_exporter(target).check_available()
+    except MissingBackendError:
+        return False
+    return True
+
+
+def run_combination(combination: Combination) -> CellResult:
+    """Convert and validate one combination in a temporary folder; any failure becomes the result's error.
+
+    Every exception is caught on purpose: one broken combination must not stop the matrix.
+    """
+    from edgeexport.pipeline import convert
+    from edgeexport.reporting import Gate, RunReport
+
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeexport-matrix-") as tmp:
+            result = convert(combination.model, target=combination.target, task=combination.task,
+                             preset=combination.preset, precision=combination.precision, output_dir=Path(tmp) / "a")
+    except Exception as exc:  # noqa: BLE001 - recorded as the combination's one-line error
+        return CellResult(combination, "error", error=_one_line(exc), seconds=time.perf_counter() - start)
+    report = result.report
+    assert report is not None  # convert validates by default
+    errors = [o.max_abs for case in report.cases for o in case.outputs if o.max_abs == o.max_abs]
+    run = RunReport.create("validate", result.artifact, result.manifest, gate=Gate(), parity=report)
+    exporter = result.manifest.exporter
+    return CellResult(combination, "passed" if report.passed else "failed", failures=report.failures(),
+                      max_abs=max(errors) if errors else None,
+                      exporter="/".join(str(exporter[k]) for k in ("name", "strategy") if exporter.get(k)),
+                      seconds=time.perf_counter() - start, report=run.to_dict())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if isinstance(exc, EdgeExportError) else f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def run_matrix(folder: str | Path, combinations: Sequence[Combination], *, jobs: int = 1,
+               progress: Progress | None = None) -> Matrix:
+    """Run every combination without a result in ``folder``, then write and return the folder's matrix.
+
+    Args:
+        folder: Output folder; results go to ``<folder>/results/<combination>.json``.
+        combinations: From :func:`plan`.
+        jobs: Parallel worker processes (1 runs in this process). Defaults to 1.
+        progress: Called with the number done (those found in ``folder`` included), the total and
+            a short message, once at the start and after each combination.
+    """
+    say = progress or (lambda _done, _total, _message: None)
+    results = Path(folder) / RESULTS_DIR
+    results.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in combinations if _load(results / f"{c.key}.json") is None]
+    done = len(combinations) - len(todo)
+    say(done, len(combinations), f"{done} already in {folder}" if done else "starting")
+    for result in _results(todo, jobs):
+        _save(results / f"{result.combination.key}.json", result)
+        done += 1
+        say(done, len(combinations), f"{result.combination.key}: {result.status}")
+    return write_matrix(folder)
+
+
+def _results(todo: list[Combination], jobs: int) -> Iterable[CellResult]:
+    if jobs <= 1 or len(todo) <= 1:
+        yield from map(run_combination, todo)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads,
+                             initargs=(threads,)) as pool:
+        futures: dict[Future[CellResult], Combination] = {pool.submit(run_combination, c): c for c in todo}
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _limit_threads(threads: int) -> None:
+    """Give each worker an equal share of the cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _load(path: Path) -> CellResult | None:
+    """A saved result, or None when it is missing or unreadable (then it runs again)."""
+    try:
+        return CellResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save(path: Path, result: CellResult) -> None:
+    """Write atomically, so an interrupted run never leaves half a result."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def write_matrix(folder: str | Path) -> Matrix:
+    """Collect every result in ``folder`` and write ``matrix.json``, ``matrix.md`` and ``matrix.html`` there."""
+    folder = Path(folder)
+    cells = [r for p in sorted((folder / RESULTS_DIR).glob("*.json")) if (r := _load(p)) is not None]
+    matrix = Matrix(cells)
+    (folder / "matrix.json").write_text(json.dumps(matrix.to_dict(), indent=1) + "\n", encoding="utf-8")
+    (folder / "matrix.md").write_text(markdown(matrix), encoding="utf-8")
+    (folder / "matrix.html").write_text(render_html(matrix), encoding="utf-8")
+    return matrix
+
+
+def _notes(matrix: Matrix) -> dict[Combination, tuple[int, str]]:
+    """A numbered note for every cell that did not pass: its error or first parity failure."""
+    failing = [c for row in matrix.rows() for col in matrix.columns()
+               if (c := matrix.cell(row, col)) is not None and c.status != "passed"]
+    return {c.combination: (i, c.error or (c.failures[0] if c.failures else "")) for i, c in enumerate(failing, 1)}
+
+
+def markdown(matrix: Matrix) -> str:
+    """The models x targets table with numbered notes for failures (what the README shows)."""
+    columns, notes = matrix.columns(), _notes(matrix)
+    lines = ["| model | task | " + " | ".join(f"{t} {p}" for t, p in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for row in matrix.rows():
+        cells = []
+        for column in columns:
+            cell = matrix.cell(row, column)
+            mark = STATUS_MARK[cell.status] if cell is not None else "–"
+            cells.append(f"{mark} [{notes[cell.combination][0]}]" if cell is not None and cell.status != "passed"
+                         else mark)
+        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"{i}. {c.model} {c.task} on {c.target} {c.precision}: {text.replace('|', '/')}"
+                  for c, (i, text) in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(matrix: Matrix) -> str:
+    """The matrix as one self-contained HTML page (hover a cell for its max abs error and time)."""
+    from edgeexport.reporting.html import STYLE
+
+    columns, notes = matrix.columns(), _notes(matrix)
+    head = "".join(f"<th>{html.escape(f'{t} {p}')}</th>" for t, p in columns)
+    rows = []
+    for row in matrix.rows():
+        tds = "".join(_html_cell(matrix.cell(row, column), notes) for column in columns)
+        rows.append(f"<tr><td>{html.escape(row[0])}</td><td>{html.escape(row[1])}</td>{tds}</tr>")
+    items = "".join(f"<li value={i}>{html.escape(f'{c.model} {c.task} on {c.target} {c.precision}: {text}')}</li>"
+                    for c, (i, text) in notes.items())
+    passed = sum(c.status == "passed" for c in matrix.cells)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>edgeexport matrix</title>'
+            f"<style>{STYLE}</style></head><body><main><h1>edgeexport support matrix</h1>"
+            f'<p class="meta">{passed} of {len(matrix.cells)} combinations pass.</p>'
+            f'<div class="card"><table><thead><tr><th>model</th><th>task</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{f"<ol class=failures>{items}</ol>" if items else ""}</div>'
+            "</main></body></html>\n")
+
+
+def _html_cell(cell: CellResult | None, notes: dict[Combination, tuple[int, str]]) -> str:
+    if cell is None:
+        return "<td>–</td>"
+    hint = f"max abs error {cell.max_abs:.3g}, " if cell.max_abs is not None else ""
+    hint += f"{cell.seconds:.1f} s" + (f", {cell.exporter}" if cell.exporter else "")
+    note = f" [{notes[cell.combination][0]}]" if cell.status != "passed" else ""
+    return f'<td class="{cell.status}" title="{html.escape(hint)}">{html.escape(STATUS_WORD[cell.status] + note)}</td>'
+
+
+def console_view(matrix: Matrix) -> Group:
+    """The matrix for the terminal: a rich table of coloured status words, then the numbered notes."""
+    columns, notes = matrix.columns(), _notes(matrix)
+    table = Table(title=f"support matrix: {sum(c.status == 'passed' for c in matrix.cells)} of {len(matrix.cells)} pass")
+    for name in ("model", "task", *(f"{t} {p}" for t, p in columns)):
+        table.add_column(name)
+    colours = {"passed": "green", "failed": "red", "error": "yellow"}
+    for row in matrix.rows():
+        cells = [matrix.cell(row, column) for column in columns]
+        table.add_row(row[0], row[1], *(Text("–") if c is None else Text(
+            c.status + (f" [{notes[c.combination][0]}]" if c.status != "passed" else ""), colours[c.status])
+            for c in cells))
+    lines = [Text(f"[{i}] {c.model} {c.task} on {c.target} {c.precision}: {text}") for c, (i, text) in notes.items()]
+    return Group(table, *lines)

@@ -1,0 +1,159 @@
+"""The CI gate: which findings of a run fail it, and regressions against a baseline report.
+
+``fail_on="any"`` fails on any parity failure and on any regression against the baseline
+(when one is given); ``fail_on="regression"`` fails only on regressions, so known failures
+recorded in the baseline do not block a release. A baseline is a JSON report written earlier
+with ``--report FILE.json``; items are matched by name (parity: case and output, latency:
+backend label) and items missing on either side are not compared.
+
+An output regresses when it fails now but passed in the baseline, or when its max abs
+error exceeds the baseline's by more than ``parity_margin`` times its atol (a share of the
+tolerance budget, so noise far below the tolerance never trips the gate). A backend
+regresses when its p50 latency exceeds the baseline's by more than ``latency_margin_pct``
+percent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeexport.errors import UsageError
+from edgeexport.reporting.document import load_report
+from edgeexport.validation.report import Row, format_number
+
+if TYPE_CHECKING:
+    from edgeexport.validation.latency import LatencyStats
+    from edgeexport.validation.parity import CaseResult, ParityReport
+
+FAIL_ON = ("any", "regression")
+DEFAULT_PARITY_MARGIN = 0.25
+DEFAULT_LATENCY_MARGIN_PCT = 10.0
+
+
+@dataclass(frozen=True)
+class BaselineCheck:
+    """One comparison against the baseline; truthy when it did not regress.
+
+    ``metric`` is ``status`` (pass/fail), ``max_abs`` or ``p50_ms``; ``limit`` is the largest
+    value that still passes (NaN for ``status``).
+    """
+
+    kind: str
+    item: str
+    metric: str
+    baseline: float
+    current: float
+    limit: float
+    passed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What fails a run: ``fail_on``, the baseline report (a loaded JSON report) and the margins."""
+
+    fail_on: str = "any"
+    baseline: dict[str, Any] | None = None
+    baseline_path: str = ""
+    parity_margin: float = DEFAULT_PARITY_MARGIN
+    latency_margin_pct: float = DEFAULT_LATENCY_MARGIN_PCT
+
+    @classmethod
+    def create(cls, fail_on: str = "any", baseline: str | Path | None = None, *,
+               parity_margin: float = DEFAULT_PARITY_MARGIN,
+               latency_margin_pct: float = DEFAULT_LATENCY_MARGIN_PCT) -> Gate:
+        """Check the options and load the baseline, before any work is done.
+
+        Raises:
+            UsageError: unknown ``fail_on``, ``regression`` without a baseline, a negative
+                margin, or a baseline that is not a readable edgeexport JSON report.
+        """
+        if fail_on not in FAIL_ON:
+            raise UsageError(f"unknown --fail-on {fail_on!r}; choose one of: {', '.join(FAIL_ON)}")
+        if fail_on == "regression" and baseline is None:
+            raise UsageError("--fail-on regression needs --baseline FILE.json (a report written with --report FILE.json)")
+        if parity_margin < 0 or latency_margin_pct < 0:
+            raise UsageError("--parity-margin and --latency-margin must be zero or more")
+        loaded = load_report(Path(baseline)) if baseline is not None else None
+        return cls(fail_on, loaded, str(baseline or ""), parity_margin, latency_margin_pct)
+
+    def checks(self, parity: ParityReport | None, latency: list[LatencyStats]) -> list[BaselineCheck] | None:
+        """Every comparison against the baseline; None without a baseline."""
+        if self.baseline is None:
+            return None
+        return [*self._parity_checks(parity), *self._latency_checks(latency)]
+
+    def failures(self, parity: ParityReport | None, checks: list[BaselineCheck] | None) -> list[str]:
+        """One line per finding that fails the run under ``fail_on``."""
+        regressions = [f"regression: {c.reason}" for c in checks or [] if not c]
+        return [*(parity.failures() if parity is not None and self.fail_on == "any" else []), *regressions]
+
+    def _parity_checks(self, parity: ParityReport | None) -> list[BaselineCheck]:
+        if parity is None or not self.baseline or not self.baseline.get("parity"):
+            return []
+        cases = {c["case"]: c for c in self.baseline["parity"].get("cases", [])}
+        return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
+
+    def _case_checks(self, case: CaseResult, base: dict[str, Any]) -> list[BaselineCheck]:
+        if case.error:
+            return [_status_check(case.case, case.error)] if base["passed"] else []
+        outputs = {o["name"]: o for o in base.get("outputs", [])}
+        checks = []
+        for out in case.outputs:
+            if out.name not in outputs:
+                continue
+            item, base_out = f"{case.case}/{out.name}", outputs[out.name]
+            if base_out["passed"] and not out:
+                checks.append(_status_check(item, out.reason))
+                continue
+            base_abs = base_out["max_abs"] if base_out["max_abs"] is not None else math.inf
+            limit = base_abs + self.parity_margin * out.atol
+            checks.append(BaselineCheck(
+                "parity", item, "max_abs", base_abs, out.max_abs, limit, out.max_abs <= limit,
+                f"{item}: max abs error {out.max_abs:.3g} exceeds the baseline's {base_abs:.3g} by more than "
+                f"{self.parity_margin:g} x atol {out.atol:g}"))
+        return checks
+
+    def _latency_checks(self, latency: list[LatencyStats]) -> list[BaselineCheck]:
+        base = {row["label"]: row for row in (self.baseline or {}).get("latency") or []}
+        checks = []
+        for stats in latency:
+            if stats.label not in base:
+                continue
+            base_p50 = float(base[stats.label]["p50_ms"])
+            limit = base_p50 * (1 + self.latency_margin_pct / 100)
+            checks.append(BaselineCheck(
+                "latency", stats.label, "p50_ms", base_p50, stats.p50_ms, limit, stats.p50_ms <= limit,
+                f"{stats.label}: p50 {stats.p50_ms:.3f} ms is more than {self.latency_margin_pct:g}% slower than "
+                f"the baseline's {base_p50:.3f} ms"))
+        return checks
+
+    def to_dict(self) -> dict[str, Any]:
+        """The gate's settings (without the baseline's contents)."""
+        return {"fail_on": self.fail_on, "baseline": self.baseline_path or None, "parity_margin": self.parity_margin,
+                "latency_margin_pct": self.latency_margin_pct}
+
+
+def _status_check(item: str, reason: str) -> BaselineCheck:
+    """A case or output that fails now but passed in the baseline (1.0 = passed, 0.0 = failed)."""
+    return BaselineCheck("parity", item, "status", 1.0, 0.0, math.nan, False,
+                         f"{item} fails ({reason}) but passed in the baseline")
+
+
+BASELINE_COLUMNS = ("item", "metric", "baseline", "current", "limit", "status")
+
+
+def baseline_rows(checks: list[BaselineCheck]) -> list[Row]:
+    """One table row per check, for the report files."""
+    return [Row((c.item, c.metric, format_number(c.baseline, ".3g"), format_number(c.current, ".3g"),
+                 format_number(c.limit, ".3g"), "PASS" if c else "FAIL"), c.passed, c.reason if not c else "")
+            for c in checks]

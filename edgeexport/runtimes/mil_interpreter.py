@@ -1,0 +1,327 @@
+"""A reference interpreter for Core ML ML Programs, for machines where Core ML cannot run (Linux).
+
+The saved ``.mlpackage`` is reloaded into a MIL program with coremltools' milproto loader (a
+private copy: running it overwrites its variables) and its ``main`` function is executed op by
+op with numpy. Ops that coremltools can constant-fold run coremltools' own ``value_inference``;
+the others have numpy implementations in :data:`NUMPY_OPS`. Before an op runs, each input
+variable is given its concrete value and shape, so ``value_inference`` sees a constant program.
+
+fp16 semantics: a value whose variable the program declares fp16 is rounded to fp16 after the
+op that produces it, and every op computes in fp32 on the rounded values. That matches Core ML
+storing activations in fp16, not the accumulation order of a particular GPU or Neural Engine.
+
+This module uses coremltools internals (its MIL classes and loader); the ``coreml`` extra pins
+the coremltools versions it is tested with. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from edgeexport.errors import ArtifactError, MissingBackendError
+
+WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
+FUNCTION = "main"
+
+
+class _Value:
+    """Stands in for coremltools' typed value holder: ``Var.val`` reads ``Var._sym_val.val``."""
+
+    __slots__ = ("val",)
+
+    def __init__(self, val: Any) -> None:
+        self.val = val
+
+
+class MilInterpreter:
+    """Runs the ``main`` function of a saved ML Program with numpy.
+
+    Args:
+        package: The ``.mlpackage`` folder.
+
+    Raises:
+        ArtifactError: the package is not an ML Program.
+        MissingBackendError: the program uses ops this interpreter does not implement (named).
+    """
+
+    def __init__(self, package: Path) -> None:
+        self.function = load_function(package)
+        unknown = sorted({op.op_type for op in _walk(self.function.operations)} - supported_ops())
+        if unknown:
+            raise MissingBackendError(f"the MIL reference interpreter does not implement op(s) {', '.join(unknown)} "
+                                      "used by this program; run the artifact with Core ML on macOS")
+        self.operations = [op for op in self.function.operations if op.op_type != "const"]
+        for op in self.function.operations:
+            if op.op_type == "const":
+                _assign(op.outputs[0], op.outputs[0].val)
+        self.operations = self._fold_constexpr(self.operations)
+
+    @property
+    def input_dtypes(self) -> dict[str, np.dtype]:
+        """The numpy dtype the program declares for each input (Core ML has no int64: ids are int32)."""
+        return {name: np.dtype(_numpy_dtype(var)) for name, var in self.function.inputs.items()}
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the program on named inputs; returns its outputs by name in the declared dtypes."""
+        for name, var in self.function.inputs.items():
+            _assign(var, feed[name])
+        for op in self.operations:
+            results = execute(op)
+            for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
+                _assign(var, value)
+        outputs = {var.name: np.asarray(var.val).astype(_numpy_dtype(var)) for var in self.function.outputs}
+        for op in self.operations:  # keep no activations alive between calls
+            for var in op.outputs:
+                var._sym_val = None
+        return outputs
+
+    @staticmethod
+    def _fold_constexpr(operations: list[Any]) -> list[Any]:
+        """Materialise compressed weights (``constexpr_*`` ops) once; return the ops left to run."""
+        remaining = []
+        for op in operations:
+            if op.op_type.startswith("constexpr_"):
+                results = execute(op)
+                for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
+                    _assign(var, value)
+            else:
+                remaining.append(op)
+        return remaining
+
+
+def load_function(package: Path) -> Any:
+    """The ``main`` function of a freshly loaded copy of the package's MIL program."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.models.utils import load_spec
+
+    spec = load_spec(str(package))
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ArtifactError(f"{package.name} is not an ML Program (it holds a {spec.WhichOneof('Type')}); "
+                            "re-run convert with --target coreml")
+    program = milproto.load(spec, spec.specificationVersion, file_weights_dir=str(package / WEIGHTS_DIR))
+    return program.functions[FUNCTION]
+
+
+def _walk(operations: list[Any]) -> Iterator[Any]:
+    for op in operations:
+        yield op
+        for block in op.blocks:
+            yield from _walk(block.operations)
+
+
+@functools.cache
+def supported_ops() -> frozenset[str]:
+    """Op types this interpreter runs: coremltools' foldable ops, compressed weights and :data:`NUMPY_OPS`."""
+    from coremltools.converters.mil.mil.operation import Operation
+    from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
+
+    def foldable(cls: type) -> bool:
+        return cls.value_inference is not Operation.value_inference or hasattr(cls, "materialized_val_inference")
+
+    folded = {name for name, versions in SSAOpRegistry.core_ops.items()
+              if any(cls is not None and foldable(cls) for cls in versions.values())}
+    return frozenset((folded | set(NUMPY_OPS)) - CONTROL_FLOW)
+
+
+def execute(op: Any) -> Any:
+    """The output value(s) of one op whose inputs hold concrete values."""
+    handler = NUMPY_OPS.get(op.op_type)
+    if handler is not None:
+        return handler(op)
+    if op.op_type.startswith("constexpr_"):
+        return op.materialized_val_inference()
+    return op.value_inference()
+
+
+def _numpy_dtype(var: Any) -> type:
+    from coremltools.converters.mil.mil import types
+
+    return types.nptype_from_builtin(var.dtype)
+
+
+def _assign(var: Any, value: Any) -> None:
+    """Give ``var`` a concrete value (rounded to fp16 and held as fp32 where declared fp16) and shape."""
+    from coremltools.converters.mil.mil import types
+
+    dtype = _numpy_dtype(var)
+    array = np.asarray(value)
+    if dtype == np.float16:
+        array = array.astype(np.float16).astype(np.float32)
+    elif array.dtype != dtype:
+        array = array.astype(dtype)
+    if types.is_tensor(var.sym_type):
+        var._sym_type = _tensor_type(var.dtype, array.shape)
+        var._sym_val = _Value(array)
+    else:
+        var._sym_val = _Value(array.reshape(()) if array.size == 1 else array)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_type(builtin: type, shape: tuple[int, ...]) -> type:
+    from coremltools.converters.mil.mil import types
+
+    return types.tensor(builtin, shape)
+
+
+# --------------------------------------------------------------------------- numpy ops
+
+
+def _optional(op: Any, name: str, default: Any) -> Any:
+    var = getattr(op, name, None)
+    return default if var is None or var.val is None else var.val
+
+
+def _padding(op: Any, sizes: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+             ceil_mode: bool = False) -> list[tuple[int, int]]:
+    """(begin, end) padding of each spatial dim under MIL's ``pad_type`` (``valid|same|same_lower|custom``)."""
+    pad_type = _optional(op, "pad_type", "valid")
+    if pad_type == "custom":
+        pad = [int(p) for p in op.pad.val]
+        pads = list(zip(pad[::2], pad[1::2]))
+    elif pad_type in ("same", "same_lower"):
+        pads = []
+        for size, k, s in zip(sizes, kernel, strides):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            small, large = total // 2, total - total // 2
+            pads.append((small, large) if pad_type == "same" else (large, small))
+    else:
+        pads = [(0, 0)] * len(sizes)
+    if ceil_mode:  # grow the end padding so that a last, partial window is kept
+        pads = [(b, e + (-(size + b + e - k) % s)) for (b, e), size, k, s in zip(pads, sizes, kernel, strides)]
+    return pads
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
+             pads: list[tuple[int, int]], pad_value: float) -> np.ndarray:
+    """Sliding windows over the spatial dims of a padded (N, C, *spatial) array: (N, C, *out, *kernel)."""
+    spatial = len(kernel)
+    x = np.pad(x, [(0, 0)] * (x.ndim - spatial) + pads, constant_values=pad_value)
+    extents = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
+    windows = sliding_window_view(x, extents, axis=tuple(range(x.ndim - spatial, x.ndim)))
+    index = (Ellipsis, *(slice(None, None, s) for s in strides), *(slice(None, None, d) for d in dilations))
+    return windows[index]
+
+
+def conv(op: Any) -> np.ndarray:
+    """MIL ``conv``: grouped, strided, dilated N-d convolution of (N, C_in, *spatial) with (C_out, C_in/g, *k)."""
+    x, weight = op.x.val, op.weight.val
+    spatial = weight.ndim - 2
+    kernel = weight.shape[2:]
+    strides = tuple(int(s) for s in _optional(op, "strides", [1] * spatial))
+    dilations = tuple(int(d) for d in _optional(op, "dilations", [1] * spatial))
+    groups = int(_optional(op, "groups", 1))
+    extents = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
+    pads = _padding(op, x.shape[2:], extents, strides)
+    windows = _windows(x, kernel, strides, dilations, pads, 0.0)
+    batch, channels, out = windows.shape[0], windows.shape[1], windows.shape[2:2 + spatial]
+    grouped = windows.reshape(batch, groups, channels // groups, *out, *kernel)
+    filters = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+    letters = "hijklm"[:spatial]
+    kernel_letters = "pqrstu"[:spatial]
+    result = np.einsum(f"ngc{letters}{kernel_letters},goc{kernel_letters}->ngo{letters}", grouped, filters,
+                       optimize=True).reshape(batch, weight.shape[0], *out)
+    bias = _optional(op, "bias", None)
+    return result if bias is None else result + bias.reshape(-1, *[1] * spatial)
+
+
+def _pool(op: Any, reduce: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], pad_value: float) -> np.ndarray:
+    x = op.x.val
+    kernel = tuple(int(k) for k in op.kernel_sizes.val)
+    spatial = len(kernel)
+    strides = tuple(int(s) for s in _optional(op, "strides", [1] * spatial))
+    pads = _padding(op, x.shape[-spatial:], kernel, strides, ceil_mode=bool(_optional(op, "ceil_mode", False)))
+    windows = _windows(x, kernel, strides, (1,) * spatial, pads, pad_value)
+    return reduce(windows, tuple(range(windows.ndim - spatial, windows.ndim)))
+
+
+def max_pool(op: Any) -> np.ndarray:
+    """MIL ``max_pool``: padding never wins the max."""
+    return _pool(op, np.max, -np.inf)
+
+
+def avg_pool(op: Any) -> np.ndarray:
+    """MIL ``avg_pool``: padding counts as zeros unless ``exclude_padding_from_average``."""
+    total = _pool(op, np.sum, 0.0)
+    if not _optional(op, "exclude_padding_from_average", False):
+        return total / np.prod(op.kernel_sizes.val)
+    ones = _Shadow(op, x=np.ones((1, 1, *op.x.val.shape[2:]), dtype=np.float32))
+    return total / _pool(ones, np.sum, 0.0)
+
+
+class _Shadow:
+    """An op seen with some inputs replaced by other values (for reusing an op's attributes)."""
+
+    def __init__(self, op: Any, **values: np.ndarray) -> None:
+        self._op = op
+        self._values = {name: _Value(value) for name, value in values.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return self._values.get(name) or getattr(self._op, name)
+
+
+def gather_nd(op: Any) -> np.ndarray:
+    """MIL ``gather_nd``: ``x[indices[..., 0], ..., indices[..., K-1]]`` after ``batch_dims`` shared leading dims."""
+    x, indices = op.x.val, op.indices.val.astype(np.int64)
+    batch_dims = int(_optional(op, "batch_dims", 0))
+    positions = indices.ndim - 1
+    batch = tuple(np.arange(x.shape[i]).reshape([-1 if j == i else 1 for j in range(positions)])
+                  for i in range(batch_dims))
+    return x[(*batch, *np.moveaxis(indices, -1, 0))]
+
+
+def _resize_axis(x: np.ndarray, axis: int, size: int, grid: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``x`` along ``axis`` at fractional source positions ``grid``."""
+    grid = np.clip(grid, 0, size - 1)
+    low = np.floor(grid).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    fraction = (grid - low).reshape(shape).astype(np.float32)
+    return np.take(x, low, axis=axis) * (1 - fraction) + np.take(x, high, axis=axis) * fraction
+
+
+def upsample_bilinear(op: Any) -> np.ndarray:
+    """MIL ``upsample_bilinear`` over the last two dims; see the grid formulas in coremltools' op docs."""
+    x = op.x.val
+    align_corners = bool(_optional(op, "align_corners", True))
+    half_pixel = bool(_optional(op, "half_pixel_centers", not align_corners))
+    for axis, scale in ((-2, _optional(op, "scale_factor_height", 1)), (-1, _optional(op, "scale_factor_width", 1))):
+        size = x.shape[axis]
+        out = int(np.floor(size * float(scale)))
+        positions = np.arange(out, dtype=np.float64)
+        if align_corners:
+            grid = positions * ((size - 1) / (out - 1) if out > 1 else 0.0)
+        else:
+            spacing = size / out
+            grid = positions * spacing + (0.5 * spacing - 0.5 if half_pixel else 0.0)
+        x = _resize_axis(x, x.ndim + axis, size, grid)
+    return x
+
+
+def upsample_nearest_neighbor(op: Any) -> np.ndarray:
+    """MIL ``upsample_nearest_neighbor``: output index ``i`` reads input ``floor(i * in / out)``."""
+    x = op.x.val
+    for axis, scale in ((-2, _optional(op, "scale_factor_height", 1)), (-1, _optional(op, "scale_factor_width", 1))):
+        size = x.shape[axis]
+        out = int(np.floor(size * float(scale)))
+        x = np.take(x, np.arange(out) * size // out, axis=axis)
+    return x
+
+
+NUMPY_OPS: dict[str, Callable[[Any], Any]] = {
+    "conv": conv,
+    "max_pool": max_pool,
+    "avg_pool": avg_pool,
+    "gather_nd": gather_nd,
+    "upsample_bilinear": upsample_bilinear,
+    "upsample_nearest_neighbor": upsample_nearest_neighbor,
+}
+
+# Control flow: coremltools folds these only when the branch or list is known at compile time.
+CONTROL_FLOW = frozenset({"cond", "list_length"})
