@@ -106,7 +106,8 @@ def convert(
     task: Annotated[Optional[str], typer.Option(help="Task; defaults to the model's first task.")] = None,
     preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size), zoo models only.")] = "tiny",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Artifact folder.")] = None,
-    precision: Annotated[str, typer.Option(help="Precision of the exported model.")] = "fp32",
+    precision: Annotated[Optional[str], typer.Option(
+        help="Precision of the exported model; defaults to the target's (fp32; coreml: fp16).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset.")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check parity after export.")] = True,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
@@ -117,6 +118,8 @@ def convert(
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
     shapes: Shapes = None,
     workspace: Workspace = None,
+    deployment_target: Annotated[Optional[str], typer.Option(
+        help="Core ML minimum deployment target: iOS16 (= macOS13, the default), iOS17 or iOS18.")] = None,
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
     from edgeexport.pipeline import convert as run_convert
@@ -124,10 +127,11 @@ def convert(
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, atol=atol, rtol=rtol, simplify=simplify,
-                             allow_pickle=allow_pickle, target_options={"shapes": shapes, "workspace": workspace},
+                             allow_pickle=allow_pickle, target_options={"shapes": shapes, "workspace": workspace,
+                                             "deployment_target": deployment_target},
                              progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
-    errors.print(f"wrote {result.artifact} ({target}, {precision}, exporter {exporter.get('name')}"
+    errors.print(f"wrote {result.artifact} ({target}, {result.manifest.precision}, exporter {exporter.get('name')}"
                  f"/{exporter.get('strategy')})", highlight=False, markup=False)
     if exporter.get("fallback_reason"):
         errors.print(Text.assemble(("note:", "yellow"), f" first strategy failed: {exporter['fallback_reason']}"),
@@ -147,7 +151,7 @@ def _show_parity(report: Any, json_output: bool, localization: Any = None) -> No
     else:
         console.print(parity_table(report))
     if localization is not None:
-        errors.print(Text.assemble(("explain", "cyan"), ": " + _explanation(localization)), highlight=False)
+        errors.print(Text.assemble(("explain", "cyan"), ": " + localization.describe()), highlight=False)
 
 
 def _exit_on(what: str, failures: list[str]) -> None:
@@ -214,13 +218,6 @@ def _localize(artifact: Path, manifest: Any, reference: Any, report: Any, *, req
             raise UsageError(f"--explain: {problem}")
         return None
     return explain(artifact, reference or rebuild_reference(manifest), report)
-
-
-def _explanation(localization: Any) -> str:
-    if localization.first is not None:
-        return localization.first.describe()
-    return (f"no intermediate value diverged beyond tolerance on case {localization.case!r} "
-            f"({localization.compared} compared); only the final outputs differ")
 
 
 @app.command()
@@ -320,6 +317,9 @@ def inspect(
 
 
 def _print_preflight(report: Any) -> None:
+    if not report.findings:
+        console.print(f"{report.summary()} (table: {report.source})", highlight=False)
+        return
     table = Table(title=f"{report.summary()} (table: {report.source})")
     for column in ("severity", "node", "op", "module", "problem"):
         table.add_column(column)

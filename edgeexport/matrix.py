@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import multiprocessing
 import os
 import tempfile
@@ -193,7 +194,7 @@ def run_combination(combination: Combination) -> CellResult:
         return CellResult(combination, "error", error=_one_line(exc), seconds=time.perf_counter() - start)
     report = result.report
     assert report is not None  # convert validates by default
-    errors = [o.max_abs for case in report.cases for o in case.outputs if o.max_abs == o.max_abs]
+    errors = [o.max_abs for case in report.cases for o in case.outputs if math.isfinite(o.max_abs)]
     run = RunReport.create("validate", result.artifact, result.manifest, gate=Gate(), parity=report)
     exporter = result.manifest.exporter
     return CellResult(combination, "passed" if report.passed else "failed", failures=report.failures(),
@@ -245,10 +246,8 @@ def _results(todo: list[Combination], jobs: int) -> Iterable[CellResult]:
 
 
 def _limit_threads(threads: int) -> None:
-    """Give each worker an equal share of the cores."""
-    import torch
-
-    torch.set_num_threads(threads)
+    """Give each worker an equal share of the cores (read by torch when the worker imports it)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def _load(path: Path) -> CellResult | None:

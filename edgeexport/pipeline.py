@@ -44,7 +44,7 @@ class ConversionResult:
 
 def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None = None, *,
             target: str = "onnx", output_dir: str | Path | None = None, task: str | None = None, preset: str = "tiny",
-            precision: str = "fp32", opset: int | None = None, validate: bool = True, force: bool = False,
+            precision: str | None = None, opset: int | None = None, validate: bool = True, force: bool = False,
             atol: float | None = None, rtol: float | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
             simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
             target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> ConversionResult:
@@ -57,7 +57,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         output_dir: Artifact folder. Defaults to ``./<model>-<task>-<target>-<precision>``.
         task: Task of a zoo model or folder. Defaults to the model's first/declared task.
         preset: ``tiny`` or ``full`` for zoo models. Defaults to ``tiny``.
-        precision: Precision of the target model. Defaults to ``fp32``.
+        precision: Precision of the target model. Defaults to the target's default precision
+            (``fp32``; ``fp16`` for coreml).
         opset: ONNX opset. Defaults to the exporter's default.
         validate: Run golden and fresh-shape parity checks after writing. Defaults to True.
         force: Replace a non-empty ``output_dir``. Defaults to False.
@@ -68,7 +69,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         allow_pickle: Allow pickled weights in a model folder. Defaults to False.
         seed: Seed of zoo weights. Defaults to 0.
         target_options: Options of the target's exporter (``Exporter.options``; tensorrt: ``shapes``,
-            ``workspace``); None values are unset. Defaults to none.
+            ``workspace``; coreml: ``deployment_target``); None values are unset. Defaults to none.
         progress: Called with a short message before each stage.
 
     Raises:
@@ -77,6 +78,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     """
     say = progress or (lambda _message: None)
     exporter = get_exporter(target)
+    precision = precision or exporter.default_precision
     exporter.check_precision(precision)
     exporter.check_options(target_options or {})
     exporter.check_available()

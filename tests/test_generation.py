@@ -320,6 +320,8 @@ def test_cli_validate_and_inspect_a_bundle(converted: Callable[[str], Converted]
     assert set(data["components"]) == {"encoder", "decoder"} and data["bundle"]["components"]["decoder"] == "decoder"
     result = cli.invoke(app, ["inspect", bundle])
     assert result.exit_code == 0 and "generation" in result.stdout and "(decoder)" in result.stdout
+    result = cli.invoke(app, ["validate", bundle, "--atol", "0", "--rtol", "0"])
+    assert result.exit_code == 1 and "parity FAILED: encoder/example/" in result.stderr
     result = cli.invoke(app, ["bench", bundle])
     assert result.exit_code == 2 and "is a bundle of encoder, decoder" in result.stderr
 

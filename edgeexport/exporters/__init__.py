@@ -12,9 +12,12 @@ from edgeexport.exporters.base import Exporter, ExportResult
 __all__ = ["ExportResult", "Exporter", "get_exporter", "targets"]
 
 
+NOT_TARGETS = ("base", "coreml_fixes")  # modules of this package that are not targets
+
+
 def targets() -> list[str]:
     """Names of all targets this edgeexport knows (installed or not)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_TARGETS)
 
 
 def get_exporter(target: str) -> Exporter:

@@ -35,7 +35,8 @@ class Exporter(ABC):
 
     Subclasses declare ``target`` (CLI name), ``runtime`` (module under
     ``edgeexport.runtimes`` that runs the artifact), ``requires`` (importable packages) and
-    ``precisions`` (name -> tolerance, or None to keep the reference model's own tolerance)
+    ``precisions`` (name -> tolerance, or None to keep the reference model's own tolerance),
+    ``default_precision`` (used when the caller names none)
     and ``options`` (target-specific keyword options of :meth:`export`, e.g. tensorrt's ``shapes``).
     """
 
@@ -43,6 +44,7 @@ class Exporter(ABC):
     runtime: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     precisions: ClassVar[dict[str, Tolerance | None]] = {"fp32": None}
+    default_precision: ClassVar[str] = "fp32"
     options: ClassVar[tuple[str, ...]] = ()
 
     def check_available(self) -> None:

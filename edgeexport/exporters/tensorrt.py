@@ -131,7 +131,8 @@ class TensorrtExporter(Exporter):
         from edgeexport.trt.build import build_engine
 
         trt_options.engine = build_engine(folder, onnx_result.model_file, plan)
-        return ExportResult(model_file=trt_options.engine.file, exporter=exporter, runtime_options=trt_options.to_dict())
+        return ExportResult(model_file=trt_options.engine.file, exporter=exporter,
+                            runtime_options=trt_options.to_dict())
 
 
 EXPORTER = TensorrtExporter()

@@ -154,6 +154,12 @@ BASELINE_COLUMNS = ("item", "metric", "baseline", "current", "limit", "status")
 
 def baseline_rows(checks: list[BaselineCheck]) -> list[Row]:
     """One table row per check, for the report files."""
-    return [Row((c.item, c.metric, format_number(c.baseline, ".3g"), format_number(c.current, ".3g"),
-                 format_number(c.limit, ".3g"), "PASS" if c else "FAIL"), c.passed, c.reason if not c else "")
+    return [Row((c.item, c.metric, *_values(c), "PASS" if c else "FAIL"), c.passed, c.reason if not c else "")
             for c in checks]
+
+
+def _values(check: BaselineCheck) -> tuple[str, str, str]:
+    """Baseline, current and limit as text (``passed``/``failed`` for a status check)."""
+    if check.metric == "status":
+        return "passed", "failed", "-"
+    return format_number(check.baseline, ".3g"), format_number(check.current, ".3g"), format_number(check.limit, ".3g")

@@ -142,9 +142,7 @@ def _scatter(name: str, outs: list[tuple[str, OutputComparison, OutputSample]]) 
 
 
 def _localization(loc: Localization) -> str:
-    text = (loc.first.describe() if loc.first is not None else
-            f"no intermediate value diverged beyond tolerance on case {loc.case!r} ({loc.compared} compared)")
-    return f'<h2>divergence localization</h2><div class="card"><p>{html.escape(text)}</p></div>'
+    return f'<h2>divergence localization</h2><div class="card"><p>{html.escape(loc.describe())}</p></div>'
 
 
 def _latency(report: RunReport) -> str:

@@ -19,9 +19,7 @@ def render(report: RunReport) -> str:
     if report.parity is not None:
         lines += [f"### {escape(parity_title(report.parity))}", "", *table(PARITY_COLUMNS, parity_rows(report.parity))]
     if report.localization is not None:
-        loc = report.localization
-        text = loc.first.describe() if loc.first is not None else f"no intermediate value diverged on {loc.case!r}"
-        lines += ["### Divergence localization", "", escape(text), ""]
+        lines += ["### Divergence localization", "", escape(report.localization.describe()), ""]
     if report.latency:
         rows = [Row(cells, True) for cells in latency_rows(report.latency)]
         lines += ["### Latency (same inputs, after warm-up)", "", *table(LATENCY_COLUMNS, rows)]

@@ -15,7 +15,7 @@ import numpy as np
 
 WIDTH = 460
 HEIGHT = 280
-LEFT, RIGHT, TOP, BOTTOM = 58, 14, 14, 46
+LEFT, RIGHT, TOP, BOTTOM = 58, 24, 14, 46
 LOG_SPAN = 20
 PALETTE = ("#2563eb", "#ea580c", "#059669", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
 INK, MUTED, GRID, FONT = "#1f2937", "#6b7280", "#e5e7eb", "font-family=\"system-ui, sans-serif\""
@@ -23,7 +23,9 @@ Format = Callable[[float], str]
 
 
 def number(value: float) -> str:
-    """Tick label: three significant digits, no ``-0``."""
+    """Tick label: three significant digits, whole numbers up to 99999 in full, no ``-0``."""
+    if 1000 <= abs(value) < 1e5:
+        return format(value, ".0f")
     return format(0.0 if abs(value) < 1e-300 else value, ".3g")
 
 
@@ -79,7 +81,7 @@ def _text(x: float, y: float, text: str, *, anchor: str = "middle", size: int = 
 
 
 def _axes(x: Scale, y: Scale, *, xlabel: str, ylabel: str, x_format: Format = number,
-          y_format: Format | None = number, x_min_step: float = 0.0) -> list[str]:
+          y_format: Format | None = number, x_min_step: float = 0.0, y_min_step: float = 0.0) -> list[str]:
     """Plot background, grid, tick labels and axis titles (no horizontal grid when ``y_format`` is None)."""
     top, bottom, left, right = y.end, y.start, x.start, x.end
     parts = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="#fafafa" '
@@ -88,7 +90,7 @@ def _axes(x: Scale, y: Scale, *, xlabel: str, ylabel: str, x_format: Format = nu
         px = x(tick)
         parts.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{bottom}" stroke="{GRID}"/>')
         parts.append(_text(px, bottom + 15, x_format(tick)))
-    for tick in y.ticks() if y_format is not None else []:
+    for tick in y.ticks(min_step=y_min_step) if y_format is not None else []:
         py = y(tick)
         parts.append(f'<line x1="{left}" y1="{py:.1f}" x2="{right}" y2="{py:.1f}" stroke="{GRID}"/>')
         parts.append(_text(left - 6, py + 4, y_format(tick), anchor="end"))
@@ -108,7 +110,7 @@ def log_histogram(values: np.ndarray, *, title: str, xlabel: str, bins: int = 30
     x = Scale.decades(min(ends), max(ends), LEFT, WIDTH - RIGHT)
     counts, edges = np.histogram(logs, bins=bins, range=(x.lo, x.hi))
     y = Scale(0, max(1, int(counts.max())) * 1.1, HEIGHT - BOTTOM, TOP)
-    body = _axes(x, y, xlabel=xlabel, ylabel="elements", x_format=power_of_ten, x_min_step=1.0)
+    body = _axes(x, y, xlabel=xlabel, ylabel="elements", x_format=power_of_ten, x_min_step=1.0, y_min_step=1.0)
     for count, lo, hi in zip(counts, edges[:-1], edges[1:]):
         if count:
             body.append(f'<rect x="{x(lo) + 0.5:.1f}" y="{y(count):.1f}" width="{max(x(hi) - x(lo) - 1, 1):.1f}" '

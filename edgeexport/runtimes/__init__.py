@@ -22,7 +22,7 @@ from edgeexport.runtimes.base import Runner
 __all__ = ["Runner", "load", "open_artifact", "runtime_module", "runtimes"]
 
 
-NOT_RUNTIMES = ("base", "generate")  # modules of this package that are not backends
+NOT_RUNTIMES = ("base", "generate", "mil_interpreter")  # modules of this package that are not backends
 
 
 def runtimes() -> list[str]:

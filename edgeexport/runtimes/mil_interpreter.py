@@ -56,11 +56,10 @@ class MilInterpreter:
         if unknown:
             raise MissingBackendError(f"the MIL reference interpreter does not implement op(s) {', '.join(unknown)} "
                                       "used by this program; run the artifact with Core ML on macOS")
-        self.operations = [op for op in self.function.operations if op.op_type != "const"]
         for op in self.function.operations:
             if op.op_type == "const":
-                _assign(op.outputs[0], op.outputs[0].val)
-        self.operations = self._fold_constexpr(self.operations)
+                _prepare_const(op.outputs[0])
+        self.operations = self._fold_constexpr([op for op in self.function.operations if op.op_type != "const"])
 
     @property
     def input_dtypes(self) -> dict[str, np.dtype]:
@@ -71,10 +70,11 @@ class MilInterpreter:
         """Run the program on named inputs; returns its outputs by name in the declared dtypes."""
         for name, var in self.function.inputs.items():
             _assign(var, feed[name])
-        for op in self.operations:
-            results = execute(op)
-            for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
-                _assign(var, value)
+        with np.errstate(all="ignore"):  # IEEE semantics, as on device: log(0) = -inf is no error
+            for op in self.operations:
+                results = execute(op)
+                for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
+                    _assign(var, value)
         outputs = {var.name: np.asarray(var.val).astype(_numpy_dtype(var)) for var in self.function.outputs}
         for op in self.operations:  # keep no activations alive between calls
             for var in op.outputs:
@@ -106,6 +106,19 @@ def load_function(package: Path) -> Any:
                             "re-run convert with --target coreml")
     program = milproto.load(spec, spec.specificationVersion, file_weights_dir=str(package / WEIGHTS_DIR))
     return program.functions[FUNCTION]
+
+
+def _prepare_const(var: Any) -> None:
+    """Hold fp16 weights as fp32 (once, here) and bool flags as Python bools.
+
+    The loader gives flags such as ``keep_dims`` as ``numpy.bool``, which numpy 2.4's reductions
+    reject as ``keepdims``; the converter's own program holds Python bools there.
+    """
+    value = var.val
+    if isinstance(value, np.ndarray):
+        _assign(var, value)
+    elif isinstance(value, np.bool_):
+        var._sym_val = _Value(bool(value))
 
 
 def _walk(operations: list[Any]) -> Iterator[Any]:

@@ -30,7 +30,9 @@ from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.runtimes.base import Runner
 from edgeexport.runtimes.onnxruntime import OnnxruntimeRunner
 from edgeexport.runtimes.onnxruntime import describe as describe_onnx
-from edgeexport.trt.plan import BuildPlan, TensorrtOptions
+from edgeexport.trt import cuda
+from edgeexport.trt.build import recording_logger
+from edgeexport.trt.plan import BuildPlan, TensorrtOptions, check_engine
 
 EXECUTIONS = ("auto", "engine", "onnxruntime")
 TENSORRT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
@@ -78,11 +80,8 @@ class TensorrtRunner(Runner):
         if self.onnx is not None:
             self.onnx.activate()
             return
-        from edgeexport.trt.cuda import current_device
-        from edgeexport.trt.plan import check_engine
-
         engine = self.trt_options.engine
-        check_engine(engine, current_device(), str(self.artifact.path))
+        check_engine(engine, cuda.current_device(), str(self.artifact.path))
         self.engine = EngineSession(self.artifact.file(engine.file).read_bytes(), self.trt_options.build)
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -124,10 +123,7 @@ class EngineSession:
     """A deserialized engine, its execution context and device buffers (TensorRT 10 named-tensor API)."""
 
     def __init__(self, engine_bytes: bytes, plan: BuildPlan) -> None:
-        from edgeexport.trt.build import recording_logger
-        from edgeexport.trt.cuda import DeviceBuffers, tensorrt
-
-        self.trt = tensorrt()
+        self.trt = cuda.tensorrt()
         self.plan = plan
         self.logger = recording_logger(self.trt)
         self.runtime = self.trt.Runtime(self.logger)
@@ -136,7 +132,7 @@ class EngineSession:
             raise ArtifactError(f"TensorRT cannot load the engine ({self.logger.first_error or 'unknown reason'}); "
                                 "rebuild it here with 'edgeexport build ARTIFACT'")
         self.context = self.engine.create_execution_context()
-        self.buffers = DeviceBuffers()
+        self.buffers = cuda.DeviceBuffers()
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Set input shapes and addresses, launch on the stream, copy the outputs back."""

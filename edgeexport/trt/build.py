@@ -34,7 +34,8 @@ from edgeexport.trt.plan import ENGINE_FILE, BuildPlan, EngineInfo, TensorrtOpti
 logger = logging.getLogger(__name__)
 
 # Builder flags per precision; fp32 also clears TF32, which TensorRT enables by default.
-PRECISION_FLAGS: dict[str, tuple[str, ...]] = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8", "FP16")}
+PRECISION_FLAGS: dict[str, tuple[str, ...]] = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",),
+                                               "int8": ("INT8", "FP16")}
 
 
 def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:

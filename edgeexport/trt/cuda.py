@@ -53,7 +53,8 @@ def call(result: Any) -> Any:
     rt = cudart()
     error, *values = result if isinstance(result, tuple) else (result,)
     if error != rt.cudaError_t.cudaSuccess:
-        raise DeviceError(f"CUDA call failed: {getattr(error, 'name', error)}; check the GPU, its driver and free memory")
+        raise DeviceError(f"CUDA call failed: {getattr(error, 'name', error)}; "
+                          "check the GPU, its driver and free memory")
     return None if not values else values[0] if len(values) == 1 else tuple(values)
 
 

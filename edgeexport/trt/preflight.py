@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeexport.errors import UsageError
+from edgeexport.trt.plan import TensorrtOptions
 
 if TYPE_CHECKING:
     import onnx
@@ -104,11 +105,11 @@ class PreflightReport:
 
 @dataclass
 class _Scope:
-    """What is known about the values visible in a graph: types, shapes, constants, consumers."""
+    """What is known about the values visible in a graph: types, shapes, constants, network I/O."""
 
     types: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, list[int | None]] = field(default_factory=dict)
-    constants: dict[str, Any] = field(default_factory=dict)  # name -> TensorProto
+    constants: dict[str, Any] = field(default_factory=dict)  # name -> TensorProto (None: a non-tensor Constant)
     io: set[str] = field(default_factory=set)
 
 
@@ -134,14 +135,14 @@ def preflight(model: onnx.ModelProto, *, origins: Mapping[str, str] | None = Non
     nodes = 0
     for node, node_scope in _walk(model.graph.node, scope, functions):
         nodes += 1
-        findings.extend(_check_node(node, node_scope, table, functions))
+        findings.extend(_check_node(node, node_scope, table))
     findings.extend(_check_types(model.graph, scope, table))
     findings.extend(_check_int64(model.graph, scope, table))
     origins = origins or {}
     located = [_locate(f, model.graph, origins) for f in _unique(findings)]
     source = table["source"]
-    return PreflightReport(tensorrt=table["tensorrt"], source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}",
-                           nodes=nodes, findings=located)
+    return PreflightReport(tensorrt=table["tensorrt"], nodes=nodes, findings=located,
+                           source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}")
 
 
 def _scope(graph: onnx.GraphProto, outer: _Scope) -> _Scope:
@@ -196,8 +197,7 @@ def _check_opset(model: onnx.ModelProto, table: Mapping[str, Any]) -> Iterator[F
                       f"parser documents ({low}-{high}); re-export with --opset {high} if parsing fails")
 
 
-def _check_node(node: Any, scope: _Scope, table: Mapping[str, Any],
-                functions: Mapping[tuple[str, str], Any]) -> Iterator[Finding]:
+def _check_node(node: Any, scope: _Scope, table: Mapping[str, Any]) -> Iterator[Finding]:
     def finding(severity: str, check: str, message: str) -> Finding:
         return Finding(severity, check, node.name, node.op_type, message)
 
@@ -242,7 +242,8 @@ def _check_attributes(node: Any, spec: Mapping[str, Any], scope: _Scope) -> Iter
             yield ("error", "attribute", f"attribute {name!r} is not supported")
     for name, rule in spec.get("attributes", {}).items():
         if name in values and not _satisfies(values[name], rule):
-            yield ("error", "attribute", f"attribute {name}={values[name]!r} is not supported (needs {_rule_text(rule)})")
+            yield ("error", "attribute",
+                   f"attribute {name}={values[name]!r} is not supported (needs {_rule_text(rule)})")
 
 
 def _satisfies(value: Any, rule: Mapping[str, Any]) -> bool:
@@ -359,8 +360,6 @@ def onnx_file(manifest: Any) -> str:
     if manifest.target == "onnx":
         return manifest.model_file
     if manifest.target == "tensorrt":
-        from edgeexport.trt.plan import TensorrtOptions
-
         return TensorrtOptions.of(manifest).onnx_file
     raise UsageError(f"TensorRT preflight checks ONNX graphs; this artifact targets {manifest.target!r} and holds "
                      "none. Convert with --target onnx or --target tensorrt")

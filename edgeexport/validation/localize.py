@@ -62,6 +62,13 @@ class Localization:
     compared: int
     first: Divergence | None
 
+    def describe(self) -> str:
+        """One line: the first divergence, or that no intermediate value diverged."""
+        if self.first is not None:
+            return self.first.describe()
+        return (f"no intermediate value diverged beyond tolerance on case {self.case!r} "
+                f"({self.compared} compared); only the final outputs differ")
+
     def to_dict(self) -> dict[str, Any]:
         first = None
         if self.first is not None:

@@ -1,0 +1,331 @@
+"""Core ML target: an ML Program (``model.mlpackage``) converted by coremltools from the PyTorch wrapper.
+
+Stages, each with its own error class:
+  1. capture with ``torch.jit.trace``, or ``torch.export`` + ``run_decompositions({})`` when
+     tracing fails (:class:`CaptureError`); the winner and the first failure are recorded;
+  2. convert with ``coremltools.convert`` to an ML Program (:class:`ConversionError` naming the op
+     and the PyTorch module it came from): our input and output names, flexible input shapes
+     from the dynamic axes (:func:`shape_mode`), fp16 or fp32 compute precision and a minimum
+     deployment target (iOS16/macOS13 by default). Converter fixes live in
+     :mod:`edgeexport.exporters.coreml_fixes`;
+  3. compress weights for ``int8`` (linear quantization) or ``palettize4``/``palettize6``
+     (k-means palettization) with ``coremltools.optimize.coreml``;
+  4. save ``model.mlpackage`` (a folder; the manifest hashes every file in it).
+
+coremltools is imported where it is used, so ``edgeexport list`` works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import re
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from edgeexport.artifact import Tolerance
+from edgeexport.errors import CaptureError, ConversionError, UsageError
+from edgeexport.exporters import onnx as onnx_target
+from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.reference.model import ReferenceModel
+
+if TYPE_CHECKING:
+    import coremltools as ct
+
+MODEL_FILE = "model.mlpackage"
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
+DEFAULT_DEPLOYMENT_TARGET = "iOS16"  # also macOS13: Core ML's targets pair up (iOS16 = macOS13)
+SPATIAL_AXES = ("height", "width")
+RANGE_FACTOR = 16  # upper bound of a RangeDim: 16x the largest size the reference declares for the axis
+# precision -> (coremltools.optimize.coreml function, its op config class, the config's settings)
+COMPRESSIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "int8": ("linear_quantize_weights", "OpLinearQuantizerConfig",
+             {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}),
+    "palettize4": ("palettize_weights", "OpPalettizerConfig", {"mode": "kmeans", "nbits": 4}),
+    "palettize6": ("palettize_weights", "OpPalettizerConfig", {"mode": "kmeans", "nbits": 6}),
+}
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What stage 2 and 3 need besides the captured model."""
+
+    precision: str
+    deployment_target: str
+
+
+class CoreMLStrategy(onnx_target.CaptureStrategy):
+    """Capture the wrapper one way, then convert it with coremltools (the model is an ``ct.models.MLModel``).
+
+    Reuses the ONNX target's strategy runner: example inputs at axis sizes >= 2, quiet torch
+    logs, SDPA's math kernel, and failures recorded so the next strategy can be tried.
+    """
+
+    def __init__(self, options: ConvertOptions) -> None:
+        self.options = options
+
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> ct.models.MLModel:
+        try:
+            source = self._trace(reference, args)
+        except Exception as exc:
+            raise CaptureError(f"stage 1/4 ({self.name}) failed for {reference.name}: {onnx_target._describe(exc)}; "
+                               "make the failing code traceable") from exc
+        with _quiet_coremltools() as errors:
+            try:
+                return convert(reference, source, args, self.options)
+            except Exception as exc:
+                raise ConversionError(f"stage 2/4 (convert to an ML Program) failed for {reference.name}: "
+                                      f"{_locate_failure(exc, errors, reference, source)}") from exc
+
+    @abstractmethod
+    def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> Any:
+        """The PyTorch program coremltools converts (a ScriptModule or an ExportedProgram)."""
+
+
+class TraceStrategy(CoreMLStrategy):
+    """``torch.jit.trace``: coremltools' most complete PyTorch frontend."""
+
+    name = "torch.jit.trace"
+
+    def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+        with torch.no_grad():
+            return torch.jit.trace(reference.module, args, strict=False)
+
+
+class ExportStrategy(CoreMLStrategy):
+    """``torch.export`` with the ATen decompositions coremltools expects (``run_decompositions({})``)."""
+
+    name = "torch.export"
+
+    def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+        named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
+        dims = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
+        program = torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(named) else None,
+                                      strict=False)
+        return program.run_decompositions({})
+
+
+STRATEGIES: tuple[type[CoreMLStrategy], ...] = (TraceStrategy, ExportStrategy)
+
+
+def shape_mode(reference: ReferenceModel) -> str:
+    """``enumerated`` for a single image input with dynamic height/width, else ``range``.
+
+    Core ML runs enumerated shapes on the Neural Engine, where convolutional image models
+    belong, and a model lists only a few image sizes. Below iOS18, Core ML allows enumerated
+    shapes on one input only, and sequence lengths are too many to list: ``ct.RangeDim``.
+    """
+    dynamic = {name: axes for name, axes in reference.dynamic_axes.items() if axes}
+    if len(reference.inputs) == 1 and any(set(axes.values()) & set(SPATIAL_AXES) for axes in dynamic.values()):
+        return "enumerated"
+    return "range"
+
+
+def enumerated_shapes(reference: ReferenceModel) -> list[list[int]]:
+    """Shapes of the single input for every combination of its axes' example and alternate sizes."""
+    (spec,) = reference.inputs
+    choices = [sorted(set(reference.sizes[d])) if isinstance(d, str) else [d] for d in spec.dims]
+    return [list(shape) for shape in itertools.product(*choices)]
+
+
+def shape_ranges(reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> dict[str, tuple[int, int, int]]:
+    """(lower, default, upper) size of each dynamic dim: 1, the traced size, and ``RANGE_FACTOR`` times
+    the largest size the reference declares for it (ML Programs need a finite upper bound)."""
+    traced = {dim: int(size) for spec, example in zip(reference.inputs, args)
+              for dim, size in zip(spec.dims, example.shape) if isinstance(dim, str)}
+    return {dim: (1, size, RANGE_FACTOR * max(size, *(max(reference.sizes[a]) for a in dim.split("+"))))
+            for dim, size in traced.items()}
+
+
+def input_types(reference: ReferenceModel, args: tuple[torch.Tensor, ...], mode: str) -> list[ct.TensorType]:
+    """coremltools input types with our names; dynamic axes become shared ``RangeDim``s or enumerated shapes.
+
+    Core ML has no int64 tensors: integer inputs are int32 (the runner casts).
+    """
+    import coremltools as ct
+
+    ranges = {dim: ct.RangeDim(lower_bound=low, upper_bound=high, default=default)
+              for dim, (low, default, high) in shape_ranges(reference, args).items()}
+    types = []
+    for spec, example in zip(reference.inputs, args):
+        dtype = np.int32 if np.issubdtype(np.dtype(spec.dtype), np.integer) else np.dtype(spec.dtype).type
+        if mode == "enumerated":
+            shape: Any = ct.EnumeratedShapes(shapes=enumerated_shapes(reference), default=list(example.shape))
+        else:
+            shape = ct.Shape([ranges[d] if isinstance(d, str) else d for d in spec.dims])
+        types.append(ct.TensorType(name=spec.name, shape=shape, dtype=dtype))
+    return types
+
+
+def convert(reference: ReferenceModel, source: Any, args: tuple[torch.Tensor, ...],
+            options: ConvertOptions) -> ct.models.MLModel:
+    """Stage 2 (and 3): ``coremltools.convert`` to an ML Program, then weight compression."""
+    import coremltools as ct
+
+    import edgeexport.exporters.coreml_fixes  # noqa: F401 - registers the converter fixes
+
+    model = ct.convert(
+        source, source="pytorch", convert_to="mlprogram",
+        inputs=input_types(reference, args, shape_mode(reference)),
+        outputs=[ct.TensorType(name=name) for name in reference.output_names],
+        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else ct.precision.FLOAT16,
+        minimum_deployment_target=getattr(ct.target, options.deployment_target))
+    return compress(model, options.precision)
+
+
+def compress(model: ct.models.MLModel, precision: str) -> ct.models.MLModel:
+    """Stage 3: int8 linear quantization or k-means palettization of the weights (others: unchanged)."""
+    from coremltools.optimize import coreml as cto
+
+    if precision not in COMPRESSIONS:
+        return model
+    function, config_class, settings = COMPRESSIONS[precision]
+    config = cto.OptimizationConfig(global_config=getattr(cto, config_class)(**settings))
+    return getattr(cto, function)(model, config)
+
+
+def _compression(precision: str) -> dict[str, Any] | None:
+    if precision not in COMPRESSIONS:
+        return None
+    function, _, settings = COMPRESSIONS[precision]
+    return {"method": function, **settings}
+
+
+class _Records(logging.Handler):
+    """Keeps the error records coremltools logs (they name the op and the module that failed)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_coremltools() -> Iterator[list[str]]:
+    """Silence coremltools' progress bars (stderr) and log lines; yield the error messages it logs."""
+    logger = logging.getLogger("coremltools")
+    records = _Records()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(records)
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield records.messages
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceModel, source: Any) -> str:
+    """Name the op that failed and the PyTorch module (path, class, source line) it came from.
+
+    coremltools logs the op and module of a failed op translation; a program check failing
+    later names a MIL variable, which is looked up in the traced graph.
+    """
+    cause = onnx_target._describe(exc)
+    logged = next((re.search(r"converting '([^']+)' op \(located at: '([^']*)'\)", m) for m in errors
+                   if "converting '" in m), None)
+    located = (logged.group(1), _module(reference, logged.group(2).replace("/", "."))) if logged \
+        else _traced_node(exc, reference, source)
+    if located is None:
+        return f"{cause}. Next steps: report it with the model and the coremltools version"
+    op, where = located
+    return (f"{cause} (op {op}, produced by {where}). Next steps: replace the op in that module, or register a "
+            "converter with coremltools' register_torch_op (see edgeexport/exporters/coreml_fixes.py)")
+
+
+def _traced_node(exc: BaseException, reference: ReferenceModel, source: Any) -> tuple[str, str] | None:
+    """Op kind and module of the traced node whose output the error names (``Layer "x_1"``), if any."""
+    named = re.search(r"Layer \"([^\"]+)\"|node (\w+)", str(exc))
+    if not named or not isinstance(source, torch.jit.ScriptModule):
+        return None
+    variable = named.group(1) or named.group(2)
+    for node in source.inlined_graph.nodes():
+        if any(re.sub(r"\W", "_", out.debugName()) == variable for out in node.outputs()):
+            path = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.")
+            line = next(iter(node.sourceRange().splitlines()), "").strip()
+            return node.kind().removeprefix("aten::"), _module(reference, path) + (f" at {line}" if line else "")
+    return None
+
+
+def _module(reference: ReferenceModel, path: str) -> str:
+    """``module 'encoder.layer.0' (BertLayer)`` for a dotted path under the reference wrapper."""
+    try:
+        kind = type(reference.module.get_submodule(path)).__qualname__ if path else type(reference.module).__qualname__
+    except AttributeError:
+        kind = "unknown class"
+    return f"module '{onnx_target._module_path(path)}' ({kind})"
+
+
+class CoreMLExporter(Exporter):
+    """Exports to ``model.mlpackage`` run by Core ML (on Linux: by the MIL reference interpreter).
+
+    Precisions: ``fp16`` (default; Core ML computes in fp16 on the GPU and Neural Engine),
+    ``fp32``, and fp16 compute with compressed weights: ``int8`` (per-channel linear),
+    ``palettize4`` and ``palettize6`` (k-means lookup tables). Quantized outputs are judged by
+    cosine and top-1 agreement as well as error magnitudes.
+    """
+
+    target = "coreml"
+    runtime = "coreml"
+    requires = ("coremltools",)
+    default_precision = "fp16"
+    options = ("deployment_target",)
+    # fp16 activations: errors grow with depth and magnitude (the tiny zoo's outputs are ~1);
+    # compressed weights add per-layer noise, so statistical criteria carry the check.
+    precisions = {
+        "fp16": Tolerance(atol=1e-2, rtol=1e-2),
+        "fp32": None,
+        "int8": Tolerance(atol=2e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.95),
+        "palettize6": Tolerance(atol=2e-2, rtol=5e-2, min_cosine=0.995, min_top1=0.9),
+        "palettize4": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, min_top1=0.8),
+    }
+
+    def export(self, reference: ReferenceModel, folder: Path, *, precision: str,
+               deployment_target: str | None = None, **options: Any) -> ExportResult:
+        """Convert ``reference`` to ``folder/model.mlpackage``.
+
+        Args:
+            reference: The PyTorch reference.
+            folder: The empty staging folder.
+            precision: One of :attr:`precisions`.
+            deployment_target: Minimum deployment target, ``iOS16`` (= macOS13), ``iOS17`` or ``iOS18``.
+                Defaults to ``iOS16``.
+            **options: Options of other targets (ignored).
+
+        Raises:
+            UsageError: unknown deployment target.
+            CaptureError, ConversionError: every strategy failed; the first failure is raised.
+        """
+        target = deployment_target or DEFAULT_DEPLOYMENT_TARGET
+        if target not in DEPLOYMENT_TARGETS:
+            raise UsageError(f"unknown deployment target {target!r}; choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
+        settings = ConvertOptions(precision=precision, deployment_target=target)
+        model, info = onnx_target.capture(reference, opset=None, strategies=tuple(s(settings) for s in STRATEGIES))
+        with _quiet_coremltools():
+            import coremltools as ct
+
+            model.save(str(folder / MODEL_FILE))
+        mode = shape_mode(reference)
+        exporter = {"name": "coremltools", "coremltools": ct.__version__, "torch": torch.__version__,
+                    "format": "mlprogram", "deployment_target": target, "shapes": mode,
+                    "compute_precision": "fp32" if precision == "fp32" else "fp16",
+                    "compression": _compression(precision), **info}
+        runtime_options = {"enumerated_shapes": {reference.inputs[0].name: enumerated_shapes(reference)}} \
+            if mode == "enumerated" else {}
+        return ExportResult(model_file=MODEL_FILE, exporter=exporter, runtime_options=runtime_options)
+
+
+EXPORTER = CoreMLExporter()

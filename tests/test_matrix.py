@@ -1,0 +1,94 @@
+"""The support matrix: failures recorded not raised, resumable, parallel, and the README table generated from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import edgeexport.pipeline
+from edgeexport.cli import app
+from edgeexport.errors import UsageError
+from edgeexport.matrix import Combination, Matrix, plan, run_matrix
+from edgeexport.matrix_readme import END, START, load_matrix, main, readme_with_matrix
+from edgeexport.pipeline import ConversionResult
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture()
+def fake_convert(bert_artifact: ConversionResult, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``convert`` returns the converted BERT for ``bert`` and raises a two-line error for anything else."""
+    calls: list[str] = []
+
+    def convert(model: str, **_options: Any) -> ConversionResult:
+        calls.append(model)
+        if model == "bert":
+            return bert_artifact
+        raise RuntimeError("exporter exploded\nsecond line")
+
+    monkeypatch.setattr(edgeexport.pipeline, "convert", convert)
+    return calls
+
+
+def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["matrix", "--models", "bert,vit", "--targets", "onnx", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.stderr
+    assert fake_convert == ["bert", "vit"]
+    data = json.loads((tmp_path / "matrix.json").read_text())
+    assert data["schema"] == "edgeexport.matrix.v1"
+    cells = {c["model"]: c for c in data["cells"]}
+    assert cells["bert"]["status"] == "passed" and cells["bert"]["exporter"] == "torch.onnx/dynamo"
+    assert cells["vit"]["status"] == "error" and cells["vit"]["error"] == "RuntimeError: exporter exploded second line"
+    saved = json.loads((tmp_path / "results" / "bert-sequence-classification-tiny-onnx-fp32.json").read_text())
+    assert saved["report"]["schema"] == "edgeexport.report.v1" and saved["report"]["passed"]
+    assert "| bert | sequence-classification | ✅ passes |" in (tmp_path / "matrix.md").read_text()
+    assert "exporter exploded" in (tmp_path / "matrix.html").read_text()
+    assert "error [1]" in result.stdout
+
+    again = runner.invoke(app, ["matrix", "--models", "bert,vit", "--targets", "onnx", "-o", str(tmp_path), "--strict"])
+    assert fake_convert == ["bert", "vit"]  # nothing ran again
+    assert again.exit_code == 1 and "matrix FAILED: vit-image-classification-tiny-onnx-fp32" in again.stderr
+
+
+def test_parallel_jobs_record_errors_from_worker_processes(tmp_path: Path) -> None:
+    """Unknown targets fail inside the workers before torch or any backend is imported (cheap)."""
+    combinations = [Combination("vit", "image-classification", target, "fp32") for target in ("tflite", "tvm")]
+    seen: list[str] = []
+    matrix = run_matrix(tmp_path, combinations, jobs=2, progress=lambda done, total, message: seen.append(message))
+    assert sorted(c.error.split(";")[0] for c in matrix.cells) == ["unknown target 'tflite'", "unknown target 'tvm'"]
+    assert [c.status for c in matrix.cells] == ["error", "error"]
+    assert seen[0] == "starting" and len(seen) == 3
+
+
+def test_plan_checks_names_and_pairs_targets_with_their_precisions() -> None:
+    combinations = plan(["bert:question-answering"], ["onnx"], ["fp32,fp16"])
+    assert [(c.task, c.precision) for c in combinations] == [("question-answering", "fp32"), ("question-answering", "fp16")]
+    with pytest.raises(UsageError, match="model 'vit' has no task 'ctc'"):
+        plan(["vit:ctc"], ["onnx"])
+    with pytest.raises(UsageError, match="no chosen target has precision 'int8'; onnx: fp32, fp16"):
+        plan(["vit"], ["onnx"], ["int8"])
+
+
+def test_readme_table_is_generated_from_the_committed_matrix() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    matrix = load_matrix(ROOT / "docs" / "matrix.json")
+    assert START in readme and END in readme
+    assert readme_with_matrix(readme, matrix) == readme, "run: python -m edgeexport.matrix_readme"
+    assert main(["--check"]) == 0
+
+
+def test_readme_generator_replaces_only_the_marked_block() -> None:
+    matrix = Matrix.from_dict({"schema": "edgeexport.matrix.v1", "cells": [
+        {"model": "vit", "task": "image-classification", "target": "onnx", "precision": "fp32", "preset": "tiny",
+         "status": "failed", "failures": ["example/logits: too far"]}]})
+    readme = f"intro\n{START}\nold table\n{END}\noutro\n"
+    assert readme_with_matrix(readme, matrix) == (
+        f"intro\n{START}\n| model | task | onnx fp32 |\n|---|---|---|\n| vit | image-classification | ❌ fails [1] |\n\n"
+        f"1. vit image-classification on onnx fp32: example/logits: too far\n{END}\noutro\n")
+    with pytest.raises(UsageError, match="the README has no"):
+        readme_with_matrix("no markers", matrix)

@@ -1,0 +1,520 @@
+"""TensorRT target, tested on CPU as far as it goes: shape profiles, --shapes and workspace parsing,
+the build plan written by convert (TensorRT-ready artifacts), the missing-tensorrt path, the
+engine-mismatch error on a fake manifest, and the preflight on crafted graphs and the zoo.
+
+Tests marked ``gpu`` build and run real engines; they skip without tensorrt and an NVIDIA GPU,
+and are deselected by default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from edgeexport.artifact import Artifact, TensorSpec, write_manifest
+from edgeexport.cli import app
+from edgeexport.errors import ArtifactError, MissingBackendError, UsageError
+from edgeexport.pipeline import ConversionResult, check_parity, convert
+from edgeexport.reference.specs import SPECS
+from edgeexport.runtimes import load
+from edgeexport.trt.plan import (
+    MAX_FACTOR,
+    BuildPlan,
+    Device,
+    EngineInfo,
+    TensorrtOptions,
+    axis_ranges,
+    check_engine,
+    input_profile,
+    parse_shapes,
+    parse_size,
+)
+from edgeexport.trt.preflight import preflight, preflight_artifact, support_table
+
+PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
+DEFAULT_PAIRS = [("gpt2", "causal-lm"), ("bert", "sequence-classification"), ("vit", "image-classification")]
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+cli = CliRunner()
+
+
+# --------------------------------------------------------------------------- profiles, --shapes, workspace
+
+
+INPUTS = [TensorSpec("input_ids", "int64", ("batch", "sequence")),
+          TensorSpec("pixel_values", "float32", ("batch", 3, 8)),
+          TensorSpec("past", "float32", ("batch", 4, "past_sequence+sequence", 16))]
+CASES = [{"batch": 2, "sequence": 8, "past_sequence": 5}, {"batch": 3, "sequence": 40, "past_sequence": 6}]
+
+
+def test_profile_is_one_example_and_a_multiple_covering_every_golden_case() -> None:
+    ranges = axis_ranges(INPUTS, CASES)
+
+    assert ranges["batch"] == (1, 2, MAX_FACTOR * 2)
+    assert ranges["sequence"] == (1, 8, 40), "max is raised to the alternate case (40 > 4 * 8)"
+    profile = input_profile(INPUTS, ranges)
+    assert profile["pixel_values"] == {"min": [1, 3, 8], "opt": [2, 3, 8], "max": [8, 3, 8]}
+    assert profile["past"]["opt"] == [2, 4, 5 + 8, 16] and profile["past"]["min"] == [1, 4, 2, 16]
+
+
+def test_shapes_override_single_axes_and_reject_unknown_ones() -> None:
+    ranges = axis_ranges(INPUTS, CASES, parse_shapes(["batch:1,4,16", " sequence : 2, 8, 128 "]))
+
+    assert ranges["batch"] == (1, 4, 16) and ranges["sequence"] == (2, 8, 128)
+    assert ranges["past_sequence"] == (1, 5, 20)
+    with pytest.raises(UsageError, match=r"unknown axes \['height'\]; the model's dynamic axes are"):
+        axis_ranges(INPUTS, CASES, parse_shapes(["height:1,2,3"]))
+
+
+@pytest.mark.parametrize("spec", ["batch:1,2", "batch=1,2,3", "batch:0,1,2", "batch:4,2,8", "batch:1,2,x", ":1,2,3"])
+def test_malformed_shapes_are_one_line_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match=r"--shapes"):
+        parse_shapes([spec])
+
+
+def test_workspace_sizes() -> None:
+    assert parse_size("4GiB") == 4 << 30 and parse_size("512 MiB") == 512 << 20 and parse_size("1g") == 1 << 30
+    assert parse_size("1048576") == 1 << 20 and parse_size(123) == 123 and parse_size(None) is None
+    with pytest.raises(UsageError, match="not a size"):
+        parse_size("lots")
+
+
+def test_build_plan_round_trips_and_revises() -> None:
+    plan = BuildPlan.derive(INPUTS, CASES, precision="fp16", shapes=["batch:1,2,4"], workspace="1GiB")
+    assert BuildPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+    revised = plan.revised(INPUTS, shapes=["sequence:4,8,16"])
+    assert revised.axes["batch"] == (1, 2, 4), "earlier overrides survive a revision"
+    assert revised.profile["input_ids"]["max"] == [4, 16] and revised.workspace_bytes == 1 << 30
+    with pytest.raises(UsageError, match="unknown axes"):
+        plan.revised(INPUTS, shapes=["height:1,1,1"])
+    with pytest.raises(ArtifactError, match="runtime_options.build is malformed"):
+        BuildPlan.from_dict({"precision": "fp16"})
+
+
+# --------------------------------------------------------------------------- engine fingerprint
+
+
+BUILT = Device(tensorrt="10.1.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+
+
+@pytest.mark.parametrize("here", [Device("10.3.0", BUILT.gpu, "9.0"), Device("10.1.0", "NVIDIA A100-SXM4-80GB", "8.0")],
+                         ids=["other-tensorrt", "other-gpu-architecture"])
+def test_engine_from_another_tensorrt_or_gpu_is_refused_in_one_line(here: Device) -> None:
+    with pytest.raises(ArtifactError) as caught:
+        check_engine(EngineInfo("model.engine", BUILT), here, "out/gpt2")
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith("Rebuild it here: edgeexport build out/gpt2")
+    assert BUILT.gpu in message and here.gpu in message and here.tensorrt in message
+
+
+def test_same_architecture_other_gpu_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        check_engine(EngineInfo("model.engine", BUILT), Device("10.1.0", "NVIDIA H100 PCIe", "9.0"))
+    assert "rebuild it here" in caplog.text
+
+
+# --------------------------------------------------------------------------- preflight on crafted graphs
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any] = (), opset: int = 20,
+           functions: list[Any] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], functions=list(functions))
+
+
+def _tensor(name: str, dtype: int = TensorProto.FLOAT, shape: list[Any] | None = None) -> Any:
+    return helper.make_tensor_value_info(name, dtype, shape if shape is not None else ["n", 4])
+
+
+def _findings(model: onnx.ModelProto, **kwargs: Any) -> list[tuple[str, str, str]]:
+    return [(f.severity, f.check, f.node) for f in preflight(model, **kwargs).findings]
+
+
+def _int64(name: str, values: list[int]) -> Any:
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+def test_clean_graph_passes() -> None:
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_tensor("x")], [_tensor("y")])
+
+    report = preflight(model)
+    assert report.passed and report.findings == [] and report.nodes == 1
+    assert report.tensorrt == support_table()["tensorrt"] and "onnx-tensorrt" in report.source
+
+
+@pytest.mark.parametrize(("op", "state"), [("Unique", "marked unsupported"), ("NotAnOnnxOp", "not listed")])
+def test_unsupported_op_is_an_error(op: str, state: str) -> None:
+    model = _model([helper.make_node(op, ["x"], ["y"], name="bad")], [_tensor("x")], [_tensor("y")])
+
+    report = preflight(model)
+    assert not report and _findings(model) == [("error", "op", "bad")]
+    assert state in report.errors[0].message
+
+
+def test_custom_domain_needs_a_plugin() -> None:
+    node = helper.make_node("FusedThing", ["x"], ["y"], name="custom", domain="com.example")
+    model = _model([node], [_tensor("x")], [_tensor("y")])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+
+    report = preflight(model)
+    assert _findings(model) == [("error", "op", "custom")] and "TensorRT plugin" in report.errors[0].message
+
+
+@pytest.mark.parametrize(("opset", "severity"), [(8, "error"), (21, "warning")])
+def test_opset_outside_the_parser_range(opset: int, severity: str) -> None:
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_tensor("x")], [_tensor("y")], opset=opset)
+
+    assert _findings(model) == [(severity, "opset", "")]
+
+
+@pytest.mark.parametrize(("node", "text"), [
+    (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2, 2], dilations=[2, 2]), "dilations=[2, 2]"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2]), "kernel_shape=[2]"),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="cubic"), "mode='cubic'"),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", antialias=1), "antialias=1"),
+    (helper.make_node("ScatterND", ["x", "i", "x"], ["y"], name="n", reduction="add"), "reduction='add'"),
+], ids=["pool-dilations", "pool-1d", "resize-cubic", "resize-antialias", "scatternd-reduction"])
+def test_unsupported_attribute_values_are_errors(node: Any, text: str) -> None:
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2]), _int64("i", [0])]
+    model = _model([node], [_tensor("x", shape=[1, 1, 4, 4])], [_tensor("y")], inits)
+
+    report = preflight(model)
+    assert ("error", "attribute", "n") in _findings(model)
+    assert any(text in f.message for f in report.errors)
+
+
+def test_constant_with_a_string_value_is_refused() -> None:
+    node = helper.make_node("Constant", [], ["y"], name="c", value_string="hello")
+    model = _model([node], [], [helper.make_tensor_value_info("y", TensorProto.STRING, [])])
+
+    found = _findings(model)
+    assert ("error", "attribute", "c") in found and ("error", "dtype", "c") in found
+
+
+def test_inputs_that_must_be_build_time_constants() -> None:
+    axes = helper.make_node("Shape", ["x"], ["axes"], name="shape", start=0, end=1)
+    node = helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="unsqueeze")
+    model = _model([axes, node], [_tensor("x")], [_tensor("y", shape=None)])
+
+    report = preflight(model)
+    assert ("error", "dynamic-input", "unsqueeze") in _findings(model)
+    assert "'axes' must be a build-time constant" in report.errors[0].message
+
+
+def test_constant_inputs_with_limits() -> None:
+    topk = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk")
+    dequant = helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["d"], name="dequant")
+    inits = [_int64("k", [4000]), helper.make_tensor("scale", TensorProto.FLOAT, [], [0.1]),
+             helper.make_tensor("zero", TensorProto.INT8, [], [3])]
+    model = _model([topk, dequant], [_tensor("x", shape=[1, 5000]), _tensor("q", TensorProto.INT8)],
+                   [_tensor("v", shape=None), _tensor("i", TensorProto.INT64, None), _tensor("d", shape=None)], inits)
+
+    found = _findings(model)
+    assert ("error", "attribute", "topk") in found and ("error", "attribute", "dequant") in found
+
+
+def test_extra_outputs_and_input_ranks() -> None:
+    norm = helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], name="norm")
+    grid = helper.make_node("GridSample", ["v", "grid"], ["z"], name="grid")
+    model = _model([norm, grid], [_tensor("x"), _tensor("g", shape=[4]), _tensor("v", shape=[1, 1, 2, 2, 2]),
+                                  _tensor("grid", shape=[1, 2, 2, 2, 3])],
+                   [_tensor("y"), _tensor("mean", shape=None), _tensor("z", shape=None)])
+
+    found = _findings(model)
+    assert ("error", "outputs", "norm") in found and ("error", "shape", "grid") in found
+
+
+def test_dtypes_the_op_or_tensorrt_lacks() -> None:
+    matmul = helper.make_node("MatMul", ["a", "b"], ["c"], name="int_matmul")
+    double = helper.make_node("Cast", ["a"], ["d"], name="to_double", to=TensorProto.DOUBLE)
+    byte = helper.make_node("Cast", ["a"], ["u"], name="to_uint8", to=TensorProto.UINT8)
+    back = helper.make_node("Cast", ["u"], ["f"], name="from_uint8", to=TensorProto.FLOAT)
+    model = _model([matmul, double, byte, back], [_tensor("a", TensorProto.INT64, [4, 4]),
+                                                  _tensor("b", TensorProto.INT64, [4, 4])],
+                   [_tensor("c", TensorProto.INT64, None), _tensor("d", TensorProto.DOUBLE, None),
+                    _tensor("f", shape=None), _tensor("z", TensorProto.COMPLEX64, [1])])
+
+    found = _findings(model)
+    assert ("error", "dtype", "int_matmul") in found
+    assert ("warning", "dtype", "to_double") in found, "DOUBLE is cast down, with a warning"
+    assert ("warning", "dtype", "to_uint8") in found, "UINT8 is for network I/O only"
+    assert ("error", "dtype", "") in found, "COMPLEX64 is no TensorRT type"
+
+
+def test_int64_constants_that_overflow_int32_unless_a_sentinel() -> None:
+    add = helper.make_node("Add", ["x", "big"], ["y"], name="add_big")
+    sliced = helper.make_node("Slice", ["x", "starts", "ends"], ["z"], name="slice_to_end")
+    inits = [_int64("big", [2**40]), _int64("starts", [0]), _int64("ends", [2**63 - 1])]
+    model = _model([add, sliced], [_tensor("x", TensorProto.INT64, [4])],
+                   [_tensor("y", TensorProto.INT64, None), _tensor("z", TensorProto.INT64, None)], inits)
+
+    report = preflight(model)
+    assert _findings(model) == [("warning", "int64", "add_big")]
+    assert "1099511627776, outside INT32" in report.warnings[0].message
+
+
+def test_data_dependent_output_shapes_warn() -> None:
+    model = _model([helper.make_node("NonZero", ["x"], ["y"], name="nonzero")], [_tensor("x")],
+                   [_tensor("y", TensorProto.INT64, None)])
+
+    assert _findings(model) == [("warning", "data-dependent-shape", "nonzero")]
+
+
+def test_subgraphs_and_local_functions_are_checked() -> None:
+    branch = helper.make_graph([helper.make_node("Unique", ["x"], ["u"], name="in_branch")], "branch", [],
+                               [_tensor("u", shape=None)])
+    cond = helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch, else_branch=branch)
+    body = [helper.make_node("Det", ["a"], ["b"], name="in_function")]
+    function = helper.make_function("local", "Fn", ["a"], ["b"], body, [helper.make_opsetid("", 20)])
+    call = helper.make_node("Fn", ["x"], ["w"], name="call", domain="local")
+    model = _model([cond, call], [_tensor("c", TensorProto.BOOL, []), _tensor("x")],
+                   [_tensor("y", shape=None), _tensor("w", shape=None)], functions=[function])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+
+    found = _findings(model)
+    assert ("error", "op", "in_branch") in found and ("error", "op", "in_function") in found
+    assert not any(node == "call" for _, _, node in found), "a local function call is not a custom op"
+
+
+def test_findings_name_the_pytorch_module_when_origins_are_given() -> None:
+    model = _model([helper.make_node("Unique", ["x"], ["unique_1"], name="node_unique")], [_tensor("x")],
+                   [_tensor("unique_1")])
+
+    report = preflight(model, origins={"unique_1": "encoder.layer.0 (BertLayer)"})
+    assert report.errors[0].module == "encoder.layer.0 (BertLayer)"
+    assert "from module encoder.layer.0 (BertLayer)" in report.errors[0].describe()
+
+
+# --------------------------------------------------------------------------- preflight on the zoo
+
+
+@pytest.fixture(scope="session")
+def zoo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``zoo_onnx(name, task)``: the pair's tiny ONNX artifact, converted once per session (not validated)."""
+    folders: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, task: str) -> Path:
+        if (name, task) not in folders:
+            folder = tmp_path_factory.mktemp("trt-zoo") / f"{name}-{task}"
+            folders[(name, task)] = convert(name, task=task, output_dir=folder, validate=False).artifact
+        return folders[(name, task)]
+
+    return get
+
+
+def _check_zoo_pair(zoo_onnx: Any, name: str, task: str) -> None:
+    report = preflight_artifact(zoo_onnx(name, task))
+    assert report.passed, [f.describe() for f in report.errors]
+    assert report.nodes > 10
+
+
+@pytest.mark.parametrize(("name", "task"), DEFAULT_PAIRS, ids=[f"{n}-{t}" for n, t in DEFAULT_PAIRS])
+def test_zoo_preflight(zoo_onnx: Any, name: str, task: str) -> None:
+    _check_zoo_pair(zoo_onnx, name, task)
+
+
+SWEEP = [p for p in PAIRS if p not in DEFAULT_PAIRS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "task"), SWEEP, ids=[f"{n}-{t}" for n, t in SWEEP])
+def test_zoo_preflight_sweep(zoo_onnx: Any, name: str, task: str) -> None:
+    _check_zoo_pair(zoo_onnx, name, task)
+
+
+def test_preflight_needs_an_onnx_graph_and_a_known_target(zoo_onnx: Any, tmp_path: Path) -> None:
+    folder = zoo_onnx("vit", "image-classification")
+    with pytest.raises(UsageError, match="only"):
+        preflight_artifact(folder, target="coreml")
+    other = tmp_path / "ov"
+    shutil.copytree(folder, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "target": "openvino"}))
+    with pytest.raises(UsageError, match="targets 'openvino' and holds none"):
+        preflight_artifact(other)
+
+
+# --------------------------------------------------------------------------- convert on a machine without tensorrt
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``convert gpt2 --target tensorrt --precision int8`` through the CLI, with profile and workspace options."""
+    folder = tmp_path_factory.mktemp("trt") / "gpt2"
+    result = cli.invoke(app, ["convert", "gpt2", "--target", "tensorrt", "--precision", "int8", "-o", str(folder),
+                              "--shapes", "batch:1,2,4", "--workspace", "1GiB"])
+    assert result.exit_code == 0, result.stderr
+    return folder, result.stderr
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: convert builds an engine")
+def test_convert_without_tensorrt_writes_a_tensorrt_ready_artifact(ready: tuple[Path, str]) -> None:
+    folder, stderr = ready
+    assert "note: TensorRT-ready artifact" in stderr and "tensorrt is not installed" in stderr
+    manifest = Artifact.open(folder).manifest
+    options = TensorrtOptions.of(manifest)
+    assert manifest.runtime == "tensorrt" and manifest.model_file == "model.onnx" and options.engine is None
+    plan = options.build
+    assert plan.precision == "int8" and plan.workspace_bytes == 1 << 30
+    assert plan.axes == {"batch": (1, 2, 4), "sequence": (1, 8, 32)}
+    assert plan.profile["input_ids"] == {"min": [1, 1], "opt": [2, 8], "max": [4, 32]}
+    assert len(plan.calibration) == 8 and set(plan.calibration) <= set(manifest.files)
+    with np.load(folder / plan.calibration[0]) as batch:
+        assert batch["input_ids"].shape == (2, 8), "calibration batches have the profile's opt shape"
+    assert "0 errors" in manifest.exporter["preflight"]
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: convert builds an engine")
+def test_ready_artifact_validates_its_onnx_labelled_as_such(ready: tuple[Path, str]) -> None:
+    folder, _ = ready
+    report = check_parity(folder)
+
+    assert report.passed and report.runtime == "onnxruntime on model.onnx (TensorRT engine not built)"
+    with pytest.raises(ArtifactError, match="no engine yet; build it with 'edgeexport build"):
+        load(folder, execution="engine")
+    runner = load(folder, execution="onnxruntime")
+    inputs, _ = runner.artifact.load_golden(runner.artifact.manifest.golden[0])
+    with pytest.raises(UsageError, match="execution providers .*TensorrtExecutionProvider.* are not available here"):
+        runner(inputs)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")
+def test_build_without_tensorrt_is_one_line_and_leaves_the_artifact(ready: tuple[Path, str]) -> None:
+    folder, _ = ready
+    before = (folder / "manifest.json").read_text()
+    result = cli.invoke(app, ["build", str(folder)])
+
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "pip install 'edgeexport[tensorrt]'" in result.stderr
+    assert (folder / "manifest.json").read_text() == before
+    assert not list(folder.parent.glob(".gpt2.partial-*")), "no staging folder left behind"
+
+
+def test_inspect_shows_the_preflight(ready: tuple[Path, str]) -> None:
+    folder, _ = ready
+    result = cli.invoke(app, ["inspect", str(folder), "--target", "tensorrt", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["preflight"]["passed"] and data["build"]["precision"] == "int8" and data["ops"]
+
+    result = cli.invoke(app, ["inspect", str(folder), "--target", "tensorrt"])
+    assert result.exit_code == 0 and "preflight: 130 nodes, 0 errors" in result.stdout.replace("\n", " ")
+    result = cli.invoke(app, ["inspect", str(folder), "--target", "openvino"])
+    assert result.exit_code == 2 and "error: preflight exists for target 'tensorrt' only" in result.stderr
+
+
+def test_target_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="target 'onnx' has no option shapes; it takes none"):
+        convert("gpt2", output_dir=tmp_path / "a", target_options={"shapes": ["batch:1,2,4"]})
+    with pytest.raises(UsageError, match="--shapes 'batch:1,2'"):
+        convert("gpt2", target="tensorrt", output_dir=tmp_path / "b", target_options={"shapes": ["batch:1,2"]})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")
+def test_missing_backend_errors_name_the_extra() -> None:
+    from edgeexport.trt.cuda import tensorrt, unavailable_reason
+
+    assert unavailable_reason() == "tensorrt is not installed"
+    with pytest.raises(MissingBackendError, match=r"pip install 'edgeexport\[tensorrt\]'"):
+        tensorrt()
+
+
+# --------------------------------------------------------------------------- an engine from elsewhere (fake manifest)
+
+
+@pytest.fixture()
+def fake_engine(ready: tuple[Path, str], tmp_path: Path) -> Path:
+    """A copy of the ready artifact whose manifest claims an engine built on an H100 with TensorRT 10.1."""
+    folder = tmp_path / "engine"
+    shutil.copytree(ready[0], folder)
+    (folder / "model.engine").write_bytes(b"not really an engine")
+    manifest = Artifact.open(folder).manifest
+    options = TensorrtOptions.of(manifest)
+    options.engine = EngineInfo("model.engine", BUILT)
+    manifest.model_file = "model.engine"
+    manifest.runtime_options = options.to_dict()
+    write_manifest(folder, manifest)
+    return folder
+
+
+def test_engine_on_another_gpu_tells_the_user_to_rebuild(fake_engine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeexport.trt.cuda as cuda
+
+    monkeypatch.setattr(cuda, "current_device", lambda: Device("10.1.0", "NVIDIA GeForce RTX 4090", "8.9"))
+    runner = load(fake_engine)
+    assert runner.execution == "engine" and runner.label == "tensorrt"
+    inputs, _ = runner.artifact.load_golden(runner.artifact.manifest.golden[0])
+    with pytest.raises(ArtifactError, match=f"for {BUILT.gpu} .* Rebuild it here: edgeexport build {fake_engine}$"):
+        runner(inputs)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")
+def test_engine_without_tensorrt_is_a_missing_backend(fake_engine: Path) -> None:
+    result = cli.invoke(app, ["validate", str(fake_engine)])
+
+    assert result.exit_code == 2 and "pip install 'edgeexport[tensorrt]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_onnxruntime_tensorrt_ep_gets_the_plan(fake_engine: Path) -> None:
+    from edgeexport.runtimes.tensorrt import provider_options
+
+    runner = load(fake_engine, execution="onnxruntime", providers=["CPUExecutionProvider"])
+    assert runner.label == "onnxruntime CPUExecutionProvider on model.onnx"
+    options = provider_options(TensorrtOptions.of(runner.artifact.manifest).build)
+    assert options == {"trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1",
+                       "trt_profile_opt_shapes": "input_ids:2x8,attention_mask:2x8",
+                       "trt_profile_max_shapes": "input_ids:4x32,attention_mask:4x32",
+                       "trt_fp16_enable": "1", "trt_max_workspace_size": str(1 << 30)}
+    inputs, expected = runner.artifact.load_golden(runner.artifact.manifest.golden[0])
+    np.testing.assert_allclose(runner(inputs)["logits"], expected["logits"], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- on a GPU (never run in this project's CI)
+
+
+def _needs_gpu() -> None:
+    from edgeexport.trt.cuda import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_gpu_convert_builds_an_engine_with_parity(precision: str, tmp_path: Path) -> None:
+    _needs_gpu()
+    result: ConversionResult = convert("bert", target="tensorrt", precision=precision, output_dir=tmp_path / "a")
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    manifest = Artifact.open(result.artifact).manifest
+    engine = TensorrtOptions.of(manifest).engine
+    assert manifest.model_file == "model.engine" and engine is not None and engine.device.gpu
+    assert {"model.engine", "model.onnx", "timing.cache"} <= set(manifest.files)
+    assert result.report.runtime == "tensorrt"
+
+
+@pytest.mark.gpu
+def test_gpu_build_rebuilds_with_new_shapes(tmp_path: Path) -> None:
+    _needs_gpu()
+    folder = tmp_path / "gpt2"
+    result = convert("gpt2", target="tensorrt", output_dir=folder, validate=False)
+    assert TensorrtOptions.of(result.manifest).engine is not None, "a GPU machine builds at convert time"
+    built = cli.invoke(app, ["build", str(folder), "--shapes", "sequence:1,16,64"])
+    assert built.exit_code == 0, built.stderr
+    manifest = Artifact.open(folder).manifest
+    assert TensorrtOptions.of(manifest).build.axes["sequence"] == (1, 16, 64)
+    assert check_parity(folder).passed
+    assert check_parity(folder, execution="onnxruntime").passed  # the TensorRT execution provider path
