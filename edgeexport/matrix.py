@@ -96,8 +96,8 @@ class Matrix:
         return sorted({(c.combination.target, c.combination.precision) for c in self.cells})
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """The (model, task, preset) triples present, in order of first appearance."""
-        return list(dict.fromkeys((c.combination.model, c.combination.task, c.combination.preset) for c in self.cells))
+        """The (model, task, preset) triples present, sorted."""
+        return sorted({(c.combination.model, c.combination.task, c.combination.preset) for c in self.cells})
 
     def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
         return next((c for c in self.cells if (c.combination.model, c.combination.task, c.combination.preset) == row

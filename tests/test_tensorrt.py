@@ -8,22 +8,26 @@ and are deselected by default.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact, TensorSpec, write_manifest
 from edgeexport.cli import app
-from edgeexport.errors import ArtifactError, MissingBackendError, UsageError
+from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, MissingBackendError, UsageError
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference.specs import SPECS
 from edgeexport.runtimes import load
@@ -332,6 +336,30 @@ def test_zoo_preflight_sweep(zoo_onnx: Any, name: str, task: str) -> None:
     _check_zoo_pair(zoo_onnx, name, task)
 
 
+class _Determinant(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.det(x) * 2  # exports to ONNX Det, which TensorRT's parser lacks
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 3)
+        self.head = _Determinant()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.proj(x))
+
+
+def test_conversion_stops_on_preflight_errors_naming_node_and_module(tmp_path: Path) -> None:
+    expected = (r"stage 3/4 \(TensorRT preflight\) failed for _Net: error: node \S+ \(Det\) "
+                r"from module head \(.*_Determinant\): Det is marked unsupported")
+    with pytest.raises(ConversionError, match=expected):
+        convert(_Net(), {"x": torch.randn(2, 3, 3)}, target="tensorrt", output_dir=tmp_path / "net",
+                dynamic_axes={"x": {0: "batch"}})
+    assert not (tmp_path / "net").exists()
+
+
 def test_preflight_needs_an_onnx_graph_and_a_known_target(zoo_onnx: Any, tmp_path: Path) -> None:
     folder = zoo_onnx("vit", "image-classification")
     with pytest.raises(UsageError, match="only"):
@@ -479,6 +507,234 @@ def test_onnxruntime_tensorrt_ep_gets_the_plan(fake_engine: Path) -> None:
                        "trt_fp16_enable": "1", "trt_max_workspace_size": str(1 << 30)}
     inputs, expected = runner.artifact.load_golden(runner.artifact.manifest.golden[0])
     np.testing.assert_allclose(runner(inputs)["logits"], expected["logits"], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- a stand-in TensorRT 10 API
+#
+# These check edgeexport's own control flow and data movement (build plan -> builder calls, the
+# calibrator, the staged rebuild, named-tensor I/O through device buffers) against a minimal
+# stand-in of the tensorrt and cuda-python APIs whose "device memory" is host memory. They say
+# nothing about TensorRT itself; the gpu tests do.
+
+
+class FakeCudart:
+    """cuda-python's runtime calls used by edgeexport; device pointers are host addresses."""
+
+    class cudaError_t:  # noqa: N801 - the real names
+        cudaSuccess = 0
+
+    class cudaMemcpyKind:  # noqa: N801
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self) -> None:
+        self.memory: dict[int, Any] = {}
+
+    def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 1
+
+    def cudaGetDevice(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 0
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:  # noqa: N802
+        return 0, SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:  # noqa: N802
+        return 0, 7
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+    def cudaMalloc(self, nbytes: int) -> tuple[int, int]:  # noqa: N802
+        buffer = ctypes.create_string_buffer(nbytes)
+        self.memory[ctypes.addressof(buffer)] = buffer
+        return 0, ctypes.addressof(buffer)
+
+    def cudaFree(self, pointer: int) -> tuple[int]:  # noqa: N802
+        del self.memory[pointer]
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> tuple[int]:  # noqa: N802
+        ctypes.memmove(dst, src, nbytes)
+        return (0,)
+
+
+def _read(pointer: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(ctypes.string_at(pointer, size), dtype=dtype).reshape(shape)
+
+
+class FakeTensorrt:
+    """The tensorrt calls edgeexport makes; the "engine" writes float(input_ids) into every logit."""
+
+    __version__ = "10.1.0"
+
+    class ILogger:
+        Severity = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self) -> None:
+            pass
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
+
+    BuilderFlag = SimpleNamespace(TF32="TF32", FP16="FP16", BF16="BF16", INT8="INT8")
+    MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.calls: list[tuple[Any, ...]] = []
+        self.calibrated: list[dict[str, np.ndarray]] = []
+
+    @staticmethod
+    def nptype(dtype: Any) -> Any:
+        return dtype
+
+    def Builder(self, logger: Any) -> Any:  # noqa: N802
+        fake = self
+
+        class Profile:
+            def set_shape(self, name: str, *shapes: Any) -> None:
+                fake.calls.append(("set_shape", name, *[list(s) for s in shapes]))
+
+        class Config:
+            int8_calibrator = None
+
+            def add_optimization_profile(self, profile: Any) -> None:
+                fake.calls.append(("profile",))
+
+            def set_calibration_profile(self, profile: Any) -> None:
+                fake.calls.append(("calibration_profile",))
+
+            def set_flag(self, flag: str) -> None:
+                fake.calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag: str) -> None:
+                fake.calls.append(("clear_flag", flag))
+
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.calls.append(("workspace", size))
+
+            def create_timing_cache(self, data: bytes) -> bytes:
+                fake.calls.append(("timing_cache", data))
+                return data
+
+            def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> None:
+                pass
+
+            def get_timing_cache(self) -> Any:
+                return SimpleNamespace(serialize=lambda: b"timings")
+
+        class Builder:
+            def create_network(self, flags: int) -> str:
+                return "network"
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: str, config: Config) -> bytes:
+                calibrator = config.int8_calibrator
+                while calibrator is not None:
+                    pointers = calibrator.get_batch(["input_ids", "attention_mask"])
+                    if pointers is None:
+                        break
+                    fake.calibrated.append({n: _read(p, (2, 8), np.int64)
+                                            for n, p in zip(["input_ids", "attention_mask"], pointers)})
+                return b"serialized engine"
+
+        return Builder()
+
+    def OnnxParser(self, network: str, logger: Any) -> Any:  # noqa: N802
+        return SimpleNamespace(parse_from_file=lambda path: self.calls.append(("parse", Path(path).name)) or True)
+
+    def Runtime(self, logger: Any) -> Any:  # noqa: N802
+        fake = self
+
+        class Context:
+            def __init__(self) -> None:
+                self.shapes: dict[str, tuple[int, ...]] = {}
+                self.addresses: dict[str, int] = {}
+
+            def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+                self.shapes[name] = tuple(shape)
+
+            def set_tensor_address(self, name: str, pointer: int) -> None:
+                self.addresses[name] = pointer
+
+            def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+                return (*self.shapes["input_ids"], fake.vocab)
+
+            def execute_async_v3(self, stream: int) -> bool:
+                ids = _read(self.addresses["input_ids"], self.shapes["input_ids"], np.int64)
+                logits = np.broadcast_to(ids[..., None].astype(np.float32), (*ids.shape, fake.vocab)).copy()
+                ctypes.memmove(self.addresses["logits"], logits.ctypes.data, logits.nbytes)
+                return True
+
+        engine = SimpleNamespace(create_execution_context=Context,
+                                 get_tensor_dtype=lambda name: np.float32 if name == "logits" else np.int64)
+        return SimpleNamespace(deserialize_cuda_engine=lambda data: engine if data == b"serialized engine" else None)
+
+
+@pytest.fixture()
+def fake_trt(ready: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> FakeTensorrt:
+    import edgeexport.trt.cuda as cuda
+
+    vocab = Artifact.open(ready[0]).manifest.outputs[0].shape[-1]
+    fake, cudart = FakeTensorrt(vocab), FakeCudart()
+    monkeypatch.setattr(cuda, "tensorrt", lambda: fake)
+    monkeypatch.setattr(cuda, "cudart", lambda: cudart)
+    return fake
+
+
+def test_build_follows_the_plan_and_updates_the_manifest(ready: tuple[Path, str], fake_trt: FakeTensorrt,
+                                                         tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2"
+    shutil.copytree(ready[0], folder)
+    result = cli.invoke(app, ["build", str(folder), "--shapes", "sequence:1,8,16"])
+
+    assert result.exit_code == 0, result.stderr
+    assert "built" in result.stderr and "Fake GPU, compute capability 9.0" in result.stderr
+    assert ("parse", "model.onnx") in fake_trt.calls
+    assert ("set_shape", "input_ids", [1, 1], [2, 8], [4, 16]) in fake_trt.calls, "--shapes revises the profile"
+    for call in (("set_flag", "INT8"), ("set_flag", "FP16"), ("workspace", 1 << 30), ("calibration_profile",)):
+        assert call in fake_trt.calls
+    calibration = TensorrtOptions.of(Artifact.open(ready[0]).manifest).build.calibration
+    assert len(fake_trt.calibrated) == len(calibration)
+    with np.load(folder / calibration[3]) as batch:
+        np.testing.assert_array_equal(fake_trt.calibrated[3]["input_ids"], batch["input_ids"])
+    opened = Artifact.open(folder)
+    opened.verify()
+    options = TensorrtOptions.of(opened.manifest)
+    assert opened.manifest.model_file == "model.engine" and "note" not in opened.manifest.exporter
+    assert options.engine == EngineInfo("model.engine", Device("10.1.0", "Fake GPU", "9.0"))
+    assert options.build.axes["sequence"] == (1, 8, 16) and (folder / "timing.cache").read_bytes() == b"timings"
+
+    runner = load(folder)
+    inputs, _ = opened.load_golden(opened.manifest.golden[1])
+    with runner:
+        logits = runner(inputs)["logits"]
+    assert runner.label == "tensorrt" and logits.shape == (*inputs["input_ids"].shape, fake_trt.vocab)
+    np.testing.assert_array_equal(logits[..., 0], inputs["input_ids"].astype(np.float32))
+    with pytest.raises(InputSpecError, match=r"outside the engine's profile \[1, 1\]..\[4, 16\]"):
+        runner({name: np.repeat(value, 2, axis=1) for name, value in inputs.items()})
+
+
+def test_fp32_build_turns_tf32_off(ready: tuple[Path, str], fake_trt: FakeTensorrt, tmp_path: Path) -> None:
+    from edgeexport.trt.build import build_engine
+
+    plan = TensorrtOptions.of(Artifact.open(ready[0]).manifest).build
+    shutil.copy(ready[0] / "model.onnx", tmp_path / "model.onnx")
+    build_engine(tmp_path, "model.onnx", replace(plan, precision="fp32", workspace_bytes=None))
+
+    flags = [call for call in fake_trt.calls if call[0] in ("set_flag", "clear_flag", "workspace")]
+    assert flags == [("clear_flag", "TF32")] and fake_trt.calibrated == []
 
 
 # --------------------------------------------------------------------------- on a GPU (never run in this project's CI)

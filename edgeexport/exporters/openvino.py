@@ -16,11 +16,12 @@ openvino and nncf are imported where they are used, so ``edgeexport list`` works
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -164,12 +165,12 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - locating is best effort; the op name alone still goes out
         logger.debug("could not trace %s to locate %s", reference.name, ops, exc_info=True)
         return {}
+    modules = dict(reference.module.named_modules())
     found: dict[str, str] = {}
     for node in traced.inlined_graph.nodes():
-        if node.kind() in ops and node.kind() not in found:
-            path = node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
-            kind = type(reference.module.get_submodule(path)).__name__
-            found[node.kind()] = f"module '{path.partition('.')[2] or '<root>'}' ({kind})"
+        path = node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
+        if node.kind() in ops and node.kind() not in found and path in modules:
+            found[node.kind()] = f"module '{path.partition('.')[2] or '<root>'}' ({type(modules[path]).__name__})"
     return found
 
 
@@ -183,7 +184,7 @@ def name_tensors(model: ov.Model, reference: ReferenceModel) -> None:
 
 
 def compress_weights(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]:
-    """int8 weights (asymmetric, per channel) with nncf; activations stay float."""
+    """int8 weights (asymmetric, per channel) with nncf; activations stay float (``reference`` is unused)."""
     import nncf
 
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM), "nncf.compress_weights(int8_asym)"
@@ -229,6 +230,19 @@ def calibration_set(reference: ReferenceModel, samples: int = CALIBRATION_SAMPLE
     return [reference.make_inputs(seed=CALIBRATION_SEED + i) for i in range(samples)]
 
 
+@contextlib.contextmanager
+def _nncf_warnings_only() -> Iterator[None]:
+    """Silence nncf's INFO chatter (ignored nodes, compression tables); its warnings still show."""
+    from nncf.common.logging import nncf_logger  # importing nncf sets this logger's level, so import first
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
 Compressor = Callable[["ov.Model", ReferenceModel], "tuple[ov.Model, str]"]
 COMPRESSORS: dict[str, Compressor] = {"int8-weights": compress_weights, "int8": quantize}
 
@@ -263,7 +277,7 @@ class OpenVinoExporter(Exporter):
         name_tensors(model, reference)
         passes = []
         if precision in COMPRESSORS:
-            with onnx_target._quiet():
+            with onnx_target._quiet(), _nncf_warnings_only():
                 model, applied = COMPRESSORS[precision](model, reference)
             passes.append(applied)
         ov.save_model(model, folder / MODEL_FILE, compress_to_fp16=precision == "fp16")

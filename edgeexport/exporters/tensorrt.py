@@ -69,8 +69,8 @@ def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str,
     if not report.passed:
         first = report.errors[0]
         raise ConversionError(f"stage 3/4 (TensorRT preflight) failed for {reference.name}: {first.describe()} "
-                              f"({len(report.errors)} errors in all). Next steps: convert with --target onnx and run "
-                              "'edgeexport inspect --target tensorrt --locate' on it to list every problem")
+                              f"(errors in all: {len(report.errors)}). Next steps: convert with --target onnx and run "
+                              "'edgeexport inspect --target tensorrt' on it to list every problem")
     return report
 
 

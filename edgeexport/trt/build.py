@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeexport.artifact import Manifest, staged_output, write_manifest
 from edgeexport.errors import ConversionError
-from edgeexport.trt.cuda import DeviceBuffers, current_device, tensorrt
+from edgeexport.trt import cuda
 from edgeexport.trt.plan import ENGINE_FILE, BuildPlan, EngineInfo, TensorrtOptions
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
         DeviceError: no GPU is visible.
         ConversionError: parsing or building failed; the message carries TensorRT's first error.
     """
-    trt = tensorrt()
-    device = current_device()
+    trt = cuda.tensorrt()
+    device = cuda.current_device()
     trt_logger = recording_logger(trt)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(0)
@@ -61,7 +61,7 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     start = time.perf_counter()
-    with DeviceBuffers() if plan.precision == "int8" else contextlib.nullcontext() as buffers:
+    with cuda.DeviceBuffers() if plan.precision == "int8" else contextlib.nullcontext() as buffers:
         if buffers is not None:
             attach_calibrator(trt, builder, config, [_load_npz(folder / f) for f in plan.calibration], buffers)
         serialized = builder.build_serialized_network(network, config)
@@ -89,7 +89,7 @@ def configure(trt: Any, builder: Any, config: Any, plan: BuildPlan) -> None:
 
 
 def attach_calibrator(trt: Any, builder: Any, config: Any, batches: list[dict[str, np.ndarray]],
-                      buffers: DeviceBuffers) -> None:
+                      buffers: cuda.DeviceBuffers) -> None:
     """int8: an entropy calibrator over ``batches`` and a calibration profile fixed at their shapes."""
     profile = builder.create_optimization_profile()
     for name, array in batches[0].items():
@@ -98,7 +98,7 @@ def attach_calibrator(trt: Any, builder: Any, config: Any, batches: list[dict[st
     config.int8_calibrator = entropy_calibrator(trt, batches, buffers)
 
 
-def entropy_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], buffers: DeviceBuffers) -> Any:
+def entropy_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], buffers: cuda.DeviceBuffers) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` that uploads one batch per ``get_batch`` call.
 
     Defined in a function because its base class lives in the lazily imported ``tensorrt``.
@@ -185,7 +185,7 @@ def build_artifact(folder: str | Path, *, shapes: Sequence[str] | None = None,
     artifact = open_artifact(folder)
     options = TensorrtOptions.of(artifact.manifest)
     plan = options.build.revised(artifact.manifest.inputs, shapes=shapes, workspace=workspace)
-    current_device()  # fail before copying anything when there is no GPU or tensorrt
+    cuda.current_device()  # fail before copying anything when there is no GPU or tensorrt
     with staged_output(artifact.path, force=True) as stage:
         shutil.copytree(artifact.path, stage, dirs_exist_ok=True)
         engine = build_engine(stage, options.onnx_file, plan)
