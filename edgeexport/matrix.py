@@ -74,12 +74,14 @@ class CellResult:
     report: dict[str, Any] | None = None
 
     def to_dict(self, *, with_report: bool = True) -> dict[str, Any]:
+        """The result file's content; ``with_report=False`` leaves the full report out (for ``matrix.json``)."""
         data = {**asdict(self.combination), "status": self.status, "error": self.error, "failures": self.failures,
                 "max_abs": self.max_abs, "exporter": self.exporter, "seconds": round(self.seconds, 2)}
         return {**data, "report": self.report} if with_report else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        """Read what :meth:`to_dict` wrote (the report is optional)."""
         combination = Combination(data["model"], data["task"], data["target"], data["precision"], data["preset"])
         return cls(combination, data["status"], data.get("error", ""), list(data.get("failures", [])),
                    data.get("max_abs"), data.get("exporter", ""), float(data.get("seconds", 0.0)), data.get("report"))
@@ -100,6 +102,7 @@ class Matrix:
         return sorted({(c.combination.model, c.combination.task, c.combination.preset) for c in self.cells})
 
     def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
+        """The result of one row and column, or None when that combination was not run."""
         return next((c for c in self.cells if (c.combination.model, c.combination.task, c.combination.preset) == row
                      and (c.combination.target, c.combination.precision) == column), None)
 

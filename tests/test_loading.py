@@ -85,3 +85,11 @@ def test_hub_id_that_cannot_be_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_model_task_preset(kwargs: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_reference(**kwargs)
+
+
+def test_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bert").mkdir()
+    assert load_reference("bert").source == "zoo"
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_reference("./bert")

@@ -97,15 +97,16 @@ def test_conv1d_with_bias_broadcast_matches_torch(tmp_path: Path) -> None:
     np.testing.assert_allclose(run_program(tmp_path, body, {"x": x}), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("ceil_mode", [False, True])
-def test_max_pool_matches_torch(tmp_path: Path, ceil_mode: bool) -> None:
-    x = normal(2, 3, 11, 10)
+@pytest.mark.parametrize(("size", "kernel", "stride", "ceil_mode"), [
+    (11, 3, 2, False), (11, 3, 2, True), (4, 2, 3, True)])  # the last: ceil mode's window in padding is dropped
+def test_max_pool_matches_torch(tmp_path: Path, size: int, kernel: int, stride: int, ceil_mode: bool) -> None:
+    x = normal(2, 3, size, size - 1)
 
     def body(x: Any) -> Any:
-        return mb.max_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
-                           ceil_mode=ceil_mode)
+        return mb.max_pool(x=x, kernel_sizes=[kernel, kernel], strides=[stride, stride], pad_type="custom",
+                           pad=[1, 1, 1, 1], ceil_mode=ceil_mode)
 
-    expected = F.max_pool2d(torch.from_numpy(x), 3, 2, padding=1, ceil_mode=ceil_mode).numpy()
+    expected = F.max_pool2d(torch.from_numpy(x), kernel, stride, padding=1, ceil_mode=ceil_mode).numpy()
     np.testing.assert_allclose(run_program(tmp_path, body, {"x": x}), expected)
 
 

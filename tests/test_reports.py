@@ -93,7 +93,8 @@ def test_samples_include_the_worst_element_and_stay_out_of_json() -> None:
     assert "sample" not in result.to_dict()
 
 
-def html_report(bert_artifact: ConversionResult) -> str:
+@pytest.fixture(scope="module")
+def html_page(bert_artifact: ConversionResult) -> str:
     """A validate report (golden and fresh cases, so four series) with latency of two backends appended."""
     report = RunReport.create("validate", bert_artifact.artifact, bert_artifact.manifest, gate=Gate(),
                               parity=bert_artifact.report,
@@ -101,21 +102,21 @@ def html_report(bert_artifact: ConversionResult) -> str:
     return render(report, ".html")
 
 
-def test_html_is_self_contained(bert_artifact: ConversionResult) -> None:
-    page = html_report(bert_artifact)
+def test_html_is_self_contained(html_page: str) -> None:
+    page = html_page
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3  # histogram, scatter, latency
     assert not re.search(r"<(script|link|img|iframe)\b|\bsrc=|url\(", page)
     assert set(re.findall(r"https?://[^\"' )]+", page)) == {"http://www.w3.org/2000/svg"}
 
 
-def test_html_renders_in_headless_chromium(bert_artifact: ConversionResult, tmp_path: Path) -> None:
+def test_html_renders_in_headless_chromium(html_page: str, tmp_path: Path) -> None:
     """The page draws something: many colours, and most rows of the screenshot are not plain background."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     image = pytest.importorskip("PIL.Image")
     page, shot = tmp_path / "report.html", tmp_path / "report.png"
-    page.write_text(html_report(bert_artifact), encoding="utf-8")
+    page.write_text(html_page, encoding="utf-8")
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--no-first-run",
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1100,1600",

@@ -15,9 +15,9 @@ from edgeexport.reference.specs import SPECS
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
 
 
-def test_zoo_has_ten_architectures_and_fourteen_pairs() -> None:
+def test_zoo_has_ten_architectures_and_thirteen_pairs() -> None:
     assert len(SPECS) == 10
-    assert len(PAIRS) == 14
+    assert len(PAIRS) == 13  # the issue says 14, but its own list (1+3+1+1+1+1+1+1+1+2) has 13
 
 
 @pytest.mark.parametrize(("name", "task"), PAIRS, ids=[f"{n}-{t}" for n, t in PAIRS])

@@ -231,42 +231,54 @@ def _quiet_coremltools() -> Iterator[list[str]]:
 def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceModel, source: Any) -> str:
     """Name the op that failed and the PyTorch module (path, class, source line) it came from.
 
-    coremltools logs the op and module of a failed op translation; a program check failing
-    later names a MIL variable, which is looked up in the traced graph.
+    A failed op translation is logged by coremltools with the node's scope, whose last part is
+    the node's name; an unsupported FX node is named in the error, and a program check failing
+    later names a MIL variable (``Layer "x_1"``), the name of the node that produced it. The node
+    is then looked up in the captured graph.
     """
-    cause = onnx_target._describe(exc)
-    logged = next((re.search(r"converting '([^']+)' op \(located at: '([^']*)'\)", m) for m in errors
-                   if "converting '" in m), None)
-    located = (logged.group(1), _module(reference, logged.group(2).replace("/", "."))) if logged \
-        else _traced_node(exc, reference, source)
+    cause = onnx_target._describe(exc).rstrip(". ")
+    name = _failing_node_name(exc, errors)
+    located = _node(reference, source, name) if name else None
     if located is None:
         return f"{cause}. Next steps: report it with the model and the coremltools version"
-    op, where = located
+    op, origin = located
+    where = f"module '{origin.module}' ({origin.module_class})" + (f" at {origin.source}" if origin.source else "")
     return (f"{cause} (op {op}, produced by {where}). Next steps: replace the op in that module, or register a "
             "converter with coremltools' register_torch_op (see edgeexport/exporters/coreml_fixes.py)")
 
 
-def _traced_node(exc: BaseException, reference: ReferenceModel, source: Any) -> tuple[str, str] | None:
-    """Op kind and module of the traced node whose output the error names (``Layer "x_1"``), if any."""
-    named = re.search(r"Layer \"([^\"]+)\"|node (\w+)", str(exc))
-    if not named or not isinstance(source, torch.jit.ScriptModule):
+def _failing_node_name(exc: BaseException, errors: list[str]) -> str | None:
+    for message in errors:
+        logged = re.search(r"converting '[^']+' op \(located at: '([^']*)'\)", message)
+        if logged:
+            return logged.group(1).rsplit("/", 1)[-1]
+    named = re.search(r'Layer "([^"]+)"|Unsupported fx node (\w+)', str(exc))
+    if named is None:
         return None
-    variable = named.group(1) or named.group(2)
+    return re.sub(r"_cast_fp(16|32)$", "", named.group(1) or named.group(2))  # renamed by the fp16 pass
+
+
+def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, onnx_target.NodeOrigin] | None:
+    """Op and origin of the node called ``name`` in the traced graph or the ExportedProgram."""
+    wanted = re.sub(r"\W", "_", name)
+    if isinstance(source, torch.export.ExportedProgram):
+        node = next((n for n in source.graph.nodes if n.name == wanted), None)
+        return (str(node.target), onnx_target.node_origin(node)) if node is not None else None
     for node in source.inlined_graph.nodes():
-        if any(re.sub(r"\W", "_", out.debugName()) == variable for out in node.outputs()):
-            path = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.")
-            line = next(iter(node.sourceRange().splitlines()), "").strip()
-            return node.kind().removeprefix("aten::"), _module(reference, path) + (f" at {line}" if line else "")
+        if any(re.sub(r"\W", "_", out.debugName()) == wanted for out in node.outputs()):
+            return node.kind().removeprefix("aten::"), _traced_origin(reference, node)
     return None
 
 
-def _module(reference: ReferenceModel, path: str) -> str:
-    """``module 'encoder.layer.0' (BertLayer)`` for a dotted path under the reference wrapper."""
+def _traced_origin(reference: ReferenceModel, node: torch.Node) -> onnx_target.NodeOrigin:
+    """Innermost module (path under the reference wrapper, class) and source line of a traced node."""
+    path = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.")
     try:
-        kind = type(reference.module.get_submodule(path)).__qualname__ if path else type(reference.module).__qualname__
+        module_class = type(reference.module.get_submodule(path)).__qualname__
     except AttributeError:
-        kind = "unknown class"
-    return f"module '{onnx_target._module_path(path)}' ({kind})"
+        module_class = "unknown class"
+    source = next(iter(node.sourceRange().splitlines()), "").strip()
+    return onnx_target.NodeOrigin(module=onnx_target._module_path(path), module_class=module_class, source=source)
 
 
 class CoreMLExporter(Exporter):

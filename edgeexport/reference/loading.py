@@ -16,7 +16,7 @@ from edgeexport.artifact import Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
 from edgeexport.reference.generation import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
-from edgeexport.reference.specs import PRESETS, InputSpec, ModelSpec, generic_spec, get_spec, spec_for_model_type
+from edgeexport.reference.specs import InputSpec, ModelSpec, PRESETS, SPECS, generic_spec, get_spec, spec_for_model_type
 from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
 
 SAFE_WEIGHTS = ("*.safetensors",)
@@ -42,6 +42,8 @@ def load_reference(model: str | Path, *, task: str | None = None, preset: str = 
         ModelLoadError: the folder or hub id cannot be loaded.
     """
     text = str(model)
+    if text in SPECS:  # a bare zoo name wins over a folder of the same name; pass ./name for the folder
+        return _from_zoo(SPECS[text], task=task, preset=preset, seed=seed)
     if Path(text).is_dir():
         return _from_folder(Path(text), task=task, source=f"folder:{Path(text).resolve()}", allow_pickle=allow_pickle)
     if "/" in text and not Path(text).exists() and not text.startswith((".", "/")):

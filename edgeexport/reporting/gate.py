@@ -54,6 +54,7 @@ class BaselineCheck:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (non-finite floats as None)."""
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
@@ -100,36 +101,35 @@ class Gate:
     def _parity_checks(self, parity: ParityReport | None) -> list[BaselineCheck]:
         if parity is None or not self.baseline or not self.baseline.get("parity"):
             return []
-        cases = {c["case"]: c for c in self.baseline["parity"].get("cases", [])}
+        cases = {c.get("case"): c for c in self.baseline["parity"].get("cases") or []}
         return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
 
     def _case_checks(self, case: CaseResult, base: dict[str, Any]) -> list[BaselineCheck]:
+        """A status check when the case or an output newly fails, else a max-abs check where the baseline has one."""
         if case.error:
-            return [_status_check(case.case, case.error)] if base["passed"] else []
-        outputs = {o["name"]: o for o in base.get("outputs", [])}
+            return [_status_check(case.case, case.error)] if base.get("passed") else []
+        outputs = {o.get("name"): o for o in base.get("outputs") or []}
         checks = []
         for out in case.outputs:
-            if out.name not in outputs:
-                continue
-            item, base_out = f"{case.case}/{out.name}", outputs[out.name]
-            if base_out["passed"] and not out:
+            item, base_out = f"{case.case}/{out.name}", outputs.get(out.name, {})
+            base_abs = base_out.get("max_abs")
+            if base_out.get("passed") and not out:
                 checks.append(_status_check(item, out.reason))
-                continue
-            base_abs = base_out["max_abs"] if base_out["max_abs"] is not None else math.inf
-            limit = base_abs + self.parity_margin * out.atol
-            checks.append(BaselineCheck(
-                "parity", item, "max_abs", base_abs, out.max_abs, limit, out.max_abs <= limit,
-                f"{item}: max abs error {out.max_abs:.3g} exceeds the baseline's {base_abs:.3g} by more than "
-                f"{self.parity_margin:g} x atol {out.atol:g}"))
+            elif isinstance(base_abs, (int, float)):
+                limit = base_abs + self.parity_margin * out.atol
+                checks.append(BaselineCheck(
+                    "parity", item, "max_abs", base_abs, out.max_abs, limit, out.max_abs <= limit,
+                    f"{item}: max abs error {out.max_abs:.3g} exceeds the baseline's {base_abs:.3g} by more than "
+                    f"{self.parity_margin:g} x atol {out.atol:g}"))
         return checks
 
     def _latency_checks(self, latency: list[LatencyStats]) -> list[BaselineCheck]:
-        base = {row["label"]: row for row in (self.baseline or {}).get("latency") or []}
+        base = {row.get("label"): row.get("p50_ms") for row in (self.baseline or {}).get("latency") or []}
         checks = []
         for stats in latency:
-            if stats.label not in base:
+            if not isinstance(base.get(stats.label), (int, float)):
                 continue
-            base_p50 = float(base[stats.label]["p50_ms"])
+            base_p50 = float(base[stats.label])
             limit = base_p50 * (1 + self.latency_margin_pct / 100)
             checks.append(BaselineCheck(
                 "latency", stats.label, "p50_ms", base_p50, stats.p50_ms, limit, stats.p50_ms <= limit,

@@ -25,7 +25,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2937;background:#f3f4f6;margin:0}
 main{max-width:1000px;margin:0 auto;padding:24px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}h3{font-size:14px;margin:0 0 6px}
-.meta{color:#6b7280;font-size:13px}.card{background:#fff;border-radius:8px;padding:16px;
+.meta{color:#6b7280;font-size:13px}.note{font-size:14px;margin:0}.card{background:#fff;border-radius:8px;padding:16px;
 box-shadow:0 1px 2px rgba(0,0,0,.08);margin-bottom:14px;overflow-x:auto}
 .badge{display:inline-block;padding:3px 12px;border-radius:999px;font-weight:600;color:#fff;margin-right:8px}
 .pass{background:#059669}.fail{background:#dc2626}
@@ -122,8 +122,8 @@ def _error_histogram(name: str, outs: list[tuple[str, OutputComparison, OutputSa
     note = f"{errors.size} sampled elements" + (f", {exact} exactly equal (not shown)" if exact else "")
     title = f"{name}: |target - reference|"
     if exact == errors.size:
-        return f'<div class="card"><h3>{html.escape(title)}</h3><p class="meta">all {errors.size} sampled ' \
-               "elements are exactly equal</p></div>"
+        return (f'<div class="card"><h3>{html.escape(title)}</h3><p class="meta">all {errors.size} sampled '
+                "elements are exactly equal</p></div>")
     atol = outs[0][1].atol
     plot = svg.log_histogram(errors[errors > 0], title=title, xlabel="|target - reference| (log scale)",
                              marker=atol, marker_label=f"atol {atol:g}")
@@ -142,7 +142,7 @@ def _scatter(name: str, outs: list[tuple[str, OutputComparison, OutputSample]]) 
 
 
 def _localization(loc: Localization) -> str:
-    return f'<h2>divergence localization</h2><div class="card"><p>{html.escape(loc.describe())}</p></div>'
+    return f'<h2>divergence localization</h2><div class="card"><p class="note">{html.escape(loc.describe())}</p></div>'
 
 
 def _latency(report: RunReport) -> str:
@@ -157,5 +157,6 @@ def _latency(report: RunReport) -> str:
 
 def _baseline(checks: list[BaselineCheck]) -> str:
     rows = baseline_rows(checks)
-    body = _table(BASELINE_COLUMNS, rows, numeric=("baseline", "current", "limit")) if rows else "<p>nothing to compare</p>"
+    body = (_table(BASELINE_COLUMNS, rows, numeric=("baseline", "current", "limit")) if rows else
+            '<p class="note">nothing in common with the baseline to compare</p>')
     return f'<h2>against the baseline</h2><div class="card">{body}</div>'

@@ -41,6 +41,8 @@ class CoreMLRunner(Runner):
     Options:
         compute_units: Core ML compute units on macOS, one of ``all|cpu_only|cpu_and_gpu|cpu_and_ne``.
             Defaults to ``all``; the interpreter ignores it.
+        threads: The common runner option; ignored (Core ML schedules its own threads, the
+            interpreter runs numpy's). Defaults to 0.
     """
 
     name = "coreml"
@@ -48,7 +50,7 @@ class CoreMLRunner(Runner):
     extra = "coreml"
     label = "Core ML" if ON_MACOS else "MIL reference interpreter"
 
-    def __init__(self, artifact: Artifact, *, compute_units: str = "all") -> None:
+    def __init__(self, artifact: Artifact, *, compute_units: str = "all", threads: int = 0) -> None:
         super().__init__(artifact)
         if compute_units not in COMPUTE_UNITS:
             raise UsageError(f"unknown compute units {compute_units!r}; choose one of: {', '.join(COMPUTE_UNITS)}")

@@ -72,9 +72,7 @@ class MilInterpreter:
             _assign(var, feed[name])
         with np.errstate(all="ignore"):  # IEEE semantics, as on device: log(0) = -inf is no error
             for op in self.operations:
-                results = execute(op)
-                for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
-                    _assign(var, value)
+                _run(op)
         outputs = {var.name: np.asarray(var.val).astype(_numpy_dtype(var)) for var in self.function.outputs}
         for op in self.operations:  # keep no activations alive between calls
             for var in op.outputs:
@@ -87,9 +85,7 @@ class MilInterpreter:
         remaining = []
         for op in operations:
             if op.op_type.startswith("constexpr_"):
-                results = execute(op)
-                for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
-                    _assign(var, value)
+                _run(op)
             else:
                 remaining.append(op)
         return remaining
@@ -150,6 +146,13 @@ def execute(op: Any) -> Any:
     if op.op_type.startswith("constexpr_"):
         return op.materialized_val_inference()
     return op.value_inference()
+
+
+def _run(op: Any) -> None:
+    """Execute one op and give its output variables their values."""
+    results = execute(op)
+    for var, value in zip(op.outputs, results if len(op.outputs) > 1 else (results,)):
+        _assign(var, value)
 
 
 def _numpy_dtype(var: Any) -> type:
@@ -248,8 +251,13 @@ def _pool(op: Any, reduce: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], 
     kernel = tuple(int(k) for k in op.kernel_sizes.val)
     spatial = len(kernel)
     strides = tuple(int(s) for s in _optional(op, "strides", [1] * spatial))
-    pads = _padding(op, x.shape[-spatial:], kernel, strides, ceil_mode=bool(_optional(op, "ceil_mode", False)))
+    sizes = x.shape[-spatial:]
+    ceil_mode = bool(_optional(op, "ceil_mode", False))
+    pads = _padding(op, sizes, kernel, strides, ceil_mode=ceil_mode)
     windows = _windows(x, kernel, strides, (1,) * spatial, pads, pad_value)
+    if ceil_mode:  # as in PyTorch, a last window must start inside the input or its begin padding
+        starts = tuple(slice(0, -(-(size + begin) // s)) for size, (begin, _), s in zip(sizes, pads, strides))
+        windows = windows[(Ellipsis, *starts, *(slice(None),) * spatial)]
     return reduce(windows, tuple(range(windows.ndim - spatial, windows.ndim)))
 
 

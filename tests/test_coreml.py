@@ -1,0 +1,196 @@
+"""Core ML target: zoo pairs convert to ML Programs and match PyTorch through the MIL reference
+interpreter (fp16 by default); compressed precisions pass their own criteria; flexible shapes,
+names, the CLI and conversion failures (naming the op and the module) behave as documented.
+
+The default run converts three small models; the whole zoo is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeexport.artifact import Artifact
+from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, UsageError
+from edgeexport.pipeline import ConversionResult, bench, convert
+from edgeexport.reference.specs import SPECS
+
+pytest.importorskip("coremltools")
+
+from edgeexport.cli import app  # noqa: E402 - after the skip
+from edgeexport.exporters import coreml as coreml_target  # noqa: E402
+from edgeexport.runtimes import load  # noqa: E402
+from edgeexport.runtimes.coreml import describe  # noqa: E402
+
+PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
+# Core ML allows tensors of rank <= 5; Swin's window partition (Mask2Former's backbone) and
+# Mask2Former's deformable attention reshape to rank 6.
+UNSUPPORTED = {("mask2former", "segmentation"): ("view", "SwinLayer", "window_partition")}
+FAST = {("vit", "image-classification"), ("convnext", "image-classification")}
+cli = CliRunner()
+
+
+def _marks(pair: tuple[str, str]) -> list[pytest.MarkDecorator]:
+    return [] if pair in FAST else [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny BERT sequence classification, converted by the CLI at the target's default precision."""
+    folder = tmp_path_factory.mktemp("coreml") / "bert"
+    result = cli.invoke(app, ["convert", "bert", "--target", "coreml", "-o", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    assert "wrote" in result.stderr and "(coreml, fp16, exporter coremltools/torch.jit.trace)" in result.stderr
+    return folder
+
+
+@pytest.mark.parametrize(("name", "task"), [pytest.param(n, t, marks=_marks((n, t)), id=f"{n}-{t}")
+                                            for n, t in PAIRS if (n, t) not in UNSUPPORTED])
+def test_zoo_pair_converts_with_fp16_parity(name: str, task: str, tmp_path: Path) -> None:
+    result = convert(name, task=task, target="coreml", output_dir=tmp_path / "artifact")
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert {c.source for c in result.report.cases} == {"golden", "reference"}
+    manifest = result.manifest
+    assert manifest.precision == "fp16" and manifest.model_file == "model.mlpackage"
+    assert manifest.exporter["strategy"] == "torch.jit.trace" and manifest.exporter["compute_precision"] == "fp16"
+    assert manifest.output_names == [spec.name for spec in manifest.outputs]
+    for case in result.report.cases:
+        for output in case.outputs:
+            assert output.cosine > 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "task"), list(UNSUPPORTED), ids=[f"{n}-{t}" for n, t in UNSUPPORTED])
+def test_unsupported_pair_fails_naming_op_and_module(name: str, task: str, tmp_path: Path) -> None:
+    with pytest.raises(ConversionError) as error:
+        convert(name, task=task, target="coreml", output_dir=tmp_path / "artifact")
+    message = str(error.value)
+    assert "rank <= 5" in message and "\n" not in message
+    assert all(part in message for part in UNSUPPORTED[(name, task)])
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_default_precision_is_fp16_and_the_package_is_hashed(bert: Path) -> None:
+    manifest = Artifact.open(bert).manifest
+    assert manifest.precision == "fp16" and manifest.runtime == "coreml"
+    assert (bert / manifest.model_file).is_dir()
+    package_files = [f for f in manifest.files if f.startswith("model.mlpackage/")]
+    assert any(f.endswith("model.mlmodel") for f in package_files)
+    assert any("/weights/" in f for f in package_files)
+    assert manifest.exporter["shapes"] == "range" and manifest.exporter["deployment_target"] == "iOS16"
+    assert [s.name for s in manifest.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_a_modified_weight_file_fails_verification(bert: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(bert, copy)
+    weights = next((copy / "model.mlpackage").rglob("weight.bin"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="weight.bin"):
+        load(copy)
+
+
+def test_validate_inspect_and_bench_on_linux_say_interpreter(bert: Path) -> None:
+    result = cli.invoke(app, ["validate", str(bert), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["passed"]
+    result = cli.invoke(app, ["inspect", str(bert), "--json"])
+    assert result.exit_code == 0, result.stderr
+    details = json.loads(result.stdout)
+    assert details["ops"]["linear"] > 0 and details["parameters"] > 30_000
+    assert details["flexible_shapes"] == {"input_ids": "shapeRange", "attention_mask": "shapeRange",
+                                          "token_type_ids": "shapeRange"}
+    if sys.platform != "darwin":
+        (row,) = bench(bert, iterations=2, warmup=1)
+        assert row.label == "coreml (MIL reference interpreter, fp16)"
+
+
+def test_validate_runs_without_torch(bert: Path) -> None:
+    """The device side needs coremltools, not torch."""
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+              "from edgeexport.cli import main\n"
+              f"sys.argv = ['edgeexport', 'validate', {str(bert)!r}]\nmain()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stdout
+
+
+def test_runner_casts_int64_ids_and_keeps_manifest_dtypes(bert: Path) -> None:
+    runner = load(bert)
+    inputs, expected = runner.artifact.load_golden(runner.artifact.manifest.golden[0])
+    assert inputs["input_ids"].dtype == np.int64
+    outputs = runner(inputs)
+    assert outputs["logits"].dtype == np.float32
+    np.testing.assert_allclose(outputs["logits"], expected["logits"], atol=1e-2, rtol=1e-2)
+
+
+def test_image_models_get_enumerated_shapes_and_other_shapes_are_refused(tmp_path: Path) -> None:
+    result = convert("convnext", target="coreml", output_dir=tmp_path / "c", validate=False)
+    assert result.manifest.exporter["shapes"] == "enumerated"
+    shapes = result.manifest.runtime_options["enumerated_shapes"]["pixel_values"]
+    assert [2, 3, 64, 64] in shapes and [3, 3, 96, 128] in shapes and len(shapes) == 8
+    assert describe(Artifact.open(result.artifact))["flexible_shapes"] == {"pixel_values": "enumeratedShapes"}
+    runner = load(result.artifact)
+    with pytest.raises(InputSpecError, match="enumerated shapes"):
+        runner({"pixel_values": np.zeros((1, 3, 64, 64), dtype=np.float32)})
+
+
+@pytest.mark.parametrize("precision", ["int8", "palettize6", "palettize4"])
+def test_compressed_weights_pass_their_criteria(precision: str, tmp_path: Path) -> None:
+    result = convert("vit", target="coreml", precision=precision, output_dir=tmp_path / precision)
+    assert result.report is not None and result.report.passed, result.report.failures()
+    ops = describe(Artifact.open(result.artifact))["ops"]
+    expected = "constexpr_affine_dequantize" if precision == "int8" else "constexpr_lut_to_dense"
+    assert ops.get(expected, 0) > 0, ops
+    assert result.manifest.exporter["compression"]["method"] in ("linear_quantize_weights", "palettize_weights")
+    assert result.manifest.tolerance.min_cosine is not None
+
+
+def test_fp32_matches_pytorch_closely_and_the_deployment_target_is_honoured(tmp_path: Path) -> None:
+    result = convert("vit", target="coreml", precision="fp32", output_dir=tmp_path / "v",
+                     target_options={"deployment_target": "iOS17"})
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert max(o.max_abs for c in result.report.cases for o in c.outputs) < 1e-5
+    assert result.manifest.exporter["deployment_target"] == "iOS17"
+    assert describe(Artifact.open(result.artifact))["specification_version"] == 8
+
+
+def test_unknown_deployment_target_and_option_are_usage_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="iOS16, iOS17, iOS18"):
+        convert("vit", target="coreml", output_dir=tmp_path / "a", target_options={"deployment_target": "iOS12"})
+    with pytest.raises(UsageError, match="no option deployment_target"):
+        convert("vit", target="onnx", output_dir=tmp_path / "b", target_options={"deployment_target": "iOS16"})
+
+
+def test_translation_failure_names_op_module_and_source_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    monkeypatch.delitem(_TORCH_OPS_REGISTRY.name_to_func_mapping, "gelu")
+    monkeypatch.setattr(coreml_target, "STRATEGIES", (coreml_target.TraceStrategy,))
+    with pytest.raises(ConversionError) as error:
+        convert("bert", target="coreml", output_dir=tmp_path / "g")
+    message = str(error.value)
+    assert "op gelu" in message and "(GELUActivation)" in message and "activations.py" in message
+    assert "register_torch_op" in message
+
+
+def test_torch_export_is_the_fallback_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(coreml_target.TraceStrategy):
+        def _trace(self, reference, args):  # noqa: ANN001, ANN202
+            raise RuntimeError("trace refused on purpose")
+
+    monkeypatch.setattr(coreml_target, "STRATEGIES", (Broken, coreml_target.ExportStrategy))
+    result = convert("vit", target="coreml", output_dir=tmp_path / "e")
+    assert result.manifest.exporter["strategy"] == "torch.export"
+    assert result.manifest.exporter["fallback_reason"] == "RuntimeError: trace refused on purpose"
+    assert result.report is not None and result.report.passed, result.report.failures()
