@@ -179,7 +179,7 @@ def validate(
     latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
-    from edgeexport.artifact import Tolerance
+    from dataclasses import replace
     from edgeexport.bundle import component_folders
     from edgeexport.pipeline import check_parity, rebuild_reference
     from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
@@ -191,7 +191,8 @@ def validate(
     tolerance = None
     if atol is not None or rtol is not None:
         stored = opened.manifest.tolerance
-        tolerance = Tolerance(atol if atol is not None else stored.atol, rtol if rtol is not None else stored.rtol)
+        tolerance = replace(stored, atol=atol if atol is not None else stored.atol,
+                            rtol=rtol if rtol is not None else stored.rtol)
     ref = rebuild_reference(opened.manifest) if reference else None
     report = check_parity(artifact, ref, tolerance=tolerance, threads=threads)
     localization = None

@@ -72,7 +72,8 @@ class CoreMLStrategy(onnx_target.CaptureStrategy):
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
 
-    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> ct.models.MLModel:
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> ct.models.MLModel:
         try:
             source = self._trace(reference, args)
         except Exception as exc:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.frontend.torch import ops
+from coremltools.converters.mil.frontend.torch.ssa_passes import torch_upsample_to_core_upsample as upsample
 from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING, NUM_TO_NUMPY_DTYPE
 from coremltools.converters.mil.mil.types import builtin_to_string, nptype_from_builtin
@@ -42,31 +43,25 @@ def new_ones(context: Any, node: Any) -> None:
     context.add(ops._cast_to(ones, target, node.name))
 
 
-# coremltools' ``_cast`` folds ``int(t)``/``bool(t)`` of a constant one-element tensor with
-# ``int(x.val)``; numpy 2.4 rejects int() of arrays with ndim > 0 ("only 0-dimensional arrays
-# can be converted to Python scalars"). Needed by GPT-2, BERT, T5, DETR and Mask2Former.
-def _fold_scalar(context: Any, node: Any, cast: type, dtype_name: str) -> None:
-    x = ops._get_inputs(context, node, expected=1)[0]
-    if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
-        context.add(mb.const(val=cast(np.asarray(x.val).item()), name=node.name))
-        return
-    ops._cast(context, node, cast, dtype_name)
-
-
+# coremltools' ``_cast`` folds ``int(t)`` of a constant one-element tensor with ``int(x.val)``;
+# numpy 2.4 rejects int() of arrays with ndim > 0 ("only 0-dimensional arrays can be converted
+# to Python scalars"). Sizes become such arrays (``prim::NumToTensor`` folds to shape (1,)).
+# Needed by Swin, Mask2Former's backbone (it pads to whole windows, and its window size is a
+# tensor when tracing), to get to Core ML's real limit for that model (tensor rank <= 5).
 @register_torch_op(torch_alias=["int"], override=True)
 def _int(context: Any, node: Any) -> None:
-    _fold_scalar(context, node, int, "int32")
-
-
-@register_torch_op(torch_alias=["bool"], override=True)
-def _bool(context: Any, node: Any) -> None:
-    _fold_scalar(context, node, bool, "bool")
+    """``int(t)``: a constant one-element ``t`` folds to a Python int, the rest as coremltools does."""
+    x = ops._get_inputs(context, node, expected=1)[0]
+    if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
+        context.add(mb.const(val=int(np.asarray(x.val).item()), name=node.name))
+        return
+    ops._cast(context, node, int, "int32")
 
 
 # coremltools folds a constant linspace with ``np.linspace(start.val, end.val, n)``; when start
 # and end are one-element arrays (``height - 0.5`` of a traced size) the result is (n, 1), not
-# (n,), and the meshgrid that follows rejects it. Needed by Mask2Former (deformable attention
-# reference points).
+# (n,), and the meshgrid that follows rejects it. Needed by Mask2Former (its deformable
+# attention's reference points), to get to Core ML's real limit for that model (rank <= 5).
 @register_torch_op(override=True)
 def linspace(context: Any, node: Any) -> None:
     """``torch.linspace(start, end, steps)``, folded to a 1-D constant when all three are known."""
@@ -143,8 +138,6 @@ def upsample_nearest2d(context: Any, node: Any) -> None:
 
 def _scale_resolvable(x: Any, size: list[Any]) -> bool:
     """Whether coremltools' upsample pass can trace ``size`` back to constant scale factors of ``x``."""
-    from coremltools.converters.mil.frontend.torch.ssa_passes import torch_upsample_to_core_upsample as upsample
-
     return all(out.val is None and (upsample._try_get_upsample_factor_pattern_1(out.op) is not None
                                     or upsample._try_get_upsample_factor_pattern_2(out.op, axis, x) is not None)
                for axis, out in zip((2, 3), size))

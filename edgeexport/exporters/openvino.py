@@ -138,8 +138,9 @@ def convert(reference: ReferenceModel, *, opset: int | None,
             return result.model, {"strategy": result.strategy, "fallback_reason": reason, **result.details}
         failures.append(result)
     first = failures[0]
+    reason = describe_failure(reference, first.exception)
     raise ConversionError(
-        f"stage 1/4 (convert) failed for {reference.name}: {first.strategy}: {describe_failure(reference, first.exception)}; "
+        f"stage 1/4 (convert) failed for {reference.name}: {first.strategy}: {reason}; "
         f"strategies tried: {', '.join(f.strategy for f in failures)}. "
         "Next steps: replace the op in that module, or report it to OpenVINO") from first.exception
 

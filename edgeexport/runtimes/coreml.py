@@ -18,10 +18,11 @@ from edgeexport.runtimes.base import Runner
 
 ON_MACOS = sys.platform == "darwin"
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
+FLOAT_TYPES = (10, 11)  # MIL DataType FLOAT16, FLOAT32
 
 
 @contextlib.contextmanager
-def quiet_coremltools() -> Iterator[None]:
+def _quiet_coremltools() -> Iterator[None]:
     """Keep coremltools' import-time warnings (native libraries missing off macOS, untested torch) quiet."""
     logger = logging.getLogger("coremltools")
     level = logger.level
@@ -61,7 +62,7 @@ class CoreMLRunner(Runner):
         self.input_dtypes: dict[str, np.dtype] = {}
 
     def _activate_impl(self) -> None:
-        with quiet_coremltools():
+        with _quiet_coremltools():
             if ON_MACOS:
                 import coremltools as ct
 
@@ -92,12 +93,9 @@ def _core_ml_dtype(dtype: np.dtype) -> np.dtype:
     return {np.dtype("int64"): np.dtype("int32"), np.dtype("float64"): np.dtype("float32")}.get(dtype, dtype)
 
 
-FLOAT_TYPES = (10, 11)  # MIL DataType FLOAT16, FLOAT32
-
-
 def describe(artifact: Artifact) -> dict[str, Any]:
     """Op histogram, parameter count, spec version and flexible input shapes of the ML Program (weights unread)."""
-    with quiet_coremltools():
+    with _quiet_coremltools():
         from coremltools.models.utils import load_spec
 
         spec = load_spec(str(artifact.model_path))
@@ -110,9 +108,9 @@ def describe(artifact: Artifact) -> dict[str, Any]:
                                                        and out.type.tensorType.dataType in FLOAT_TYPES)]
     parameters = sum(int(np.prod([d.constant.size for d in out.type.tensorType.dimensions])) for out in weights)
     ops = Counter(op.type for op in operations)
+    flexible = {i.name: i.type.multiArrayType.WhichOneof("ShapeFlexibility") for i in spec.description.input}
     return {"ops": dict(ops.most_common()), "parameters": parameters, "nodes": len(operations),
-            "specification_version": spec.specificationVersion,
-            "flexible_shapes": {i.name: i.type.multiArrayType.WhichOneof("ShapeFlexibility") for i in spec.description.input}}
+            "specification_version": spec.specificationVersion, "flexible_shapes": flexible}
 
 
 RUNNER = CoreMLRunner

@@ -38,7 +38,8 @@ class OpenVinoRunner(Runner):
                  threads: int = 0, inference_precision: str | None = None) -> None:
         super().__init__(artifact)
         if performance_hint is not None and performance_hint not in PERFORMANCE_HINTS:
-            raise UsageError(f"unknown performance hint {performance_hint!r}; choose one of: {', '.join(PERFORMANCE_HINTS)}")
+            raise UsageError(f"unknown performance hint {performance_hint!r}; "
+                             f"choose one of: {', '.join(PERFORMANCE_HINTS)}")
         self.device = device
         self.performance_hint = performance_hint
         self.threads = threads
@@ -65,7 +66,8 @@ class OpenVinoRunner(Runner):
         device = self.device.split(":")[0].split(".")[0]
         available = core.available_devices
         if device not in VIRTUAL_DEVICES and not any(d.split(".")[0] == device for d in available):
-            raise UsageError(f"OpenVINO device {self.device!r} is not available here; available: {', '.join(available)}")
+            raise UsageError(f"OpenVINO device {self.device!r} is not available here; "
+                             f"available: {', '.join(available)}")
         self.compiled = core.compile_model(str(self.artifact.model_path), self.device, self.config)
         self.request = self.compiled.create_infer_request()
 

@@ -1,0 +1,82 @@
+"""Each converter fix in ``edgeexport.exporters.coreml_fixes`` on the smallest module that needs it:
+it converts, and the MIL reference interpreter matches PyTorch at both shape cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeexport.pipeline import convert
+
+pytest.importorskip("coremltools")
+
+
+class NewOnes(torch.nn.Module):
+    """transformers 5's masks: ``new_ones`` of a constant (bool scalar) and of a run-time size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = x.new_ones((), dtype=torch.bool)
+        return torch.where(keep, x, -x) + x.new_ones(x.shape[0], 3)
+
+
+class SizeArithmeticToInt(torch.nn.Module):
+    """Swin's padding to whole windows while tracing (its window size is then a tensor): ``int()``
+    of size arithmetic that coremltools folds to a one-element array, which numpy 2.4 refuses to
+    convert to a Python int."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[-1]
+        window = torch.min(torch.tensor([width, 4]))
+        return F.pad(x, (0, (window - width % window) % window))
+
+
+class Linspace(torch.nn.Module):
+    """Mask2Former's reference points: ``linspace`` between bounds derived from a traced size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[-1]
+        return x + torch.linspace(0.5, height - 0.5, height)
+
+
+class GroupNorm(torch.nn.Module):
+    """Wav2Vec2's first conv layer: group norm with a dynamic batch and length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class NearestToRuntimeSize(torch.nn.Module):
+    """DETR's pixel mask: nearest interpolation to a feature map's size (not a multiple of the input's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, stride=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        return features + F.interpolate(x, size=features.shape[-2:])
+
+
+CASES = [
+    (NewOnes(), {"x": torch.randn(2, 3)}, {"x": {0: "batch"}}),
+    (SizeArithmeticToInt(), {"x": torch.randn(2, 3)}, {"x": {0: "batch"}}),
+    (Linspace(), {"x": torch.randn(2, 5)}, {"x": {0: "batch"}}),
+    (GroupNorm(), {"x": torch.randn(2, 4, 7)}, {"x": {0: "batch", 2: "length"}}),
+    (NearestToRuntimeSize(), {"x": torch.randn(2, 1, 10, 11)}, {"x": {0: "batch", 2: "rows", 3: "columns"}}),
+]
+
+
+@pytest.mark.parametrize(("module", "inputs", "axes"), CASES, ids=[type(c[0]).__name__ for c in CASES])
+def test_fix_converts_and_matches_pytorch(module: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                                          axes: dict[str, dict[int, str]], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = convert(module, inputs, target="coreml", precision="fp32", dynamic_axes=axes, output_dir=tmp_path / "a")
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert {c.case for c in result.report.cases} >= {"example", "alternate"}
