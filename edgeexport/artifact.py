@@ -379,6 +379,19 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
 MAX_MANIFEST_BYTES = 4 << 20
 
 
+def read_json(path: Path, *, kind: str) -> Any:
+    """Parse a JSON file of an untrusted folder, refusing files over :data:`MAX_MANIFEST_BYTES`.
+
+    ``kind`` names the folder (artifact, bundle) in the error messages.
+    """
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path.name} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path.name} is not valid JSON ({exc}); the {kind} is corrupt, re-run convert") from None
+
+
 @dataclass
 class Artifact:
     """An artifact folder opened for reading. ``open`` parses the manifest; ``verify`` checks hashes."""
@@ -394,13 +407,7 @@ class Artifact:
             raise ArtifactError(f"artifact folder {str(root)!r} does not exist; pass the folder written by 'edgeexport convert'")
         if not manifest_path.is_file():
             raise ArtifactError(f"{str(root)!r} has no {MANIFEST_NAME}; it is not an edgeexport artifact")
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
-        try:
-            data = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{MANIFEST_NAME} is not valid JSON ({exc}); the artifact is corrupt, re-run convert") from None
-        manifest = Manifest.from_dict(data)
+        manifest = Manifest.from_dict(read_json(manifest_path, kind="artifact"))
         artifact = cls(path=root, manifest=manifest)
         for relative in (manifest.model_file, *manifest.files):
             resolve_inside(root, relative)

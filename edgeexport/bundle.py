@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeexport.artifact import MANIFEST_NAME, MAX_MANIFEST_BYTES, resolve_inside, sha256_file
+from edgeexport.artifact import MANIFEST_NAME, read_json, resolve_inside, sha256_file
 from edgeexport.errors import ArtifactError
 
 BUNDLE_NAME = "bundle.json"
@@ -45,13 +45,7 @@ class Bundle:
         file = root / BUNDLE_NAME
         if not file.is_file():
             raise ArtifactError(f"{str(root)!r} has no {BUNDLE_NAME}; it is not an edgeexport bundle")
-        if file.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{BUNDLE_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
-        try:
-            data = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{BUNDLE_NAME} is not valid JSON ({exc}); the bundle is corrupt, re-run convert") from None
-        bundle = cls(path=root, **_parse(data))
+        bundle = cls(path=root, **_parse(read_json(file, kind="bundle")))
         for role in bundle.components:
             bundle.folder(role)
         return bundle
