@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact
 from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, UsageError
-from edgeexport.pipeline import ConversionResult, bench, convert
+from edgeexport.pipeline import bench, convert
 from edgeexport.reference.specs import SPECS
 
 pytest.importorskip("coremltools")
@@ -110,6 +110,7 @@ def test_validate_inspect_and_bench_on_linux_say_interpreter(bert: Path) -> None
     assert details["ops"]["linear"] > 0 and details["parameters"] > 30_000
     assert details["flexible_shapes"] == {"input_ids": "shapeRange", "attention_mask": "shapeRange",
                                           "token_type_ids": "shapeRange"}
+    assert details["shape_ranges"]["input_ids"] == [[1, 16 * 3], [1, 16 * 13]]  # 16x the largest declared size
     if sys.platform != "darwin":
         (row,) = bench(bert, iterations=2, warmup=1)
         assert row.label == "coreml (MIL reference interpreter, fp16)"

@@ -209,3 +209,9 @@ class TestRunner:
                 f"a = Artifact.open({str(artifact)!r}); inputs, _ = a.load_golden(a.manifest.golden[0]); "
                 "load(a)(inputs); assert 'torch' not in sys.modules, 'torch was imported'")
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_converting_twice_gives_byte_identical_files(tmp_path: Path) -> None:
+    first = convert("vit", target="openvino", output_dir=tmp_path / "a", validate=False)
+    second = convert("vit", target="openvino", output_dir=tmp_path / "b", validate=False)
+    assert first.manifest.files == second.manifest.files

@@ -175,6 +175,17 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
     return found
 
 
+def number_ops(model: ov.Model) -> None:
+    """Stage 4 (in place): name the model and its generated ops by position, not by OpenVINO's
+    process-wide counters (``ShapeOf_4256``), so converting twice gives byte-identical XML.
+    The input names ``name_tensors`` gave the Parameters, and all tensor names, are kept."""
+    model.set_friendly_name("edgeexport")
+    inputs = {port.get_node().get_friendly_name() for port in model.inputs}
+    for index, op in enumerate(model.get_ordered_ops()):
+        if op.get_friendly_name() not in inputs:
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")
+
+
 def name_tensors(model: ov.Model, reference: ReferenceModel) -> None:
     """Stage 2 (in place): give the model's inputs and outputs the reference's names, in order."""
     for port, name in zip(model.inputs, reference.input_names):
@@ -281,6 +292,7 @@ class OpenVinoExporter(Exporter):
             with onnx_target._quiet(), _nncf_warnings_only():
                 model, applied = COMPRESSORS[precision](model, reference)
             passes.append(applied)
+        number_ops(model)
         ov.save_model(model, folder / MODEL_FILE, compress_to_fp16=precision == "fp16")
         if precision == "fp16":
             passes.append("compress_to_fp16")

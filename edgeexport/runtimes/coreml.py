@@ -94,7 +94,8 @@ def _core_ml_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def describe(artifact: Artifact) -> dict[str, Any]:
-    """Op histogram, parameter count, spec version and flexible input shapes of the ML Program (weights unread)."""
+    """Op histogram, parameter count, spec version and flexible input shapes (kind, and the
+    size range of each dim where ranged) of the ML Program; weights are not read."""
     with _quiet_coremltools():
         from coremltools.models.utils import load_spec
 
@@ -108,9 +109,12 @@ def describe(artifact: Artifact) -> dict[str, Any]:
                                                        and out.type.tensorType.dataType in FLOAT_TYPES)]
     parameters = sum(int(np.prod([d.constant.size for d in out.type.tensorType.dimensions])) for out in weights)
     ops = Counter(op.type for op in operations)
-    flexible = {i.name: i.type.multiArrayType.WhichOneof("ShapeFlexibility") for i in spec.description.input}
+    arrays = {i.name: i.type.multiArrayType for i in spec.description.input}
     return {"ops": dict(ops.most_common()), "parameters": parameters, "nodes": len(operations),
-            "specification_version": spec.specificationVersion, "flexible_shapes": flexible}
+            "specification_version": spec.specificationVersion,
+            "flexible_shapes": {name: array.WhichOneof("ShapeFlexibility") for name, array in arrays.items()},
+            "shape_ranges": {name: [[r.lowerBound, r.upperBound] for r in array.shapeRange.sizeRanges]
+                             for name, array in arrays.items() if array.WhichOneof("ShapeFlexibility") == "shapeRange"}}
 
 
 RUNNER = CoreMLRunner
