@@ -246,8 +246,9 @@ def conv(op: Any) -> np.ndarray:
     return result if bias is None else result + bias.reshape(-1, *[1] * spatial)
 
 
-def _pool(op: Any, reduce: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], pad_value: float) -> np.ndarray:
-    x = op.x.val
+def _pool(op: Any, x: np.ndarray, reduce: Callable[[np.ndarray, tuple[int, ...]], np.ndarray],
+          pad_value: float) -> np.ndarray:
+    """Reduce each pooling window of ``x`` under ``op``'s kernel, strides, padding and ceil mode."""
     kernel = tuple(int(k) for k in op.kernel_sizes.val)
     spatial = len(kernel)
     strides = tuple(int(s) for s in _optional(op, "strides", [1] * spatial))
@@ -263,27 +264,17 @@ def _pool(op: Any, reduce: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], 
 
 def max_pool(op: Any) -> np.ndarray:
     """MIL ``max_pool``: padding never wins the max."""
-    return _pool(op, np.max, -np.inf)
+    return _pool(op, op.x.val, np.max, -np.inf)
 
 
 def avg_pool(op: Any) -> np.ndarray:
     """MIL ``avg_pool``: padding counts as zeros unless ``exclude_padding_from_average``."""
-    total = _pool(op, np.sum, 0.0)
+    x = op.x.val
+    total = _pool(op, x, np.sum, 0.0)
     if not _optional(op, "exclude_padding_from_average", False):
         return total / np.prod(op.kernel_sizes.val)
-    ones = _Shadow(op, x=np.ones((1, 1, *op.x.val.shape[2:]), dtype=np.float32))
-    return total / _pool(ones, np.sum, 0.0)
-
-
-class _Shadow:
-    """An op seen with some inputs replaced by other values (for reusing an op's attributes)."""
-
-    def __init__(self, op: Any, **values: np.ndarray) -> None:
-        self._op = op
-        self._values = {name: _Value(value) for name, value in values.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        return self._values.get(name) or getattr(self._op, name)
+    kernel_rank = len(op.kernel_sizes.val)
+    return total / _pool(op, np.ones(x.shape[-kernel_rank:], dtype=np.float32), np.sum, 0.0)
 
 
 def gather_nd(op: Any) -> np.ndarray:
