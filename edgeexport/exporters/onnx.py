@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import CaptureError, ConversionError
 from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.logs import logger_levels
 from edgeexport.reference.model import ReferenceModel
 
 logger = logging.getLogger(__name__)
@@ -205,17 +206,9 @@ NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "o
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence torch.onnx/onnxscript progress prints, warnings and log chatter; failures still raise."""
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None), logger_levels(NOISY_LOGGERS, logging.ERROR):
         warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+        yield
 
 
 def capture(reference: ReferenceModel, *, opset: int | None,

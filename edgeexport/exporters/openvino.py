@@ -33,6 +33,7 @@ from edgeexport.artifact import Tolerance
 from edgeexport.errors import ConversionError
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.logs import logger_levels
 from edgeexport.reference.model import ReferenceModel
 
 if TYPE_CHECKING:
@@ -247,12 +248,8 @@ def _nncf_warnings_only() -> Iterator[None]:
     """Silence nncf's INFO chatter (ignored nodes, compression tables); its warnings still show."""
     from nncf.common.logging import nncf_logger  # importing nncf sets this logger's level, so import first
 
-    level = nncf_logger.level
-    nncf_logger.setLevel(logging.WARNING)
-    try:
+    with logger_levels([nncf_logger.name], logging.WARNING):
         yield
-    finally:
-        nncf_logger.setLevel(level)
 
 
 Compressor = Callable[["ov.Model", ReferenceModel], "tuple[ov.Model, str]"]

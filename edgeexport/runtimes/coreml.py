@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeexport.artifact import Artifact
 from edgeexport.errors import InputSpecError, UsageError
+from edgeexport.logs import logger_levels
 from edgeexport.runtimes.base import Runner
 
 ON_MACOS = sys.platform == "darwin"
@@ -24,13 +25,8 @@ FLOAT_TYPES = (10, 11)  # MIL DataType FLOAT16, FLOAT32
 @contextlib.contextmanager
 def _quiet_coremltools() -> Iterator[None]:
     """Keep coremltools' import-time warnings (native libraries missing off macOS, untested torch) quiet."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with logger_levels(["coremltools"], logging.ERROR):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 class CoreMLRunner(Runner):
