@@ -1,11 +1,15 @@
-"""ONNX exporter options: opset, external data above the protobuf limit, fallback strategies."""
+"""ONNX exporter options: opset, external data above the protobuf limit, fallback strategies,
+int8 weights (MatMulNBits) and the rewrite that prepares them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeexport.exporters import onnx as onnx_exporter
 from edgeexport.pipeline import convert
@@ -39,3 +43,45 @@ def test_fallback_strategy_is_recorded_with_the_first_failure(tmp_path: Path, mo
     assert result.manifest.exporter["strategy"] == "torchscript"
     assert result.manifest.exporter["fallback_reason"] == "RuntimeError: capture refused on purpose"
     assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_int8_weights_quantize_every_constant_matmul(tmp_path: Path) -> None:
+    result = convert("gpt2", precision="int8-weights", output_dir=tmp_path / "q")
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    # 4 per block (qkv, attention out, mlp in, mlp out) and the tied LM head; no float Gemm left.
+    assert ops.count("MatMulNBits") == 4 * 2 + 1 and "Gemm" not in ops
+    assert result.manifest.tolerance.min_cosine == 0.999
+    assert result.report is not None and result.report.passed, result.report.failures()
+    packed = [t for t in model.graph.initializer if t.data_type == TensorProto.UINT8]
+    assert len(packed) == ops.count("MatMulNBits")
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_weights_as_matmul_keeps_the_function() -> None:
+    """Gemm with transB and bias, and a MatMul reading a transposed (tied) weight, compute the same after the rewrite."""
+    rng = np.random.default_rng(0)
+    gemm_w, bias, tied = (rng.standard_normal(shape).astype(np.float32) for shape in ((6, 4), (6,), (5, 6)))
+    nodes = [helper.make_node("Gemm", ["x", "gemm_w", "bias"], ["h"], transB=1),
+             helper.make_node("Gather", ["tied", "ids"], ["embedded"]),
+             helper.make_node("Transpose", ["tied"], ["tied_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "tied_t"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5])],
+        [numpy_helper.from_array(array, name) for array, name in ((gemm_w, "gemm_w"), (bias, "bias"), (tied, "tied"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": rng.standard_normal((3, 4)).astype(np.float32), "ids": np.array([0, 1, 2])}
+    expected = _run(model, feed)
+
+    rewritten = onnx_exporter.weights_as_matmul(model)
+    onnx.checker.check_model(rewritten)
+    matmuls = [node for node in rewritten.graph.node if node.op_type == "MatMul"]
+    weights = {tensor.name for tensor in rewritten.graph.initializer}
+    assert len(matmuls) == 2 and all(node.input[1] in weights for node in matmuls)
+    assert "Gemm" not in [node.op_type for node in rewritten.graph.node]
+    np.testing.assert_allclose(_run(rewritten, feed), expected, rtol=1e-6, atol=1e-6)
