@@ -67,17 +67,16 @@ class Converted:
         return Artifact.open(folder).manifest
 
 
-def _convert(name: str, root: Path) -> None:
-    """Save the tiny model (with a tokenizer for gpt2) with save_pretrained, then convert that folder."""
-    task, init, options = MODELS[name]
+def _save_source(name: str, folder: Path) -> None:
+    """Save the tiny model (with a tokenizer for gpt2) with save_pretrained."""
+    task, init, _ = MODELS[name]
     spec = get_spec(name)
     config = transformers.AutoConfig.for_model(spec.model_type, **spec.presets["tiny"], **init)
     torch.manual_seed(0)
     model = getattr(transformers, task_head(task).auto_class).from_config(config)
-    model.save_pretrained(root / "source")
+    model.save_pretrained(folder)
     if name == "gpt2":
-        _word_tokenizer(root / "source", config.vocab_size)
-    convert(root / "source", task=task, output_dir=root / "artifact", validate=False, **options)
+        _word_tokenizer(folder, config.vocab_size)
 
 
 @contextlib.contextmanager
@@ -88,21 +87,28 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Converted]:
-    """``converted(name)``: one of MODELS converted on first use, once per test run even under xdist."""
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Converted]:
+    """``converted(name, target="onnx", precision=None)``: one of MODELS saved with save_pretrained and
+    that folder converted on first use, once per test run even under xdist."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, seen by all workers
-    cache: dict[str, Converted] = {}
+    cache: dict[tuple[str, str, str | None], Converted] = {}
 
-    def get(name: str) -> Converted:
-        if name not in cache:
+    def get(name: str, target: str = "onnx", precision: str | None = None) -> Converted:
+        key = (name, target, precision)
+        if key not in cache:
             root = shared / f"generation-{name}"
+            artifact = root / "-".join(filter(None, (target, precision)))
             root.mkdir(exist_ok=True)
+            task, _, options = MODELS[name]
             with _locked(shared / f"generation-{name}.lock"):
-                if not (root / "artifact").exists():
-                    _convert(name, root)
-            cache[name] = Converted(root / "artifact", load_reference(root / "source", task=MODELS[name][0]))
-        return cache[name]
+                if not (root / "source").exists():
+                    _save_source(name, root / "source")
+                if not artifact.exists():
+                    convert(root / "source", task=task, target=target, precision=precision, output_dir=artifact,
+                            validate=False, **options)
+            cache[key] = Converted(artifact, load_reference(root / "source", task=task))
+        return cache[key]
 
     return get
 
@@ -155,7 +161,7 @@ def test_with_past_task_needs_the_base_task() -> None:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_conversion_passes_parity_including_an_empty_past(name: str, converted: Callable[[str], Converted]) -> None:
+def test_conversion_passes_parity_including_an_empty_past(name: str, converted: Callable[..., Converted]) -> None:
     result = converted(name)
     report = check_parity(result.artifact, result.reference)
     assert report.passed, report.failures()
@@ -168,14 +174,14 @@ def test_conversion_passes_parity_including_an_empty_past(name: str, converted: 
     assert shapes["present.0.key"] == ("batch", 2, "past_sequence+sequence", 16)
 
 
-def test_gpt2_artifact_carries_its_tokenizer(converted: Callable[[str], Converted]) -> None:
+def test_gpt2_artifact_carries_its_tokenizer(converted: Callable[..., Converted]) -> None:
     result = converted("gpt2")
     assert TOKENIZER_FILE in result.manifest.files
     assert GenerationSpec.of(result.manifest).tokenizer == TOKENIZER_FILE
     assert not (result.artifact / BUNDLE_NAME).exists()
 
 
-def test_seq2seq_bundle_holds_two_normal_artifacts(converted: Callable[[str], Converted], tmp_path: Path) -> None:
+def test_seq2seq_bundle_holds_two_normal_artifacts(converted: Callable[..., Converted], tmp_path: Path) -> None:
     result = converted("bart")
     bundle = Bundle.open(result.artifact)
     assert bundle.components == {"encoder": "encoder", "decoder": "decoder"}
@@ -192,7 +198,7 @@ def test_seq2seq_bundle_holds_two_normal_artifacts(converted: Callable[[str], Co
         load(copy)
 
 
-def test_manifest_without_generation_block_still_loads(converted: Callable[[str], Converted]) -> None:
+def test_manifest_without_generation_block_still_loads(converted: Callable[..., Converted]) -> None:
     data = converted("gpt2").manifest.to_dict()
     del data["generation"]
     manifest = Manifest.from_dict(data)
@@ -210,7 +216,7 @@ def test_manifest_without_generation_block_still_loads(converted: Callable[[str]
 @pytest.mark.parametrize("batch", [1, 2], ids=["batch1", "batch2-left-padded"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_greedy_matches_transformers_generate(name: str, batch: int,
-                                              converted: Callable[[str], Converted]) -> None:
+                                              converted: Callable[..., Converted]) -> None:
     tokens = _assert_greedy_parity(converted(name), *_prompt(batch))
     assert len(np.unique(tokens)) > 3, "a weak check: the model repeats one token"
 
@@ -233,7 +239,7 @@ def _assert_greedy_parity(result: Converted | ConversionResult, ids: np.ndarray,
     return ours.tokens
 
 
-def test_sampling_is_reproducible_with_a_seed(converted: Callable[[str], Converted]) -> None:
+def test_sampling_is_reproducible_with_a_seed(converted: Callable[..., Converted]) -> None:
     ids, mask = _prompt(2)
     options = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 12}
     with Generator.load(converted("gpt2").artifact) as generator:
@@ -257,7 +263,7 @@ def test_sample_applies_top_k_and_top_p() -> None:
     assert np.allclose(drawn, [0.5, 0.3, 0.15, 0.05], atol=0.04)
 
 
-def test_generation_rejects_bad_inputs(converted: Callable[[str], Converted]) -> None:
+def test_generation_rejects_bad_inputs(converted: Callable[..., Converted]) -> None:
     with Generator.load(converted("gpt2").artifact) as generator:
         with pytest.raises(InputSpecError, match=r"token ids must be in \[0, 1000\)"):
             generator.generate([[5, 1000]])
@@ -267,7 +273,7 @@ def test_generation_rejects_bad_inputs(converted: Callable[[str], Converted]) ->
             generator.prompt(prompt_ids="1,x")
 
 
-def test_onnxruntime_step_keeps_the_cache_in_ortvalues(converted: Callable[[str], Converted]) -> None:
+def test_onnxruntime_step_keeps_the_cache_in_ortvalues(converted: Callable[..., Converted]) -> None:
     import onnxruntime
 
     artifact = Artifact.open(converted("gpt2").artifact)
@@ -287,7 +293,7 @@ def test_onnxruntime_step_keeps_the_cache_in_ortvalues(converted: Callable[[str]
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_generate_streams_text_with_the_artifact_tokenizer(converted: Callable[[str], Converted]) -> None:
+def test_cli_generate_streams_text_with_the_artifact_tokenizer(converted: Callable[..., Converted]) -> None:
     result = cli.invoke(app, ["generate", str(converted("gpt2").artifact), "--prompt", "w5 w6 w7",
                               "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.stderr
@@ -296,7 +302,7 @@ def test_cli_generate_streams_text_with_the_artifact_tokenizer(converted: Callab
     assert "tokens/s (first token" in result.stderr
 
 
-def test_cli_generate_bundle_needs_ids_without_tokenizer(converted: Callable[[str], Converted]) -> None:
+def test_cli_generate_bundle_needs_ids_without_tokenizer(converted: Callable[..., Converted]) -> None:
     bundle = str(converted("bart").artifact)
     result = cli.invoke(app, ["generate", bundle, "--prompt", "hello"])
     assert result.exit_code == 2
@@ -308,7 +314,7 @@ def test_cli_generate_bundle_needs_ids_without_tokenizer(converted: Callable[[st
     assert all(token.isdigit() for token in result.stdout.split())
 
 
-def test_cli_validate_and_inspect_a_bundle(converted: Callable[[str], Converted]) -> None:
+def test_cli_validate_and_inspect_a_bundle(converted: Callable[..., Converted]) -> None:
     bundle = str(converted("t5").artifact)
     result = cli.invoke(app, ["validate", bundle, "--json"])
     assert result.exit_code == 0, result.stderr
@@ -336,3 +342,41 @@ def test_full_preset_greedy_matches_transformers(name: str, task: str, tmp_path:
     result = convert(name, task=task, preset="full", output_dir=tmp_path / name)
     assert result.report is not None and result.report.passed, result.report.failures()
     _assert_greedy_parity(result, *_prompt(1, _hf_model(result).config.vocab_size))
+
+
+# --------------------------------------------------------------------------- other targets and precisions
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_openvino_greedy_matches_transformers_generate(name: str, converted: Callable[..., Converted]) -> None:
+    result = converted(name, "openvino")
+    report = check_parity(result.artifact, result.reference)
+    assert report.passed, report.failures()
+    assert result.manifest.runtime == "openvino"
+    _assert_greedy_parity(result, *_prompt(2))
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_int8_weights_generation_stays_within_its_tolerance(target: str, converted: Callable[..., Converted]) -> None:
+    """Quantized decoders need not pick the same tokens (random weights have near-ties), so each
+    row is compared up to and including its first differing token, where both saw the same
+    prefix: every such step's logits must meet the precision's tolerance (cosine, mean error)."""
+    result = converted("gpt2", target, "int8-weights")
+    report = check_parity(result.artifact, result.reference)
+    assert report.passed, report.failures()
+    ids, mask = _prompt(2)
+    with torch.inference_mode():
+        expected = _hf_model(result).generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                              do_sample=False, use_cache=True, max_new_tokens=NEW_TOKENS,
+                                              output_logits=True, return_dict_in_generate=True)
+    with Generator.load(result.artifact) as generator:
+        ours = generator.generate(ids, mask, max_new_tokens=NEW_TOKENS)
+    tolerance = result.manifest.tolerance
+    assert tolerance.min_cosine is not None
+    for row, (got, want) in enumerate(zip(ours.tokens, expected.sequences[:, ids.shape[1]:].numpy())):
+        differs = np.flatnonzero(got != want)
+        compared = int(differs[0]) + 1 if differs.size else NEW_TOKENS
+        for step in range(compared):
+            comparison = compare_output("logits", ours.logits[step][row], expected.logits[step][row].numpy(),
+                                        atol=tolerance.atol, rtol=tolerance.rtol, min_cosine=tolerance.min_cosine)
+            assert comparison, f"row {row} step {step}: {comparison.reason}"

@@ -42,6 +42,23 @@ def test_top1_and_top5_agreement_and_cosine() -> None:
     assert compare_output("logits", reference, reference, atol=0, rtol=0, logits=True).cosine == 1.0
 
 
+def test_quantized_top1_forgives_flips_between_near_tied_classes_only() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((20, 50))
+    reference[:, 0] = 10.0  # class 0 wins clearly on every row...
+    reference[:4, 1] = 9.95  # ...except 4 rows where class 1 is within rtol 0.05 of it
+    target = reference + rng.normal(0, 0.01, reference.shape)
+    target[:4, 1] = 10.2  # the 4 near-ties flip
+    tolerance = {"atol": 1e-3, "rtol": 0.05, "min_cosine": 0.9, "min_top1": 1.0}
+    result = compare_output("logits", target, reference, logits=True, **tolerance)
+    assert result.top1 == 0.8 and result.top1_near_ties == 0.2
+    assert result, result.reason
+    target[4, 2] = 10.5  # a flip to a class the reference scores far below (about 0 vs 10)
+    result = compare_output("logits", target, reference, logits=True, **tolerance)
+    assert not result and result.top1 == 0.75 and result.top1_near_ties == 0.2
+    assert result.reason.endswith(", and top-1 agreement 0.750 (0.950 counting near-ties) < 1")
+
+
 def test_outputs_are_matched_by_exact_name() -> None:
     case = compare_outputs("c", "golden", {}, {"logit": np.zeros(1)}, {"logits": np.zeros(1)},
                            tolerance=Tolerance(1e-4, 1e-3))
