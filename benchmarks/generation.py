@@ -1,15 +1,19 @@
-"""Greedy generation with a KV cache: PyTorch ``generate()`` vs edgeexport's loop on onnxruntime.
+"""Greedy generation with a KV cache: PyTorch ``generate()`` vs edgeexport's loop on every backend, one run.
 
 Usage: python benchmarks/generation.py [--prompt-tokens 16] [--new-tokens 32] [--repeats 3] [--threads 2]
+                                       [--backends onnxruntime-fp32 openvino-int8-weights ...]
 
-GPT-2 124M (full preset, random weights, seeded) is converted to a ``causal-lm-with-past``
-ONNX artifact (fp32). Both backends get the same 16-token prompt (batch 1) and generate 32
-tokens greedily with the same thread count (torch.set_num_threads and onnxruntime
-intra-op threads). Each backend runs once untimed, then ``--repeats`` times; the table shows
-medians of tokens/s (generated tokens over the whole call, prompt included) and first-token
-latency (prompt forward pass + first token). The token sequences are checked to be equal.
-Prints a table and writes benchmarks/results/generation.json. Report ratios, not lone
-times: the machines are shared.
+GPT-2 124M (full preset, random weights, seeded) is converted to ``causal-lm-with-past``
+artifacts: ONNX fp32 and int8-weights (onnxruntime MatMulNBits) run by onnxruntime, OpenVINO
+fp32 and int8-weights (nncf) run by OpenVINO. Every backend gets the same 16-token prompt
+(batch 1) and generates 32 tokens greedily with the same thread count (torch.set_num_threads,
+onnxruntime intra-op threads, OpenVINO INFERENCE_NUM_THREADS). Each backend runs once
+untimed, then ``--repeats`` times, interleaved so load on the shared machine hits all alike;
+the table shows medians of tokens/s (generated tokens over the whole call, prompt included)
+and first-token latency (prompt forward pass + first token), and how many generated tokens
+equal PyTorch's (fp32 must match all; quantized weights may pick another token where random
+weights leave near-ties). Prints a table and writes benchmarks/results/generation.json.
+Report ratios, not lone times: the machines are shared.
 
 optimum's ORTModelForCausalLM is not included: optimum-onnx 0.1.0 (the only release) requires
 transformers<4.58, and edgeexport needs transformers>=5.
@@ -18,11 +22,13 @@ transformers<4.58, and edgeexport needs transformers>=5.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,31 +75,42 @@ def time_ours(generator: Generator, ids: np.ndarray, new_tokens: int) -> tuple[l
     return output.tokens[0].tolist(), output.tokens_per_s, output.first_token_s
 
 
-def run(*, prompt_tokens: int, new_tokens: int, repeats: int, threads: int, out: Path) -> dict:
+ARTIFACTS = {"onnxruntime-fp32": ("onnx", "fp32"), "onnxruntime-int8-weights": ("onnx", "int8-weights"),
+             "openvino-fp32": ("openvino", "fp32"), "openvino-int8-weights": ("openvino", "int8-weights")}
+EAGER = "pytorch eager generate()"
+Timing = tuple[list[int], float, float]
+
+
+def run(*, prompt_tokens: int, new_tokens: int, repeats: int, threads: int, backends: list[str], out: Path) -> dict:
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = convert("gpt2", task="causal-lm-with-past", preset="full", output_dir=Path(tmp) / "gpt2",
-                         validate=False)
-        model = result.reference.module.model
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        results = {label: convert("gpt2", task="causal-lm-with-past", preset="full", target=ARTIFACTS[label][0],
+                                  precision=ARTIFACTS[label][1], output_dir=Path(tmp) / label, validate=False)
+                   for label in backends}
+        model = next(iter(results.values())).reference.module.model
         ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, prompt_tokens))
-        timings: dict[str, list[tuple[list[int], float, float]]] = {"pytorch eager generate()": [],
-                                                                   "edgeexport on onnxruntime": []}
-        with Generator.load(result.artifact, threads=threads) as generator:
-            calls = {"pytorch eager generate()": lambda: time_pytorch(model, ids, new_tokens),
-                     "edgeexport on onnxruntime": lambda: time_ours(generator, ids, new_tokens)}
-            for call in calls.values():
-                call()  # warm-up
-            for _ in range(repeats):  # interleaved, so load on the shared machine hits both alike
-                for label, call in calls.items():
-                    timings[label].append(call())
+        calls: dict[str, Callable[[], Timing]] = {EAGER: lambda: time_pytorch(model, ids, new_tokens)}
+        for label, result in results.items():
+            generator = stack.enter_context(Generator.load(result.artifact, threads=threads))
+            calls[label] = lambda generator=generator: time_ours(generator, ids, new_tokens)
+        for call in calls.values():
+            call()  # warm-up
+        timings: dict[str, list[Timing]] = {label: [] for label in calls}
+        for _ in range(repeats):
+            for label, call in calls.items():
+                timings[label].append(call())
+    expected = timings[EAGER][0][0]
     rows = [{"backend": label, "tokens_per_s": statistics.median(t[1] for t in runs),
-             "first_token_ms": statistics.median(t[2] for t in runs) * 1e3, "runs": len(runs)}
+             "first_token_ms": statistics.median(t[2] for t in runs) * 1e3, "runs": len(runs),
+             "same_tokens": min(sum(a == b for a, b in zip(t[0], expected)) for t in runs)}
             for label, runs in timings.items()]
+    base = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / base
     report = {
         "model": "gpt2 (124M, full preset, random weights)", "machine": platform.processor() or platform.machine(),
         "threads": threads, "torch": torch.__version__, "batch": 1, "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens, "rows": rows, "speedup": rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"],
-        "same_tokens": all(a[0] == b[0] for a, b in zip(*timings.values())),
+        "new_tokens": new_tokens, "rows": rows,
         "optimum": "not installable: optimum-onnx 0.1.0 requires transformers<4.58; edgeexport needs transformers>=5",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,15 +121,14 @@ def run(*, prompt_tokens: int, new_tokens: int, repeats: int, threads: int, out:
 def show(report: dict) -> None:
     table = Table(title=f"greedy generation, GPT-2 124M, batch 1, {report['prompt_tokens']}-token prompt, "
                         f"{report['new_tokens']} new tokens, {report['threads']} threads (medians)")
-    for column in ("backend", "tokens/s", "first token ms", "speed-up"):
+    for column in ("backend", "tokens/s", "first token ms", "speed-up", "tokens = PyTorch's"):
         table.add_column(column, justify="left" if column == "backend" else "right")
-    base = report["rows"][0]["tokens_per_s"]
     for row in report["rows"]:
         table.add_row(row["backend"], f"{row['tokens_per_s']:.1f}", f"{row['first_token_ms']:.1f}",
-                      f"{row['tokens_per_s'] / base:.2f}x")
+                      f"{row['speedup']:.2f}x", f"{row['same_tokens']}/{report['new_tokens']}")
     console = Console(width=140)
     console.print(table)
-    console.print(f"same tokens: {report['same_tokens']}; optimum: {report['optimum']}")
+    console.print(f"optimum: {report['optimum']}")
 
 
 def main() -> None:
@@ -121,10 +137,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", choices=list(ARTIFACTS), default=list(ARTIFACTS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generation.json")
     args = parser.parse_args()
     show(run(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads,
-             out=args.out))
+             backends=args.backends, out=args.out))
 
 
 if __name__ == "__main__":

@@ -342,14 +342,17 @@ def save_golden(folder: Path, case: str, axes: dict[str, int], inputs: Mapping[s
     (folder / GOLDEN_DIR).mkdir(exist_ok=True)
     golden = GoldenCase(name=case, axes=dict(axes), inputs=f"{GOLDEN_DIR}/{case}_inputs.npz",
                         outputs=f"{GOLDEN_DIR}/{case}_outputs.npz")
-    _save_npz(folder / golden.inputs, inputs)
-    _save_npz(folder / golden.outputs, outputs)
+    save_npz(folder / golden.inputs, inputs)
+    save_npz(folder / golden.outputs, outputs)
     return golden
 
 
-def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    # np.savez stamps zip entries with the current time; write entries ourselves with a fixed
-    # date so that converting the same model twice gives byte-identical golden files.
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` that ``np.load`` reads, byte-identical for equal arrays.
+
+    np.savez stamps zip entries with the current time; the entries are written here with a
+    fixed date so that converting the same model twice gives byte-identical golden files.
+    """
     import io
     import zipfile
 

@@ -79,6 +79,7 @@ def list_command() -> None:
     from edgeexport.exporters import get_exporter, targets
     from edgeexport.reference.specs import PRESETS, SPECS
     from edgeexport.reference.tasks import supported_tasks
+    from edgeexport.runtimes import runtime_module
 
     models = Table(title="models")
     for column in ("model", "tasks (default first)", "presets"):
@@ -87,14 +88,16 @@ def list_command() -> None:
         models.add_row(name, ", ".join(supported_tasks(spec.tasks)), ", ".join(PRESETS))
     console.print(models)
     table = Table(title="targets")
-    for column in ("target", "runtime", "precisions", "installed"):
+    for column in ("target", "runtime", "precisions", "converts here", "runs here"):
         table.add_column(column)
     for target in targets():
         exporter = get_exporter(target)
         missing = [m for m in exporter.requires if importlib.util.find_spec(m) is None]
-        state = Text("yes", "green") if not missing else Text.assemble(("no", "yellow"),
-                                                                       f" (pip install 'edgeexport[{target}]')")
-        table.add_row(target, exporter.runtime, ", ".join(exporter.precisions), state)
+        converts = Text("yes", "green") if not missing else Text.assemble(("no", "yellow"),
+                                                                          f" (pip install 'edgeexport[{target}]')")
+        runs = runtime_module(exporter.runtime).RUNNER.runs_here()
+        table.add_row(target, exporter.runtime, ", ".join(exporter.precisions), converts,
+                      Text(runs, "green" if runs == "yes" else "yellow"))
     console.print(table)
 
 

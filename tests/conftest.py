@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,17 @@ def artifact_copy(bert_artifact: ConversionResult, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(bert_artifact.artifact, target)
     return target
+
+
+def _validate_without_torch(artifact: Path) -> subprocess.CompletedProcess[str]:
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+              "from edgeexport.cli import main\n"
+              f"sys.argv = ['edgeexport', 'validate', {str(artifact)!r}]\nmain()")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def validate_without_torch() -> Callable[[Path], subprocess.CompletedProcess[str]]:
+    """``validate_without_torch(artifact)``: ``edgeexport validate`` in a fresh interpreter where
+    importing torch or transformers fails, as on a device that has only the runtime."""
+    return _validate_without_torch

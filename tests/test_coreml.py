@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +119,10 @@ def test_validate_inspect_and_bench_on_linux_say_interpreter(bert: Path) -> None
         assert row.label == "coreml (MIL reference interpreter, fp16)"
 
 
-def test_validate_runs_without_torch(bert: Path) -> None:
+def test_validate_runs_without_torch(bert: Path,
+                                     validate_without_torch: Callable[[Path], subprocess.CompletedProcess[str]]) -> None:
     """The device side needs coremltools, not torch."""
-    script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-              "from edgeexport.cli import main\n"
-              f"sys.argv = ['edgeexport', 'validate', {str(bert)!r}]\nmain()")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = validate_without_torch(bert)
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout
 

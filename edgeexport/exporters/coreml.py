@@ -78,7 +78,7 @@ class CoreMLStrategy(onnx_target.CaptureStrategy):
         try:
             source = self._trace(reference, args)
         except Exception as exc:
-            raise CaptureError(f"stage 1/4 ({self.name}) failed for {reference.name}: {onnx_target._describe(exc)}; "
+            raise CaptureError(f"stage 1/4 ({self.name}) failed for {reference.name}: {onnx_target.describe_exception(exc)}; "
                                "make the failing code traceable") from exc
         with _quiet_coremltools() as errors:
             try:
@@ -238,7 +238,7 @@ def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceM
     later names a MIL variable (``Layer "x_1"``), the name of the node that produced it. The node
     is then looked up in the captured graph.
     """
-    cause = onnx_target._describe(exc).rstrip(". ")
+    cause = onnx_target.describe_exception(exc).rstrip(". ")
     name = _failing_node_name(exc, errors)
     located = _node(reference, source, name) if name else None
     if located is None:
@@ -280,7 +280,7 @@ def _traced_origin(reference: ReferenceModel, node: torch.Node) -> onnx_target.N
     except AttributeError:
         module_class = "unknown class"
     source = next(iter(node.sourceRange().splitlines()), "").strip()
-    return onnx_target.NodeOrigin(module=onnx_target._module_path(path), module_class=module_class, source=source)
+    return onnx_target.NodeOrigin(module=onnx_target.module_path(path), module_class=module_class, source=source)
 
 
 class CoreMLExporter(Exporter):

@@ -95,7 +95,7 @@ def trace_inputs(reference: ReferenceModel) -> tuple[torch.Tensor, ...]:
 def export_context() -> Iterator[None]:
     """Quiet export with SDPA's math kernel: T5's and Swin's float attention bias otherwise fail
     in decomposition ("Cannot view a tensor ..."); parity is unaffected."""
-    with _quiet(), sdpa_kernel([SDPBackend.MATH]):
+    with quiet(), sdpa_kernel([SDPBackend.MATH]):
         yield
 
 
@@ -114,7 +114,7 @@ def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], ops
         program = torch.export.export(reference.module, args, dynamic_shapes=(unnamed,) if any(named) else None,
                                       strict=False)
     except Exception as exc:
-        raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {_describe(exc)}; "
+        raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {describe_exception(exc)}; "
                            "make the failing code traceable or try the TorchScript exporter") from exc
     try:
         return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=reference.input_names,
@@ -168,11 +168,11 @@ def node_origin(node: torch.fx.Node) -> NodeOrigin:
     if outside:
         last = outside[-1]
         source = trace[last] + (f": {trace[last + 1]}" if last + 1 < len(trace) else "")
-    return NodeOrigin(module=_module_path(path), module_class=kind if isinstance(kind, str) else kind.__qualname__,
+    return NodeOrigin(module=module_path(path), module_class=kind if isinstance(kind, str) else kind.__qualname__,
                       source=source)
 
 
-def _module_path(path: str) -> str:
+def module_path(path: str) -> str:
     """``L['self'].block.attn`` or ``model.block.attn`` -> ``block.attn`` (top level shows as ``<root>``)."""
     cleaned = re.sub(r"^L\['self'\]\.?", "", path)
     cleaned = re.sub(r"\._modules\['([^']+)'\]", r".\1", cleaned).lstrip(".")
@@ -207,7 +207,7 @@ NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "o
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence torch.onnx/onnxscript progress prints, warnings and log chatter; failures still raise."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(None), logger_levels(NOISY_LOGGERS, logging.ERROR):
         warnings.simplefilter("ignore")
@@ -227,19 +227,19 @@ def capture(reference: ReferenceModel, *, opset: int | None,
         result = strategy(reference, opset)
         if result.model is not None:
             info = {"strategy": result.strategy,
-                    "fallback_reason": _describe(failures[0].exception) if failures else None}
+                    "fallback_reason": describe_exception(failures[0].exception) if failures else None}
             return result.model, info
         failures.append(result)
     first = failures[0]
     tried = ", ".join(f.strategy for f in failures)
     if isinstance(first.exception, (CaptureError, ConversionError)):
         raise type(first.exception)(f"{first.exception} (strategies tried: {tried})") from first.exception
-    raise CaptureError(f"stage 1/4 (capture) failed for {reference.name}: {first.strategy}: {_describe(first.exception)}; "
+    raise CaptureError(f"stage 1/4 (capture) failed for {reference.name}: {first.strategy}: {describe_exception(first.exception)}; "
                        f"strategies tried: {tried}. Next steps: simplify the failing module or report the op"
                        ) from first.exception
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe_exception(exc: BaseException | None) -> str:
     """First line of the root cause of ``exc`` (torch wraps the useful message in several layers)."""
     if exc is None:
         return ""
@@ -258,7 +258,7 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ConversionError(f"stage 3/4 (onnx checker) failed: {_describe(exc)}") from exc
+        raise ConversionError(f"stage 3/4 (onnx checker) failed: {describe_exception(exc)}") from exc
     return model
 
 
@@ -266,7 +266,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constants and fuse patterns with onnxslim (returns a new model)."""
     import onnxslim
 
-    with _quiet():
+    with quiet():
         return onnxslim.slim(model)
 
 
@@ -274,7 +274,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet():
+    with quiet():
         return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
 
 

@@ -72,7 +72,7 @@ class ConvertStrategy(ABC):
 
     def __call__(self, reference: ReferenceModel, opset: int | None) -> ConvertResult:
         try:
-            with onnx_target._quiet():
+            with onnx_target.quiet():
                 model, details = self._convert(reference, opset)
             return ConvertResult(self.name, model=model, details=details)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
@@ -150,7 +150,7 @@ def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> st
     """One line for a failed conversion: the ops OpenVINO could not convert and their modules, else the error."""
     ops = sorted(set(FRONTEND_OP.findall(str(exc))) - IGNORED_OPS)
     if not ops:
-        return onnx_target._describe(exc)
+        return onnx_target.describe_exception(exc)
     modules = modules_using(reference, set(ops))
     return "no OpenVINO conversion for " + ", ".join(
         f"{op} (in {modules[op]})" if op in modules else op for op in ops)
@@ -162,7 +162,7 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
     Paths are relative to the user's model: the wrapper's own attribute is dropped.
     """
     try:
-        with onnx_target._quiet():
+        with onnx_target.quiet():
             traced = torch.jit.trace(reference.module, example_args(reference), check_trace=False, strict=False)
     except Exception:  # noqa: BLE001 - locating is best effort; the op name alone still goes out
         logger.debug("could not trace %s to locate %s", reference.name, ops, exc_info=True)
@@ -286,7 +286,7 @@ class OpenVinoExporter(Exporter):
         name_tensors(model, reference)
         passes = []
         if precision in COMPRESSORS:
-            with onnx_target._quiet(), _nncf_warnings_only():
+            with onnx_target.quiet(), _nncf_warnings_only():
                 model, applied = COMPRESSORS[precision](model, reference)
             passes.append(applied)
         number_ops(model)

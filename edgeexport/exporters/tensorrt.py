@@ -22,7 +22,7 @@ from typing import Any
 
 import onnx
 
-from edgeexport.artifact import Tolerance, _save_npz
+from edgeexport.artifact import Tolerance, save_npz
 from edgeexport.errors import ConversionError, EdgeExportError
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.exporters.base import Exporter, ExportResult
@@ -80,7 +80,7 @@ def write_calibration(folder: Path, reference: ReferenceModel, plan: BuildPlan) 
     (folder / CALIBRATION_DIR).mkdir()
     files = [f"{CALIBRATION_DIR}/batch_{i:03d}.npz" for i in range(CALIBRATION_BATCHES)]
     for i, relative in enumerate(files):
-        _save_npz(folder / relative, reference.make_inputs(sizes, seed=CALIBRATION_SEED + i))
+        save_npz(folder / relative, reference.make_inputs(sizes, seed=CALIBRATION_SEED + i))
     return files
 
 

@@ -39,11 +39,25 @@ class Runner(ABC):
         self._active = False
 
     @classmethod
+    def missing_packages(cls) -> list[str]:
+        """The packages of ``requires`` that are not installed."""
+        return [name for name in cls.requires if importlib.util.find_spec(name) is None]
+
+    @classmethod
+    def install_hint(cls) -> str:
+        return f"pip install 'edgeexport[{cls.extra}]'" if cls.extra else "pip install edgeexport"
+
+    @classmethod
     def check_available(cls) -> None:
-        missing = [name for name in cls.requires if importlib.util.find_spec(name) is None]
+        missing = cls.missing_packages()
         if missing:
-            extra = f"edgeexport[{cls.extra}]" if cls.extra else "edgeexport"
-            raise MissingBackendError(f"runtime {cls.name!r} needs {', '.join(missing)}; install it with: pip install '{extra}'")
+            raise MissingBackendError(f"runtime {cls.name!r} needs {', '.join(missing)}; "
+                                      f"install it with: {cls.install_hint()}")
+
+    @classmethod
+    def runs_here(cls) -> str:
+        """Whether (and how) this machine runs the runtime's artifacts, for ``edgeexport list``."""
+        return f"no ({cls.install_hint()})" if cls.missing_packages() else "yes"
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -47,6 +47,12 @@ class CoreMLRunner(Runner):
     extra = "coreml"
     label = "Core ML" if ON_MACOS else "MIL reference interpreter"
 
+    @classmethod
+    def runs_here(cls) -> str:
+        if cls.missing_packages() or ON_MACOS:
+            return super().runs_here()
+        return "MIL reference interpreter (Core ML needs macOS)"
+
     def __init__(self, artifact: Artifact, *, compute_units: str = "all", threads: int = 0) -> None:
         super().__init__(artifact)
         if compute_units not in COMPUTE_UNITS:

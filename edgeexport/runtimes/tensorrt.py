@@ -19,6 +19,7 @@ None of the engine path ever ran on a GPU in this project's CI.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -53,6 +54,12 @@ class TensorrtRunner(Runner):
     name = "tensorrt"
     extra = "tensorrt"
     label = "tensorrt"
+
+    @classmethod
+    def runs_here(cls) -> str:
+        if importlib.util.find_spec("tensorrt") is not None:
+            return "yes (engines need an NVIDIA GPU)"
+        return f"ONNX inside only, on onnxruntime (engines: {cls.install_hint()} on an NVIDIA GPU)"
 
     def __init__(self, artifact: Artifact, *, execution: str = "auto", providers: list[str] | None = None,
                  threads: int = 0) -> None:

@@ -1,6 +1,6 @@
 """PyTorch eager vs onnxruntime vs OpenVINO fp32 vs OpenVINO int8, full presets, side by side in one run.
 
-Usage: python benchmarks/openvino.py [--models bert vit] [--iterations 20] [--rounds 3] [--threads 2]
+Usage: python benchmarks/latency_openvino.py [--models bert vit] [--iterations 20] [--rounds 3] [--threads 2]
 
 Each model is built at its published size (random weights, seeded) and converted to ONNX
 (fp32), OpenVINO fp32 and OpenVINO int8 (nncf post-training quantization); the OpenVINO
@@ -9,7 +9,7 @@ at sequence 128, ViT-base 224x224) with the same thread count (torch.set_num_thr
 onnxruntime intra-op threads, OpenVINO INFERENCE_NUM_THREADS with the latency hint). The
 backends are timed in ``--rounds`` interleaved rounds, so load on the shared machine hits all
 of them alike; the table shows the median round's p50. Prints a table and writes
-benchmarks/results/openvino.json. Report ratios, not lone times: the machines are shared.
+benchmarks/results/latency_openvino.json. Report ratios, not lone times: the machines are shared.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "openvino.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency_openvino.json")
     args = parser.parse_args()
     show(run(args.models, iterations=args.iterations, rounds=args.rounds, threads=args.threads, out=args.out))
 
