@@ -48,7 +48,7 @@ def assert_one_line(code: int, out: str, err: str, expected: str, *, exit_code: 
                                       "sequence-classification, token-classification, question-answering"),
     (["bert", "--target", "tflite"], "error: unknown target 'tflite'; choose one of: "
                                      + ", ".join(edgeexport.exporters.targets())),
-    (["bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; choose one of: fp32, fp16"),
+    (["bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; choose one of: fp32, fp16, int8-weights"),
     (["bert", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, full"),
     (["./no/such/folder"], "error: model folder './no/such/folder' does not exist; pass a zoo name, a save_pretrained "
                            "folder or a hub id"),
@@ -160,8 +160,11 @@ def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_sigint_during_convert_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out"
+    # A shell starts background jobs (CI scripts, nohup) with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal does.
     process = subprocess.Popen([sys.executable, "-m", "edgeexport", "convert", "t5", "-o", str(target)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
         assert process.poll() is None and time.monotonic() < deadline, "convert never started writing"
