@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -311,8 +312,11 @@ def staged_output(path: Path, *, force: bool) -> Iterator[Path]:
     """
     check_output_dir(path, force=force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    # Named before it is made (not tempfile.mkdtemp), so that an interrupt landing just after
+    # the folder is created, before mkdtemp would have returned its name, still removes it.
+    stage = path.parent / f".{path.name}.partial-{secrets.token_hex(6)}"
     try:
+        stage.mkdir(mode=0o700)
         yield stage
         _replace(stage, path)
     except OSError as exc:  # a full disk or a vanished folder: the user's environment, not a bug

@@ -48,6 +48,21 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupt_right_after_the_stage_is_made_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing between creating the stage folder and using it (seen in CI) still cleans up."""
+    make = Path.mkdir
+
+    def mkdir_then_interrupt(self: Path, *args: object, **kwargs: object) -> None:
+        make(self, *args, **kwargs)
+        if self.name.startswith(".out.partial-"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), staged_output(tmp_path / "out", force=False):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_staged_output_force_replaces_and_failure_keeps_old(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.mkdir()
