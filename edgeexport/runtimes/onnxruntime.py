@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -102,16 +104,28 @@ def check_external_data(artifact: Artifact) -> None:
     """Refuse a model whose external-data locations leave the artifact folder, before any weight is read.
 
     onnxruntime would otherwise open whatever path an (untrusted) model names, ``../../etc/passwd``
-    or an absolute path included.
+    or an absolute path included. Every external tensor names its file under the key
+    ``location``, stored verbatim in the protobuf, so a model file without those bytes has none
+    and is not parsed: parsing costs ~1.5 s on GPT-2's 500 MB at every session start, the scan 0.3 s.
     """
     import onnx
 
+    if not _contains(artifact.model_path, b"location"):
+        return
     model = onnx.load(str(artifact.model_path), load_external_data=False)
     model_dir = Path(artifact.manifest.model_file).parent
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             resolve_inside(artifact.path, str(model_dir / location))
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(needle) >= 0
 
 
 def describe(artifact: Artifact) -> dict[str, Any]:
