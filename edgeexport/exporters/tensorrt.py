@@ -29,7 +29,7 @@ from edgeexport.exporters.base import Exporter, ExportResult
 from edgeexport.reference.model import ReferenceModel
 from edgeexport.trt.cuda import unavailable_reason
 from edgeexport.trt.plan import CALIBRATION_DIR, BuildPlan, TensorrtOptions, parse_shapes, parse_size
-from edgeexport.trt.preflight import PreflightReport, preflight
+from edgeexport.trt.preflight import PreflightReport, preflight, with_modules
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str,
     """
     model = onnx.load(str(model_path), load_external_data=False)
     report = preflight(model)
-    if report.findings and exporter.get("strategy") == "dynamo":
-        report = preflight(model, origins=module_origins(reference, opset=exporter.get("opset")))
+    if not report.passed and exporter.get("strategy") == "dynamo":  # the modules serve the error message only
+        report = with_modules(report, model.graph, module_origins(reference, opset=exporter.get("opset")))
     if not report.passed:
         first = report.errors[0]
         raise ConversionError(f"stage 3/4 (TensorRT preflight) failed for {reference.name}: {first.describe()} "

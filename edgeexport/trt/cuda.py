@@ -7,6 +7,7 @@ a one-line :class:`DeviceError`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from types import ModuleType
@@ -21,6 +22,7 @@ INSTALL = "pip install 'edgeexport[tensorrt]'"
 CUDART_MODULES = ("cuda.bindings.runtime", "cuda.cudart")
 
 
+@functools.cache  # called for every CUDA call; a failed import is not cached by Python
 def cudart() -> ModuleType:
     """cuda-python's runtime module.
 
@@ -79,7 +81,6 @@ def unavailable_reason() -> str:
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt is not installed"
     try:
-        cudart()
         current_device()
     except MissingBackendError:
         return "cuda-python is not installed"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,11 +138,16 @@ def preflight(model: onnx.ModelProto, *, origins: Mapping[str, str] | None = Non
         findings.extend(_check_node(node, node_scope, table))
     findings.extend(_check_types(model.graph, scope, table))
     findings.extend(_check_int64(model.graph, scope, table))
-    origins = origins or {}
-    located = [_locate(f, model.graph, origins) for f in _unique(findings)]
     source = table["source"]
-    return PreflightReport(tensorrt=table["tensorrt"], nodes=nodes, findings=located,
-                           source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}")
+    report = PreflightReport(tensorrt=table["tensorrt"], nodes=nodes, findings=_unique(findings),
+                             source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}")
+    return with_modules(report, model.graph, origins) if origins else report
+
+
+def with_modules(report: PreflightReport, graph: onnx.GraphProto, origins: Mapping[str, str]) -> PreflightReport:
+    """The report with the PyTorch module of each finding's node, where ``origins`` knows it
+    (the checks are not run again)."""
+    return replace(report, findings=[_locate(f, graph, origins) for f in report.findings])
 
 
 def _scope(graph: onnx.GraphProto, outer: _Scope) -> _Scope:
@@ -387,7 +392,7 @@ def preflight_artifact(folder: str | Path, *, target: str = "tensorrt", locate: 
     model = onnx.load(str(artifact.file(onnx_file(artifact.manifest))), load_external_data=False)
     report = preflight(model)
     if locate and report.findings:
-        report = preflight(model, origins=_artifact_origins(artifact))
+        report = with_modules(report, model.graph, _artifact_origins(artifact))
     return report
 
 
