@@ -200,7 +200,7 @@ def run_combination(combination: Combination) -> CellResult:
     errors = [o.max_abs for case in report.cases for o in case.outputs if math.isfinite(o.max_abs)]
     run = RunReport.create("validate", result.artifact, result.manifest, gate=Gate(), parity=report)
     exporter = result.manifest.exporter
-    return CellResult(combination, "passed" if report.passed else "failed", failures=report.failures(),
+    return CellResult(combination, "passed" if report.passed else "failed", failures=run.failures,
                       max_abs=max(errors) if errors else None,
                       exporter="/".join(str(exporter[k]) for k in ("name", "strategy") if exporter.get(k)),
                       seconds=time.perf_counter() - start, report=run.to_dict())

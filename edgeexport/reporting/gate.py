@@ -99,7 +99,7 @@ class Gate:
         return [*(parity.failures() if parity is not None and self.fail_on == "any" else []), *regressions]
 
     def _parity_checks(self, parity: ParityReport | None) -> list[BaselineCheck]:
-        if parity is None or not self.baseline or not self.baseline.get("parity"):
+        if parity is None or not self.baseline.get("parity"):
             return []
         cases = {c.get("case"): c for c in self.baseline["parity"].get("cases") or []}
         return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
@@ -124,7 +124,7 @@ class Gate:
         return checks
 
     def _latency_checks(self, latency: list[LatencyStats]) -> list[BaselineCheck]:
-        base = {row.get("label"): row.get("p50_ms") for row in (self.baseline or {}).get("latency") or []}
+        base = {row.get("label"): row.get("p50_ms") for row in self.baseline.get("latency") or []}
         checks = []
         for stats in latency:
             if not isinstance(base.get(stats.label), (int, float)):
