@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from coremltools.converters.mil.mil import types  # module level: _assign runs for every op output
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeexport.errors import ArtifactError, MissingBackendError
@@ -156,15 +157,11 @@ def _run(op: Any) -> None:
 
 
 def _numpy_dtype(var: Any) -> type:
-    from coremltools.converters.mil.mil import types
-
     return types.nptype_from_builtin(var.dtype)
 
 
 def _assign(var: Any, value: Any) -> None:
     """Give ``var`` a concrete value (rounded to fp16 and held as fp32 where declared fp16) and shape."""
-    from coremltools.converters.mil.mil import types
-
     dtype = _numpy_dtype(var)
     array = np.asarray(value)
     if dtype == np.float16:
@@ -180,8 +177,6 @@ def _assign(var: Any, value: Any) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _tensor_type(builtin: type, shape: tuple[int, ...]) -> type:
-    from coremltools.converters.mil.mil import types
-
     return types.tensor(builtin, shape)
 
 
