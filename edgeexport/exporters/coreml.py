@@ -36,6 +36,7 @@ from edgeexport.artifact import Tolerance
 from edgeexport.errors import CaptureError, ConversionError, UsageError
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.logs import logger_levels
 from edgeexport.reference.model import ReferenceModel
 
 if TYPE_CHECKING:
@@ -108,11 +109,7 @@ class ExportStrategy(CoreMLStrategy):
     name = "torch.export"
 
     def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-        named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
-        dims = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
-        program = torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(named) else None,
-                                      strict=False)
-        return program.run_decompositions({})
+        return onnx_target.export_program(reference, args).run_decompositions({})
 
 
 STRATEGIES: tuple[type[CoreMLStrategy], ...] = (TraceStrategy, ExportStrategy)
@@ -217,16 +214,14 @@ def _quiet_coremltools() -> Iterator[list[str]]:
     """Silence coremltools' progress bars (stderr) and log lines; yield the error messages it logs."""
     logger = logging.getLogger("coremltools")
     records = _Records()
-    level, propagate = logger.level, logger.propagate
+    propagate = logger.propagate
     logger.addHandler(records)
-    logger.setLevel(logging.ERROR)
     logger.propagate = False
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with logger_levels([logger.name], logging.ERROR), contextlib.redirect_stderr(io.StringIO()):
             yield records.messages
     finally:
         logger.removeHandler(records)
-        logger.setLevel(level)
         logger.propagate = propagate
 
 
@@ -244,8 +239,7 @@ def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceM
     if located is None:
         return f"{cause}. Next steps: report it with the model and the coremltools version"
     op, origin = located
-    where = f"module '{origin.module}' ({origin.module_class})" + (f" at {origin.source}" if origin.source else "")
-    return (f"{cause} (op {op}, produced by {where}). Next steps: replace the op in that module, or register a "
+    return (f"{cause} (op {op}, produced by {origin.describe()}). Next steps: replace the op in that module, or register a "
             "converter with coremltools' register_torch_op (see edgeexport/exporters/coreml_fixes.py)")
 
 

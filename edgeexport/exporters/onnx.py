@@ -106,13 +106,10 @@ def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], ops
         CaptureError: torch.export failed.
         ConversionError: translation failed; the message names the op and its module.
     """
-    # The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
-    # torch.export takes Dim.DYNAMIC; torch.onnx.export then renames those axes to our names.
+    # torch.export takes Dim.DYNAMIC (export_program); torch.onnx.export then renames those axes to our names.
     named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
-    unnamed = tuple({i: torch.export.Dim.DYNAMIC for i in axes} if axes else None for axes in named)
     try:
-        program = torch.export.export(reference.module, args, dynamic_shapes=(unnamed,) if any(named) else None,
-                                      strict=False)
+        program = export_program(reference, args)
     except Exception as exc:
         raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {describe_exception(exc)}; "
                            "make the failing code traceable or try the TorchScript exporter") from exc
@@ -123,6 +120,16 @@ def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], ops
     except Exception as exc:
         raise ConversionError(f"stage 2/4 (translate to ONNX) failed for {reference.name}: "
                               f"{_locate_failure(exc, program)}") from exc
+
+
+def export_program(reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """``torch.export`` (non-strict) of the wrapper, every dynamic axis as ``Dim.DYNAMIC``.
+
+    The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
+    """
+    axes = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
+    dims = tuple({i: torch.export.Dim.DYNAMIC for i in named} if named else None for named in axes)
+    return torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(axes) else None, strict=False)
 
 
 def decomposed_program(reference: ReferenceModel, *, opset: int | None = None) -> torch.export.ExportedProgram:
@@ -142,7 +149,7 @@ def _locate_failure(exc: BaseException, program: torch.export.ExportedProgram) -
     where = "an unknown module"
     if node is not None:
         origin = node_origin(node)
-        where = f"module '{origin.module}' ({origin.module_class})" + (f" at {origin.source}" if origin.source else "")
+        where = origin.describe()
     return (f"no ONNX translation for op {op_name}, produced by {where}. Next steps: replace the op in that module, "
             "or register an onnxscript function for it")
 
@@ -154,6 +161,10 @@ class NodeOrigin:
     module: str
     module_class: str
     source: str
+
+    def describe(self) -> str:
+        """``module 'path' (Class) at File "...", line N: code`` (the source part when known)."""
+        return f"module '{self.module}' ({self.module_class})" + (f" at {self.source}" if self.source else "")
 
 
 def node_origin(node: torch.fx.Node) -> NodeOrigin:
