@@ -42,6 +42,11 @@ TOOL_PACKAGES = (
 )
 
 
+def axis_size(dim: str, axes: Mapping[str, int]) -> int:
+    """Size of a dynamic dim: an axis name, or a sum of axis names such as ``past_sequence+sequence``."""
+    return sum(axes[term] for term in dim.split("+"))
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One named model input or output. ``shape`` holds ints for fixed dims, axis names for dynamic ones."""
@@ -351,6 +356,12 @@ def save_golden(folder: Path, case: str, axes: dict[str, int], inputs: Mapping[s
     return golden
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by :func:`save_npz` (pickled objects refused)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` that ``np.load`` reads, byte-identical for equal arrays.
 
@@ -443,7 +454,6 @@ class Artifact:
 
     def _load_npz(self, relative: str) -> dict[str, np.ndarray]:
         try:
-            with np.load(self.file(relative), allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+            return load_npz(self.file(relative))
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"golden file {relative!r} cannot be read ({exc}); the artifact is corrupt") from None

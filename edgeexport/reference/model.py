@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeexport.artifact import TensorSpec, Tolerance
+from edgeexport.artifact import TensorSpec, Tolerance, axis_size
 from edgeexport.errors import InputSpecError
 from edgeexport.reference.specs import InputSpec
 
@@ -162,6 +162,3 @@ class ReferenceModel:
         return specs
 
 
-def axis_size(dim: str, axes: Mapping[str, int]) -> int:
-    """Size of a dynamic dim: an axis name, or a sum of axis names such as ``past_sequence+sequence``."""
-    return sum(axes[term] for term in dim.split("+"))

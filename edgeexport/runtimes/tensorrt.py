@@ -108,9 +108,13 @@ class TensorrtRunner(Runner):
 def onnx_runner(artifact: Artifact, options: TensorrtOptions, *, providers: list[str] | None,
                 threads: int) -> OnnxruntimeRunner:
     """An onnxruntime runner of the artifact's ``model.onnx``, with TensorRT EP options from the build plan."""
-    view = Artifact(path=artifact.path, manifest=replace(artifact.manifest, model_file=options.onnx_file))
-    return OnnxruntimeRunner(view, threads=threads, providers=providers,
+    return OnnxruntimeRunner(onnx_view(artifact, options), threads=threads, providers=providers,
                              provider_options={TENSORRT_PROVIDERS[0]: provider_options(options.build)})
+
+
+def onnx_view(artifact: Artifact, options: TensorrtOptions) -> Artifact:
+    """The artifact seen as its ONNX model (``model_file`` = the plan's ONNX file)."""
+    return Artifact(path=artifact.path, manifest=replace(artifact.manifest, model_file=options.onnx_file))
 
 
 def provider_options(plan: BuildPlan) -> dict[str, str]:
@@ -182,8 +186,7 @@ class EngineSession:
 def describe(artifact: Artifact) -> dict[str, Any]:
     """The ONNX model's op histogram and parameters, plus the build plan and the engine (if built)."""
     options = TensorrtOptions.of(artifact.manifest)
-    view = Artifact(path=artifact.path, manifest=replace(artifact.manifest, model_file=options.onnx_file))
-    return {**describe_onnx(view), "build": options.build.to_dict(),
+    return {**describe_onnx(onnx_view(artifact, options)), "build": options.build.to_dict(),
             "engine": options.engine.to_dict() if options.engine else None}
 
 

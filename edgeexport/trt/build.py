@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeexport.artifact import Manifest, staged_output, write_manifest
+from edgeexport.artifact import Manifest, load_npz, staged_output, write_manifest
 from edgeexport.errors import ConversionError
 from edgeexport.trt import cuda
 from edgeexport.trt.plan import ENGINE_FILE, BuildPlan, EngineInfo, TensorrtOptions
@@ -63,7 +63,7 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
     start = time.perf_counter()
     with cuda.DeviceBuffers() if plan.precision == "int8" else contextlib.nullcontext() as buffers:
         if buffers is not None:
-            attach_calibrator(trt, builder, config, [_load_npz(folder / f) for f in plan.calibration], buffers)
+            attach_calibrator(trt, builder, config, [load_npz(folder / f) for f in plan.calibration], buffers)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ConversionError(f"stage 3/3 (TensorRT build) failed: {trt_logger.first_error or 'no engine returned'}. "
@@ -156,11 +156,6 @@ def parser_errors(parser: Any) -> str:
     node = f"node {error.node_name()} ({error.node_operator()}): " if error.node() >= 0 else ""
     more = f" (and {parser.num_errors - 1} more)" if parser.num_errors > 1 else ""
     return f"{node}{error.desc()}{more}"
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
 
 
 def build_artifact(folder: str | Path, *, shapes: Sequence[str] | None = None,

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from edgeexport.artifact import Manifest, TensorSpec
+from edgeexport.artifact import Manifest, TensorSpec, axis_size
 from edgeexport.errors import ArtifactError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,6 @@ def parse_size(size: int | str | None) -> int | None:
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
-def dim_size(dim: str, axes: Mapping[str, int]) -> int:
-    """Size of a dynamic dim: an axis name or a sum of axis names (``past_sequence+sequence``)."""
-    return sum(axes[term] for term in dim.split("+"))
-
-
 def axis_ranges(inputs: Sequence[TensorSpec], cases: Sequence[Mapping[str, int]],
                 overrides: Mapping[str, AxisRange] | None = None) -> dict[str, AxisRange]:
     """Min/opt/max of every dynamic axis of ``inputs``.
@@ -108,7 +103,7 @@ def input_profile(inputs: Sequence[TensorSpec], ranges: Mapping[str, AxisRange])
         shapes: dict[str, list[int]] = {}
         for i, key in enumerate(("min", "opt", "max")):
             sizes = {axis: r[i] for axis, r in ranges.items()}
-            shapes[key] = [dim_size(d, sizes) if isinstance(d, str) else d for d in spec.shape]
+            shapes[key] = [axis_size(d, sizes) if isinstance(d, str) else d for d in spec.shape]
         profile[spec.name] = shapes
     return profile
 
