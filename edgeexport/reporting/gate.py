@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeexport.errors import UsageError
 from edgeexport.reporting.document import load_report
+from edgeexport.validation.metrics import json_ready
 from edgeexport.validation.report import Row, format_number
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class BaselineCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (non-finite floats as None)."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return json_ready(asdict(self))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def _localization(loc: Localization) -> str:
 
 
 def _latency(report: RunReport) -> str:
-    table = _table(LATENCY_COLUMNS, (Row(cells, True) for cells in latency_rows(report.latency)),
+    table = _table(LATENCY_COLUMNS, latency_rows(report.latency),
                    numeric=LATENCY_COLUMNS[1:])
     series = [(s.label, np.asarray(s.samples_ms)) for s in report.latency if s.samples_ms]
     plot = svg.strip(series, title="latency per run", xlabel="milliseconds per call") if series else ""

@@ -21,7 +21,7 @@ def render(report: RunReport) -> str:
     if report.localization is not None:
         lines += ["### Divergence localization", "", escape(report.localization.describe()), ""]
     if report.latency:
-        rows = [Row(cells, True) for cells in latency_rows(report.latency)]
+        rows = latency_rows(report.latency)
         lines += ["### Latency (same inputs, after warm-up)", "", *table(LATENCY_COLUMNS, rows)]
     if report.checks is not None:
         lines += ["### Against the baseline", "", *table(BASELINE_COLUMNS, baseline_rows(report.checks))]

@@ -63,7 +63,12 @@ class OutputComparison:
     def to_dict(self) -> dict[str, Any]:
         """The metrics as JSON-ready values (non-finite floats as None); the sample is left out."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sample"}
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
+        return json_ready(values)
+
+
+def json_ready(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with non-finite floats (NaN, inf) as None, which JSON cannot hold."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
 
 
 def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol: float, rtol: float,
