@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeexport import interrupts
 from edgeexport.errors import ArtifactError, OutputDirError
 
 SCHEMA_VERSION = 1
@@ -312,8 +313,9 @@ def _writable(folder: Path) -> bool:
 def staged_output(path: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` atomically.
 
-    On any exception (KeyboardInterrupt included) the temporary folder is removed and ``path``
-    is left exactly as it was.
+    On any exception (KeyboardInterrupt included), or when Ctrl-C was pressed but its exception
+    was swallowed (:mod:`edgeexport.interrupts`), the temporary folder is removed and ``path`` is
+    left exactly as it was.
     """
     check_output_dir(path, force=force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +325,7 @@ def staged_output(path: Path, *, force: bool) -> Iterator[Path]:
     try:
         stage.mkdir(mode=0o700)
         yield stage
+        interrupts.raise_if_requested()
         _replace(stage, path)
     except OSError as exc:  # a full disk or a vanished folder: the user's environment, not a bug
         raise OutputDirError(f"writing {str(path)!r} failed: {exc.strerror or exc}; nothing was written") from exc

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgeexport import interrupts
 from edgeexport.errors import EdgeExportError
 from edgeexport.reporting.gate import DEFAULT_LATENCY_MARGIN_PCT, DEFAULT_PARITY_MARGIN
 
@@ -50,12 +51,16 @@ def _one_line_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with interrupts.recorded():
+                result = command(*args, **kwargs)
+                if interrupts.requested():  # its KeyboardInterrupt was swallowed (a __del__), the work went on
+                    raise KeyboardInterrupt("Ctrl-C came as the command finished; its output above is complete")
+                return result
         except EdgeExportError as exc:
             errors.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            errors.print(Text.assemble(("interrupted", "red"), ": nothing was written"), highlight=False)
+        except KeyboardInterrupt as exc:
+            errors.print(Text.assemble(("interrupted", "red"), f": {str(exc) or 'nothing was written'}"), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

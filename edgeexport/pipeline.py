@@ -105,7 +105,10 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     report = None
     if validate:
         say("checking parity against PyTorch")
-        report = check_parity(folder, reference)
+        try:
+            report = check_parity(folder, reference)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{str(folder)!r} was written; its parity was not checked") from None
     return ConversionResult(artifact=folder, manifest=manifests.get("decoder", manifests.get("")), report=report,
                             reference=reference, components={r: m for r, m in manifests.items() if r})
 

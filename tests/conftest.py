@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,24 @@ def validate_without_torch() -> Callable[[Path], subprocess.CompletedProcess[str
     """``validate_without_torch(artifact)``: ``edgeexport validate`` in a fresh interpreter where
     importing torch or transformers fails, as on a device that has only the runtime."""
     return _validate_without_torch
+
+
+class _InterruptsWhenFinalized:
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def _ctrl_c_inside_a_finalizer() -> None:
+    _InterruptsWhenFinalized()  # dropped at once: Python prints its KeyboardInterrupt and goes on
+
+
+@pytest.fixture()
+def swallowed_ctrl_c() -> Iterator[Callable[[], None]]:
+    """Press Ctrl-C where Python drops the KeyboardInterrupt (inside ``__del__``, seen in CI).
+
+    Python's own SIGINT handler is in place meanwhile, as in a terminal (a background job
+    inherits SIGINT ignored).
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield _ctrl_c_inside_a_finalizer
+    signal.signal(signal.SIGINT, previous)

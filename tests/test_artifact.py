@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgeexport import interrupts
 from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output
 from edgeexport.errors import ArtifactError, OutputDirError
 from edgeexport.pipeline import ConversionResult
@@ -61,6 +64,22 @@ def test_interrupt_right_after_the_stage_is_made_leaves_nothing(tmp_path: Path, 
     with pytest.raises(KeyboardInterrupt), staged_output(tmp_path / "out", force=False):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               swallowed_ctrl_c: Callable[[], None]) -> None:
+    with interrupts.recorded():
+        with pytest.raises(KeyboardInterrupt), staged_output(tmp_path / "out", force=False) as stage:
+            (stage / "model.onnx").write_bytes(b"x")
+            swallowed_ctrl_c()  # the work goes on as if nothing happened
+            (stage / "manifest.json").write_text("{}")
+        assert interrupts.requested()
+    assert list(tmp_path.iterdir()) == []
+    assert "Exception ignored" not in capsys.readouterr().err  # recorded and acted on, not reported as lost
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupts.requested()
+    with staged_output(tmp_path / "out", force=False) as stage:  # the next command starts afresh
+        (stage / "model.onnx").write_bytes(b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_staged_output_force_replaces_and_failure_keeps_old(tmp_path: Path) -> None:
