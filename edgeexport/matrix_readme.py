@@ -36,8 +36,25 @@ def readme_with_matrix(readme: str, matrix: Matrix) -> str:
 
 
 def load_matrix(path: Path) -> Matrix:
-    """The matrix of a ``matrix.json`` file."""
-    return Matrix.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    """The matrix of a ``matrix.json`` file.
+
+    Raises:
+        UsageError: the file is missing or not a matrix JSON.
+    """
+    try:
+        return Matrix.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UsageError(f"no matrix file {str(path)!r}; run edgeexport matrix -o OUT and pass --matrix "
+                         "OUT/matrix.json") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{str(path)!r} is not a matrix JSON ({exc}); write it with edgeexport matrix") from None
+
+
+def _read(readme: Path) -> str:
+    try:
+        return readme.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no README {str(readme)!r}; pass --readme PATH") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date, change nothing")
     args = parser.parse_args(argv)
-    current = args.readme.read_text(encoding="utf-8")
     try:
+        current = _read(args.readme)
         updated = readme_with_matrix(current, load_matrix(args.matrix))
     except EdgeExportError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -92,3 +92,13 @@ def test_readme_generator_replaces_only_the_marked_block() -> None:
         f"1. vit image-classification on onnx fp32: example/logits: too far\n{END}\noutro\n")
     with pytest.raises(UsageError, match="the README has no"):
         readme_with_matrix("no markers", matrix)
+
+
+def test_readme_generator_names_a_missing_or_broken_matrix_in_one_line(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--matrix", str(tmp_path / "none.json"), "--check"]) == 2
+    assert capsys.readouterr().err == (f"error: no matrix file '{tmp_path / 'none.json'}'; run edgeexport matrix "
+                                       "-o OUT and pass --matrix OUT/matrix.json\n")
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["--matrix", str(tmp_path / "broken.json"), "--check"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: '{tmp_path / 'broken.json'}' is not a matrix JSON (")

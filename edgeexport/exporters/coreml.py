@@ -62,6 +62,7 @@ class ConvertOptions:
 
     precision: str
     deployment_target: str
+    shapes: str  # how dynamic axes are declared: shape_mode()'s "enumerated" or "range"
 
 
 class CoreMLStrategy(onnx_target.CaptureStrategy):
@@ -173,7 +174,7 @@ def convert(reference: ReferenceModel, source: Any, args: tuple[torch.Tensor, ..
 
     model = ct.convert(
         source, source="pytorch", convert_to="mlprogram",
-        inputs=input_types(reference, args, shape_mode(reference)),
+        inputs=input_types(reference, args, options.shapes),
         outputs=[ct.TensorType(name=name) for name in reference.output_names],
         compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else ct.precision.FLOAT16,
         minimum_deployment_target=getattr(ct.target, options.deployment_target))
@@ -268,7 +269,7 @@ def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, onnx_
 
 def _traced_origin(reference: ReferenceModel, node: torch.Node) -> onnx_target.NodeOrigin:
     """Innermost module (path under the reference wrapper, class) and source line of a traced node."""
-    path = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.")
+    path = onnx_target.traced_scope(node)
     try:
         module_class = type(reference.module.get_submodule(path)).__qualname__
     except AttributeError:
@@ -322,11 +323,11 @@ class CoreMLExporter(Exporter):
         target = deployment_target or DEFAULT_DEPLOYMENT_TARGET
         if target not in DEPLOYMENT_TARGETS:
             raise UsageError(f"unknown deployment target {target!r}; choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
-        settings = ConvertOptions(precision=precision, deployment_target=target)
+        settings = ConvertOptions(precision=precision, deployment_target=target, shapes=shape_mode(reference))
         model, info = onnx_target.capture(reference, opset=None, strategies=tuple(s(settings) for s in STRATEGIES))
         with _quiet_coremltools():
             model.save(str(folder / MODEL_FILE))
-        mode = shape_mode(reference)
+        mode = settings.shapes
         exporter = {"name": "coremltools", "coremltools": importlib.metadata.version("coremltools"),
                     "torch": torch.__version__,
                     "format": "mlprogram", "deployment_target": target, "shapes": mode,

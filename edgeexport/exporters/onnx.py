@@ -190,6 +190,12 @@ def module_path(path: str) -> str:
     return cleaned.removeprefix("module.").removeprefix("model.") or "<root>"
 
 
+def traced_scope(node: torch.Node) -> str:
+    """Attribute path, from the traced module, of the innermost module that ran a ``torch.jit.trace`` node
+    (``__module.model.encoder`` -> ``model.encoder``; empty for the traced module itself)."""
+    return node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     while exc is not None:
         yield exc

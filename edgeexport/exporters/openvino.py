@@ -170,7 +170,7 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
     modules = dict(reference.module.named_modules())
     found: dict[str, str] = {}
     for node in traced.inlined_graph.nodes():
-        path = node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
+        path = onnx_target.traced_scope(node)
         if node.kind() in ops and node.kind() not in found and path in modules:
             found[node.kind()] = f"module '{path.partition('.')[2] or '<root>'}' ({type(modules[path]).__name__})"
     return found

@@ -121,12 +121,10 @@ class BuildPlan:
 
     @classmethod
     def derive(cls, inputs: Sequence[TensorSpec], cases: Sequence[Mapping[str, int]], *, precision: str,
-               shapes: Sequence[str] | Mapping[str, AxisRange] | None = None,
-               workspace: int | str | None = None) -> BuildPlan:
+               shapes: Sequence[str] | None = None, workspace: int | str | None = None) -> BuildPlan:
         """The plan for ``inputs``: profile from the golden cases and ``shapes`` overrides (``AXIS:MIN,OPT,MAX``
-        strings or parsed ranges), workspace as bytes or a size string."""
-        overrides = shapes if isinstance(shapes, Mapping) else parse_shapes(shapes or [])
-        axes = axis_ranges(inputs, cases, overrides)
+        strings), workspace as bytes or a size string."""
+        axes = axis_ranges(inputs, cases, parse_shapes(shapes or []))
         return cls(precision=precision, axes=axes, profile=input_profile(inputs, axes),
                    workspace_bytes=parse_size(workspace))
 
