@@ -13,6 +13,7 @@ from a committed ``matrix.json`` by :mod:`edgeexport.matrix_readme`.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -103,8 +104,12 @@ class Matrix:
 
     def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
         """The result of one row and column, or None when that combination was not run."""
-        return next((c for c in self.cells if (c.combination.model, c.combination.task, c.combination.preset) == row
-                     and (c.combination.target, c.combination.precision) == column), None)
+        return self._grid.get((row, column))
+
+    @functools.cached_property
+    def _grid(self) -> dict[tuple[tuple[str, str, str], tuple[str, str]], CellResult]:
+        return {((c.combination.model, c.combination.task, c.combination.preset),
+                 (c.combination.target, c.combination.precision)): c for c in self.cells}
 
     def to_dict(self) -> dict[str, Any]:
         """The ``edgeexport.matrix.v1`` document (cells without their full reports)."""
