@@ -8,10 +8,11 @@ implement the ``_*_impl`` hooks. Runtimes never import torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -88,10 +89,16 @@ class Runner(ABC):
         """Run the model on named numpy inputs and return named numpy outputs."""
         feed = check_inputs(self.inputs, inputs)
         self.activate()
-        start = time.perf_counter()
-        outputs = self._infer_impl(feed)
-        self.last_inference_time = time.perf_counter() - start
+        with self.timed():
+            outputs = self._infer_impl(feed)
         return {spec.name: np.array(outputs[spec.name], copy=True) for spec in self.outputs}
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Time the backend call inside into :attr:`last_inference_time`."""
+        start = time.perf_counter()
+        yield
+        self.last_inference_time = time.perf_counter() - start
 
     def step(self, feed: Mapping[str, Any], *, keep: Collection[str] = ()) -> dict[str, Any]:
         """One call of a generation loop, where outputs become the next call's inputs.

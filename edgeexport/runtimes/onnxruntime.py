@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -91,9 +90,8 @@ class OnnxruntimeRunner(Runner):
         names = [spec.name for spec in self.outputs]
         for name in names:
             binding.bind_output(name, device if name in keep else "cpu")
-        start = time.perf_counter()
-        self.session.run_with_iobinding(binding)
-        self.last_inference_time = time.perf_counter() - start
+        with self.timed():
+            self.session.run_with_iobinding(binding)
         return {name: value if name in keep else value.numpy() for name, value in zip(names, binding.get_outputs())}
 
     def _deactivate_impl(self) -> None:

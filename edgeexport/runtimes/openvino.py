@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -81,9 +80,8 @@ class OpenVinoRunner(Runner):
         (a generation loop feeds last step's KV cache back). Outputs are fresh copies, so feeding
         them to the next step is safe; ``keep`` needs nothing more here."""
         self.activate()
-        start = time.perf_counter()
-        results = self.request.infer(dict(feed), share_inputs=True)
-        self.last_inference_time = time.perf_counter() - start
+        with self.timed():
+            results = self.request.infer(dict(feed), share_inputs=True)
         return {spec.name: results[spec.name] for spec in self.outputs}
 
     def _deactivate_impl(self) -> None:
