@@ -433,6 +433,49 @@ def generate(
                  f"(first token {output.first_token_s * 1e3:.1f} ms)", highlight=False, markup=False)
 
 
+@app.command()
+@_one_line_errors
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder of a task model (not a generation decoder).")],
+    inputs: Annotated[Optional[Path], typer.Option(help="Inputs as an .npz of named arrays (default: the artifact's "
+                                                        "golden inputs).")] = None,
+    case: Annotated[str, typer.Option(help="Golden case whose inputs to use when --inputs is not given.")] = "example",
+    top_k: Annotated[int, typer.Option(min=1, help="Classes shown per row (classification tasks).")] = 5,
+    threshold: Annotated[float, typer.Option(help="Lowest score of a kept detection (object detection).")] = 0.5,
+    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the decoded results as JSON.")] = False,
+) -> None:
+    """Run ARTIFACT and print what its outputs mean: labels, answer spans, boxes, maps or transcripts (no torch)."""
+    from edgeexport.postprocess import Decoding, decode, describe
+    from edgeexport.runtimes import load
+
+    with load(artifact, threads=threads) as runner:
+        task, decoding = runner.artifact.manifest.model.get("task", ""), Decoding.of(runner.artifact.manifest)
+        feed = _predict_inputs(runner.artifact, inputs, case)
+        results = decode(task, runner(feed), decoding, top_k=top_k, threshold=threshold)
+    if json_output:
+        _print_json(results)
+        return
+    for row, result in enumerate(results):
+        console.print(f"[{row}] {describe(task, result, decoding)}", highlight=False, markup=False)
+
+
+def _predict_inputs(artifact: Any, path: Path | None, case: str) -> dict[str, Any]:
+    from edgeexport.artifact import load_npz
+    from edgeexport.errors import InputSpecError
+
+    if path is not None:
+        try:
+            return load_npz(path)
+        except (OSError, ValueError) as exc:
+            raise InputSpecError(f"--inputs {str(path)!r} is not a readable .npz of arrays ({exc}); write it with "
+                                 "numpy.savez") from None
+    golden = {g.name: g for g in artifact.manifest.golden}
+    if case not in golden:
+        raise InputSpecError(f"the artifact has no golden case {case!r}; choose one of: {', '.join(golden)}")
+    return artifact.load_golden(golden[case])[0]
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

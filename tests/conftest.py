@@ -30,18 +30,18 @@ def artifact_copy(bert_artifact: ConversionResult, tmp_path: Path) -> Path:
     return target
 
 
-def _validate_without_torch(artifact: Path) -> subprocess.CompletedProcess[str]:
+def _cli_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
     script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
               "from edgeexport.cli import main\n"
-              f"sys.argv = ['edgeexport', 'validate', {str(artifact)!r}]\nmain()")
+              f"sys.argv = ['edgeexport', *{list(args)!r}]\nmain()")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
-def validate_without_torch() -> Callable[[Path], subprocess.CompletedProcess[str]]:
-    """``validate_without_torch(artifact)``: ``edgeexport validate`` in a fresh interpreter where
-    importing torch or transformers fails, as on a device that has only the runtime."""
-    return _validate_without_torch
+def cli_without_torch() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli_without_torch("validate", artifact)``: the ``edgeexport`` command line in a fresh
+    interpreter where importing torch or transformers fails, as on a device that has only the runtime."""
+    return _cli_without_torch
 
 
 class _InterruptsWhenFinalized:

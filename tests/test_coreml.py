@@ -120,9 +120,9 @@ def test_validate_inspect_and_bench_on_linux_say_interpreter(bert: Path) -> None
 
 
 def test_validate_runs_without_torch(bert: Path,
-                                     validate_without_torch: Callable[[Path], subprocess.CompletedProcess[str]]) -> None:
+                                     cli_without_torch: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """The device side needs coremltools, not torch."""
-    result = validate_without_torch(bert)
+    result = cli_without_torch("validate", str(bert))
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout
 

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
+from edgeexport.postprocess import LABELLED_TASKS, Decoding
 from edgeexport.reference.generation import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
 from edgeexport.reference.specs import InputSpec, ModelSpec, PRESETS, SPECS, generic_spec, get_spec, spec_for_model_type
@@ -98,7 +99,16 @@ def _from_folder(folder: Path, *, task: str | None, source: str,
         head.modality, config.model_type, causal=task == "causal-lm")
     tokenizer = folder / "tokenizer.json"
     return _reference(spec, model, task=task, preset=None, name=folder.name, source=source,
-                      tokenizer=tokenizer if tokenizer.is_file() else None)
+                      tokenizer=tokenizer if tokenizer.is_file() else None, vocabulary=_ctc_vocabulary(folder))
+
+
+def _ctc_vocabulary(folder: Path) -> list[str]:
+    """Tokens in id order from the ``vocab.json`` a CTC tokenizer saves (empty when absent or unreadable)."""
+    try:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        return [token for token, _ in sorted(vocab.items(), key=lambda item: int(item[1]))]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def _task_of(config: Any, architecture: str, folder: Path) -> str:
@@ -128,7 +138,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-               source: str, tokenizer: Path | None = None) -> ReferenceModel | ReferenceBundle:
+               source: str, tokenizer: Path | None = None,
+               vocabulary: Sequence[str] = ()) -> ReferenceModel | ReferenceBundle:
     if task in WITH_PAST:
         return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)
@@ -142,7 +153,18 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=Tolerance(spec.atol, spec.rtol), logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
+        postprocess=_decoding(config, task, vocabulary).to_dict(),
     )
+
+
+def _decoding(config: Any, task: str, vocabulary: Sequence[str]) -> Decoding:
+    """What post-processing needs from the config: class names, or the CTC vocabulary and blank."""
+    if task == "ctc":
+        return Decoding(labels=list(vocabulary), blank=config.pad_token_id,
+                        word_delimiter="|" if "|" in vocabulary else None)
+    if task in LABELLED_TASKS:
+        return Decoding(labels=[str(config.id2label[i]) for i in range(config.num_labels)])
+    return Decoding()
 
 
 def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], *,

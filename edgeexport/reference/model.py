@@ -63,8 +63,9 @@ class ReferenceModel:
     the order of ``output_names``. ``sizes`` holds the (example, alternate) size of every
     dynamic axis; golden cases are drawn at both. ``output_axes`` names dynamic output dims
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
-    ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`) and
-    ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer).
+    ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`),
+    ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer) and
+    ``postprocess`` is the manifest's post-processing block (:mod:`edgeexport.postprocess`).
     """
 
     name: str
@@ -83,6 +84,7 @@ class ReferenceModel:
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
