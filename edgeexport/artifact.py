@@ -134,7 +134,7 @@ class Manifest:
     ``created_at`` is the only field that differs between two conversions of the same model.
     ``generation`` (optional, written only when set) is the KV-cache block of generation
     artifacts, parsed by :class:`edgeexport.generation.GenerationSpec`; ``postprocess``
-    (optional) what decoding the outputs needs, parsed by :class:`edgeexport.postprocess.Decoding`.
+    (optional) what processing the outputs needs, parsed by :class:`edgeexport.processing.Processing`.
     """
 
     model: dict[str, Any]
@@ -150,7 +150,7 @@ class Manifest:
     golden: list[GoldenCase] = field(default_factory=list)
     runtime_options: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
-    postprocess: dict[str, Any] = field(default_factory=dict)
+    processing: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -181,7 +181,7 @@ class Manifest:
             "golden": [asdict(g) for g in self.golden],
             "runtime_options": self.runtime_options,
             **({"generation": self.generation} if self.generation else {}),
-            **({"postprocess": self.postprocess} if self.postprocess else {}),
+            **({"processing": self.processing} if self.processing else {}),
             "tool_versions": self.tool_versions,
             "files": self.files,
         }
@@ -228,7 +228,7 @@ class Manifest:
             golden=golden,
             runtime_options=_field(data, "runtime_options", dict, ""),
             generation=_field(data, "generation", dict, "") if "generation" in data else {},
-            postprocess=_field(data, "postprocess", dict, "") if "postprocess" in data else {},
+            processing=_field(data, "processing", dict, "") if "processing" in data else {},
             tool_versions=_field(data, "tool_versions", dict, ""),
             files=files,
         )

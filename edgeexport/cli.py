@@ -410,7 +410,7 @@ def generate(
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs a tokenizer in the artifact).")] = None,
     prompt_ids: Annotated[Optional[str], typer.Option(help="Prompt token ids, e.g. 1,2,3.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 32,
-    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample instead of greedy decoding.")] = False,
+    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample instead of greedy processing.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling probability mass.")] = 1.0,
@@ -437,43 +437,66 @@ def generate(
 @_one_line_errors
 def predict(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder of a task model (not a generation decoder).")],
-    inputs: Annotated[Optional[Path], typer.Option(help="Inputs as an .npz of named arrays (default: the artifact's "
-                                                        "golden inputs).")] = None,
-    case: Annotated[str, typer.Option(help="Golden case whose inputs to use when --inputs is not given.")] = "example",
+    text: Annotated[Optional[str], typer.Option(help="Text to classify (needs a tokenizer in the artifact); "
+                                                     "for question answering, the question.")] = None,
+    text_pair: Annotated[Optional[str], typer.Option(help="Second text: the context of a question.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Image file (PNG, JPEG) for vision models (needs Pillow).")
+                     ] = None,
+    audio: Annotated[Optional[Path], typer.Option(help="16-bit PCM WAV file at the model's sampling rate.")] = None,
+    inputs: Annotated[Optional[Path], typer.Option(help="Model inputs as an .npz of named arrays.")] = None,
+    case: Annotated[str, typer.Option(help="Golden case whose inputs to use when no input is given.")] = "example",
     top_k: Annotated[int, typer.Option(min=1, help="Classes shown per row (classification tasks).")] = 5,
     threshold: Annotated[float, typer.Option(help="Lowest score of a kept detection (object detection).")] = 0.5,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the decoded results as JSON.")] = False,
 ) -> None:
-    """Run ARTIFACT and print what its outputs mean: labels, answer spans, boxes, maps or transcripts (no torch)."""
-    from edgeexport.postprocess import Decoding, decode, describe
+    """Run ARTIFACT on text, an image, audio or arrays (default: its golden inputs) and print what the outputs
+    mean: labels, answer spans, boxes, maps or transcripts. Needs no torch."""
+    from edgeexport.processing import Processing, decode, describe
+
+    sources = {"--text": text, "--image": image, "--audio": audio, "--inputs": inputs}
+    given = [name for name, value in sources.items() if value is not None]
+    if len(given) > 1:
+        from edgeexport.errors import UsageError
+        raise UsageError(f"{', '.join(given)} were given together; pass one input")
     from edgeexport.runtimes import load
 
     with load(artifact, threads=threads) as runner:
-        task, decoding = runner.artifact.manifest.model.get("task", ""), Decoding.of(runner.artifact.manifest)
-        feed = _predict_inputs(runner.artifact, inputs, case)
-        results = decode(task, runner(feed), decoding, top_k=top_k, threshold=threshold)
+        task, processing = runner.artifact.manifest.model.get("task", ""), Processing.of(runner.artifact.manifest)
+        feed = _predict_inputs(runner, processing, text=text, text_pair=text_pair, image=image, audio=audio,
+                               inputs=inputs, case=case)
+        results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold)
     if json_output:
         _print_json(results)
         return
     for row, result in enumerate(results):
-        console.print(f"[{row}] {describe(task, result, decoding)}", highlight=False, markup=False)
+        console.print(f"[{row}] {describe(task, result, processing)}", highlight=False, markup=False)
 
 
-def _predict_inputs(artifact: Any, path: Path | None, case: str) -> dict[str, Any]:
+def _predict_inputs(runner: Any, processing: Any, *, text: str | None, text_pair: str | None, image: Path | None,
+                    audio: Path | None, inputs: Path | None, case: str) -> dict[str, Any]:
+    """The model inputs of ``predict``: pre-processed text, image or audio, an .npz, or a golden case."""
+    from edgeexport import processing as tasks
     from edgeexport.artifact import load_npz
     from edgeexport.errors import InputSpecError
 
-    if path is not None:
+    if text is not None:
+        encoded = tasks.text_inputs(processing, runner.artifact, text, text_pair)
+        return {name: encoded[name] for name in runner.artifact.manifest.input_names if name in encoded}
+    if image is not None:
+        return tasks.image_inputs(processing, image)
+    if audio is not None:
+        return tasks.audio_inputs(processing, audio)
+    if inputs is not None:
         try:
-            return load_npz(path)
+            return load_npz(inputs)
         except (OSError, ValueError) as exc:
-            raise InputSpecError(f"--inputs {str(path)!r} is not a readable .npz of arrays ({exc}); write it with "
+            raise InputSpecError(f"--inputs {str(inputs)!r} is not a readable .npz of arrays ({exc}); write it with "
                                  "numpy.savez") from None
-    golden = {g.name: g for g in artifact.manifest.golden}
+    golden = {g.name: g for g in runner.artifact.manifest.golden}
     if case not in golden:
         raise InputSpecError(f"the artifact has no golden case {case!r}; choose one of: {', '.join(golden)}")
-    return artifact.load_golden(golden[case])[0]
+    return runner.artifact.load_golden(golden[case])[0]
 
 
 def main() -> None:

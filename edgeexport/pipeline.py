@@ -143,7 +143,7 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         outputs=reference.output_tensor_specs([(sizes, outputs) for _, sizes, _, outputs in golden]),
         tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
         golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
-        generation=reference.generation, postprocess=reference.postprocess,
+        generation=reference.generation, processing=reference.processing,
     )
     return write_manifest(stage, manifest)
 

@@ -14,13 +14,15 @@ from safetensors import SafetensorError
 
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
-from edgeexport.postprocess import LABELLED_TASKS, Decoding
+from edgeexport.generation import TOKENIZER_FILE
+from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
 from edgeexport.reference.generation import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
 from edgeexport.reference.specs import InputSpec, ModelSpec, PRESETS, SPECS, generic_spec, get_spec, spec_for_model_type
 from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
 
 SAFE_WEIGHTS = ("*.safetensors",)
+PREPROCESSOR_FILE = "preprocessor_config.json"
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
@@ -97,18 +99,7 @@ def _from_folder(folder: Path, *, task: str | None, source: str,
                              "the file is truncated or corrupt, save the model again") from None
     spec = spec_for_model_type(config.model_type) or generic_spec(
         head.modality, config.model_type, causal=task == "causal-lm")
-    tokenizer = folder / "tokenizer.json"
-    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source,
-                      tokenizer=tokenizer if tokenizer.is_file() else None, vocabulary=_ctc_vocabulary(folder))
-
-
-def _ctc_vocabulary(folder: Path) -> list[str]:
-    """Tokens in id order from the ``vocab.json`` a CTC tokenizer saves (empty when absent or unreadable)."""
-    try:
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        return [token for token, _ in sorted(vocab.items(), key=lambda item: int(item[1]))]
-    except (OSError, ValueError, TypeError, AttributeError):
-        return []
+    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source, folder=folder)
 
 
 def _task_of(config: Any, architecture: str, folder: Path) -> str:
@@ -138,8 +129,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-               source: str, tokenizer: Path | None = None,
-               vocabulary: Sequence[str] = ()) -> ReferenceModel | ReferenceBundle:
+               source: str, folder: Path | None = None) -> ReferenceModel | ReferenceBundle:
+    """The reference of a transformers model; ``folder`` is its save_pretrained folder, if any (tokenizer,
+    preprocessor settings)."""
+    tokenizer = folder / "tokenizer.json" if folder is not None else None
+    tokenizer = tokenizer if tokenizer is not None and tokenizer.is_file() else None
     if task in WITH_PAST:
         return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)
@@ -148,23 +142,64 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
     wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
     sizes = spec.sizes(preset or "full")
     used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
+    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality == "text" else {}
+    processing = _processing(config, task, inputs[0], sizes, folder, tokenized=bool(assets))
     return ReferenceModel(
         name=name, task=task, preset=preset, source=source, architecture=type(model).__name__,
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=Tolerance(spec.atol, spec.rtol), logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
-        postprocess=_decoding(config, task, vocabulary).to_dict(),
+        assets=assets, processing=processing.to_dict(),
     )
 
 
-def _decoding(config: Any, task: str, vocabulary: Sequence[str]) -> Decoding:
-    """What post-processing needs from the config: class names, or the CTC vocabulary and blank."""
+def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[str, tuple[int, int]],
+                folder: Path | None, *, tokenized: bool) -> Processing:
+    """What pre- and post-processing need: class names or the CTC vocabulary, and the tokenizer, image
+    or audio settings (the folder's ``preprocessor_config.json`` where it has one, defaults otherwise)."""
+    saved = _json_object(folder / PREPROCESSOR_FILE) if folder is not None else {}
+    modality = task_head(task).modality
+    settings: dict[str, Any] = {}
+    if modality == "text" and tokenized:
+        settings["tokenizer"] = TOKENIZER_FILE
+    if modality == "vision":
+        settings.update(image_size=_image_size(first_input, sizes, saved.get("size")),
+                        image_mean=list(saved.get("image_mean", IMAGENET_MEAN)),
+                        image_std=list(saved.get("image_std", IMAGENET_STD)))
+    if modality == "audio":
+        settings.update(sampling_rate=int(saved.get("sampling_rate", SAMPLING_RATE)),
+                        normalize_audio=bool(saved.get("do_normalize", True)))
     if task == "ctc":
-        return Decoding(labels=list(vocabulary), blank=config.pad_token_id,
-                        word_delimiter="|" if "|" in vocabulary else None)
-    if task in LABELLED_TASKS:
-        return Decoding(labels=[str(config.id2label[i]) for i in range(config.num_labels)])
-    return Decoding()
+        vocabulary = _ctc_vocabulary(folder) if folder is not None else []
+        settings.update(labels=vocabulary, blank=config.pad_token_id, word_delimiter="|" if "|" in vocabulary else None)
+    elif task in LABELLED_TASKS:
+        settings["labels"] = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return Processing(**settings)
+
+
+def _image_size(spec: InputSpec, sizes: Mapping[str, tuple[int, int]], saved: Any) -> list[int]:
+    """(height, width): the processor's fixed size if it names one, else the model's example size."""
+    if isinstance(saved, dict) and {"height", "width"} <= saved.keys():
+        return [int(saved["height"]), int(saved["width"])]
+    return [dim if isinstance(dim, int) else sizes[dim][0] for dim in spec.dims[2:]]
+
+
+def _ctc_vocabulary(folder: Path) -> list[str]:
+    """Tokens in id order from the ``vocab.json`` a CTC tokenizer saves (empty when absent)."""
+    vocab = _json_object(folder / "vocab.json")
+    try:
+        return [token for token, _ in sorted(vocab.items(), key=lambda item: int(item[1]))]
+    except (TypeError, ValueError):
+        return []
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of the model folder; empty when missing or not an object (the defaults apply)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], *,

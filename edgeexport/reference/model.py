@@ -65,7 +65,7 @@ class ReferenceModel:
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
     ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`),
     ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer) and
-    ``postprocess`` is the manifest's post-processing block (:mod:`edgeexport.postprocess`).
+    ``postprocess`` is the manifest's post-processing block (:mod:`edgeexport.processing`).
     """
 
     name: str
@@ -84,7 +84,7 @@ class ReferenceModel:
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
-    postprocess: dict[str, Any] = field(default_factory=dict)
+    processing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:

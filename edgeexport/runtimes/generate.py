@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from edgeexport.bundle import component_folders
-from edgeexport.errors import ArtifactError, InputSpecError, MissingBackendError, UsageError
+from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.generation import GenerationSpec
+from edgeexport.processing import load_tokenizer
 from edgeexport.runtimes import load
 from edgeexport.runtimes.base import Runner
 
@@ -112,12 +113,7 @@ class Generator:
     def tokenizer(self) -> Any:
         """The artifact's ``tokenizers.Tokenizer``, or None when it was converted without one."""
         if self._tokenizer is None and self.spec.tokenizer is not None:
-            try:
-                from tokenizers import Tokenizer
-            except ImportError:
-                raise MissingBackendError("reading the artifact's tokenizer needs the tokenizers package; "
-                                          "install it with: pip install tokenizers") from None
-            self._tokenizer = Tokenizer.from_file(str(self.decoder.artifact.file(self.spec.tokenizer)))
+            self._tokenizer = load_tokenizer(self.decoder.artifact, self.spec.tokenizer)
         return self._tokenizer
 
     def prompt(self, prompt: str | None = None, prompt_ids: str | Sequence[int] | None = None) -> np.ndarray:
