@@ -463,9 +463,9 @@ def predict(
 
     with load(artifact, threads=threads) as runner:
         task, processing = runner.artifact.manifest.model.get("task", ""), Processing.of(runner.artifact.manifest)
-        feed = _predict_inputs(runner, processing, text=text, text_pair=text_pair, image=image, audio=audio,
-                               inputs=inputs, case=case)
-        results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold)
+        feed, encoded = _predict_inputs(runner, processing, text=text, text_pair=text_pair, image=image, audio=audio,
+                                        inputs=inputs, case=case)
+        results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold, text=encoded)
     if json_output:
         _print_json(results)
         return
@@ -474,29 +474,30 @@ def predict(
 
 
 def _predict_inputs(runner: Any, processing: Any, *, text: str | None, text_pair: str | None, image: Path | None,
-                    audio: Path | None, inputs: Path | None, case: str) -> dict[str, Any]:
-    """The model inputs of ``predict``: pre-processed text, image or audio, an .npz, or a golden case."""
+                    audio: Path | None, inputs: Path | None, case: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The model inputs of ``predict`` (pre-processed text, image or audio, an .npz, or a golden case), and
+    the text encoding when text was given."""
     from edgeexport import processing as tasks
     from edgeexport.artifact import load_npz
     from edgeexport.errors import InputSpecError
 
-    if text is not None:
+    if text is not None:  # the tokenizer gives every text input; the model takes some of them
         encoded = tasks.text_inputs(processing, runner.artifact, text, text_pair)
-        return {name: encoded[name] for name in runner.artifact.manifest.input_names if name in encoded}
+        return {name: encoded[name] for name in runner.artifact.manifest.input_names if name in encoded}, encoded
     if image is not None:
-        return tasks.image_inputs(processing, image)
+        return tasks.image_inputs(processing, image), None
     if audio is not None:
-        return tasks.audio_inputs(processing, audio)
+        return tasks.audio_inputs(processing, audio), None
     if inputs is not None:
         try:
-            return load_npz(inputs)
+            return load_npz(inputs), None
         except (OSError, ValueError) as exc:
             raise InputSpecError(f"--inputs {str(inputs)!r} is not a readable .npz of arrays ({exc}); write it with "
                                  "numpy.savez") from None
     golden = {g.name: g for g in runner.artifact.manifest.golden}
     if case not in golden:
         raise InputSpecError(f"the artifact has no golden case {case!r}; choose one of: {', '.join(golden)}")
-    return runner.artifact.load_golden(golden[case])[0]
+    return runner.artifact.load_golden(golden[case])[0], None
 
 
 def main() -> None:

@@ -119,15 +119,20 @@ def load_tokenizer(artifact: Artifact, relative: str) -> Any:
     return Tokenizer.from_file(str(artifact.file(relative)))
 
 
-def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str | None = None) -> dict[str, np.ndarray]:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (batch 1) from the artifact's tokenizer."""
+def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str | None = None) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (batch 1) from the artifact's tokenizer; with a
+    ``pair`` (a question's context) also the context, its token mask and character offsets, for :func:`decode`."""
     if processing.tokenizer is None:
         raise InputSpecError("the artifact has no tokenizer (its source folder had no tokenizer.json); pass token "
                              "ids with --inputs FILE.npz")
     encoding = load_tokenizer(artifact, processing.tokenizer).encode(text, pair)
-    return {"input_ids": np.array([encoding.ids], dtype=np.int64),
-            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}
+    encoded: dict[str, Any] = {"input_ids": np.array([encoding.ids], dtype=np.int64),
+                               "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+                               "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}
+    if pair is not None:  # where the context's tokens are, and their character offsets in it (for answers)
+        encoded.update(context=pair, context_mask=np.array([[i == 1 for i in encoding.sequence_ids]]),
+                       context_offsets=np.array([encoding.offsets]))
+    return encoded
 
 
 def image_inputs(processing: Processing, path: Path) -> dict[str, np.ndarray]:
@@ -190,12 +195,18 @@ def token_classes(logits: np.ndarray, processing: Processing) -> list[list[str]]
     return [[processing.label(int(i)) for i in row] for row in logits.argmax(axis=-1)]
 
 
-def answer_spans(start_logits: np.ndarray, end_logits: np.ndarray, *,
-                 max_tokens: int = QA_MAX_ANSWER_TOKENS) -> list[dict[str, Any]]:
-    """Per row: the span ``start <= end < start + max_tokens`` with the highest start x end probability."""
+def answer_spans(start_logits: np.ndarray, end_logits: np.ndarray, *, max_tokens: int = QA_MAX_ANSWER_TOKENS,
+                 allowed: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per row: the span ``start <= end < start + max_tokens`` with the highest start x end probability.
+
+    ``allowed`` (batch, sequence) marks the tokens a span may cover (the context's), as the
+    question-answering pipeline masks the question and special tokens.
+    """
     spans = []
-    for start, end in zip(softmax(start_logits), softmax(end_logits)):
+    masks = allowed if allowed is not None else np.ones(start_logits.shape, dtype=bool)
+    for start, end, mask in zip(softmax(start_logits), softmax(end_logits), masks):
         scores = np.triu(np.tril(np.outer(start, end), max_tokens - 1))  # end >= start, end - start < max_tokens
+        scores *= np.outer(mask, mask)
         best = int(scores.argmax())
         first, last = divmod(best, scores.shape[1])
         spans.append({"start": first, "end": last, "score": float(scores[first, last])})
@@ -242,8 +253,11 @@ def ctc_transcripts(logits: np.ndarray, processing: Processing) -> list[str]:
 
 
 def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing, *, top_k: int = 5,
-           threshold: float = 0.5) -> list[Any]:
+           threshold: float = 0.5, text: Mapping[str, Any] | None = None) -> list[Any]:
     """The meaning of a task head's outputs, one JSON-ready entry per batch row.
+
+    ``text`` is :func:`text_inputs`' result for text the user gave: question answering then
+    keeps spans inside the context and adds the ``answer`` string cut from it.
 
     Raises:
         UsageError: a task with no post-processing (a custom module, a generation decoder).
@@ -253,7 +267,12 @@ def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing,
     if task == "token-classification":
         return token_classes(outputs["logits"], processing)
     if task == "question-answering":
-        return answer_spans(outputs["start_logits"], outputs["end_logits"])
+        spans = answer_spans(outputs["start_logits"], outputs["end_logits"],
+                             allowed=text.get("context_mask") if text else None)
+        if text and "context" in text:
+            for span, offsets in zip(spans, text["context_offsets"]):
+                span["answer"] = text["context"][offsets[span["start"]][0]:offsets[span["end"]][1]]
+        return spans
     if task == "object-detection":
         return detections(outputs["logits"], outputs["pred_boxes"], processing, threshold=threshold)
     if task == "segmentation":
@@ -273,7 +292,8 @@ def describe(task: str, result: Any, processing: Processing) -> str:
     if task == "token-classification":
         return " ".join(result)
     if task == "question-answering":
-        return f"answer tokens {result['start']}..{result['end']} (score {result['score']:.3f})"
+        answer = f"{result['answer']!r}, " if "answer" in result else ""
+        return f"answer {answer}tokens {result['start']}..{result['end']} (score {result['score']:.3f})"
     if task == "object-detection":
         boxes = "; ".join(f"{d['label']} {d['score']:.2f} at ({', '.join(f'{v:.2f}' for v in d['box'])})"
                           for d in result)

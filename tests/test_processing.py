@@ -9,6 +9,7 @@ import subprocess
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -233,15 +234,43 @@ def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:
     assert best["score"] == pytest.approx(float(expected.max()), abs=1e-4)
 
 
-def test_bert_folder_model_classifies_text_with_its_tokenizer(tmp_path: Path) -> None:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
-    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=37, num_labels=2, id2label={0: "negative", 1: "positive"})
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "who", "?"]
+
+
+def _bert_folder(folder: Path, model_class: type, **config: Any) -> transformers.BertTokenizerFast:
+    """A tiny BERT with a WordPiece tokenizer, saved as save_pretrained writes them; returns the tokenizer."""
+    folder.mkdir()
+    (folder / "words.txt").write_text("\n".join(WORDS) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "words.txt"))
     torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
-    tokenizer.save_pretrained(tmp_path / "bert")
+    model_class(transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=37, **config)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def test_bert_folder_model_answers_from_the_context(tmp_path: Path) -> None:
+    tokenizer = _bert_folder(tmp_path / "qa", transformers.BertForQuestionAnswering)
+    converted = convert(tmp_path / "qa", output_dir=tmp_path / "out")
+    question, context = "who sat ?", "the cat sat on a mat the dog sat"
+    encoded = tokenizer(question, context, return_tensors="pt", return_offsets_mapping=True)
+    with torch.no_grad():
+        start, end = converted.reference.module(*(encoded[n] for n in converted.reference.input_names))
+    in_context = np.array(encoded.sequence_ids(0)) == 1
+    expected = answer_spans(start.numpy(), end.numpy(), allowed=in_context[None])[0]
+    assert in_context[expected["start"]] and in_context[expected["end"]]
+    offsets = encoded["offset_mapping"][0]
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "out"), "--text", question, "--text-pair", context,
+                                      "--json"])
+    assert result.exit_code == 0, result.stderr
+    (span,) = json.loads(result.stdout)
+    assert (span["start"], span["end"]) == (expected["start"], expected["end"])
+    assert span["answer"] == context[int(offsets[span["start"]][0]):int(offsets[span["end"]][1])] != ""
+
+
+def test_bert_folder_model_classifies_text_with_its_tokenizer(tmp_path: Path) -> None:
+    tokenizer = _bert_folder(tmp_path / "bert", transformers.BertForSequenceClassification, num_labels=2,
+                             id2label={0: "negative", 1: "positive"})
     converted = convert(tmp_path / "bert", output_dir=tmp_path / "out")
     encoded = tokenizer("the cat sat", "on a mat", return_tensors="pt")
     with torch.no_grad():
