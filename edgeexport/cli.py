@@ -361,6 +361,7 @@ def _print_artifact(title: str, manifest: Manifest, details: dict[str, Any], siz
         ("tolerance", f"atol={manifest.tolerance.atol:g} rtol={manifest.tolerance.rtol:g}"),
         ("golden cases", ", ".join(g.name for g in manifest.golden)),
         *((("generation", _generation_summary(manifest)),) if manifest.generation else ()),
+        *((("processing", _processing_summary(manifest)),) if manifest.processing else ()),
         ("parameters", f"{details.get('parameters', 0):,}"), ("size", f"{size / 1e6:.2f} MB"),
         ("created", manifest.created_at),
     ):
@@ -373,6 +374,12 @@ def _print_artifact(title: str, manifest: Manifest, details: dict[str, Any], siz
         for op, count in details["ops"].items():
             ops.add_row(op, str(count))
         console.print(ops)
+
+
+def _processing_summary(manifest: Manifest) -> str:
+    from edgeexport.processing import Processing
+
+    return Processing.of(manifest).summary()
 
 
 def _generation_summary(manifest: Manifest) -> str:

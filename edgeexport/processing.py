@@ -91,6 +91,18 @@ class Processing:
         """The processing of an artifact (empty for artifacts converted before the block existed)."""
         return cls.from_dict(manifest.processing)
 
+    def summary(self) -> str:
+        """One line for ``edgeexport inspect``."""
+        shown = ", ".join(self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
+        parts = [f"{len(self.labels)} labels ({shown})" if self.labels else "",
+                 f"blank {self.blank}" if self.blank is not None else "",
+                 f"tokenizer {self.tokenizer}" if self.tokenizer else "",
+                 f"images {'x'.join(map(str, self.image_size))}, mean {self.image_mean}, std {self.image_std}"
+                 if self.image_size else "",
+                 f"audio {self.sampling_rate} Hz{', normalized' if self.normalize_audio else ''}"
+                 if self.sampling_rate else ""]
+        return "; ".join(part for part in parts if part)
+
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 

@@ -222,6 +222,8 @@ def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:
     processor.save_pretrained(tmp_path / "vit")
     converted = convert(tmp_path / "vit", output_dir=tmp_path / "out")
     assert Processing.of(converted.manifest).image_mean == [0.5, 0.5, 0.5]  # the saved processor's, not ImageNet's
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "out")])
+    assert "4 labels (cat, dog, bird, fish); images 32x32, mean [0.5, 0.5, 0.5]" in shown.stdout
     Image.fromarray(RNG.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
     pixels = processor(Image.open(tmp_path / "photo.png"), return_tensors="pt").pixel_values
     with torch.no_grad():
