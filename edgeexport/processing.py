@@ -147,7 +147,7 @@ def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str
     return encoded
 
 
-def image_inputs(processing: Processing, path: Path) -> dict[str, np.ndarray]:
+def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
     """``pixel_values`` (1, 3, height, width): RGB, bilinear resize, 0..1, normalized per channel."""
     if not processing.image_size:
         raise InputSpecError("the artifact does not take images; pass --text, --audio or --inputs FILE.npz")
@@ -166,7 +166,7 @@ def image_inputs(processing: Processing, path: Path) -> dict[str, np.ndarray]:
     return {"pixel_values": pixels.transpose(2, 0, 1)[None].astype(np.float32)}
 
 
-def audio_inputs(processing: Processing, path: Path) -> dict[str, np.ndarray]:
+def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
     """``input_values`` (1, samples) from a mono or multi-channel 16-bit PCM WAV at the model's rate."""
     if processing.sampling_rate is None:
         raise InputSpecError("the artifact does not take audio; pass --text, --image or --inputs FILE.npz")
