@@ -294,6 +294,9 @@ def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing,
                 for d in outputs["predicted_depth"]]
     if task == "ctc":
         return ctc_transcripts(outputs["logits"], processing)
+    if task.endswith(("-lm", "-lm-with-past")):
+        raise UsageError(f"task {task!r} generates text; convert with --task {task.removesuffix('-with-past')}-with-past "
+                         "and run edgeexport generate ARTIFACT --prompt ...")
     raise UsageError(f"task {task!r} has no post-processing; read the raw outputs with edgeexport.load(ARTIFACT)")
 
 

@@ -102,9 +102,13 @@ def test_ctc_transcripts_match_the_wav2vec2_tokenizer(ctc_tokenizer: transformer
     assert ctc_transcripts(logits, Processing(blank=0))[0].split()[0] == str(ids[0][ids[0] != 0][0])  # no vocabulary: ids
 
 
-def test_unknown_task_names_the_raw_outputs() -> None:
-    with pytest.raises(UsageError, match=r"^task 'causal-lm' has no post-processing; read the raw outputs"):
-        decode("causal-lm", {"logits": np.zeros((1, 2, 3))}, Processing())
+def test_tasks_without_post_processing_say_what_to_use() -> None:
+    with pytest.raises(UsageError, match=r"^task 'custom' has no post-processing; read the raw outputs with "
+                                         r"edgeexport.load\(ARTIFACT\)$"):
+        decode("custom", {"y": np.zeros((1, 2))}, Processing())
+    with pytest.raises(UsageError, match=r"^task 'seq2seq-lm' generates text; convert with --task "
+                                         r"seq2seq-lm-with-past and run edgeexport generate ARTIFACT --prompt \.\.\.$"):
+        decode("seq2seq-lm", {"logits": np.zeros((1, 2, 3))}, Processing())
 
 
 def test_manifest_carries_the_config_labels(bert_artifact: ConversionResult) -> None:
