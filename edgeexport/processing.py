@@ -78,13 +78,18 @@ class Processing:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Processing:
         """Parse a manifest block; raise :class:`ArtifactError` naming what is malformed."""
-        return cls(labels=_typed(data, "labels", list, str), blank=_typed(data, "blank", int),
-                   word_delimiter=_typed(data, "word_delimiter", str), tokenizer=_typed(data, "tokenizer", str),
-                   image_size=_typed(data, "image_size", list, int),
-                   image_mean=_typed(data, "image_mean", list, (int, float)),
-                   image_std=_typed(data, "image_std", list, (int, float)),
-                   sampling_rate=_typed(data, "sampling_rate", int),
-                   normalize_audio=_typed(data, "normalize_audio", bool))
+        processing = cls(labels=_typed(data, "labels", list, str), blank=_typed(data, "blank", int),
+                         word_delimiter=_typed(data, "word_delimiter", str), tokenizer=_typed(data, "tokenizer", str),
+                         image_size=_typed(data, "image_size", list, int),
+                         image_mean=_typed(data, "image_mean", list, (int, float)),
+                         image_std=_typed(data, "image_std", list, (int, float)),
+                         sampling_rate=_typed(data, "sampling_rate", int),
+                         normalize_audio=_typed(data, "normalize_audio", bool))
+        if processing.image_size and not (len(processing.image_size) == 2 and
+                                          len(processing.image_mean) == len(processing.image_std) == 3):
+            raise ArtifactError("manifest processing needs image_size [height, width] and 3 image_mean and image_std "
+                                "values; re-run convert")
+        return processing
 
     @classmethod
     def of(cls, manifest: Manifest) -> Processing:

@@ -22,6 +22,7 @@ from edgeexport.artifact import Artifact, Manifest
 from edgeexport.cli import app
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.pipeline import ConversionResult, convert
+from edgeexport.reference import load_reference
 from edgeexport.processing import (Processing, answer_spans, audio_inputs, ctc_transcripts, decode, detections,
                                    image_inputs, semantic_maps, top_classes)
 
@@ -118,6 +119,8 @@ def test_manifest_carries_the_config_labels(bert_artifact: ConversionResult) -> 
     assert Processing.of(manifest).labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
     with pytest.raises(ArtifactError, match=r"^manifest processing.labels must be a list of strings; re-run convert$"):
         Processing.from_dict({"labels": [1, 2]})
+    with pytest.raises(ArtifactError, match=r"^manifest processing needs image_size \[height, width\] and 3 "):
+        Processing.from_dict({"image_size": [32], "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
     del data["processing"]  # an artifact written before the block existed: classes show as indices
     assert Processing.of(Manifest.from_dict(data)).label(2) == "2"
 
@@ -253,6 +256,20 @@ def _bert_folder(folder: Path, model_class: type, **config: Any) -> transformers
                                         num_attention_heads=2, intermediate_size=37, **config)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return tokenizer
+
+
+def test_older_processor_settings_are_read(tmp_path: Path) -> None:
+    """Processors saved by older transformers: one int for a square size, one number for every channel."""
+    config = transformers.ViTConfig(image_size=48, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=37)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "preprocessor_config.json").write_text(json.dumps({"size": 48, "image_mean": 0.5,
+                                                                           "image_std": 0.25}))
+    processing = Processing.from_dict(load_reference(tmp_path / "vit").processing)
+    assert (processing.image_size, processing.image_mean, processing.image_std) == ([48, 48], [0.5] * 3, [0.25] * 3)
+    (tmp_path / "vit" / "preprocessor_config.json").write_text("not json")
+    processing = Processing.from_dict(load_reference(tmp_path / "vit").processing)  # the defaults apply
+    assert (processing.image_size, processing.image_mean) == ([48, 48], [0.485, 0.456, 0.406])
 
 
 def test_bert_folder_model_answers_from_the_context(tmp_path: Path) -> None:

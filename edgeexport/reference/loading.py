@@ -164,8 +164,8 @@ def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[s
         settings["tokenizer"] = TOKENIZER_FILE
     if modality == "vision":
         settings.update(image_size=_image_size(first_input, sizes, saved.get("size")),
-                        image_mean=list(saved.get("image_mean", IMAGENET_MEAN)),
-                        image_std=list(saved.get("image_std", IMAGENET_STD)))
+                        image_mean=_per_channel(saved.get("image_mean"), IMAGENET_MEAN),
+                        image_std=_per_channel(saved.get("image_std"), IMAGENET_STD))
     if modality == "audio":
         settings.update(sampling_rate=int(saved.get("sampling_rate", SAMPLING_RATE)),
                         normalize_audio=bool(saved.get("do_normalize", True)))
@@ -178,10 +178,22 @@ def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[s
 
 
 def _image_size(spec: InputSpec, sizes: Mapping[str, tuple[int, int]], saved: Any) -> list[int]:
-    """(height, width): the processor's fixed size if it names one, else the model's example size."""
+    """(height, width): the processor's fixed size if it names one (older processors save one int for a
+    square), else the model's example size."""
     if isinstance(saved, dict) and {"height", "width"} <= saved.keys():
         return [int(saved["height"]), int(saved["width"])]
+    if isinstance(saved, int) and not isinstance(saved, bool):
+        return [saved, saved]
     return [dim if isinstance(dim, int) else sizes[dim][0] for dim in spec.dims[2:]]
+
+
+def _per_channel(saved: Any, default: Sequence[float]) -> list[float]:
+    """Three channel values from a processor setting (a list, or one number for all), else ``default``."""
+    if isinstance(saved, (int, float)) and not isinstance(saved, bool):
+        return [float(saved)] * 3
+    if isinstance(saved, list) and len(saved) == 3 and all(isinstance(v, (int, float)) for v in saved):
+        return [float(v) for v in saved]
+    return list(default)
 
 
 def _ctc_vocabulary(folder: Path) -> list[str]:
