@@ -45,6 +45,19 @@ def test_folder_of_an_architecture_outside_the_zoo(tmp_path: Path) -> None:
     assert result.report is not None and result.report.passed, result.report.failures()
 
 
+def test_folder_model_with_a_short_position_table(tmp_path: Path) -> None:
+    """Golden sequences fit the model's 64 positions (the full preset's 128 would not run at all)."""
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "short")
+
+    result = convert(tmp_path / "short", output_dir=tmp_path / "out")
+
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert [case.axes["sequence"] for case in result.manifest.golden] == [62, 31]
+
+
 def test_folder_without_config(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="has no config.json; save the model with save_pretrained"):

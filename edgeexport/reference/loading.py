@@ -23,6 +23,7 @@ from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_f
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PREPROCESSOR_FILE = "preprocessor_config.json"
+TEXT_AXES = ("sequence", "decoder_sequence")  # token axes bounded by a learned position table
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
@@ -140,7 +141,7 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
     config = model.config
     inputs = spec.inputs(config, task)
     wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
-    sizes = spec.sizes(preset or "full")
+    sizes = _fit_positions(spec.sizes(preset or "full"), config)
     used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
     assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality == "text" else {}
     processing = _processing(config, task, inputs[0], sizes, folder, tokenized=bool(assets))
@@ -151,6 +152,22 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         tolerance=Tolerance(spec.atol, spec.rtol), logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(),
     )
+
+
+def _fit_positions(sizes: Mapping[str, tuple[int, int]], config: Any) -> dict[str, tuple[int, int]]:
+    """Text axes no longer than the model's position table: a folder model may have fewer positions
+    than the full preset's 128 tokens. Two are kept spare, as RoBERTa-style ids start after the pad."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 4:
+        return dict(sizes)
+    usable = limit - 2
+    fitted = {}
+    for axis, (example, alternate) in sizes.items():
+        if axis in TEXT_AXES and max(example, alternate) > usable:
+            example, alternate = min(example, usable), min(alternate, usable)
+            alternate = usable // 2 if alternate == example else alternate  # keep two distinct shape cases
+        fitted[axis] = (example, alternate)
+    return fitted
 
 
 def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[str, tuple[int, int]],
