@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.special
 
 from edgeexport.errors import ArtifactError, InputSpecError, MissingBackendError, UsageError
 
@@ -193,10 +194,8 @@ def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (scores are reported, not fed back)."""
-    shifted = logits.astype(np.float64) - logits.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
+    """scipy's softmax in float64 (scores are reported, not fed back)."""
+    return scipy.special.softmax(logits.astype(np.float64), axis=axis)
 
 
 def top_classes(logits: np.ndarray, processing: Processing, k: int = 5) -> list[list[dict[str, Any]]]:

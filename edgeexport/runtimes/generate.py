@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from edgeexport.bundle import component_folders
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
@@ -292,10 +293,10 @@ def sample(scores: np.ndarray, rng: np.random.Generator, *, temperature: float =
     if top_p < 1.0:
         order = np.argsort(scores, axis=-1, kind="stable")
         ascending = np.take_along_axis(scores, order, axis=-1)
-        remove = np.cumsum(_softmax(ascending), axis=-1) <= 1 - top_p
+        remove = np.cumsum(scipy.special.softmax(ascending, axis=-1), axis=-1) <= 1 - top_p
         remove[:, -1] = False
         np.put_along_axis(scores, order, np.where(remove, -np.inf, ascending), axis=-1)
-    cdf = np.cumsum(_softmax(scores), axis=-1)
+    cdf = np.cumsum(scipy.special.softmax(scores, axis=-1), axis=-1)
     draws = rng.random((len(scores), 1)) * cdf[:, -1:]
     return np.argmax(cdf >= draws, axis=-1)
 
@@ -310,11 +311,6 @@ def parse_token_ids(text: str) -> list[int]:
     if not all(part.isdigit() for part in parts):
         raise UsageError(f"--prompt-ids must be comma-separated token ids like 1,2,3, got {text!r}")
     return [int(part) for part in parts]
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _positions(mask: np.ndarray) -> np.ndarray:
