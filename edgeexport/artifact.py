@@ -133,8 +133,8 @@ class Manifest:
 
     ``created_at`` is the only field that differs between two conversions of the same model.
     ``generation`` (optional, written only when set) is the KV-cache block of generation
-    artifacts, parsed by :class:`edgeexport.generation.GenerationSpec`; ``postprocess``
-    (optional) what processing the outputs needs, parsed by :class:`edgeexport.processing.Processing`.
+    artifacts, parsed by :class:`edgeexport.generation.GenerationSpec`; ``processing``
+    (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`.
     """
 
     model: dict[str, Any]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from edgeexport.artifact import Artifact, Manifest
 
 # Tasks whose outputs index the config's id2label classes.
+CLASSIFICATION_TASKS = frozenset({"sequence-classification", "image-classification", "audio-classification"})
 LABELLED_TASKS = frozenset({"sequence-classification", "token-classification", "image-classification",
                             "object-detection", "segmentation", "audio-classification"})
 QA_MAX_ANSWER_TOKENS = 30  # transformers' question-answering pipeline default (max_answer_len=15 words)
@@ -278,7 +279,7 @@ def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing,
     Raises:
         UsageError: a task with no post-processing (a custom module, a generation decoder).
     """
-    if task in ("sequence-classification", "image-classification", "audio-classification"):
+    if task in CLASSIFICATION_TASKS:
         return top_classes(outputs["logits"], processing, top_k)
     if task == "token-classification":
         return token_classes(outputs["logits"], processing)
@@ -306,7 +307,7 @@ def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing,
 
 def describe(task: str, result: Any, processing: Processing) -> str:
     """One line for a person: a row of :func:`decode`'s result."""
-    if task in ("sequence-classification", "image-classification", "audio-classification"):
+    if task in CLASSIFICATION_TASKS:
         return ", ".join(f"{c['label']} {c['score']:.3f}" for c in result)
     if task == "token-classification":
         return " ".join(result)

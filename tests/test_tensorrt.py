@@ -43,7 +43,7 @@ from edgeexport.trt.plan import (
     parse_shapes,
     parse_size,
 )
-from edgeexport.trt.preflight import preflight, preflight_artifact, support_table
+from edgeexport.trt.preflight import preflight, preflight_artifact, support_table, with_modules
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
 DEFAULT_PAIRS = [("gpt2", "causal-lm"), ("bert", "sequence-classification"), ("vit", "image-classification")]
@@ -294,7 +294,7 @@ def test_findings_name_the_pytorch_module_when_origins_are_given() -> None:
     model = _model([helper.make_node("Unique", ["x"], ["unique_1"], name="node_unique")], [_tensor("x")],
                    [_tensor("unique_1")])
 
-    report = preflight(model, origins={"unique_1": "encoder.layer.0 (BertLayer)"})
+    report = with_modules(preflight(model), model.graph, {"unique_1": "encoder.layer.0 (BertLayer)"})
     assert report.errors[0].module == "encoder.layer.0 (BertLayer)"
     assert "from module encoder.layer.0 (BertLayer)" in report.errors[0].describe()
 

@@ -22,9 +22,9 @@ from edgeexport.reference.specs import InputSpec, ModelSpec, PRESETS, SPECS, gen
 from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
 
 SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 TEXT_AXES = ("sequence", "decoder_sequence")  # token axes bounded by a learned position table
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 def load_reference(model: str | Path, *, task: str | None = None, preset: str = "tiny", seed: int = 0,
@@ -133,8 +133,7 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
                source: str, folder: Path | None = None) -> ReferenceModel | ReferenceBundle:
     """The reference of a transformers model; ``folder`` is its save_pretrained folder, if any (tokenizer,
     preprocessor settings)."""
-    tokenizer = folder / "tokenizer.json" if folder is not None else None
-    tokenizer = tokenizer if tokenizer is not None and tokenizer.is_file() else None
+    tokenizer = folder / "tokenizer.json" if folder is not None and (folder / "tokenizer.json").is_file() else None
     if task in WITH_PAST:
         return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)

@@ -65,7 +65,7 @@ class ReferenceModel:
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
     ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`),
     ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer) and
-    ``postprocess`` is the manifest's post-processing block (:mod:`edgeexport.processing`).
+    ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`).
     """
 
     name: str
@@ -162,5 +162,3 @@ class ReferenceModel:
                 dims.append(axis or f"{name}_dim{i}")
             specs.append(TensorSpec(name, str(cases[0][1][name].dtype), tuple(dims)))
         return specs
-
-

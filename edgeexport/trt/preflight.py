@@ -20,8 +20,8 @@ is for network I/O only); and INT64 constants whose values do not fit INT32 are 
 TensorRT casts INT64 to INT32 where a layer has no INT64 support (everywhere before TensorRT 10),
 except the ``int64_sentinel_inputs`` where such values mean "to the end" or "no limit".
 
-A problem names its ONNX node and, given ``origins`` (ONNX value name -> PyTorch module, from
-:func:`edgeexport.exporters.tensorrt.module_origins`), the PyTorch module it came from.
+A problem names its ONNX node and, after :func:`with_modules` with ``origins`` (ONNX value name ->
+PyTorch module, from :func:`edgeexport.exporters.tensorrt.module_origins`), the PyTorch module it came from.
 """
 
 from __future__ import annotations
@@ -113,14 +113,12 @@ class _Scope:
     io: set[str] = field(default_factory=set)
 
 
-def preflight(model: onnx.ModelProto, *, origins: Mapping[str, str] | None = None,
-              table: Mapping[str, Any] | None = None) -> PreflightReport:
+def preflight(model: onnx.ModelProto, *, table: Mapping[str, Any] | None = None) -> PreflightReport:
     """Check ``model`` against TensorRT's ONNX parser support table.
 
     Args:
         model: The ONNX model (external weights need not be loaded; INT64 constants stored
             externally are not value-checked).
-        origins: ONNX value name -> PyTorch module that produced it. Defaults to none.
         table: A support table shaped like ``ops.json``. Defaults to ``ops.json``.
     """
     import onnx
@@ -139,9 +137,8 @@ def preflight(model: onnx.ModelProto, *, origins: Mapping[str, str] | None = Non
     findings.extend(_check_types(model.graph, scope, table))
     findings.extend(_check_int64(model.graph, scope, table))
     source = table["source"]
-    report = PreflightReport(tensorrt=table["tensorrt"], nodes=nodes, findings=_unique(findings),
-                             source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}")
-    return with_modules(report, model.graph, origins) if origins else report
+    return PreflightReport(tensorrt=table["tensorrt"], nodes=nodes, findings=_unique(findings),
+                           source=f"{source['repository']}/{source['path']}@{source['commit'][:7]}")
 
 
 def with_modules(report: PreflightReport, graph: onnx.GraphProto, origins: Mapping[str, str]) -> PreflightReport:
