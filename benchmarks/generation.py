@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
+from edgeexport.generator import Generator
 from edgeexport.pipeline import convert
-from edgeexport.runtimes.generate import Generator
 
 
 class FirstTokenClock(BaseStreamer):

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edgeexport.pipeline import convert
 from edgeexport.reference import ReferenceModel
-from edgeexport.runtimes import Runner, load
+from edgeexport.runner import Runner, load
 from edgeexport.validation.latency import LatencyStats, measure
 
 SIZES = {"bert": {"batch": 1, "sequence": 128}, "vit": {"batch": 1}}

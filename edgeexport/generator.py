@@ -2,7 +2,7 @@
 
 :class:`Generator` drives a ``causal-lm-with-past`` artifact (one decoder) or a
 ``seq2seq-lm-with-past`` bundle (the encoder once per prompt, then the decoder per token)
-through :meth:`Runner.step`, following the cache convention of :mod:`edgeexport.generation`.
+through :meth:`Runner.step`, following the cache convention of :mod:`edgeexport.generation_spec`.
 It decodes greedily or samples (temperature, top-k, top-p, a seeded numpy ``Generator``),
 stops at ``max_new_tokens`` or when every row has produced EOS (finished rows then get the
 pad token), forces BOS/EOS where the model asks for it, and takes batches with left padding
@@ -29,10 +29,9 @@ import scipy.special
 
 from edgeexport.bundle import component_folders
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.generation import GenerationSpec
+from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import load_tokenizer
-from edgeexport.runtimes import load
-from edgeexport.runtimes.base import Runner
+from edgeexport.runner import Runner, load
 
 Streamer = Callable[[np.ndarray], None]
 
@@ -88,7 +87,7 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | Path, **runner_options: Any) -> Generator:
-        """A generator for a decoder artifact or an encoder-decoder bundle folder (see :func:`edgeexport.runtimes.load`)."""
+        """A generator for a decoder artifact or an encoder-decoder bundle folder (see :func:`edgeexport.runner.load`)."""
         folders = component_folders(path)
         if "" in folders:
             return cls(load(path, **runner_options))

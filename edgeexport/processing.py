@@ -16,7 +16,7 @@ and ``tests/test_processing.py`` checks them against transformers on the same da
 The manifest's optional ``processing`` block (:class:`Processing`) carries what this needs from
 the source model: class names in index order, the CTC vocabulary, blank id and word delimiter,
 the tokenizer file, and the image size, mean and std or the audio sampling rate (from the model
-folder's ``preprocessor_config.json`` when it has one). Like :mod:`edgeexport.generation`, this
+folder's ``preprocessor_config.json`` when it has one). Like :mod:`edgeexport.generation_spec`, this
 module imports neither torch nor a runtime (the :mod:`edgeexport.reference` package imports
 torch, so it does not live there).
 """

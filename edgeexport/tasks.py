@@ -32,8 +32,8 @@ TASKS: dict[str, TaskHead] = {
     "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision"),
     "ctc": TaskHead("AutoModelForCTC", ("logits",), ("logits",), "audio"),
     "audio-classification": TaskHead("AutoModelForAudioClassification", ("logits",), ("logits",), "audio"),
-    # Generation variants: the decoder with its KV cache as inputs and outputs (edgeexport.generation);
-    # edgeexport.reference.generation adds the cache names to these outputs.
+    # Generation variants: the decoder with its KV cache as inputs and outputs (edgeexport.generation_spec);
+    # edgeexport.reference.decoders_with_past adds the cache names to these outputs.
     "causal-lm-with-past": TaskHead("AutoModelForCausalLM", ("logits",), ("logits",), "text"),
     "seq2seq-lm-with-past": TaskHead("AutoModelForSeq2SeqLM", ("logits",), ("logits",), "text2text"),
 }

@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact
 from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, UsageError
 from edgeexport.pipeline import bench, convert
-from edgeexport.reference.specs import SPECS
+from edgeexport.zoo import SPECS
 
 pytest.importorskip("coremltools")
 
 from edgeexport.cli import app  # noqa: E402 - after the skip
 from edgeexport.exporters import coreml as coreml_target  # noqa: E402
-from edgeexport.runtimes import load  # noqa: E402
+from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.coreml import describe  # noqa: E402
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]

@@ -1,4 +1,4 @@
-"""Each converter fix in ``edgeexport.exporters.coreml_fixes`` on the smallest module that needs it:
+"""Each converter fix in ``edgeexport.mil.converter_fixes`` on the smallest module that needs it:
 it converts, and the MIL reference interpreter matches PyTorch at both shape cases."""
 
 from __future__ import annotations

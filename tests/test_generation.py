@@ -23,14 +23,14 @@ from edgeexport.artifact import Artifact, Manifest
 from edgeexport.bundle import BUNDLE_NAME, Bundle
 from edgeexport.cli import app
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.generation import TOKENIZER_FILE, GenerationSpec, past_names, present_names
+from edgeexport.generation_spec import TOKENIZER_FILE, GenerationSpec, past_names, present_names
+from edgeexport.generator import Generator, sample
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference import ReferenceBundle, ReferenceModel, load_reference
-from edgeexport.reference.specs import get_spec
-from edgeexport.reference.tasks import task_head
-from edgeexport.runtimes import load
-from edgeexport.runtimes.generate import Generator, sample
+from edgeexport.runner import load
+from edgeexport.tasks import task_head
 from edgeexport.validation.metrics import compare_output
+from edgeexport.zoo import get_spec
 
 NEW_TOKENS = 32
 # Zoo tiny presets with a larger weight init: the default (std 0.02) repeats one token forever,

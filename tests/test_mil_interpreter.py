@@ -21,7 +21,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from edgeexport.errors import MissingBackendError  # noqa: E402
-from edgeexport.runtimes.mil_interpreter import NUMPY_OPS, MilInterpreter, supported_ops  # noqa: E402
+from edgeexport.mil.interpreter import NUMPY_OPS, MilInterpreter, supported_ops  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

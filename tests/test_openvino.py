@@ -17,14 +17,14 @@ from edgeexport.artifact import Artifact, Tolerance
 from edgeexport.errors import ConversionError, UsageError
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference import load_reference
-from edgeexport.reference.specs import SPECS
 from edgeexport.validation.metrics import compare_output
+from edgeexport.zoo import SPECS
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from edgeexport.exporters.openvino import EXPORTER  # noqa: E402 - after the skips
-from edgeexport.runtimes import load  # noqa: E402
+from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.openvino import describe  # noqa: E402
 
 SLOW = pytest.mark.slow
@@ -205,7 +205,7 @@ class TestRunner:
         assert details["ops"]["MatMul"] > 0 and details["parameters"] > 30_000
 
     def test_running_an_artifact_does_not_import_torch(self, artifact: Path) -> None:
-        code = ("import sys; from edgeexport.runtimes import load; from edgeexport.artifact import Artifact; "
+        code = ("import sys; from edgeexport.runner import load; from edgeexport.artifact import Artifact; "
                 f"a = Artifact.open({str(artifact)!r}); inputs, _ = a.load_golden(a.manifest.golden[0]); "
                 "load(a)(inputs); assert 'torch' not in sys.modules, 'torch was imported'")
         subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ import pytest
 
 from edgeexport.artifact import Artifact
 from edgeexport.pipeline import convert
-from edgeexport.reference.specs import SPECS
+from edgeexport.zoo import SPECS
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
 

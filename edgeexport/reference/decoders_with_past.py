@@ -3,7 +3,7 @@
 ``causal-lm-with-past`` gives one :class:`~edgeexport.reference.model.ReferenceModel` (a merged
 decoder: an empty past on the first step, so one graph serves prefill and decode);
 ``seq2seq-lm-with-past`` gives a :class:`ReferenceBundle` of an encoder and a decoder. Names
-and shapes follow :mod:`edgeexport.generation`.
+and shapes follow :mod:`edgeexport.generation_spec`.
 
 The wrappers rebuild transformers cache objects (``DynamicCache``, ``EncoderDecoderCache``)
 from the flat tensors, so the exported graph runs the model's own attention code. The encoder
@@ -24,9 +24,9 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
 from edgeexport.artifact import Tolerance
-from edgeexport.generation import TOKENIZER_FILE, GenerationSpec, TokenIds, cross_names, past_names, present_names
+from edgeexport.generation_spec import TOKENIZER_FILE, GenerationSpec, TokenIds, cross_names, past_names, present_names
 from edgeexport.reference.model import ReferenceModel
-from edgeexport.reference.specs import InputSpec, ModelSpec
+from edgeexport.zoo import InputSpec, ModelSpec
 
 # (example, alternate) sizes: the example case is a prefill (empty past), the alternate a decode step.
 AXIS_SIZES: dict[str, dict[str, tuple[int, int]]] = {

@@ -12,7 +12,7 @@ import torch
 
 from edgeexport.artifact import TensorSpec, Tolerance, axis_size
 from edgeexport.errors import InputSpecError
-from edgeexport.reference.specs import InputSpec
+from edgeexport.zoo import InputSpec
 
 
 class ExportWrapper(torch.nn.Module):
@@ -63,7 +63,7 @@ class ReferenceModel:
     the order of ``output_names``. ``sizes`` holds the (example, alternate) size of every
     dynamic axis; golden cases are drawn at both. ``output_axes`` names dynamic output dims
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
-    ``generation`` is the manifest's generation block (:mod:`edgeexport.generation`),
+    ``generation`` is the manifest's generation block (:mod:`edgeexport.generation_spec`),
     ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer) and
     ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`).
     """

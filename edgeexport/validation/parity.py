@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgeexport.artifact import Artifact, Tolerance
-from edgeexport.runtimes.base import Runner
+from edgeexport.runner import Runner
 from edgeexport.validation.metrics import OutputComparison, compare_output
 
 Outputs = Mapping[str, np.ndarray]
@@ -89,7 +89,7 @@ def check_artifact(artifact: Artifact, runner: Runner, *, tolerance: Tolerance |
 
     Args:
         artifact: An opened artifact.
-        runner: Its runner, from :func:`edgeexport.runtimes.load`.
+        runner: Its runner, from :func:`edgeexport.runner.load`.
         tolerance: Override of the manifest's tolerance. Defaults to the manifest's.
         fresh: ``(name, axes, make)`` where ``make()`` returns ``(inputs, reference_outputs)``.
     """
