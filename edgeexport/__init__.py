@@ -6,9 +6,10 @@ Importing this package does not import torch or any backend; :func:`convert` nee
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("edgeexport")
 __all__ = ["__version__", "check_parity", "convert", "load"]
 
 
@@ -27,7 +28,7 @@ def check_parity(*args: Any, **kwargs: Any) -> Any:
 
 
 def load(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`edgeexport.runtimes.load`."""
-    from edgeexport.runtimes import load as _load
+    """See :func:`edgeexport.runner.load`."""
+    from edgeexport.runner import load as _load
 
     return _load(*args, **kwargs)

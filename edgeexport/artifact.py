@@ -23,7 +23,7 @@ import json
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GOLDEN_DIR = "golden"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
-TOOL_PACKAGES = (
-    "edgeexport", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnxslim",
-    "openvino", "nncf", "coremltools", "tensorrt", "numpy",
-)
+ALWAYS_RECORDED = ("edgeexport", "numpy")  # tool versions every manifest records, beside its target's
 
 
 def axis_size(dim: str, axes: Mapping[str, int]) -> int:
@@ -133,7 +130,7 @@ class Manifest:
 
     ``created_at`` is the only field that differs between two conversions of the same model.
     ``generation`` (optional, written only when set) is the KV-cache block of generation
-    artifacts, parsed by :class:`edgeexport.generation.GenerationSpec`; ``processing``
+    artifacts, parsed by :class:`edgeexport.generation_spec.GenerationSpec`; ``processing``
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`.
     """
 
@@ -271,10 +268,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tool_versions() -> dict[str, str]:
-    """Versions of the installed packages that can influence an artifact."""
+def tool_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Versions of those of ``packages`` (distribution names) that are installed."""
     versions = {}
-    for package in TOOL_PACKAGES:
+    for package in packages:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return versions
@@ -387,13 +384,22 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             archive.writestr(info, buffer.getvalue())
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
-    """Hash every file in ``folder``, stamp versions and time, and write ``manifest.json``."""
+def write_manifest(folder: Path, manifest: Manifest, tool_packages: Iterable[str] | None = None) -> Manifest:
+    """Hash every file in ``folder``, stamp versions and time, and write ``manifest.json``.
+
+    Args:
+        folder: The artifact folder.
+        manifest: Its manifest (updated in place and returned).
+        tool_packages: Distributions whose installed versions to record, besides
+            :data:`ALWAYS_RECORDED` (the exporter's and the runtime's ``tool_packages``).
+            Defaults to those the manifest records already.
+    """
     manifest.files = {
         p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME
     }
-    manifest.tool_versions = tool_versions()
+    recorded = manifest.tool_versions if tool_packages is None else tool_packages
+    manifest.tool_versions = tool_versions(dict.fromkeys([*ALWAYS_RECORDED, *recorded]))
     manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
     return manifest

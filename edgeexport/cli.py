@@ -1,4 +1,9 @@
-"""The ``edgeexport`` command line (typer + rich). Commands map flags onto library calls of the same name.
+"""The ``edgeexport`` command line (typer + rich). Each command parses its flags, calls one library
+function with keyword arguments of the same names, and prints what it returns.
+
+The decisions live in the library (:mod:`edgeexport.pipeline`, :mod:`edgeexport.inspection`,
+:mod:`edgeexport.generator`), so Python callers get them too. Target-specific flags of
+``convert`` come from the targets' own declarations (:attr:`edgeexport.exporter.Exporter.options`).
 
 Exit codes: 0 success, 1 parity failure, 2 usage error (bad model, task, target, input,
 output folder or artifact), 130 interrupted.
@@ -7,12 +12,12 @@ output folder or artifact), 130 interrupted.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from inspect import Parameter, signature
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,10 +26,8 @@ from rich.text import Text
 
 from edgeexport import interrupts
 from edgeexport.errors import EdgeExportError
+from edgeexport.exporter import Option, get_exporter, target_options
 from edgeexport.reporting.gate import DEFAULT_LATENCY_MARGIN_PCT, DEFAULT_PARITY_MARGIN
-
-if TYPE_CHECKING:
-    from edgeexport.artifact import Manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export PyTorch models to ONNX, OpenVINO, CoreML and TensorRT, and prove them right.")
@@ -32,17 +35,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
-ReportPaths = Annotated[Optional[list[Path]], typer.Option(
-    "--report", help="Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v1), "
-                     ".xml (JUnit), .md (Markdown, e.g. a GitHub job summary), .html (one page with plots).")]
-FailOn = Annotated[str, typer.Option(help="Exit 1 on 'any' parity failure or regression against --baseline, or "
-                                          "only on a 'regression' against --baseline.")]
-Baseline = Annotated[Optional[Path], typer.Option(help="JSON report of an earlier run (--report FILE.json) to "
-                                                       "compare against.")]
-ParityMargin = Annotated[float, typer.Option(help="An output regresses when its max abs error exceeds the "
-                                                  "baseline's by more than this times its atol.")]
-LatencyMargin = Annotated[float, typer.Option(help="A backend regresses when its p50 latency is more than this "
-                                                   "percentage slower than the baseline's.")]
+Threads = Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")]
 
 
 def _one_line_errors(command: F) -> F:
@@ -66,48 +59,99 @@ def _one_line_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _flags(parameters: Iterable[Parameter], collect: Callable[..., dict[str, Any]],
+           replaces: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Add keyword ``parameters`` (flags) to a command, and pass their values to it as the keyword
+    arguments ``collect(**values)`` returns. The command's parameters named in ``replaces`` (what
+    ``collect`` fills) and its ``**kwargs`` are hidden from typer."""
+    added = list(parameters)
+
+    def decorate(command: F) -> F:
+        declared = signature(command, eval_str=True)
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in added}
+            return command(*args, **kwargs, **collect(**values))
+
+        shown = [p for p in declared.parameters.values()
+                 if p.kind is not Parameter.VAR_KEYWORD and p.name not in replaces]
+        wrapper.__signature__ = declared.replace(parameters=[*shown, *added])  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _option_flag(option: Option) -> Parameter:
+    """The flag of a target option: ``--<name>``, unset (None) by default."""
+    return Parameter(option.name, Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[option.type], typer.Option(option.flag, help=option.help)])
+
+
+def _gate_flags() -> list[Parameter]:
+    def flag(name: str, kind: Any, default: Any, *decls: str, help: str) -> Parameter:
+        return Parameter(name, Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=Annotated[kind, typer.Option(*decls, help=help)])
+
+    return [
+        flag("report_paths", Optional[list[Path]], None, "--report", help=(
+            "Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v1), .xml "
+            "(JUnit), .md (Markdown, e.g. a GitHub job summary), .html (one page with plots).")),
+        flag("fail_on", str, "any", help="Exit 1 on 'any' parity failure or regression against --baseline, or only "
+                                         "on a 'regression' against --baseline."),
+        flag("baseline", Optional[Path], None, help="JSON report of an earlier run (--report FILE.json) to compare "
+                                                    "against."),
+        flag("parity_margin", float, DEFAULT_PARITY_MARGIN, help="An output regresses when its max abs error exceeds "
+                                                                 "the baseline's by more than this times its atol."),
+        flag("latency_margin", float, DEFAULT_LATENCY_MARGIN_PCT, help="A backend regresses when its p50 latency is "
+                                                                       "more than this percentage slower than the "
+                                                                       "baseline's."),
+    ]
+
+
+def _gate(*, report_paths: list[Path] | None, fail_on: str, baseline: Path | None, parity_margin: float,
+          latency_margin: float) -> dict[str, Any]:
+    """``gate`` and ``reports`` of a validate or bench run, from their flags."""
+    from edgeexport.reporting import Gate
+
+    return {"gate": Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin),
+            "reports": report_paths or []}
+
+
+def _target_options(**values: Any) -> dict[str, Any]:
+    return {"target_options": values}
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-Shapes = Annotated[Optional[list[str]], typer.Option(
-    "--shapes", help="TensorRT profile of a dynamic axis, AXIS:MIN,OPT,MAX, e.g. batch:1,4,16 (repeatable); "
-                     "defaults to 1, the example size and 4x it.")]
-Workspace = Annotated[Optional[str], typer.Option(help="TensorRT builder workspace limit, e.g. 4GiB (default: "
-                                                       "TensorRT's, the GPU's memory).")]
+def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], **options: Any) -> Table:
+    table = Table(title=title, **options)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command("list")
 @_one_line_errors
 def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
-    from edgeexport.exporters import get_exporter, targets
-    from edgeexport.reference.specs import PRESETS, SPECS
-    from edgeexport.reference.tasks import supported_tasks
-    from edgeexport.runtimes import runtime_module
+    from edgeexport.inspection import models, target_entries
 
-    models = Table(title="models")
-    for column in ("model", "tasks (default first)", "presets"):
-        models.add_column(column)
-    for name, spec in SPECS.items():
-        models.add_row(name, ", ".join(supported_tasks(spec.tasks)), ", ".join(PRESETS))
-    console.print(models)
-    table = Table(title="targets")
-    for column in ("target", "runtime", "precisions", "converts here", "runs here"):
-        table.add_column(column)
-    for target in targets():
-        exporter = get_exporter(target)
-        missing = [m for m in exporter.requires if importlib.util.find_spec(m) is None]
-        converts = Text("yes", "green") if not missing else Text.assemble(("no", "yellow"),
-                                                                          f" (pip install 'edgeexport[{target}]')")
-        runs = runtime_module(exporter.runtime).RUNNER.runs_here()
-        table.add_row(target, exporter.runtime, ", ".join(exporter.precisions), converts,
-                      Text(runs, "green" if runs == "yes" else "yellow"))
-    console.print(table)
+    console.print(_table("models", ("model", "tasks (default first)", "presets"),
+                         ((m.name, ", ".join(m.tasks), ", ".join(m.presets)) for m in models())))
+    console.print(_table("targets", ("target", "runtime", "precisions", "converts here", "runs here"), (
+        (t.target, t.runtime, ", ".join(t.precisions),
+         Text("yes", "green") if t.converts_here else Text.assemble(("no", "yellow"), f" ({t.install})"),
+         Text(t.runs_here, "green" if t.runs_here == "yes" else "yellow")) for t in target_entries())))
 
 
 @app.command()
 @_one_line_errors
+@_flags(map(_option_flag, target_options().values()), _target_options, replaces=("target_options",))
 def convert(
     model: Annotated[str, typer.Argument(help="Zoo name (edgeexport list), save_pretrained folder, or hub id org/name.")],
     target: Annotated[str, typer.Option(help="Target format.")] = "onnx",
@@ -124,10 +168,7 @@ def convert(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
-    shapes: Shapes = None,
-    workspace: Workspace = None,
-    deployment_target: Annotated[Optional[str], typer.Option(
-        help="Core ML minimum deployment target: iOS16 (= macOS13, the default), iOS17 or iOS18.")] = None,
+    target_options: dict[str, Any] | None = None,
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
     from edgeexport.pipeline import convert as run_convert
@@ -135,17 +176,14 @@ def convert(
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, atol=atol, rtol=rtol, simplify=simplify,
-                             allow_pickle=allow_pickle, target_options={"shapes": shapes, "workspace": workspace,
-                                             "deployment_target": deployment_target},
+                             allow_pickle=allow_pickle, target_options=target_options,
                              progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
     errors.print(f"wrote {result.artifact} ({target}, {result.manifest.precision}, exporter {exporter.get('name')}"
                  f"/{exporter.get('strategy')})", highlight=False, markup=False)
-    if exporter.get("fallback_reason"):
-        errors.print(Text.assemble(("note:", "yellow"), f" first strategy failed: {exporter['fallback_reason']}"),
-                     highlight=False)
-    if exporter.get("note"):
-        errors.print(Text.assemble(("note:", "yellow"), f" {exporter['note']}"), highlight=False)
+    for label, note in (("first strategy failed: ", exporter.get("fallback_reason")), ("", exporter.get("note"))):
+        if note:
+            errors.print(Text.assemble(("note:", "yellow"), f" {label}{note}"), highlight=False)
     if result.report is not None:
         _show_parity(result.report, json_output)
         _exit_on("parity", result.report.failures())
@@ -171,97 +209,51 @@ def _exit_on(what: str, failures: list[str]) -> None:
 
 @app.command()
 @_one_line_errors
+@_flags(_gate_flags(), _gate, replaces=("gate", "reports"))
 def validate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also re-run PyTorch on fresh inputs (needs torch).")] = False,
     atol: Annotated[Optional[float], typer.Option(help="Override the manifest's absolute tolerance.")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Override the manifest's relative tolerance.")] = None,
-    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    threads: Threads = 0,
     explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
                                                "torch); runs by itself when parity fails and torch is here.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    report_paths: ReportPaths = None,
-    fail_on: FailOn = "any",
-    baseline: Baseline = None,
-    parity_margin: ParityMargin = DEFAULT_PARITY_MARGIN,
-    latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
+    gate: Any = None,
+    reports: Any = None,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
-    from dataclasses import replace
-    from edgeexport.bundle import component_folders
-    from edgeexport.pipeline import check_parity, rebuild_reference
-    from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
-    from edgeexport.runtimes import open_artifact
+    from edgeexport.pipeline import validate as run_validate
 
-    paths = check_report_paths(report_paths or [])
-    gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
-    opened = open_artifact(next(iter(component_folders(artifact).values())))
-    tolerance = None
-    if atol is not None or rtol is not None:
-        stored = opened.manifest.tolerance
-        tolerance = replace(stored, atol=atol if atol is not None else stored.atol,
-                            rtol=rtol if rtol is not None else stored.rtol)
-    ref = rebuild_reference(opened.manifest) if reference else None
-    report = check_parity(artifact, ref, tolerance=tolerance, threads=threads)
-    localization = None
-    if explain or not report.passed:
-        localization = _localize(artifact, opened.manifest, ref, report, requested=explain)
-    run = RunReport.create("validate", artifact, opened.manifest, gate=gate, parity=report, localization=localization)
-    write_reports(run, paths)
-    _show_parity(report, json_output, localization)
+    run = run_validate(artifact, reference=reference, atol=atol, rtol=rtol, threads=threads, explain=explain, gate=gate,
+                       reports=reports)
+    _show_parity(run.parity, json_output, run.localization)
     _exit_on("parity", run.failures)
-
-
-def _localize(artifact: Path, manifest: Any, reference: Any, report: Any, *, requested: bool) -> Any:
-    """Localise the divergence of an ONNX artifact; without torch or for other targets only when asked."""
-    from edgeexport.bundle import is_bundle
-    from edgeexport.errors import UsageError
-    from edgeexport.pipeline import explain, rebuild_reference
-
-    problem = ("divergence localization works on ONNX artifacts" if manifest.target != "onnx" else
-               "divergence localization needs torch installed" if importlib.util.find_spec("torch") is None else
-               f"divergence localization works on one artifact; pass a component such as {artifact / 'decoder'}"
-               if is_bundle(artifact) else "")
-    if problem:
-        if requested:
-            raise UsageError(f"--explain: {problem}")
-        return None
-    return explain(artifact, reference or rebuild_reference(manifest), report)
 
 
 @app.command()
 @_one_line_errors
+@_flags(_gate_flags(), _gate, replaces=("gate", "reports"))
 def bench(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also time PyTorch eager on the same inputs (needs torch).")] = False,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 20,
-    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    threads: Threads = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
-    report_paths: ReportPaths = None,
-    fail_on: FailOn = "any",
-    baseline: Baseline = None,
-    parity_margin: ParityMargin = DEFAULT_PARITY_MARGIN,
-    latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
+    gate: Any = None,
+    reports: Any = None,
 ) -> None:
     """Time ARTIFACT on its golden inputs (p50/p90/p99, throughput, peak RSS); exit 1 on a regression."""
-    from edgeexport.pipeline import bench as run_bench
-    from edgeexport.pipeline import rebuild_reference
-    from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
-    from edgeexport.runtimes import open_artifact
+    from edgeexport.pipeline import benchmark
     from edgeexport.validation.report import latency_table
 
-    paths = check_report_paths(report_paths or [])
-    gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
-    manifest = open_artifact(artifact, verify=False).manifest  # run_bench verifies before running
-    ref = rebuild_reference(manifest) if reference else None
-    stats = run_bench(artifact, reference=ref, warmup=warmup, iterations=iterations, threads=threads)
-    run = RunReport.create("bench", artifact, manifest, gate=gate, latency=stats)
-    write_reports(run, paths)
+    run = benchmark(artifact, reference=reference, warmup=warmup, iterations=iterations, threads=threads, gate=gate,
+                    reports=reports)
     if json_output:
-        _print_json([s.to_dict() for s in stats])
+        _print_json([s.to_dict() for s in run.latency])
     else:
-        console.print(latency_table(stats))
+        console.print(latency_table(run.latency))
     _exit_on("latency", run.failures)
 
 
@@ -292,7 +284,7 @@ def matrix(
             task, completed=done, total=total, description=message))
     console.print(console_view(result))
     errors.print(f"wrote {output / 'matrix.md'}, matrix.html and matrix.json", highlight=False, markup=False)
-    _exit_on("matrix", [c.combination.key for c in result.cells if c.status != "passed"] if strict else [])
+    _exit_on("matrix", result.failures() if strict else [])
 
 
 @app.command()
@@ -306,105 +298,44 @@ def inspect(
                                               "re-exports the model).")] = False,
 ) -> None:
     """Show ARTIFACT's manifest, op histogram, parameter count and size (of each component of a bundle)."""
-    from edgeexport.bundle import Bundle, component_folders
-    from edgeexport.trt.preflight import preflight_artifact
+    from edgeexport.inspection import inspect as run_inspect
 
-    folders = component_folders(artifact)
-    described = {role: _describe(folder) for role, folder in folders.items()}
-    checked = {role: preflight_artifact(folder, target=target, locate=locate)
-               for role, folder in folders.items()} if target else {}
+    inspected = run_inspect(artifact, target=target, locate=locate)
     if json_output:
-        data = {role: {"manifest": m.to_dict(), "size_bytes": size, **details,
-                       **({"preflight": checked[role].to_dict()} if role in checked else {})}
-                for role, (m, details, size) in described.items()}
-        _print_json(data[""] if "" in data else {"bundle": Bundle.open(artifact).to_dict(), "components": data})
+        _print_json(inspected.to_dict())
         return
-    for role, (manifest, details, size) in described.items():
-        _print_artifact(f"{artifact}" + (f" ({role})" if role else ""), manifest, details, size)
-        if role in checked:
-            _print_preflight(checked[role])
+    for role, component in inspected.components.items():
+        console.print(_table(f"{artifact}" + (f" ({role})" if role else ""), ("field", "value"), component.summary(),
+                             show_header=False))
+        if component.details.get("ops"):
+            console.print(_table(f"ops ({component.details.get('nodes')} nodes)", ("op", "count"),
+                                 ((op, str(count)) for op, count in component.details["ops"].items())))
+        if component.preflight is not None:
+            _print_preflight(component.preflight)
 
 
 def _print_preflight(report: Any) -> None:
+    title = f"{report.summary()} (table: {report.source})"
     if not report.findings:
-        console.print(f"{report.summary()} (table: {report.source})", highlight=False)
+        console.print(title, highlight=False)
         return
-    table = Table(title=f"{report.summary()} (table: {report.source})")
-    for column in ("severity", "node", "op", "module", "problem"):
-        table.add_column(column)
-    for f in report.findings:
-        table.add_row(Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-",
-                      f.module or "-", f.message)
-    console.print(table)
-
-
-def _describe(folder: Path) -> tuple[Manifest, dict[str, Any], int]:
-    from edgeexport.runtimes import open_artifact, runtime_module
-
-    opened = open_artifact(folder)
-    module = runtime_module(opened.manifest.runtime)
-    details = module.describe(opened) if hasattr(module, "describe") else {}
-    return opened.manifest, details, sum(opened.file(f).stat().st_size for f in opened.manifest.files)
-
-
-def _print_artifact(title: str, manifest: Manifest, details: dict[str, Any], size: int) -> None:
-    info = Table(title=title, show_header=False)
-    info.add_column("field")
-    info.add_column("value")
-    for field_name, value in (
-        ("model", f"{manifest.model.get('name')} ({manifest.model.get('task')}, preset {manifest.model.get('preset')})"),
-        ("source", str(manifest.model.get("source"))), ("target", f"{manifest.target} via {manifest.runtime}"),
-        ("precision", manifest.precision),
-        ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),
-        ("inputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
-        ("outputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
-        ("tolerance", f"atol={manifest.tolerance.atol:g} rtol={manifest.tolerance.rtol:g}"),
-        ("golden cases", ", ".join(g.name for g in manifest.golden)),
-        *((("generation", _generation_summary(manifest)),) if manifest.generation else ()),
-        *((("processing", _processing_summary(manifest)),) if manifest.processing else ()),
-        ("parameters", f"{details.get('parameters', 0):,}"), ("size", f"{size / 1e6:.2f} MB"),
-        ("created", manifest.created_at),
-    ):
-        info.add_row(field_name, value)
-    console.print(info)
-    if details.get("ops"):
-        ops = Table(title=f"ops ({details.get('nodes')} nodes)")
-        ops.add_column("op")
-        ops.add_column("count", justify="right")
-        for op, count in details["ops"].items():
-            ops.add_row(op, str(count))
-        console.print(ops)
-
-
-def _processing_summary(manifest: Manifest) -> str:
-    from edgeexport.processing import Processing
-
-    return Processing.of(manifest).summary()
-
-
-def _generation_summary(manifest: Manifest) -> str:
-    from edgeexport.generation import GenerationSpec
-
-    spec = GenerationSpec.of(manifest)
-    cache = f"{len(spec.past) // 2} layers (past_key_values.{{i}}.key|value -> present.{{i}}.key|value)" if spec.past else ""
-    cross = f"{len(spec.cross) // 2} layers of encoder_key_values.{{i}}.key|value" if spec.cross else ""
-    tokens = ", ".join(f"{k}={v}" for k, v in spec.tokens.to_dict().items() if v not in (None, []))
-    return "; ".join(part for part in (spec.role, cache, cross and f"cross {cross}", tokens,
-                                       f"tokenizer {spec.tokenizer or 'none'}") if part)
+    console.print(_table(title, ("severity", "node", "op", "module", "problem"), (
+        (Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-", f.module or "-",
+         f.message) for f in report.findings)))
 
 
 @app.command()
 @_one_line_errors
+@_flags(map(_option_flag, get_exporter("tensorrt").options), dict)
 def build(
     artifact: Annotated[Path, typer.Argument(help="TensorRT artifact folder (from convert --target tensorrt).")],
-    shapes: Shapes = None,
-    workspace: Workspace = None,
+    **options: Any,
 ) -> None:
     """Build ARTIFACT's TensorRT engine on this machine's GPU, atomically; the manifest records TensorRT and the GPU."""
     from edgeexport.trt.build import build_artifact
 
     with console.status("building the TensorRT engine", spinner="dots"):
-        manifest = build_artifact(artifact, shapes=shapes, workspace=workspace)
+        manifest = build_artifact(artifact, **options)
     engine = manifest.runtime_options["engine"]
     errors.print(f"built {artifact / engine['file']} (TensorRT {engine['tensorrt']}, {engine['gpu']}, compute "
                  f"capability {engine['compute_capability']})", highlight=False, markup=False)
@@ -422,10 +353,10 @@ def generate(
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling probability mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler.")] = None,
-    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    threads: Threads = 0,
 ) -> None:
     """Generate from a prompt with ARTIFACT, streaming tokens to stdout, then tokens/s to stderr."""
-    from edgeexport.runtimes.generate import Generator, TextStreamer
+    from edgeexport.generator import Generator, TextStreamer
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -454,57 +385,20 @@ def predict(
     case: Annotated[str, typer.Option(help="Golden case whose inputs to use when no input is given.")] = "example",
     top_k: Annotated[int, typer.Option(min=1, help="Classes shown per row (classification tasks).")] = 5,
     threshold: Annotated[float, typer.Option(help="Lowest score of a kept detection (object detection).")] = 0.5,
-    threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
+    threads: Threads = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the decoded results as JSON.")] = False,
 ) -> None:
     """Run ARTIFACT on text, an image, audio or arrays (default: its golden inputs) and print what the outputs
     mean: labels, answer spans, boxes, maps or transcripts. Needs no torch."""
-    from edgeexport.processing import Processing, decode, describe
+    from edgeexport.pipeline import predict as run_predict
 
-    sources = {"--text": text, "--image": image, "--audio": audio, "--inputs": inputs}
-    given = [name for name, value in sources.items() if value is not None]
-    if len(given) > 1:
-        from edgeexport.errors import UsageError
-        raise UsageError(f"{', '.join(given)} were given together; pass one input")
-    from edgeexport.runtimes import load
-
-    with load(artifact, threads=threads) as runner:
-        task, processing = runner.artifact.manifest.model.get("task", ""), Processing.of(runner.artifact.manifest)
-        feed, encoded = _predict_inputs(runner, processing, text=text, text_pair=text_pair, image=image, audio=audio,
-                                        inputs=inputs, case=case)
-        results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold, text=encoded)
+    prediction = run_predict(artifact, text=text, text_pair=text_pair, image=image, audio=audio, inputs=inputs,
+                             case=case, top_k=top_k, threshold=threshold, threads=threads)
     if json_output:
-        _print_json(results)
+        _print_json(prediction.results)
         return
-    for row, result in enumerate(results):
-        console.print(f"[{row}] {describe(task, result, processing)}", highlight=False, markup=False)
-
-
-def _predict_inputs(runner: Any, processing: Any, *, text: str | None, text_pair: str | None, image: Path | None,
-                    audio: Path | None, inputs: Path | None, case: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The model inputs of ``predict`` (pre-processed text, image or audio, an .npz, or a golden case), and
-    the text encoding when text was given."""
-    from edgeexport import processing as tasks
-    from edgeexport.artifact import load_npz
-    from edgeexport.errors import InputSpecError
-
-    if text is not None:  # the tokenizer gives every text input; the model takes some of them
-        encoded = tasks.text_inputs(processing, runner.artifact, text, text_pair)
-        return {name: encoded[name] for name in runner.artifact.manifest.input_names if name in encoded}, encoded
-    if image is not None:
-        return tasks.image_inputs(processing, image), None
-    if audio is not None:
-        return tasks.audio_inputs(processing, audio), None
-    if inputs is not None:
-        try:
-            return load_npz(inputs), None
-        except (OSError, ValueError) as exc:
-            raise InputSpecError(f"--inputs {str(inputs)!r} is not a readable .npz of arrays ({exc}); write it with "
-                                 "numpy.savez") from None
-    golden = {g.name: g for g in runner.artifact.manifest.golden}
-    if case not in golden:
-        raise InputSpecError(f"the artifact has no golden case {case!r}; choose one of: {', '.join(golden)}")
-    return runner.artifact.load_golden(golden[case])[0], None
+    for row, line in enumerate(prediction.describe()):
+        console.print(f"[{row}] {line}", highlight=False, markup=False)
 
 
 def main() -> None:

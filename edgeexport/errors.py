@@ -7,6 +7,9 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class EdgeExportError(Exception):
     """Base class of every error edgeexport raises deliberately."""
@@ -42,15 +45,52 @@ class DeviceError(UsageError):
     """The GPU cannot do what was asked: none visible, out of memory, or a failing CUDA call."""
 
 
-class CaptureError(EdgeExportError):
-    """Stage 1 failed: PyTorch could not capture the model into a graph."""
+class StageError(EdgeExportError):
+    """A stage of a conversion failed (exit code 2).
+
+    Raised with the stage's name (one of the exporter's ``stages``), what went wrong and what to
+    try next, and optionally the model's name and a label shown instead of the stage's name (the
+    strategy or tool that ran it). The conversion that ran the exporter numbers it with
+    :meth:`numbered`: ``stage 2/4 (translate to ONNX) failed for bert: ...``; unnumbered it reads
+    ``translate to ONNX failed for bert: ...``.
+    """
+
+    def __init__(self, stage: str, detail: str, *, model: str = "", label: str = "",
+                 position: tuple[int, int] | None = None) -> None:
+        super().__init__(stage, detail)
+        self.stage = stage
+        self.detail = detail
+        self.model = model
+        self.label = label
+        self.position = position
+
+    def __str__(self) -> str:
+        name = self.label or self.stage
+        where = f"stage {self.position[0]}/{self.position[1]} ({name})" if self.position else name
+        return f"{where} failed{f' for {self.model}' if self.model else ''}: {self.detail}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword fields survive pickling (matrix worker processes)
+        return type(self), (self.stage, self.detail), self.__dict__
+
+    def _copy(self, **changes: Any) -> StageError:
+        fields = {"model": self.model, "label": self.label, "position": self.position, **changes}
+        detail = fields.pop("detail", self.detail)
+        return type(self)(self.stage, detail, **fields).with_traceback(self.__traceback__)
+
+    def numbered(self, stages: Sequence[str]) -> StageError:
+        """This error with its stage's position in ``stages`` (unchanged when the stage is not there)."""
+        if self.stage not in stages:
+            return self
+        return self._copy(position=(list(stages).index(self.stage) + 1, len(stages)))
+
+    def extended(self, more: str) -> StageError:
+        """This error with ``more`` appended to its message."""
+        return self._copy(detail=self.detail + more)
 
 
-class ConversionError(EdgeExportError):
-    """Stage 2 failed: the captured graph could not be converted for the target."""
+class CaptureError(StageError):
+    """PyTorch could not capture the model into a graph."""
 
 
-class ParityError(EdgeExportError):
-    """The converted model's outputs differ from the reference beyond tolerance (exit code 1)."""
-
-    exit_code = 1
+class ConversionError(StageError):
+    """A captured graph could not be translated, checked, converted or built for the target."""

@@ -111,6 +111,15 @@ class GenerationSpec:
     def encoder_decoder(self) -> bool:
         return bool(self.cross)
 
+    def summary(self) -> str:
+        """One line for ``edgeexport inspect``: role, cache layers, special tokens and tokenizer."""
+        cache = (f"{len(self.past) // 2} layers (past_key_values.{{i}}.key|value -> present.{{i}}.key|value)"
+                 if self.past else "")
+        cross = f"cross {len(self.cross) // 2} layers of encoder_key_values.{{i}}.key|value" if self.cross else ""
+        tokens = ", ".join(f"{k}={v}" for k, v in self.tokens.to_dict().items() if v not in (None, []))
+        return "; ".join(part for part in (self.role, cache, cross, tokens, f"tokenizer {self.tokenizer or 'none'}")
+                         if part)
+
     def to_dict(self) -> dict[str, Any]:
         return {"role": self.role, "cache": {"past": list(self.past), "present": list(self.present),
                                              "cross": list(self.cross)},

@@ -31,7 +31,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from edgeexport.errors import EdgeExportError, MissingBackendError, UsageError
+from edgeexport import exporter, packages
+from edgeexport.errors import EdgeExportError, UsageError
+from edgeexport.tasks import supported_tasks
+from edgeexport.zoo import PRESETS, SPECS, get_spec
 
 SCHEMA = "edgeexport.matrix.v1"
 RESULTS_DIR = "results"
@@ -102,6 +105,10 @@ class Matrix:
         """The (model, task, preset) triples present, sorted."""
         return sorted({(c.combination.model, c.combination.task, c.combination.preset) for c in self.cells})
 
+    def failures(self) -> list[str]:
+        """Keys of the combinations that did not pass (failed or errored)."""
+        return [c.combination.key for c in self.cells if c.status != "passed"]
+
     def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
         """The result of one row and column, or None when that combination was not run."""
         return self._grid.get((row, column))
@@ -141,16 +148,14 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
 
     Raises:
         UsageError: an unknown model, task, target or preset, or a precision no chosen target has.
+        MissingBackendError: torch is not installed (every combination converts).
     """
-    from edgeexport.exporters import get_exporter
-    from edgeexport.exporters import targets as all_targets
-    from edgeexport.reference.specs import PRESETS, SPECS
-
+    packages.require_torch("matrix")
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     pairs = [_model_task(name) for name in _split(models or SPECS)]
-    chosen = {t: get_exporter(t).precisions for t in (_split(targets) if targets else
-                                                      [t for t in all_targets() if _installed(t)])}
+    chosen = {t: exporter.get_exporter(t).precisions for t in (
+        _split(targets) if targets else [t for t in exporter.targets() if not exporter.get_exporter(t).missing_packages()])}
     wanted = _split(precisions)
     for precision in wanted:
         if not any(precision in available for available in chosen.values()):
@@ -165,24 +170,11 @@ def _split(values: Iterable[str]) -> list[str]:
 
 
 def _model_task(name: str) -> tuple[str, str]:
-    from edgeexport.reference.specs import get_spec
-    from edgeexport.reference.tasks import supported_tasks
-
     model, _, task = name.partition(":")
     tasks = supported_tasks(get_spec(model).tasks)
     if task and task not in tasks:
         raise UsageError(f"model {model!r} has no task {task!r}; choose one of: {', '.join(tasks)}")
     return model, task or tasks[0]
-
-
-def _installed(target: str) -> bool:
-    from edgeexport.exporters import get_exporter
-
-    try:
-        get_exporter(target).check_available()
-    except MissingBackendError:
-        return False
-    return True
 
 
 def run_combination(combination: Combination) -> CellResult:

@@ -1,28 +1,48 @@
-"""The runner contract: ``load(artifact)(inputs) -> outputs``, the same for every target.
+"""The runner contract: ``load(artifact)(inputs) -> outputs``, the same for every target, and how
+runtimes are found.
 
 The base class owns the public call: it checks inputs against the manifest (names, dtypes,
 ranks, fixed dims), creates the backend session lazily on first use, times only the backend
 call, and returns fresh numpy arrays (never buffers the backend may reuse). Backends
-implement the ``_*_impl`` hooks. Runtimes never import torch.
+implement the ``_*_impl`` hooks and declare the packages they need, the smallest install
+command that provides them on a device, and the tool versions an artifact records.
+
+The manifest names the runtime that runs an artifact (``manifest.runtime``): a module of
+:mod:`edgeexport.runtimes` or one that an installed package registers under the entry point
+group ``edgeexport.runtimes``, defining ``RUNNER`` (and optionally ``describe(artifact)`` for
+``inspect``). Runtimes never import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
 
+from edgeexport import packages
 from edgeexport.artifact import Artifact, TensorSpec
-from edgeexport.errors import InputSpecError, MissingBackendError
+from edgeexport.bundle import Bundle, is_bundle
+from edgeexport.errors import ArtifactError, InputSpecError
+from edgeexport.plugins import plugin_module, plugin_names
+
+RUNTIMES = "edgeexport.runtimes"  # the package of built-in runtimes and the entry point group of others
 
 
 class Runner(ABC):
     """Runs one artifact. Use as a callable, optionally as a context manager to free the session.
+
+    Class attributes a subclass declares:
+        name: The runtime's name (what manifests call it).
+        requires: Import names of the packages it needs.
+        install: The smallest command that installs them on a device (``pip install openvino``).
+        tool_packages: Distributions whose versions the manifest records.
+        label: How reports name it.
 
     Attributes:
         last_inference_time: Seconds the last backend call took (excluding input checks).
@@ -30,35 +50,28 @@ class Runner(ABC):
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str] = ""
+    install: ClassVar[str] = "pip install edgeexport"
+    tool_packages: ClassVar[tuple[str, ...]] = ()
     label: ClassVar[str] = ""
 
-    def __init__(self, artifact: Artifact, **options: Any) -> None:
+    def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
-        self.options = options
         self.last_inference_time = 0.0
         self._active = False
 
     @classmethod
     def missing_packages(cls) -> list[str]:
         """The packages of ``requires`` that are not installed."""
-        return [name for name in cls.requires if importlib.util.find_spec(name) is None]
-
-    @classmethod
-    def install_hint(cls) -> str:
-        return f"pip install 'edgeexport[{cls.extra}]'" if cls.extra else "pip install edgeexport"
+        return packages.missing(cls.requires)
 
     @classmethod
     def check_available(cls) -> None:
-        missing = cls.missing_packages()
-        if missing:
-            raise MissingBackendError(f"runtime {cls.name!r} needs {', '.join(missing)}; "
-                                      f"install it with: {cls.install_hint()}")
+        packages.require(cls.requires, needed_by=f"runtime {cls.name!r}", install=cls.install)
 
     @classmethod
     def runs_here(cls) -> str:
         """Whether (and how) this machine runs the runtime's artifacts, for ``edgeexport list``."""
-        return f"no ({cls.install_hint()})" if cls.missing_packages() else "yes"
+        return f"no ({cls.install})" if cls.missing_packages() else "yes"
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -147,3 +160,47 @@ def check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> d
                                      f"(shape {list(spec.shape)})")
         feed[spec.name] = np.ascontiguousarray(array)
     return feed
+
+
+def runtimes() -> list[str]:
+    """Names of all runtimes this edgeexport knows: built in and from installed packages."""
+    return plugin_names(RUNTIMES)
+
+
+def runtime_module(name: str) -> ModuleType:
+    """The runtime module called ``name``; raises :class:`ArtifactError` for names this version lacks."""
+    module = plugin_module(RUNTIMES, name)
+    if module is None:
+        raise ArtifactError(f"artifact needs runtime {name!r}, which this edgeexport does not have "
+                            f"(it has {', '.join(runtimes())}); upgrade edgeexport")
+    return module
+
+
+def open_artifact(artifact: str | Path | Artifact, *, verify: bool = True) -> Artifact:
+    """Open (and by default hash-check) an artifact folder.
+
+    Raises:
+        ArtifactError: not an artifact; a bundle's message names its components.
+    """
+    if not isinstance(artifact, Artifact) and is_bundle(artifact):
+        roles = Bundle.open(artifact).components
+        raise ArtifactError(f"{str(artifact)!r} is a bundle of {', '.join(roles)}; pass one component "
+                            f"(e.g. {Path(artifact) / next(iter(roles))}), or use validate, inspect or generate")
+    opened = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
+    if verify:
+        opened.verify()
+    return opened
+
+
+def load(artifact: str | Path | Artifact, *, verify: bool = True, **options: Any) -> Runner:
+    """Open an artifact and return its runner; the backend session is created on first call.
+
+    Args:
+        artifact: The artifact folder (or an opened :class:`Artifact`).
+        verify: Check every file's sha256 first. Defaults to True.
+        **options: Runner options (see each runner's docstring).
+    """
+    opened = open_artifact(artifact, verify=verify)
+    runner_class = runtime_module(opened.manifest.runtime).RUNNER
+    runner_class.check_available()
+    return runner_class(opened, **options)

@@ -22,7 +22,9 @@ import edgeexport
 from edgeexport.artifact import SCHEMA_VERSION, Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.errors import InputSpecError
+from edgeexport.exporter import targets
 from edgeexport.reference import load_reference
+from edgeexport.tasks import TASKS
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -47,7 +49,7 @@ def assert_one_line(code: int, out: str, err: str, expected: str, *, exit_code: 
     (["bert", "--task", "causal-lm"], "error: model 'bert' does not support task 'causal-lm'; its tasks: "
                                       "sequence-classification, token-classification, question-answering"),
     (["bert", "--target", "tflite"], "error: unknown target 'tflite'; choose one of: "
-                                     + ", ".join(edgeexport.exporters.targets())),
+                                     + ", ".join(targets())),
     (["bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; choose one of: fp32, fp16, int8-weights"),
     (["bert", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, full"),
     (["./no/such/folder"], "error: model folder './no/such/folder' does not exist; pass a zoo name, a save_pretrained "
@@ -61,7 +63,7 @@ def test_bad_convert_arguments(args: list[str], expected: str, tmp_path: Path) -
 
 def test_unknown_task_name(tmp_path: Path) -> None:
     code, out, err = run_cli("convert", "bert", "--task", "dancing", "-o", str(tmp_path / "o"))
-    assert_one_line(code, out, err, "error: unknown task 'dancing'; choose one of: " + ", ".join(edgeexport.reference.TASKS))
+    assert_one_line(code, out, err, "error: unknown task 'dancing'; choose one of: " + ", ".join(TASKS))
 
 
 def saved_bert(folder: Path) -> Path:
@@ -143,7 +145,7 @@ def test_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     monkeypatch.setattr(type(EXPORTER), "requires", ("onnx", "edgeexport_missing_backend"))
     assert_one_line(*run_cli("convert", "bert", "-o", str(tmp_path / "o")),
-                    "error: target 'onnx' needs edgeexport_missing_backend; install it with: pip install 'edgeexport[onnx]'")
+                    "error: target 'onnx' needs edgeexport_missing_backend; install it with: pip install 'edgeexport[export]'")
 
 
 def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,3 +293,4 @@ def test_nan_output_is_a_parity_failure_naming_the_output(artifact_copy: Path) -
     code, out, err = run_cli("validate", str(artifact_copy))
     assert code == 1
     assert "parity FAILED: example/logits: 6 NaN/Inf values in the target output" in err
+

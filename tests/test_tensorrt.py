@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact, TensorSpec, write_manifest
 from edgeexport.cli import app
 from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, MissingBackendError, UsageError
+from edgeexport.inspection import preflight_artifact
 from edgeexport.pipeline import ConversionResult, check_parity, convert
-from edgeexport.reference.specs import SPECS
-from edgeexport.runtimes import load
+from edgeexport.runner import load
 from edgeexport.trt.plan import (
     MAX_FACTOR,
     BuildPlan,
@@ -43,7 +43,8 @@ from edgeexport.trt.plan import (
     parse_shapes,
     parse_size,
 )
-from edgeexport.trt.preflight import preflight, preflight_artifact, support_table, with_modules
+from edgeexport.trt.preflight import preflight, support_table, with_modules
+from edgeexport.zoo import SPECS
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
 DEFAULT_PAIRS = [("gpt2", "causal-lm"), ("bert", "sequence-classification"), ("vit", "image-classification")]
@@ -352,7 +353,7 @@ class _Net(torch.nn.Module):
 
 
 def test_conversion_stops_on_preflight_errors_naming_node_and_module(tmp_path: Path) -> None:
-    expected = (r"stage 3/4 \(TensorRT preflight\) failed for _Net: error: node \S+ \(Det\) "
+    expected = (r"stage 5/7 \(TensorRT preflight\) failed for _Net: error: node \S+ \(Det\) "
                 r"from module head \(.*_Determinant\): Det is marked unsupported")
     with pytest.raises(ConversionError, match=expected):
         convert(_Net(), {"x": torch.randn(2, 3, 3)}, target="tensorrt", output_dir=tmp_path / "net",

@@ -7,40 +7,46 @@ Stages, each with its own error class:
      and the PyTorch module it came from): our input and output names, flexible input shapes
      from the dynamic axes (:func:`shape_mode`), fp16 or fp32 compute precision and a minimum
      deployment target (iOS16/macOS13 by default). Converter fixes live in
-     :mod:`edgeexport.exporters.coreml_fixes`;
+     :mod:`edgeexport.mil.converter_fixes`;
   3. compress weights for ``int8`` (linear quantization) or ``palettize4``/``palettize6``
      (k-means palettization) with ``coremltools.optimize.coreml``;
   4. save ``model.mlpackage`` (a folder; the manifest hashes every file in it).
 
-coremltools is imported where it is used, so ``edgeexport list`` works without it.
+torch and coremltools are imported where they are used, so this module imports without them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import io
 import itertools
-import logging
 import re
 from abc import abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from edgeexport.artifact import Tolerance
+from edgeexport.capture import (
+    CaptureStrategy,
+    NodeOrigin,
+    describe_exception,
+    export_program,
+    module_path,
+    node_origin,
+    run_strategies,
+    traced_scope,
+)
 from edgeexport.errors import CaptureError, ConversionError, UsageError
-from edgeexport.exporters import onnx as onnx_target
-from edgeexport.exporters.base import Exporter, ExportResult
-from edgeexport.logs import logger_levels
-from edgeexport.reference.model import ReferenceModel
+from edgeexport.exporter import Exporter, ExportResult, Option
+from edgeexport.logs import quiet
 
 if TYPE_CHECKING:
     import coremltools as ct
+    import torch
+
+    from edgeexport.reference.model import ReferenceModel
 
 MODEL_FILE = "model.mlpackage"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
@@ -65,29 +71,29 @@ class ConvertOptions:
     shapes: str  # how dynamic axes are declared: shape_mode()'s "enumerated" or "range"
 
 
-class CoreMLStrategy(onnx_target.CaptureStrategy):
+class CoreMLStrategy(CaptureStrategy):
     """Capture the wrapper one way, then convert it with coremltools (the model is an ``ct.models.MLModel``).
 
-    Reuses the ONNX target's strategy runner: example inputs at axis sizes >= 2, quiet torch
-    logs, SDPA's math kernel, and failures recorded so the next strategy can be tried.
+    Runs as every capture strategy does: example inputs at axis sizes >= 2, quiet torch logs,
+    SDPA's math kernel, and failures recorded so the next strategy can be tried.
     """
 
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
-                 opset: int | None) -> ct.models.MLModel:
+                 opset: int | None) -> tuple[ct.models.MLModel, dict[str, Any]]:
         try:
             source = self._trace(reference, args)
         except Exception as exc:
-            raise CaptureError(f"stage 1/4 ({self.name}) failed for {reference.name}: {onnx_target.describe_exception(exc)}; "
-                               "make the failing code traceable") from exc
-        with _quiet_coremltools() as errors:
+            raise CaptureError("capture", f"{describe_exception(exc)}; make the failing code traceable",
+                               model=reference.name, label=self.name) from exc
+        with quiet_coremltools() as errors:
             try:
-                return convert(reference, source, args, self.options)
+                return convert(reference, source, args, self.options), {}
             except Exception as exc:
-                raise ConversionError(f"stage 2/4 (convert to an ML Program) failed for {reference.name}: "
-                                      f"{_locate_failure(exc, errors, reference, source)}") from exc
+                raise ConversionError("convert to an ML Program", _locate_failure(exc, errors, reference, source),
+                                      model=reference.name) from exc
 
     @abstractmethod
     def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> Any:
@@ -100,6 +106,8 @@ class TraceStrategy(CoreMLStrategy):
     name = "torch.jit.trace"
 
     def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+        import torch
+
         with torch.no_grad():
             return torch.jit.trace(reference.module, args, strict=False)
 
@@ -110,10 +118,16 @@ class ExportStrategy(CoreMLStrategy):
     name = "torch.export"
 
     def _trace(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-        return onnx_target.export_program(reference, args).run_decompositions({})
+        return export_program(reference, args).run_decompositions({})
 
 
 STRATEGIES: tuple[type[CoreMLStrategy], ...] = (TraceStrategy, ExportStrategy)
+
+
+def check_deployment_target(target: str) -> None:
+    """Raise :class:`UsageError` for a deployment target other than :data:`DEPLOYMENT_TARGETS`."""
+    if target not in DEPLOYMENT_TARGETS:
+        raise UsageError(f"unknown deployment target {target!r}; choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
 
 
 def shape_mode(reference: ReferenceModel) -> str:
@@ -170,7 +184,7 @@ def convert(reference: ReferenceModel, source: Any, args: tuple[torch.Tensor, ..
     """Stage 2 (and 3): ``coremltools.convert`` to an ML Program, then weight compression."""
     import coremltools as ct
 
-    import edgeexport.exporters.coreml_fixes  # noqa: F401 - registers the converter fixes
+    import edgeexport.mil.converter_fixes  # noqa: F401 - registers the converter fixes
 
     model = ct.convert(
         source, source="pytorch", convert_to="mlprogram",
@@ -199,31 +213,10 @@ def _compression(precision: str) -> dict[str, Any] | None:
     return {"method": function, **settings}
 
 
-class _Records(logging.Handler):
-    """Keeps the error records coremltools logs (they name the op and the module that failed)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _quiet_coremltools() -> Iterator[list[str]]:
-    """Silence coremltools' progress bars (stderr) and log lines; yield the error messages it logs."""
-    logger = logging.getLogger("coremltools")
-    records = _Records()
-    propagate = logger.propagate
-    logger.addHandler(records)
-    logger.propagate = False
-    try:
-        with logger_levels([logger.name], logging.ERROR), contextlib.redirect_stderr(io.StringIO()):
-            yield records.messages
-    finally:
-        logger.removeHandler(records)
-        logger.propagate = propagate
+def quiet_coremltools() -> Any:
+    """Silence coremltools' progress bars (stderr) and log lines; yields the error messages it logs
+    (they name the op and the module that failed)."""
+    return quiet(["coremltools"], stderr=True)
 
 
 def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceModel, source: Any) -> str:
@@ -234,14 +227,14 @@ def _locate_failure(exc: BaseException, errors: list[str], reference: ReferenceM
     later names a MIL variable (``Layer "x_1"``), the name of the node that produced it. The node
     is then looked up in the captured graph.
     """
-    cause = onnx_target.describe_exception(exc).rstrip(". ")
+    cause = describe_exception(exc).rstrip(". ")
     name = _failing_node_name(exc, errors)
     located = _node(reference, source, name) if name else None
     if located is None:
         return f"{cause}. Next steps: report it with the model and the coremltools version"
     op, origin = located
     return (f"{cause} (op {op}, produced by {origin.describe()}). Next steps: replace the op in that module, or register a "
-            "converter with coremltools' register_torch_op (see edgeexport/exporters/coreml_fixes.py)")
+            "converter with coremltools' register_torch_op (see edgeexport/mil/converter_fixes.py)")
 
 
 def _failing_node_name(exc: BaseException, errors: list[str]) -> str | None:
@@ -255,27 +248,29 @@ def _failing_node_name(exc: BaseException, errors: list[str]) -> str | None:
     return re.sub(r"_cast_fp(16|32)$", "", named.group(1) or named.group(2))  # renamed by the fp16 pass
 
 
-def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, onnx_target.NodeOrigin] | None:
+def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, NodeOrigin] | None:
     """Op and origin of the node called ``name`` in the traced graph or the ExportedProgram."""
+    import torch
+
     wanted = re.sub(r"\W", "_", name)
     if isinstance(source, torch.export.ExportedProgram):
         node = next((n for n in source.graph.nodes if n.name == wanted), None)
-        return (str(node.target), onnx_target.node_origin(node)) if node is not None else None
+        return (str(node.target), node_origin(node)) if node is not None else None
     for node in source.inlined_graph.nodes():
         if any(re.sub(r"\W", "_", out.debugName()) == wanted for out in node.outputs()):
             return node.kind().removeprefix("aten::"), _traced_origin(reference, node)
     return None
 
 
-def _traced_origin(reference: ReferenceModel, node: torch.Node) -> onnx_target.NodeOrigin:
+def _traced_origin(reference: ReferenceModel, node: torch.Node) -> NodeOrigin:
     """Innermost module (path under the reference wrapper, class) and source line of a traced node."""
-    path = onnx_target.traced_scope(node)
+    path = traced_scope(node)
     try:
         module_class = type(reference.module.get_submodule(path)).__qualname__
     except AttributeError:
         module_class = "unknown class"
     source = next(iter(node.sourceRange().splitlines()), "").strip()
-    return onnx_target.NodeOrigin(module=onnx_target.module_path(path), module_class=module_class, source=source)
+    return NodeOrigin(module=module_path(path), module_class=module_class, source=source)
 
 
 class CoreMLExporter(Exporter):
@@ -289,9 +284,13 @@ class CoreMLExporter(Exporter):
 
     target = "coreml"
     runtime = "coreml"
-    requires = ("coremltools",)
+    requires = ("torch", "transformers", "coremltools")
+    extra = "export,coreml"
+    tool_packages = ("torch", "transformers", "coremltools")
+    stages = ("capture", "convert to an ML Program", "compress", "save")
     default_precision = "fp16"
-    options = ("deployment_target",)
+    options = (Option("deployment_target", str, "Core ML minimum deployment target: iOS16 (= macOS13, the "
+                      "default), iOS17 or iOS18.", check=check_deployment_target),)
     # fp16 activations: the tiny zoo's largest errors are 6e-3 (T5 logits, GLPN depth). Compressed
     # weights add per-layer noise, so statistical criteria carry the check; the tiny zoo's random
     # logits have near-ties (top-1 over 2-3 rows of QA logits moves in steps of 1/3), and its
@@ -314,18 +313,19 @@ class CoreMLExporter(Exporter):
             precision: One of :attr:`precisions`.
             deployment_target: Minimum deployment target, ``iOS16`` (= macOS13), ``iOS17`` or ``iOS18``.
                 Defaults to ``iOS16``.
-            **options: Options of other targets (ignored).
+            **options: The conversion's generic options (unused: no opset, no simplification).
 
         Raises:
             UsageError: unknown deployment target.
             CaptureError, ConversionError: every strategy failed; the first failure is raised.
         """
+        import torch
+
         target = deployment_target or DEFAULT_DEPLOYMENT_TARGET
-        if target not in DEPLOYMENT_TARGETS:
-            raise UsageError(f"unknown deployment target {target!r}; choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
+        check_deployment_target(target)
         settings = ConvertOptions(precision=precision, deployment_target=target, shapes=shape_mode(reference))
-        model, info = onnx_target.capture(reference, opset=None, strategies=tuple(s(settings) for s in STRATEGIES))
-        with _quiet_coremltools():
+        model, info = run_strategies(tuple(s(settings) for s in STRATEGIES), reference, None)
+        with quiet_coremltools():
             model.save(str(folder / MODEL_FILE))
         mode = settings.shapes
         exporter = {"name": "coremltools", "coremltools": importlib.metadata.version("coremltools"),

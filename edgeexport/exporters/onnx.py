@@ -1,73 +1,54 @@
 """ONNX target: torch.export + torch.onnx (TorchScript exporter as fallback), checked, simplified, fp16.
 
-Stages, each with its own error class:
+Stages (:attr:`OnnxExporter.stages`), each with its own error class:
   1. capture with ``torch.export`` (:class:`CaptureError`);
   2. translate to ONNX with ``torch.onnx.export`` (:class:`ConversionError` naming the op and
      the PyTorch module that produced it). Strategies (dynamo, then TorchScript) are tried in
      order; the winner and the first failure are recorded in the manifest;
-  3. ``onnx.checker`` and shape inference, then optional onnxslim simplification and fp16
-     weights/compute (onnxruntime's float16 converter, fp32 inputs/outputs kept);
+  3. ``onnx.checker`` and shape inference (:class:`ConversionError`), then optional onnxslim
+     simplification and fp16 weights/compute (onnxruntime's float16 converter, fp32
+     inputs/outputs kept) or int8 weights;
   4. save, with external data when the model exceeds protobuf's 2 GB limit.
+
+torch and onnxscript are imported where they are used, so this module imports without them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from edgeexport.artifact import Tolerance
+from edgeexport.capture import (
+    CaptureStrategy,
+    describe_exception,
+    export_context,
+    export_program,
+    node_origin,
+    quiet,
+    run_strategies,
+    trace_inputs,
+)
 from edgeexport.errors import CaptureError, ConversionError
-from edgeexport.exporters.base import Exporter, ExportResult
+from edgeexport.exporter import Exporter, ExportResult
 from edgeexport.logs import logger_levels
-from edgeexport.reference.model import ReferenceModel
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
+
+    from edgeexport.reference.model import ReferenceModel
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 1
 WEIGHT_BLOCK = 16  # int8-weights: elements per quantization block (one scale each)
-
-
-@dataclass
-class CaptureResult:
-    """Outcome of one capture strategy: a model, or the exception that stopped it."""
-
-    strategy: str
-    model: onnx.ModelProto | None = None
-    exception: BaseException | None = None
-
-
-class CaptureStrategy(ABC):
-    """One way of turning the reference module into an ONNX ModelProto."""
-
-    name: ClassVar[str]
-
-    def __call__(self, reference: ReferenceModel, opset: int | None) -> CaptureResult:
-        try:
-            with export_context():
-                return CaptureResult(self.name, model=self._capture(reference, trace_inputs(reference), opset))
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
-            logger.debug("capture strategy %s failed", self.name, exc_info=True)
-            return CaptureResult(self.name, exception=exc)
-
-    @abstractmethod
-    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
-        ...
 
 
 class DynamoStrategy(CaptureStrategy):
@@ -79,24 +60,9 @@ class DynamoStrategy(CaptureStrategy):
 
     name = "dynamo"
 
-    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
-        return dynamo_export(reference, args, opset).model_proto
-
-
-def trace_inputs(reference: ReferenceModel) -> tuple[torch.Tensor, ...]:
-    """Example inputs to trace with: torch.export specialises dims of size 0 and 1, so every
-    dynamic axis is traced at a size >= 2."""
-    sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
-    example = reference.make_inputs(sizes)
-    return tuple(torch.from_numpy(example[n]) for n in reference.input_names)
-
-
-@contextlib.contextmanager
-def export_context() -> Iterator[None]:
-    """Quiet export with SDPA's math kernel: T5's and Swin's float attention bias otherwise fail
-    in decomposition ("Cannot view a tensor ..."); parity is unaffected."""
-    with quiet(), sdpa_kernel([SDPBackend.MATH]):
-        yield
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return dynamo_export(reference, args, opset).model_proto, {}
 
 
 def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> Any:
@@ -106,30 +72,21 @@ def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], ops
         CaptureError: torch.export failed.
         ConversionError: translation failed; the message names the op and its module.
     """
+    import torch
+
     # torch.export takes Dim.DYNAMIC (export_program); torch.onnx.export then renames those axes to our names.
     named = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
     try:
         program = export_program(reference, args)
     except Exception as exc:
-        raise CaptureError(f"stage 1/4 (torch.export) failed for {reference.name}: {describe_exception(exc)}; "
-                           "make the failing code traceable or try the TorchScript exporter") from exc
+        raise CaptureError("capture", f"{describe_exception(exc)}; make the failing code traceable or try the "
+                           "TorchScript exporter", model=reference.name, label="torch.export") from exc
     try:
         return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=reference.input_names,
                                  output_names=reference.output_names, dynamic_shapes=(named,) if any(named) else None,
                                  optimize=True, verbose=False)
     except Exception as exc:
-        raise ConversionError(f"stage 2/4 (translate to ONNX) failed for {reference.name}: "
-                              f"{_locate_failure(exc, program)}") from exc
-
-
-def export_program(reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    """``torch.export`` (non-strict) of the wrapper, every dynamic axis as ``Dim.DYNAMIC``.
-
-    The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
-    """
-    axes = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
-    dims = tuple({i: torch.export.Dim.DYNAMIC for i in named} if named else None for named in axes)
-    return torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(axes) else None, strict=False)
+        raise ConversionError("translate to ONNX", _locate_failure(exc, program), model=reference.name) from exc
 
 
 def decomposed_program(reference: ReferenceModel, *, opset: int | None = None) -> torch.export.ExportedProgram:
@@ -154,48 +111,6 @@ def _locate_failure(exc: BaseException, program: torch.export.ExportedProgram) -
             "or register an onnxscript function for it")
 
 
-@dataclass(frozen=True)
-class NodeOrigin:
-    """Where an FX node came from: innermost module path and class, and the source line."""
-
-    module: str
-    module_class: str
-    source: str
-
-    def describe(self) -> str:
-        """``module 'path' (Class) at File "...", line N: code`` (the source part when known)."""
-        return f"module '{self.module}' ({self.module_class})" + (f" at {self.source}" if self.source else "")
-
-
-def node_origin(node: torch.fx.Node) -> NodeOrigin:
-    """The innermost ``nn.Module`` (path relative to the reference model) and source line of an FX node."""
-    stack = list((node.meta.get("nn_module_stack") or {}).values())
-    path, kind = stack[-1] if stack else ("", "")
-    trace = [line.strip() for line in (node.meta.get("stack_trace") or "").strip().splitlines()]
-    files = [i for i, line in enumerate(trace) if line.startswith("File ")]
-    # The innermost frame outside torch itself: the model code that called the op or module.
-    outside = [i for i in files if f"{os.sep}torch{os.sep}" not in trace[i]] or files
-    source = ""
-    if outside:
-        last = outside[-1]
-        source = trace[last] + (f": {trace[last + 1]}" if last + 1 < len(trace) else "")
-    return NodeOrigin(module=module_path(path), module_class=kind if isinstance(kind, str) else kind.__qualname__,
-                      source=source)
-
-
-def module_path(path: str) -> str:
-    """``L['self'].block.attn`` or ``model.block.attn`` -> ``block.attn`` (top level shows as ``<root>``)."""
-    cleaned = re.sub(r"^L\['self'\]\.?", "", path)
-    cleaned = re.sub(r"\._modules\['([^']+)'\]", r".\1", cleaned).lstrip(".")
-    return cleaned.removeprefix("module.").removeprefix("model.") or "<root>"
-
-
-def traced_scope(node: torch.Node) -> str:
-    """Attribute path, from the traced module, of the innermost module that ran a ``torch.jit.trace`` node
-    (``__module.model.encoder`` -> ``model.encoder``; empty for the traced module itself)."""
-    return node.scopeName().rpartition("/")[2].removeprefix("__module").removeprefix(".")
-
-
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     while exc is not None:
         yield exc
@@ -207,75 +122,39 @@ class TorchScriptStrategy(CaptureStrategy):
 
     name = "torchscript"
 
-    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> onnx.ModelProto:
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
         import io
+
+        import torch
 
         buffer = io.BytesIO()
         torch.onnx.export(reference.module, args, buffer, dynamo=False, opset_version=opset or 17,
                           input_names=reference.input_names, output_names=reference.output_names,
                           dynamic_axes={k: v for k, v in reference.dynamic_axes.items() if v})
-        return onnx.load_from_string(buffer.getvalue())
+        return onnx.load_from_string(buffer.getvalue()), {}
 
 
 CAPTURE_STRATEGIES: tuple[CaptureStrategy, ...] = (DynamoStrategy(), TorchScriptStrategy())
 
 
-NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "onnxslim")
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence torch.onnx/onnxscript progress prints, warnings and log chatter; failures still raise."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(None), logger_levels(NOISY_LOGGERS, logging.ERROR):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def capture(reference: ReferenceModel, *, opset: int | None,
-            strategies: tuple[CaptureStrategy, ...] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Stage 1: try each strategy in order; return the model and what happened.
+def capture(reference: ReferenceModel, *, opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Stages 1 and 2: try each of :data:`CAPTURE_STRATEGIES` in order; return the model and what happened.
 
     Raises:
-        CaptureError: every strategy failed; the message carries the *first* failure, since
-            later fallback errors mostly confuse.
+        CaptureError, ConversionError: every strategy failed; the first failure is raised.
     """
-    failures: list[CaptureResult] = []
-    for strategy in strategies or CAPTURE_STRATEGIES:
-        result = strategy(reference, opset)
-        if result.model is not None:
-            info = {"strategy": result.strategy,
-                    "fallback_reason": describe_exception(failures[0].exception) if failures else None}
-            return result.model, info
-        failures.append(result)
-    first = failures[0]
-    tried = ", ".join(f.strategy for f in failures)
-    if isinstance(first.exception, (CaptureError, ConversionError)):
-        raise type(first.exception)(f"{first.exception} (strategies tried: {tried})") from first.exception
-    raise CaptureError(f"stage 1/4 (capture) failed for {reference.name}: {first.strategy}: {describe_exception(first.exception)}; "
-                       f"strategies tried: {tried}. Next steps: simplify the failing module or report the op"
-                       ) from first.exception
-
-
-def describe_exception(exc: BaseException | None) -> str:
-    """First line of the root cause of ``exc`` (torch wraps the useful message in several layers)."""
-    if exc is None:
-        return ""
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(root)).splitlines() if line.strip()]
-    summary = f"{type(root).__name__}: {lines[0].strip() if lines else ''}"
-    return summary[:400] + ("..." if len(summary) > 400 else "")
+    return run_strategies(CAPTURE_STRATEGIES, reference, opset)
 
 
 def check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Stage 2: run shape inference and the ONNX checker; return the shape-annotated model."""
+    """Stage 3: run shape inference and the ONNX checker; return the shape-annotated model."""
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ConversionError(f"stage 3/4 (onnx checker) failed: {describe_exception(exc)}") from exc
+        raise ConversionError("onnx checker", describe_exception(exc)) from exc
     return model
 
 
@@ -370,7 +249,10 @@ class OnnxExporter(Exporter):
 
     target = "onnx"
     runtime = "onnxruntime"
-    requires = ("onnx", "onnxscript", "onnxruntime")
+    requires = ("torch", "transformers", "onnxscript", "onnxslim")
+    extra = "export"
+    tool_packages = ("torch", "transformers", "onnx", "onnxscript", "onnxslim", "onnxruntime")
+    stages = ("capture", "translate to ONNX", "onnx checker", "save")
     # int8-weights is judged like OpenVINO's: a small atol with cosine, top-1 and mean-error criteria.
     precisions = {"fp32": None, "fp16": Tolerance(atol=2e-2, rtol=2e-2),
                   "int8-weights": Tolerance(atol=1e-3, rtol=5e-2, min_cosine=0.999, min_top1=0.95)}
@@ -390,6 +272,8 @@ class OnnxExporter(Exporter):
             model = quantize_weights(model)
             passes.append(f"MatMulNBits(bits=8, block_size={WEIGHT_BLOCK}, symmetric, accuracy_level=4)")
         save(model, folder)
+        import torch
+
         exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model), "passes": passes, **info}
         return ExportResult(model_file=MODEL_FILE, exporter=exporter)
 

@@ -11,33 +11,42 @@ Stages:
      the task head kept in float, 7-bit weights so CPUs without VNNI do not saturate);
   4. save ``model.xml``/``model.bin``, fp16-compressed only for ``fp16``.
 
-openvino and nncf are imported where they are used, so ``edgeexport list`` works without them.
+torch, openvino and nncf are imported where they are used, so this module imports without them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import tempfile
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from edgeexport.artifact import Tolerance
-from edgeexport.errors import ConversionError
+from edgeexport.capture import (
+    CaptureStrategy,
+    Result,
+    describe_exception,
+    quiet,
+    run_strategies,
+    trace_inputs,
+    traced_scope,
+)
+from edgeexport.errors import ConversionError, StageError
+from edgeexport.exporter import Exporter, ExportResult
 from edgeexport.exporters import onnx as onnx_target
-from edgeexport.exporters.base import Exporter, ExportResult
 from edgeexport.logs import logger_levels
-from edgeexport.reference.model import ReferenceModel
 
 if TYPE_CHECKING:
     import openvino as ov
+    import torch
+
+    from edgeexport.reference.model import ReferenceModel
 
 logger = logging.getLogger(__name__)
 
@@ -55,33 +64,12 @@ FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
 IGNORED_OPS = frozenset({"prim::Constant"})  # reported beside the real culprit, never the cause
 
 
-@dataclass
-class ConvertResult:
-    """Outcome of one conversion strategy: an OpenVINO model, or the exception that stopped it."""
-
-    strategy: str
-    model: ov.Model | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    exception: BaseException | None = None
-
-
-class ConvertStrategy(ABC):
+class ConvertStrategy(CaptureStrategy):
     """One way of turning the reference module into an ``openvino.Model``."""
 
-    name: ClassVar[str]
-
-    def __call__(self, reference: ReferenceModel, opset: int | None) -> ConvertResult:
-        try:
-            with onnx_target.quiet():
-                model, details = self._convert(reference, opset)
-            return ConvertResult(self.name, model=model, details=details)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded and the next strategy tried
-            logger.debug("conversion strategy %s failed", self.name, exc_info=True)
-            return ConvertResult(self.name, exception=exc)
-
-    @abstractmethod
-    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
-        """Return the converted model and what to record about how it was made."""
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        """Quiet torch and onnx logs; OpenVINO traces with the model's own attention kernels."""
+        return quiet()
 
 
 class PyTorchStrategy(ConvertStrategy):
@@ -89,12 +77,13 @@ class PyTorchStrategy(ConvertStrategy):
 
     name = "pytorch"
 
-    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
         shapes = [(ov.PartialShape([-1 if isinstance(d, str) else d for d in spec.dims]), ov.Type(np.dtype(spec.dtype)))
                   for spec in reference.inputs]
-        return ov.convert_model(reference.module, example_input=example_args(reference), input=shapes), {}
+        return ov.convert_model(reference.module, example_input=args, input=shapes), {}
 
 
 class OnnxStrategy(ConvertStrategy):
@@ -102,7 +91,8 @@ class OnnxStrategy(ConvertStrategy):
 
     name = "onnx"
 
-    def _convert(self, reference: ReferenceModel, opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
         model, info = onnx_target.capture(reference, opset=opset)
@@ -116,13 +106,6 @@ class OnnxStrategy(ConvertStrategy):
 CONVERT_STRATEGIES: tuple[ConvertStrategy, ...] = (PyTorchStrategy(), OnnxStrategy())
 
 
-def example_args(reference: ReferenceModel) -> tuple[torch.Tensor, ...]:
-    """Example tensors in input order, dynamic axes at >= 2 so that tracing keeps them general."""
-    sizes = {axis: max(example, 2) for axis, (example, _) in reference.sizes.items()}
-    example = reference.make_inputs(sizes)
-    return tuple(torch.from_numpy(example[n]) for n in reference.input_names)
-
-
 def convert(reference: ReferenceModel, *, opset: int | None,
             strategies: tuple[ConvertStrategy, ...] = CONVERT_STRATEGIES) -> tuple[ov.Model, dict[str, Any]]:
     """Stage 1: try each strategy in order; return the model and what happened.
@@ -131,26 +114,23 @@ def convert(reference: ReferenceModel, *, opset: int | None,
         ConversionError: every strategy failed; the message carries the *first* failure (with
             the unconvertible op and its module where OpenVINO names one).
     """
-    failures: list[ConvertResult] = []
-    for strategy in strategies:
-        result = strategy(reference, opset)
-        if result.model is not None:
-            reason = describe_failure(reference, failures[0].exception) if failures else None
-            return result.model, {"strategy": result.strategy, "fallback_reason": reason, **result.details}
-        failures.append(result)
+    return run_strategies(strategies, reference, opset, failed=_convert_failed,
+                          describe=functools.partial(describe_failure, reference))
+
+
+def _convert_failed(reference: ReferenceModel, failures: Sequence[Result]) -> StageError:
     first = failures[0]
-    reason = describe_failure(reference, first.exception)
-    raise ConversionError(
-        f"stage 1/4 (convert) failed for {reference.name}: {first.strategy}: {reason}; "
-        f"strategies tried: {', '.join(f.strategy for f in failures)}. "
-        "Next steps: replace the op in that module, or report it to OpenVINO") from first.exception
+    return ConversionError(
+        "convert", f"{first.strategy}: {describe_failure(reference, first.exception)}; strategies tried: "
+        f"{', '.join(f.strategy for f in failures)}. Next steps: replace the op in that module, or report it to OpenVINO",
+        model=reference.name)
 
 
 def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> str:
     """One line for a failed conversion: the ops OpenVINO could not convert and their modules, else the error."""
     ops = sorted(set(FRONTEND_OP.findall(str(exc))) - IGNORED_OPS)
     if not ops:
-        return onnx_target.describe_exception(exc)
+        return describe_exception(exc)
     modules = modules_using(reference, set(ops))
     return "no OpenVINO conversion for " + ", ".join(
         f"{op} (in {modules[op]})" if op in modules else op for op in ops)
@@ -161,16 +141,18 @@ def modules_using(reference: ReferenceModel, ops: set[str]) -> dict[str, str]:
 
     Paths are relative to the user's model: the wrapper's own attribute is dropped.
     """
+    import torch
+
     try:
-        with onnx_target.quiet():
-            traced = torch.jit.trace(reference.module, example_args(reference), check_trace=False, strict=False)
+        with quiet():
+            traced = torch.jit.trace(reference.module, trace_inputs(reference), check_trace=False, strict=False)
     except Exception:  # noqa: BLE001 - locating is best effort; the op name alone still goes out
         logger.debug("could not trace %s to locate %s", reference.name, ops, exc_info=True)
         return {}
     modules = dict(reference.module.named_modules())
     found: dict[str, str] = {}
     for node in traced.inlined_graph.nodes():
-        path = onnx_target.traced_scope(node)
+        path = traced_scope(node)
         if node.kind() in ops and node.kind() not in found and path in modules:
             found[node.kind()] = f"module '{path.partition('.')[2] or '<root>'}' ({type(modules[path]).__name__})"
     return found
@@ -252,7 +234,7 @@ def _nncf_warnings_only() -> Iterator[None]:
         yield
 
 
-Compressor = Callable[["ov.Model", ReferenceModel], "tuple[ov.Model, str]"]
+Compressor = Callable[["ov.Model", "ReferenceModel"], "tuple[ov.Model, str]"]
 COMPRESSORS: dict[str, Compressor] = {"int8-weights": compress_weights, "int8": quantize}
 
 
@@ -266,7 +248,11 @@ class OpenVinoExporter(Exporter):
 
     target = "openvino"
     runtime = "openvino"
-    requires = ("openvino", "nncf")
+    requires = ("torch", "transformers", "openvino", "nncf")
+    extra = "export,openvino"
+    # The onnx strategy converts through the ONNX target.
+    tool_packages = ("torch", "transformers", "openvino", "nncf", "onnx", "onnxscript")
+    stages = ("convert", "name inputs and outputs", "compress", "save")
     # fp16 weights are decompressed and computed in fp32, so elementwise bounds hold. Quantized
     # errors are relative to each layer's range: a small atol (the tiny zoo's logits are ~1e-2)
     # with cosine, top-1 and mean-error criteria, so that a rescaled or shuffled output fails.
@@ -286,7 +272,7 @@ class OpenVinoExporter(Exporter):
         name_tensors(model, reference)
         passes = []
         if precision in COMPRESSORS:
-            with onnx_target.quiet(), _nncf_warnings_only():
+            with quiet(), _nncf_warnings_only():
                 model, applied = COMPRESSORS[precision](model, reference)
             passes.append(applied)
         number_ops(model)

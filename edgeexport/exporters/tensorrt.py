@@ -1,35 +1,45 @@
 """TensorRT target: the ONNX target's model, preflighted, plus a build plan; an engine where a GPU is.
 
-Stages:
-  1-2. capture, check, simplify and save ``model.onnx`` exactly as the ONNX target does, in fp32
-       (TensorRT applies the precision when it builds); ``model.onnx`` stays in the artifact;
-  3. preflight the graph against TensorRT's ONNX parser table (:mod:`edgeexport.trt.preflight`);
+Stages (:attr:`TensorrtExporter.stages`):
+  1-4. capture, translate, check, simplify and save ``model.onnx`` exactly as the ONNX target
+       does, in fp32 (TensorRT applies the precision when it builds); ``model.onnx`` stays in
+       the artifact;
+  5. preflight the graph against TensorRT's ONNX parser table (:mod:`edgeexport.trt.preflight`);
      an error stops the conversion with a :class:`ConversionError` naming the node and, where
      the dynamo exporter captured the model, the PyTorch module it came from;
-  4. write the build plan (optimization profile, precision, workspace; for int8 the calibration
-     batches) into the manifest, and build ``model.engine`` when tensorrt, cuda-python and an
-     NVIDIA GPU are all here (:mod:`edgeexport.trt.build`). Elsewhere the artifact is
+  6-7. write the build plan (optimization profile, precision, workspace; for int8 the calibration
+     batches) into the manifest, and parse and build ``model.engine`` when tensorrt, cuda-python
+     and an NVIDIA GPU are all here (:mod:`edgeexport.trt.build`). Elsewhere the artifact is
      TensorRT-ready: ``edgeexport build ARTIFACT`` builds the engine on the device, and the
      manifest's ``exporter.note`` says so.
+
+The preflight of an existing artifact (``inspect --target tensorrt``) is :meth:`TensorrtExporter.preflight`;
+with ``locate`` it re-exports the reference to name each problem's PyTorch module (needs torch).
+torch is imported where it is used, so this module imports without it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from edgeexport import packages
 from edgeexport.artifact import Tolerance, save_npz
+from edgeexport.capture import node_origin
 from edgeexport.errors import ConversionError, EdgeExportError
+from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.exporters import onnx as onnx_target
-from edgeexport.exporters.base import Exporter, ExportResult
-from edgeexport.reference.model import ReferenceModel
+from edgeexport.trt import build
 from edgeexport.trt.cuda import unavailable_reason
 from edgeexport.trt.plan import CALIBRATION_DIR, BuildPlan, TensorrtOptions, parse_shapes, parse_size
-from edgeexport.trt.preflight import PreflightReport, preflight, with_modules
+from edgeexport.trt.preflight import PreflightReport, onnx_file, preflight, with_modules
+
+if TYPE_CHECKING:
+    from edgeexport.artifact import Artifact, Manifest
+    from edgeexport.reference.model import ReferenceModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +61,20 @@ def module_origins(reference: ReferenceModel, *, opset: int | None = None) -> di
     origins = {}
     for node in program.graph.nodes:
         if node.op == "call_function":
-            origin = onnx_target.node_origin(node)
+            origin = node_origin(node)
             origins[node.name] = f"{origin.module} ({origin.module_class})"
     return origins
 
 
+def artifact_origins(manifest: Manifest) -> dict[str, str]:
+    """:func:`module_origins` of the reference an artifact was converted from (rebuilt; needs torch)."""
+    from edgeexport.reference import rebuild_reference
+
+    return module_origins(rebuild_reference(manifest), opset=manifest.exporter.get("opset"))
+
+
 def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str, Any]) -> PreflightReport:
-    """Stage 3: preflight the saved ONNX; locate the modules of any finding (dynamo captures only).
+    """Stage 5: preflight the saved ONNX; locate the modules of any finding (dynamo captures only).
 
     Raises:
         ConversionError: the preflight found errors; the message names the first and the count.
@@ -68,9 +85,9 @@ def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str,
         report = with_modules(report, model.graph, module_origins(reference, opset=exporter.get("opset")))
     if not report.passed:
         first = report.errors[0]
-        raise ConversionError(f"stage 3/4 (TensorRT preflight) failed for {reference.name}: {first.describe()} "
-                              f"(errors in all: {len(report.errors)}). Next steps: convert with --target onnx and run "
-                              "'edgeexport inspect --target tensorrt' on it to list every problem")
+        raise ConversionError("TensorRT preflight", f"{first.describe()} (errors in all: {len(report.errors)}). Next "
+                              "steps: convert with --target onnx and run 'edgeexport inspect --target tensorrt' on it "
+                              "to list every problem", model=reference.name)
     return report
 
 
@@ -94,21 +111,26 @@ class TensorrtExporter(Exporter):
 
     target = "tensorrt"
     runtime = "tensorrt"
-    requires = onnx_target.OnnxExporter.requires  # tensorrt itself only where the engine is built
-    # Not yet measured on a GPU: fp16 as the ONNX target's; bf16 and int8 judged statistically too.
+    # What the ONNX export needs; tensorrt itself only where the engine is built (the tensorrt extra).
+    requires = ("torch", "transformers", "onnxscript", "onnxslim")
+    extra = "export"
+    tool_packages = ("torch", "transformers", "onnx", "onnxscript", "onnxslim", *build.ENGINE_PACKAGES)
+    stages = (*onnx_target.OnnxExporter.stages, "TensorRT preflight", *build.STAGES)
+    # Not yet measured on a GPU: fp16 as onnxruntime's float16 conversion is judged; bf16 and int8
+    # statistically too.
     precisions = {
         "fp32": None,
-        "fp16": onnx_target.OnnxExporter.precisions["fp16"],
+        "fp16": Tolerance(atol=2e-2, rtol=2e-2),
         "bf16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.95),
         "int8": Tolerance(atol=1e-3, rtol=1e-1, min_cosine=0.99, min_top1=0.9),
     }
-    options = ("shapes", "workspace")
-
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        """Also parse ``shapes`` and ``workspace``, so that a typo fails before any work."""
-        super().check_options(options)
-        parse_shapes(options.get("shapes") or [])
-        parse_size(options.get("workspace"))
+    # Checked before any work, so that a typo fails at once.
+    options = (
+        Option("shapes", list[str], "TensorRT profile of a dynamic axis, AXIS:MIN,OPT,MAX, e.g. batch:1,4,16 "
+               "(repeatable); defaults to 1, the example size and 4x it.", check=parse_shapes),
+        Option("workspace", str, "TensorRT builder workspace limit, e.g. 4GiB (default: TensorRT's, the GPU's "
+               "memory).", check=parse_size),
+    )
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, shapes: list[str] | None = None, workspace: int | str | None = None,
@@ -128,11 +150,29 @@ class TensorrtExporter(Exporter):
                                 "Run 'edgeexport build ARTIFACT' on a machine with an NVIDIA GPU and tensorrt")
             return ExportResult(model_file=onnx_result.model_file, exporter=exporter,
                                 runtime_options=trt_options.to_dict())
-        from edgeexport.trt.build import build_engine
-
-        trt_options.engine = build_engine(folder, onnx_result.model_file, plan)
+        trt_options.engine = build.build_engine(folder, onnx_result.model_file, plan)
         return ExportResult(model_file=trt_options.engine.file, exporter=exporter,
                             runtime_options=trt_options.to_dict())
+
+
+    def preflight(self, artifact: Artifact, *, locate: bool = False) -> PreflightReport:
+        """Preflight the ONNX model inside an ``onnx`` or ``tensorrt`` artifact.
+
+        Args:
+            artifact: The opened artifact.
+            locate: Name the PyTorch module of each problem (rebuilds the reference and re-exports it;
+                needs torch). Defaults to False.
+
+        Raises:
+            UsageError: an artifact without ONNX. MissingBackendError: ``locate`` without torch.
+        """
+        if locate:
+            packages.require_torch("locating PyTorch modules")
+        model = onnx.load(str(artifact.file(onnx_file(artifact.manifest))), load_external_data=False)
+        report = preflight(model)
+        if locate and report.findings:
+            report = with_modules(report, model.graph, artifact_origins(artifact.manifest))
+        return report
 
 
 EXPORTER = TensorrtExporter()

@@ -1,11 +1,10 @@
-"""The reference zoo: PyTorch models with flat named I/O, dynamic-axis specs and input generators."""
+"""The reference side (needs torch and transformers): PyTorch models with flat named I/O, their
+input generators, and loading them from the zoo (:mod:`edgeexport.zoo`), a folder, a hub id or a module."""
 
 from __future__ import annotations
 
-from edgeexport.reference.generation import ReferenceBundle
-from edgeexport.reference.loading import load_reference, reference_from_module
+from edgeexport.reference.decoders_with_past import ReferenceBundle
+from edgeexport.reference.loading import load_reference, rebuild_reference, reference_from_module
 from edgeexport.reference.model import ReferenceModel
-from edgeexport.reference.specs import PRESETS, SPECS, get_spec
-from edgeexport.reference.tasks import TASKS
 
-__all__ = ["PRESETS", "SPECS", "TASKS", "ReferenceBundle", "ReferenceModel", "get_spec", "load_reference", "reference_from_module"]
+__all__ = ["ReferenceBundle", "ReferenceModel", "load_reference", "rebuild_reference", "reference_from_module"]

@@ -7,19 +7,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from safetensors import SafetensorError
 
-from edgeexport.artifact import Tolerance
+from edgeexport.artifact import Manifest, Tolerance
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
-from edgeexport.generation import TOKENIZER_FILE
+from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
-from edgeexport.reference.generation import ReferenceBundle, with_past_reference
+from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
-from edgeexport.reference.specs import InputSpec, ModelSpec, PRESETS, SPECS, generic_spec, get_spec, spec_for_model_type
-from edgeexport.reference.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
+from edgeexport.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
+from edgeexport.zoo import PRESETS, SPECS, InputSpec, ModelSpec, generic_spec, get_spec, spec_for_model_type
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -278,3 +277,15 @@ def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, 
         inputs=specs, output_names=output_names, sizes=sizes, tolerance=Tolerance(atol, rtol),
         example_values={k: v.detach().cpu().numpy() for k, v in example_inputs.items()},
     )
+
+
+def rebuild_reference(manifest: Manifest) -> ReferenceModel | ReferenceBundle:
+    """The reference model an artifact was converted from, rebuilt from its manifest (needs torch)."""
+    info = manifest.model
+    source = str(info.get("source", ""))
+    if source == "zoo":
+        return load_reference(info["name"], task=info["task"], preset=info["preset"], seed=int(info.get("seed", 0)))
+    if source.startswith(("folder:", "hub:")):
+        return load_reference(source.split(":", 1)[1], task=info["task"])
+    raise UsageError(f"the artifact was converted from a Python module ({info.get('name')}); --reference cannot "
+                     "rebuild it, call edgeexport.check_parity(artifact, reference) from Python instead")

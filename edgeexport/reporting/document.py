@@ -8,6 +8,7 @@ readers bumps the version.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,9 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``edgeexport.report.v1`` JSON document (latency samples rounded to 0.1 µs)."""
-        from edgeexport import __version__
-
         return {
-            "schema": SCHEMA, "command": self.command, "created_at": self.created_at, "edgeexport": __version__,
+            "schema": SCHEMA, "command": self.command, "created_at": self.created_at,
+            "edgeexport": importlib.metadata.version("edgeexport"),
             "artifact": self.artifact, "model": self.model, "target": self.target, "runtime": self.runtime,
             "precision": self.precision, "passed": self.passed, "failures": self.failures, "gate": self.gate.to_dict(),
             "parity": self.parity.to_dict() if self.parity is not None else None,

@@ -1,32 +1,25 @@
 """Core ML runner for ``.mlpackage`` artifacts: ``MLModel.predict`` on macOS, the MIL reference
-interpreter (:mod:`edgeexport.runtimes.mil_interpreter`) elsewhere, where Core ML cannot run."""
+interpreter (:mod:`edgeexport.mil.interpreter`) elsewhere, where Core ML cannot run."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from edgeexport.artifact import Artifact
 from edgeexport.errors import InputSpecError, UsageError
-from edgeexport.logs import logger_levels
-from edgeexport.runtimes.base import Runner
+from edgeexport.logs import quiet
+from edgeexport.runner import Runner
 
 ON_MACOS = sys.platform == "darwin"
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 FLOAT_TYPES = (10, 11)  # MIL DataType FLOAT16, FLOAT32
-
-
-@contextlib.contextmanager
-def _quiet_coremltools() -> Iterator[None]:
-    """Keep coremltools' import-time warnings (native libraries missing off macOS, untested torch) quiet."""
-    with logger_levels(["coremltools"], logging.ERROR):
-        yield
+# Quiet while coremltools imports and loads: it warns that native libraries are missing off macOS.
+COREMLTOOLS_LOGGERS = ("coremltools",)
 
 
 class CoreMLRunner(Runner):
@@ -44,7 +37,8 @@ class CoreMLRunner(Runner):
 
     name = "coreml"
     requires = ("coremltools",)
-    extra = "coreml"
+    install = "pip install coremltools"
+    tool_packages = ("coremltools",)
     label = "Core ML" if ON_MACOS else "MIL reference interpreter"
 
     @classmethod
@@ -64,7 +58,7 @@ class CoreMLRunner(Runner):
         self.input_dtypes: dict[str, np.dtype] = {}
 
     def _activate_impl(self) -> None:
-        with _quiet_coremltools():
+        with quiet(COREMLTOOLS_LOGGERS):
             if ON_MACOS:
                 import coremltools as ct
 
@@ -72,7 +66,7 @@ class CoreMLRunner(Runner):
                                                compute_units=getattr(ct.ComputeUnit, self.compute_units.upper()))
                 self.input_dtypes = {spec.name: _core_ml_dtype(np.dtype(spec.dtype)) for spec in self.inputs}
             else:
-                from edgeexport.runtimes.mil_interpreter import MilInterpreter
+                from edgeexport.mil.interpreter import MilInterpreter
 
                 self.model = MilInterpreter(self.artifact.model_path)
                 self.input_dtypes = self.model.input_dtypes
@@ -98,7 +92,7 @@ def _core_ml_dtype(dtype: np.dtype) -> np.dtype:
 def describe(artifact: Artifact) -> dict[str, Any]:
     """Op histogram, parameter count, spec version and flexible input shapes (kind, and the
     size range of each dim where ranged) of the ML Program; weights are not read."""
-    with _quiet_coremltools():
+    with quiet(COREMLTOOLS_LOGGERS):
         from coremltools.models.utils import load_spec
 
         spec = load_spec(str(artifact.model_path))

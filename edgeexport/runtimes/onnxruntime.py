@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeexport.artifact import Artifact, resolve_inside
 from edgeexport.errors import UsageError
-from edgeexport.runtimes.base import Runner
+from edgeexport.runner import Runner
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -33,7 +33,8 @@ class OnnxruntimeRunner(Runner):
 
     name = "onnxruntime"
     requires = ("onnxruntime",)
-    extra = ""
+    install = "pip install onnxruntime"
+    tool_packages = ("onnxruntime",)
     label = "onnxruntime"
 
     def __init__(self, artifact: Artifact, *, threads: int = 0, optimization: str = "all",

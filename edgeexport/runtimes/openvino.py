@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeexport.artifact import Artifact
 from edgeexport.errors import UsageError
-from edgeexport.runtimes.base import Runner
+from edgeexport.runner import Runner
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
@@ -31,7 +31,8 @@ class OpenVinoRunner(Runner):
 
     name = "openvino"
     requires = ("openvino",)
-    extra = "openvino"
+    install = "pip install openvino"
+    tool_packages = ("openvino",)
     label = "openvino"
 
     def __init__(self, artifact: Artifact, *, device: str = "CPU", performance_hint: str | None = None,

@@ -19,16 +19,16 @@ None of the engine path ever ran on a GPU in this project's CI.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from edgeexport import packages
 from edgeexport.artifact import Artifact
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.runtimes.base import Runner
+from edgeexport.runner import Runner
 from edgeexport.runtimes.onnxruntime import OnnxruntimeRunner
 from edgeexport.runtimes.onnxruntime import describe as describe_onnx
 from edgeexport.trt import cuda
@@ -52,14 +52,16 @@ class TensorrtRunner(Runner):
     """
 
     name = "tensorrt"
-    extra = "tensorrt"
+    requires = ("onnxruntime",)  # the ONNX inside runs anywhere; engines also need tensorrt and cuda-python
+    install = "pip install tensorrt cuda-python"
+    tool_packages = ("tensorrt", "onnxruntime")
     label = "tensorrt"
 
     @classmethod
     def runs_here(cls) -> str:
-        if importlib.util.find_spec("tensorrt") is not None:
+        if not packages.missing(["tensorrt"]):
             return "yes (engines need an NVIDIA GPU)"
-        return f"ONNX inside only, on onnxruntime (engines: {cls.install_hint()} on an NVIDIA GPU)"
+        return f"ONNX inside only, on onnxruntime (engines: {cls.install} on an NVIDIA GPU)"
 
     def __init__(self, artifact: Artifact, *, execution: str = "auto", providers: list[str] | None = None,
                  threads: int = 0) -> None:

@@ -1,13 +1,14 @@
 """Build a TensorRT engine from an artifact's ONNX model with the TensorRT 10 Python API.
 
-Stages of :func:`build_engine`, each failure a one-line :class:`ConversionError`:
-  1. parse ``model.onnx`` with ``trt.OnnxParser`` (the parser's errors name the node);
-  2. configure: one optimization profile (the plan's min/opt/max per input), precision flags
+:func:`build_engine` runs two stages (:data:`STAGES`, the last two of a TensorRT conversion),
+each failure a one-line :class:`ConversionError`:
+  1. parse ``model.onnx`` with ``trt.OnnxParser`` (the parser's errors name the node); then
+     configure: one optimization profile (the plan's min/opt/max per input), precision flags
      (fp32 with TF32 off, fp16, bf16, int8 with fp16 fallback), the workspace limit, the timing
      cache beside the engine, and for int8 an ``IInt8EntropyCalibrator2`` fed the plan's
      calibration batches (seeded reference inputs saved as ``.npz`` at convert time) under a
      calibration profile fixed at their shape;
-  3. ``build_serialized_network``; write ``model.engine`` and the updated timing cache.
+  2. ``build_serialized_network``; write ``model.engine`` and the updated timing cache.
 
 :func:`build_artifact` (``edgeexport build``) rebuilds an artifact in a staged copy and swaps it in.
 tensorrt and cuda-python are imported on call; none of this ever ran on a GPU in this project's CI.
@@ -27,11 +28,15 @@ from typing import Any
 import numpy as np
 
 from edgeexport.artifact import Manifest, load_npz, staged_output, write_manifest
-from edgeexport.errors import ConversionError
+from edgeexport.errors import ConversionError, StageError
+from edgeexport.runner import open_artifact
 from edgeexport.trt import cuda
 from edgeexport.trt.plan import ENGINE_FILE, BuildPlan, EngineInfo, TensorrtOptions
 
 logger = logging.getLogger(__name__)
+
+STAGES = ("TensorRT ONNX parser", "TensorRT build")
+ENGINE_PACKAGES = ("tensorrt", "cuda-python")  # recorded in the manifest once an engine is built
 
 # Builder flags per precision; fp32 also clears TF32, which TensorRT enables by default.
 PRECISION_FLAGS: dict[str, tuple[str, ...]] = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",),
@@ -53,8 +58,8 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(folder / onnx_file)):
-        raise ConversionError(f"stage 1/3 (TensorRT ONNX parser) failed: {parser_errors(parser)}. Next steps: "
-                              "run 'edgeexport inspect --target tensorrt ARTIFACT' to see unsupported nodes")
+        raise ConversionError(STAGES[0], f"{parser_errors(parser)}. Next steps: run 'edgeexport inspect --target "
+                              "tensorrt ARTIFACT' to see unsupported nodes")
     config = builder.create_builder_config()
     configure(trt, builder, config, plan)
     cache_path = folder / plan.timing_cache
@@ -66,8 +71,8 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
             attach_calibrator(trt, builder, config, [load_npz(folder / f) for f in plan.calibration], buffers)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ConversionError(f"stage 3/3 (TensorRT build) failed: {trt_logger.first_error or 'no engine returned'}. "
-                              "Next steps: raise --workspace, narrow --shapes, or try another precision")
+        raise ConversionError(STAGES[1], f"{trt_logger.first_error or 'no engine returned'}. Next steps: raise "
+                              "--workspace, narrow --shapes, or try another precision")
     (folder / ENGINE_FILE).write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     logger.info("built %s in %.1f s on %s", ENGINE_FILE, time.perf_counter() - start, device.gpu)
@@ -75,7 +80,7 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
 
 
 def configure(trt: Any, builder: Any, config: Any, plan: BuildPlan) -> None:
-    """Stage 2: the optimization profile, precision flags and workspace limit."""
+    """The optimization profile, precision flags and workspace limit."""
     profile = builder.create_optimization_profile()
     for name, shapes in plan.profile.items():
         profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
@@ -173,20 +178,21 @@ def build_artifact(folder: str | Path, *, shapes: Sequence[str] | None = None,
 
     Raises:
         ArtifactError: not a TensorRT artifact. MissingBackendError, DeviceError, ConversionError: see
-            :func:`build_engine`.
+            :func:`build_engine` (its stages numbered 1 and 2).
     """
-    from edgeexport.runtimes import open_artifact
-
     artifact = open_artifact(folder)
     options = TensorrtOptions.of(artifact.manifest)
     plan = options.build.revised(artifact.manifest.inputs, shapes=shapes, workspace=workspace)
     cuda.current_device()  # fail before copying anything when there is no GPU or tensorrt
     with staged_output(artifact.path, force=True) as stage:
         shutil.copytree(artifact.path, stage, dirs_exist_ok=True)
-        engine = build_engine(stage, options.onnx_file, plan)
+        try:
+            engine = build_engine(stage, options.onnx_file, plan)
+        except StageError as exc:
+            raise exc.numbered(STAGES) from exc.__cause__
         manifest = artifact.manifest
         manifest.model_file = engine.file
         manifest.runtime_options = replace(options, build=plan, engine=engine).to_dict()
         manifest.exporter = {k: v for k, v in manifest.exporter.items() if k != "note"}
-        write_manifest(stage, manifest)
+        write_manifest(stage, manifest, [*manifest.tool_versions, *ENGINE_PACKAGES])
     return manifest

@@ -21,7 +21,8 @@ TensorRT casts INT64 to INT32 where a layer has no INT64 support (everywhere bef
 except the ``int64_sentinel_inputs`` where such values mean "to the end" or "no limit".
 
 A problem names its ONNX node and, after :func:`with_modules` with ``origins`` (ONNX value name ->
-PyTorch module, from :func:`edgeexport.exporters.tensorrt.module_origins`), the PyTorch module it came from.
+PyTorch module, which the TensorRT exporter finds by re-exporting the model), the PyTorch module
+it came from. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -365,40 +366,3 @@ def onnx_file(manifest: Any) -> str:
         return TensorrtOptions.of(manifest).onnx_file
     raise UsageError(f"TensorRT preflight checks ONNX graphs; this artifact targets {manifest.target!r} and holds "
                      "none. Convert with --target onnx or --target tensorrt")
-
-
-def preflight_artifact(folder: str | Path, *, target: str = "tensorrt", locate: bool = False) -> PreflightReport:
-    """Preflight the ONNX model inside an ``onnx`` or ``tensorrt`` artifact.
-
-    Args:
-        folder: The artifact folder.
-        target: The target to check against; only ``tensorrt`` has a preflight. Defaults to ``tensorrt``.
-        locate: Name the PyTorch module of each problem (rebuilds the reference and re-exports it;
-            needs torch). Defaults to False.
-
-    Raises:
-        UsageError: another target, an artifact without ONNX, or ``locate`` without torch.
-    """
-    import onnx
-
-    from edgeexport.runtimes import open_artifact
-
-    if target != "tensorrt":
-        raise UsageError(f"preflight exists for target 'tensorrt' only, not {target!r}")
-    artifact = open_artifact(folder)
-    model = onnx.load(str(artifact.file(onnx_file(artifact.manifest))), load_external_data=False)
-    report = preflight(model)
-    if locate and report.findings:
-        report = with_modules(report, model.graph, _artifact_origins(artifact))
-    return report
-
-
-def _artifact_origins(artifact: Any) -> dict[str, str]:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        raise UsageError("locating PyTorch modules needs torch installed; drop --locate")
-    from edgeexport.exporters.tensorrt import module_origins
-    from edgeexport.pipeline import rebuild_reference
-
-    return module_origins(rebuild_reference(artifact.manifest), opset=artifact.manifest.exporter.get("opset"))

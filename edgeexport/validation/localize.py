@@ -88,7 +88,8 @@ def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str,
         raise UsageError(f"divergence localization works on ONNX artifacts; this one targets {artifact.manifest.target!r}")
     import onnx
 
-    from edgeexport.exporters.onnx import decomposed_program, node_origin
+    from edgeexport.capture import node_origin
+    from edgeexport.exporters.onnx import decomposed_program
 
     program = decomposed_program(reference, opset=artifact.manifest.exporter.get("opset"))
     expected = _torch_values(program, reference, inputs)
