@@ -294,3 +294,33 @@ def test_nan_output_is_a_parity_failure_naming_the_output(artifact_copy: Path) -
     assert code == 1
     assert "parity FAILED: example/logits: 6 NaN/Inf values in the target output" in err
 
+
+# --------------------------------------------------------------------------- a device without torch
+
+EXPORT_INSTALL = "install it with: pip install 'edgeexport[export]'"
+
+
+def test_commands_that_need_torch_name_the_export_extra(bert_artifact: object, tmp_path: Path) -> None:
+    """Where only the runtime is installed (torch and transformers fail to import), each command that
+    needs them ends with one line naming the extra; the rest of the command line still works."""
+    artifact = str(bert_artifact.artifact)  # type: ignore[attr-defined]
+    cases = [
+        (["convert", "bert", "-o", str(tmp_path / "o")], f"error: target 'onnx' needs torch, transformers; {EXPORT_INSTALL}"),
+        (["validate", artifact, "--reference"], f"error: --reference needs torch, transformers; {EXPORT_INSTALL}"),
+        (["bench", artifact, "--reference"], f"error: --reference needs torch, transformers; {EXPORT_INSTALL}"),
+        (["validate", artifact, "--explain"],
+         f"error: --explain: divergence localization needs torch, transformers; {EXPORT_INSTALL}"),
+        (["inspect", artifact, "--target", "tensorrt", "--locate"],
+         f"error: locating PyTorch modules needs torch, transformers; {EXPORT_INSTALL}"),
+        (["matrix", "-o", str(tmp_path / "m")], f"error: matrix needs torch, transformers; {EXPORT_INSTALL}"),
+    ]
+    script = ("import json, sys\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n"
+              "from typer.testing import CliRunner\nfrom edgeexport.cli import app\n"
+              "runs = [CliRunner().invoke(app, args) for args in json.loads(sys.argv[1])]\n"
+              "print(json.dumps([[run.exit_code, run.stdout, run.stderr] for run in runs]))")
+    result = subprocess.run([sys.executable, "-c", script, json.dumps([args for args, _ in cases])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for (args, expected), (code, out, err) in zip(cases, json.loads(result.stdout)):
+        assert_one_line(code, out, err, expected)
+    assert list(tmp_path.iterdir()) == []
