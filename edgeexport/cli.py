@@ -85,13 +85,13 @@ def _flags(parameters: Iterable[Parameter], collect: Callable[..., dict[str, Any
 def _option_flag(option: Option) -> Parameter:
     """The flag of a target option: ``--<name>``, unset (None) by default."""
     return Parameter(option.name, Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[option.type], typer.Option(option.flag, help=option.help)])
+                     annotation=Annotated[Optional[option.type], typer.Option(option.flag, help=option.help)])
 
 
 def _gate_flags() -> list[Parameter]:
     def flag(name: str, kind: Any, default: Any, *decls: str, help: str) -> Parameter:
         return Parameter(name, Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=Annotated[kind, typer.Option(*decls, help=help)])
+                         annotation=Annotated[kind, typer.Option(*decls, help=help)])
 
     return [
         flag("report_paths", Optional[list[Path]], None, "--report", help=(
@@ -320,8 +320,8 @@ def _print_preflight(report: Any) -> None:
         console.print(title, highlight=False)
         return
     console.print(_table(title, ("severity", "node", "op", "module", "problem"), (
-        (Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-", f.module or "-",
-         f.message) for f in report.findings)))
+        (Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-",
+         f.module or "-", f.message) for f in report.findings)))
 
 
 @app.command()

@@ -87,7 +87,8 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | Path, **runner_options: Any) -> Generator:
-        """A generator for a decoder artifact or an encoder-decoder bundle folder (see :func:`edgeexport.runner.load`)."""
+        """A generator for a decoder artifact or an encoder-decoder bundle folder (see
+        :func:`edgeexport.runner.load`)."""
         folders = component_folders(path)
         if "" in folders:
             return cls(load(path, **runner_options))

@@ -154,8 +154,9 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     pairs = [_model_task(name) for name in _split(models or SPECS)]
-    chosen = {t: exporter.get_exporter(t).precisions for t in (
-        _split(targets) if targets else [t for t in exporter.targets() if not exporter.get_exporter(t).missing_packages()])}
+    names = _split(targets) if targets else [t for t in exporter.targets()
+                                              if not exporter.get_exporter(t).missing_packages()]
+    chosen = {t: exporter.get_exporter(t).precisions for t in names}
     wanted = _split(precisions)
     for precision in wanted:
         if not any(precision in available for available in chosen.values()):

@@ -173,7 +173,8 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
 
 def overridden(tolerance: Tolerance, *, atol: float | None = None, rtol: float | None = None) -> Tolerance:
     """``tolerance`` with ``atol`` and ``rtol`` replaced where given (None keeps its own)."""
-    return replace(tolerance, atol=tolerance.atol if atol is None else atol, rtol=tolerance.rtol if rtol is None else rtol)
+    return replace(tolerance, atol=tolerance.atol if atol is None else atol,
+                   rtol=tolerance.rtol if rtol is None else rtol)
 
 
 def check_parity(folder: str | Path, reference: ReferenceModel | ReferenceBundle | None = None, *,

@@ -26,6 +26,8 @@ from edgeexport.exporter import targets
 from edgeexport.reference import load_reference
 from edgeexport.tasks import TASKS
 
+EXPORT_INSTALL = "install it with: pip install 'edgeexport[export]'"
+
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
@@ -145,7 +147,7 @@ def test_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     monkeypatch.setattr(type(EXPORTER), "requires", ("onnx", "edgeexport_missing_backend"))
     assert_one_line(*run_cli("convert", "bert", "-o", str(tmp_path / "o")),
-                    "error: target 'onnx' needs edgeexport_missing_backend; install it with: pip install 'edgeexport[export]'")
+                    f"error: target 'onnx' needs edgeexport_missing_backend; {EXPORT_INSTALL}")
 
 
 def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,15 +299,14 @@ def test_nan_output_is_a_parity_failure_naming_the_output(artifact_copy: Path) -
 
 # --------------------------------------------------------------------------- a device without torch
 
-EXPORT_INSTALL = "install it with: pip install 'edgeexport[export]'"
-
 
 def test_commands_that_need_torch_name_the_export_extra(bert_artifact: object, tmp_path: Path) -> None:
     """Where only the runtime is installed (torch and transformers fail to import), each command that
     needs them ends with one line naming the extra; the rest of the command line still works."""
     artifact = str(bert_artifact.artifact)  # type: ignore[attr-defined]
     cases = [
-        (["convert", "bert", "-o", str(tmp_path / "o")], f"error: target 'onnx' needs torch, transformers; {EXPORT_INSTALL}"),
+        (["convert", "bert", "-o", str(tmp_path / "o")],
+         f"error: target 'onnx' needs torch, transformers; {EXPORT_INSTALL}"),
         (["validate", artifact, "--reference"], f"error: --reference needs torch, transformers; {EXPORT_INSTALL}"),
         (["bench", artifact, "--reference"], f"error: --reference needs torch, transformers; {EXPORT_INSTALL}"),
         (["validate", artifact, "--explain"],

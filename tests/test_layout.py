@@ -114,7 +114,8 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: Path) -> Non
     graph = import_graph(package)
     assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.c"] == {"pkg.sub"}
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
-    (package / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    (package / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\n"
+                                          "if TYPE_CHECKING:\n    from pkg import a\n")
     assert find_cycle(import_graph(package)) == []
 
 

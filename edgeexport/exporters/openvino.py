@@ -122,8 +122,8 @@ def _convert_failed(reference: ReferenceModel, failures: Sequence[Result]) -> St
     first = failures[0]
     return ConversionError(
         "convert", f"{first.strategy}: {describe_failure(reference, first.exception)}; strategies tried: "
-        f"{', '.join(f.strategy for f in failures)}. Next steps: replace the op in that module, or report it to OpenVINO",
-        model=reference.name)
+        f"{', '.join(f.strategy for f in failures)}. Next steps: replace the op in that module, or report it to "
+        "OpenVINO", model=reference.name)
 
 
 def describe_failure(reference: ReferenceModel, exc: BaseException | None) -> str:
