@@ -154,7 +154,6 @@ class TensorrtExporter(Exporter):
         return ExportResult(model_file=trt_options.engine.file, exporter=exporter,
                             runtime_options=trt_options.to_dict())
 
-
     def preflight(self, artifact: Artifact, *, locate: bool = False) -> PreflightReport:
         """Preflight the ONNX model inside an ``onnx`` or ``tensorrt`` artifact.
 
