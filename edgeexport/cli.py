@@ -185,6 +185,10 @@ def validate(
     baseline: Baseline = None,
     parity_margin: ParityMargin = DEFAULT_PARITY_MARGIN,
     latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
+    public_key: Annotated[Optional[Path], typer.Option(
+        "--verify", help="Signer's public key (PEM): check ARTIFACT's signature (edgeexport sign) before anything "
+                         "else; an unsigned artifact is only noted unless --require-signature.")] = None,
+    require_signature: Annotated[bool, typer.Option(help="Refuse an unsigned artifact (needs --verify).")] = False,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from dataclasses import replace
@@ -193,6 +197,7 @@ def validate(
     from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
     from edgeexport.runtimes import open_artifact
 
+    _check_signature(artifact, public_key, required=require_signature)
     paths = check_report_paths(report_paths or [])
     gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
     opened = open_artifact(next(iter(component_folders(artifact).values())))
@@ -210,6 +215,35 @@ def validate(
     write_reports(run, paths)
     _show_parity(report, json_output, localization)
     _exit_on("parity", run.failures)
+
+
+def _check_signature(artifact: Path, public_key: Path | None, *, required: bool) -> None:
+    from edgeexport.errors import UsageError
+    from edgeexport.signing import verify
+
+    if public_key is None:
+        if required:
+            raise UsageError("--require-signature needs --verify PUBLIC.pem, the signer's public key")
+        return
+    if verify(artifact, public_key, required=required):
+        errors.print(f"signature of {artifact} verified with {public_key}", highlight=False, markup=False)
+    else:
+        errors.print(Text.assemble(("note:", "yellow"), f" {artifact} is not signed; its signature was not checked "
+                                                         "(--require-signature refuses it)"), highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def sign(
+    artifact: Annotated[Path, typer.Argument(help="Artifact or bundle folder.")],
+    key: Annotated[Path, typer.Option(help="Elliptic-curve private key (PEM), e.g. from 'openssl ecparam -name "
+                                           "prime256v1 -genkey -noout -out key.pem'.")],
+) -> None:
+    """Sign ARTIFACT (every file, the manifest included) into ARTIFACT/model.sig; devices check it with validate --verify."""
+    from edgeexport.signing import sign as sign_folder
+
+    signature = sign_folder(artifact, key)
+    errors.print(f"wrote {signature} (signed with {key})", highlight=False, markup=False)
 
 
 def _localize(artifact: Path, manifest: Any, reference: Any, report: Any, *, requested: bool) -> Any:
