@@ -3,6 +3,7 @@
 An artifact is a self-contained folder::
 
     manifest.json          what the model is, its I/O, precision, tolerance, versions, hashes
+    model.sig              optional: its signature (:mod:`edgeexport.signing`), not listed in the manifest
     model.onnx | ...       the target's model files (named in ``manifest.files``)
     golden/<case>_inputs.npz, golden/<case>_outputs.npz
                            reference inputs and PyTorch outputs, one pair per shape case
@@ -35,6 +36,7 @@ from edgeexport.errors import ArtifactError, OutputDirError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "model.sig"  # written by edgeexport.signing after the manifest; never listed in it
 GOLDEN_DIR = "golden"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 ALWAYS_RECORDED = ("edgeexport", "numpy")  # tool versions every manifest records, beside its target's
@@ -385,7 +387,8 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def write_manifest(folder: Path, manifest: Manifest, tool_packages: Iterable[str] | None = None) -> Manifest:
-    """Hash every file in ``folder``, stamp versions and time, and write ``manifest.json``.
+    """Hash every file in ``folder`` (but the manifest and a signature), stamp versions and time, and write
+    ``manifest.json``.
 
     Args:
         folder: The artifact folder.
@@ -397,6 +400,7 @@ def write_manifest(folder: Path, manifest: Manifest, tool_packages: Iterable[str
     manifest.files = {
         p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME
+        and p.relative_to(folder).as_posix() != SIGNATURE_NAME
     }
     recorded = manifest.tool_versions if tool_packages is None else tool_packages
     manifest.tool_versions = tool_versions(dict.fromkeys([*ALWAYS_RECORDED, *recorded]))

@@ -221,14 +221,33 @@ def validate(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     gate: Any = None,
     reports: Any = None,
+    verify: Annotated[Optional[Path], typer.Option(
+        help="Signer's public key (PEM): refuse ARTIFACT unless it carries a valid signature by its private key "
+             "(edgeexport sign), checked before anything else is read.")] = None,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from edgeexport.pipeline import validate as run_validate
 
     run = run_validate(artifact, reference=reference, atol=atol, rtol=rtol, threads=threads, explain=explain, gate=gate,
-                       reports=reports)
+                       reports=reports, verify_key=verify)
+    if verify is not None:
+        errors.print(f"signature of {artifact} verified with {verify}", highlight=False, markup=False)
     _show_parity(run.parity, json_output, run.localization)
     _exit_on("parity", run.failures)
+
+
+@app.command()
+@_one_line_errors
+def sign(
+    artifact: Annotated[Path, typer.Argument(help="Artifact or bundle folder.")],
+    key: Annotated[Path, typer.Option(help="Elliptic-curve private key (PEM), e.g. from 'openssl ecparam -name "
+                                           "prime256v1 -genkey -noout -out key.pem'.")],
+) -> None:
+    """Sign ARTIFACT (every file, the manifest included) into ARTIFACT/model.sig; devices check it with validate --verify."""
+    from edgeexport.signing import sign as sign_folder
+
+    signature = sign_folder(artifact, key)
+    errors.print(f"wrote {signature} (signed with {key})", highlight=False, markup=False)
 
 
 @app.command()

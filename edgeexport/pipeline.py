@@ -275,7 +275,7 @@ def rebuilt_reference(manifest: Manifest, needed_by: str) -> ReferenceModel | Re
 
 def validate(artifact: str | Path, *, reference: bool = False, atol: float | None = None, rtol: float | None = None,
              threads: int = 0, explain: bool = False, gate: Gate | None = None,
-             reports: Sequence[str | Path] = ()) -> RunReport:
+             reports: Sequence[str | Path] = (), verify_key: str | Path | None = None) -> RunReport:
     """Check an artifact (or each component of a bundle) against its golden cases; judge and report the run.
 
     Args:
@@ -288,6 +288,8 @@ def validate(artifact: str | Path, *, reference: bool = False, atol: float | Non
             fails and torch is installed. Defaults to False.
         gate: What fails the run. Defaults to ``Gate()`` (any parity failure).
         reports: Report files to write; the suffix picks the format (checked before any work).
+        verify_key: The signer's public key (PEM): the artifact must carry a valid signature by its
+            private key (:mod:`edgeexport.signing`), checked before anything else. Defaults to None.
 
     Returns:
         The run report: ``parity``, ``localization`` (or None), and ``failures`` under the gate.
@@ -296,6 +298,10 @@ def validate(artifact: str | Path, *, reference: bool = False, atol: float | Non
         UsageError: a bad report path, artifact or option; MissingBackendError: torch missing for
             ``reference`` or ``explain``.
     """
+    if verify_key is not None:
+        from edgeexport.signing import verify
+
+        verify(artifact, verify_key)
     paths = check_report_paths(reports)
     opened = open_artifact(next(iter(component_folders(artifact).values())))
     tolerance = overridden(opened.manifest.tolerance, atol=atol, rtol=rtol) if (atol, rtol) != (None, None) else None
@@ -339,6 +345,8 @@ def benchmark(artifact: str | Path, *, reference: bool = False, warmup: int = 3,
         threads: Runtime threads (0 = the runtime's default). Defaults to 0.
         gate: What fails the run (latency regressions against its baseline). Defaults to ``Gate()``.
         reports: Report files to write; the suffix picks the format (checked before any work).
+        verify_key: The signer's public key (PEM): the artifact must carry a valid signature by its
+            private key (:mod:`edgeexport.signing`), checked before anything else. Defaults to None.
 
     Returns:
         The run report: ``latency`` (PyTorch first when timed) and ``failures`` under the gate.

@@ -192,14 +192,21 @@ def open_artifact(artifact: str | Path | Artifact, *, verify: bool = True) -> Ar
     return opened
 
 
-def load(artifact: str | Path | Artifact, *, verify: bool = True, **options: Any) -> Runner:
+def load(artifact: str | Path | Artifact, *, verify: bool = True, verify_signature: str | Path | None = None,
+         **options: Any) -> Runner:
     """Open an artifact and return its runner; the backend session is created on first call.
 
     Args:
         artifact: The artifact folder (or an opened :class:`Artifact`).
         verify: Check every file's sha256 first. Defaults to True.
+        verify_signature: Public key (PEM) whose signature the artifact must carry
+            (:func:`edgeexport.signing.verify`), checked before anything is read. Defaults to None (not checked).
         **options: Runner options (see each runner's docstring).
     """
+    if verify_signature is not None:
+        from edgeexport.signing import verify as verify_signed
+
+        verify_signed(artifact.path if isinstance(artifact, Artifact) else artifact, verify_signature)
     opened = open_artifact(artifact, verify=verify)
     runner_class = runtime_module(opened.manifest.runtime).RUNNER
     runner_class.check_available()
