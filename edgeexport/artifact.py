@@ -5,8 +5,9 @@ An artifact is a self-contained folder::
     manifest.json          what the model is, its I/O, precision, tolerance, versions, hashes
     model.sig              optional: its signature (:mod:`edgeexport.signing`), not listed in the manifest
     model.onnx | ...       the target's model files (named in ``manifest.files``)
-    golden/<case>_inputs.npz, golden/<case>_outputs.npz
-                           reference inputs and PyTorch outputs, one pair per shape case
+    golden/<case>_inputs.bin, golden/<case>_outputs.bin
+                           reference inputs and PyTorch outputs, one pair per shape case: raw
+                           little-endian tensors indexed in the manifest (README, "Artifact layout")
 
 Artifacts are written into a temporary sibling folder and renamed into place, so a failed or
 interrupted conversion leaves the output path as it was. Reading treats the folder as
@@ -21,6 +22,7 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
+import math
 import secrets
 import shutil
 import tempfile
@@ -32,14 +34,18 @@ from typing import Any
 import numpy as np
 
 from edgeexport import interrupts
-from edgeexport.errors import ArtifactError, OutputDirError
+from edgeexport.errors import ArtifactError, OutputDirError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "model.sig"  # written by edgeexport.signing after the manifest; never listed in it
 GOLDEN_DIR = "golden"
+GOLDEN_ALIGNMENT = 64
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 ALWAYS_RECORDED = ("edgeexport", "numpy")  # tool versions every manifest records, beside its target's
+# Golden tensors are numpy arrays (model inputs, and PyTorch outputs through Tensor.numpy(), which
+# refuses bfloat16), so none is ever bfloat16 and numpy, which has no bfloat16, reads them all.
+GOLDEN_DTYPES = tuple(d for d in DTYPES if d != "bfloat16")
 
 
 def axis_size(dim: str, axes: Mapping[str, int]) -> int:
@@ -117,13 +123,73 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
+class GoldenTensor:
+    """Where one tensor lies in a golden ``.bin`` file: ``nbytes`` raw little-endian C-order bytes
+    from ``offset`` (a multiple of :data:`GOLDEN_ALIGNMENT`), with their sha256."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> GoldenTensor:
+        name = _field(data, "name", str, where)
+        dtype = _field(data, "dtype", str, where)
+        if dtype not in GOLDEN_DTYPES:
+            raise ArtifactError(f"manifest {where}.dtype {dtype!r} is not one of {', '.join(GOLDEN_DTYPES)}; "
+                                "the artifact is corrupt")
+        shape = _field(data, "shape", list, where)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ArtifactError(f"manifest {where}.shape must hold non-negative ints, got {shape!r}; "
+                                "the artifact is corrupt")
+        offset, nbytes = _count(data, "offset", where), _count(data, "nbytes", where)
+        if offset % GOLDEN_ALIGNMENT:
+            raise ArtifactError(f"manifest {where}.offset {offset} is not a multiple of {GOLDEN_ALIGNMENT}; "
+                                "the artifact is corrupt")
+        if math.prod(shape) * np.dtype(dtype).itemsize != nbytes:
+            raise ArtifactError(f"manifest {where}: shape {shape} of {dtype} does not take {nbytes} bytes; "
+                                "the artifact is corrupt")
+        digest = _field(data, "sha256", str, where)
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ArtifactError(f"manifest {where}.sha256 is not 64 lowercase hex digits; the artifact is corrupt")
+        return cls(name=name, dtype=dtype, shape=tuple(shape), offset=offset, nbytes=nbytes, sha256=digest)
+
+
+@dataclass(frozen=True)
+class GoldenFile:
+    """A golden ``.bin`` file (path inside the artifact) and the index of its tensors."""
+
+    file: str
+    tensors: tuple[GoldenTensor, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "tensors": [t.to_dict() for t in self.tensors]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> GoldenFile:
+        tensors = _field(data, "tensors", list, where)
+        return cls(file=_field(data, "file", str, where),
+                   tensors=tuple(GoldenTensor.from_dict(t, f"{where}.tensors[{i}]") for i, t in enumerate(tensors)))
+
+
+@dataclass(frozen=True)
 class GoldenCase:
-    """One golden shape case: reference inputs and outputs saved as ``.npz`` files."""
+    """One golden shape case: reference inputs and PyTorch outputs, each a ``.bin`` file of raw tensors."""
 
     name: str
     axes: dict[str, int]
-    inputs: str
-    outputs: str
+    inputs: GoldenFile
+    outputs: GoldenFile
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "axes": self.axes, "inputs": self.inputs.to_dict(),
+                "outputs": self.outputs.to_dict()}
 
 
 @dataclass
@@ -177,7 +243,7 @@ class Manifest:
             "outputs": [t.to_dict() for t in self.outputs],
             "logits_outputs": self.logits_outputs,
             "tolerance": self.tolerance.to_dict(),
-            "golden": [asdict(g) for g in self.golden],
+            "golden": [g.to_dict() for g in self.golden],
             "runtime_options": self.runtime_options,
             **({"generation": self.generation} if self.generation else {}),
             **({"processing": self.processing} if self.processing else {}),
@@ -197,6 +263,10 @@ class Manifest:
                 f"({SCHEMA_VERSION}); upgrade edgeexport to read this artifact")
         if version < 1:
             raise ArtifactError(f"manifest schema_version {version} is not valid")
+        if version < SCHEMA_VERSION:
+            raise ArtifactError(
+                f"manifest schema_version {version} is older than this edgeexport reads ({SCHEMA_VERSION}); "
+                "re-run 'edgeexport convert' to rewrite the artifact")
         golden = []
         for i, case in enumerate(_field(data, "golden", list, "")):
             where = f"golden[{i}]"
@@ -205,9 +275,9 @@ class Manifest:
             axes = _field(case, "axes", dict, where)
             if not all(isinstance(v, int) for v in axes.values()):
                 raise ArtifactError(f"manifest {where}.axes must map axis names to ints")
-            golden.append(GoldenCase(name=_field(case, "name", str, where), axes=axes,
-                                     inputs=_field(case, "inputs", str, where),
-                                     outputs=_field(case, "outputs", str, where)))
+            inputs, outputs = (GoldenFile.from_dict(_field(case, role, dict, where), f"{where}.{role}")
+                               for role in ("inputs", "outputs"))
+            golden.append(GoldenCase(name=_field(case, "name", str, where), axes=axes, inputs=inputs, outputs=outputs))
         files = _field(data, "files", dict, "")
         if not all(isinstance(v, str) for v in files.values()):
             raise ArtifactError("manifest files must map paths to sha256 strings")
@@ -250,6 +320,13 @@ def _number(data: Mapping[str, Any], key: str, where: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ArtifactError(f"manifest field '{where}.{key}' must be a non-negative number")
     return float(value)
+
+
+def _count(data: Mapping[str, Any], key: str, where: str) -> int:
+    value = _field(data, key, int, where)
+    if value < 0:
+        raise ArtifactError(f"manifest field '{where}.{key}' must be a non-negative int")
+    return value
 
 
 def _fraction(data: Mapping[str, Any], key: str, where: str) -> float | None:
@@ -355,11 +432,33 @@ def save_golden(folder: Path, case: str, axes: dict[str, int], inputs: Mapping[s
                 outputs: Mapping[str, np.ndarray]) -> GoldenCase:
     """Write one golden case (inputs and reference outputs) under ``folder/golden``."""
     (folder / GOLDEN_DIR).mkdir(exist_ok=True)
-    golden = GoldenCase(name=case, axes=dict(axes), inputs=f"{GOLDEN_DIR}/{case}_inputs.npz",
-                        outputs=f"{GOLDEN_DIR}/{case}_outputs.npz")
-    save_npz(folder / golden.inputs, inputs)
-    save_npz(folder / golden.outputs, outputs)
-    return golden
+    return GoldenCase(name=case, axes=dict(axes),
+                      inputs=save_tensors(folder, f"{GOLDEN_DIR}/{case}_inputs.bin", inputs),
+                      outputs=save_tensors(folder, f"{GOLDEN_DIR}/{case}_outputs.bin", outputs))
+
+
+def save_tensors(folder: Path, relative: str, arrays: Mapping[str, np.ndarray]) -> GoldenFile:
+    """Write ``arrays`` to ``folder/relative`` as raw little-endian C-order bytes, each starting at a
+    multiple of :data:`GOLDEN_ALIGNMENT` (zero bytes between), and return their index.
+
+    Raises:
+        UsageError: an array's dtype is not one of :data:`GOLDEN_DTYPES` (a model returning float64).
+    """
+    tensors, offset = [], 0
+    with open(folder / relative, "wb") as handle:
+        for name, array in arrays.items():
+            dtype = np.asarray(array).dtype.name
+            if dtype not in GOLDEN_DTYPES:
+                raise UsageError(f"tensor {name!r} is {dtype}; an artifact holds {', '.join(GOLDEN_DTYPES)}, "
+                                 "so cast it in the model")
+            raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+            padding = -offset % GOLDEN_ALIGNMENT
+            handle.write(bytes(padding) + raw)
+            offset += padding
+            tensors.append(GoldenTensor(name=name, dtype=dtype, shape=tuple(int(d) for d in np.shape(array)),
+                                        offset=offset, nbytes=len(raw), sha256=hashlib.sha256(raw).hexdigest()))
+            offset += len(raw)
+    return GoldenFile(file=relative, tensors=tuple(tensors))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -372,7 +471,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` that ``np.load`` reads, byte-identical for equal arrays.
 
     np.savez stamps zip entries with the current time; the entries are written here with a
-    fixed date so that converting the same model twice gives byte-identical golden files.
+    fixed date so that converting the same model twice gives byte-identical calibration files.
     """
     import io
     import zipfile
@@ -444,7 +543,8 @@ class Artifact:
             raise ArtifactError(f"{str(root)!r} has no {MANIFEST_NAME}; it is not an edgeexport artifact")
         manifest = Manifest.from_dict(read_json(manifest_path, kind="artifact"))
         artifact = cls(path=root, manifest=manifest)
-        for relative in (manifest.model_file, *manifest.files):
+        golden_files = [index.file for case in manifest.golden for index in (case.inputs, case.outputs)]
+        for relative in (manifest.model_file, *manifest.files, *golden_files):
             resolve_inside(root, relative)
         return artifact
 
@@ -466,11 +566,25 @@ class Artifact:
                 raise ArtifactError(f"artifact file {relative!r} does not match its sha256 in the manifest; it was modified or corrupted")
 
     def load_golden(self, case: GoldenCase) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Inputs and reference outputs of one golden case (never unpickles)."""
-        return self._load_npz(case.inputs), self._load_npz(case.outputs)
+        """Inputs and reference outputs of one golden case, each tensor checked against its index."""
+        return self._load_tensors(case.inputs), self._load_tensors(case.outputs)
 
-    def _load_npz(self, relative: str) -> dict[str, np.ndarray]:
+    def _load_tensors(self, index: GoldenFile) -> dict[str, np.ndarray]:
         try:
-            return load_npz(self.file(relative))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"golden file {relative!r} cannot be read ({exc}); the artifact is corrupt") from None
+            data = bytearray(self.file(index.file).read_bytes())  # a bytearray, so the arrays are writable
+        except OSError as exc:
+            raise ArtifactError(f"golden file {index.file!r} cannot be read ({exc.strerror or exc}); "
+                                "the artifact is corrupt") from None
+        arrays = {}
+        for tensor in index.tensors:
+            where = f"golden tensor {tensor.name!r} of {index.file!r}"
+            end = tensor.offset + tensor.nbytes
+            if end > len(data):
+                raise ArtifactError(f"{where} ends at byte {end}, past the file's {len(data)} bytes; "
+                                    "the artifact is corrupt")
+            raw = memoryview(data)[tensor.offset:end]
+            if hashlib.sha256(raw).hexdigest() != tensor.sha256:
+                raise ArtifactError(f"{where} does not match its sha256 in the manifest; the artifact is corrupt")
+            dtype = np.dtype(tensor.dtype).newbyteorder("<")
+            arrays[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+        return arrays

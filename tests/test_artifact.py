@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeexport import interrupts
-from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output
+from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output, write_manifest
 from edgeexport.errors import ArtifactError, OutputDirError
 from edgeexport.pipeline import ConversionResult
 
@@ -29,8 +30,8 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
                                 "dynamic_axes": {"0": "batch"}}]
     assert data["tolerance"]["atol"] == 1e-4 and data["tolerance"]["rtol"] == 1e-3
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["tool_versions"])
-    assert set(data["files"]) == {"model.onnx", "golden/example_inputs.npz", "golden/example_outputs.npz",
-                                  "golden/alternate_inputs.npz", "golden/alternate_outputs.npz"}
+    assert set(data["files"]) == {"model.onnx", "golden/example_inputs.bin", "golden/example_outputs.bin",
+                                  "golden/alternate_inputs.bin", "golden/alternate_outputs.bin"}
     assert data["exporter"]["opset"] >= 18
 
 
@@ -40,6 +41,68 @@ def test_golden_outputs_are_pytorch_outputs(bert_artifact: ConversionResult) -> 
         inputs, outputs = artifact.load_golden(case)
         expected = bert_artifact.reference.run(inputs)
         np.testing.assert_array_equal(outputs["logits"], expected["logits"])
+
+
+def test_golden_files_are_raw_tensors_at_the_offsets_of_their_index(bert_artifact: ConversionResult) -> None:
+    """The layout README's "Artifact layout" specifies, read here without numpy's loader."""
+    data = json.loads((bert_artifact.artifact / "manifest.json").read_text())
+    case = data["golden"][0]
+    assert case["name"] == "example" and case["inputs"]["file"] == "golden/example_inputs.bin"
+    raw = (bert_artifact.artifact / case["inputs"]["file"]).read_bytes()
+    tensors = case["inputs"]["tensors"]
+    assert [t["name"] for t in tensors] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [t["offset"] % 64 for t in tensors] == [0, 0, 0]
+    assert tensors[-1]["offset"] + tensors[-1]["nbytes"] == len(raw)
+    ids = tensors[0]
+    assert ids["dtype"] == "int64" and ids["nbytes"] == 8 * ids["shape"][0] * ids["shape"][1]
+    chunk = raw[ids["offset"]:ids["offset"] + ids["nbytes"]]
+    assert hashlib.sha256(chunk).hexdigest() == ids["sha256"]
+    artifact = Artifact.open(bert_artifact.artifact)
+    inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
+    assert chunk == inputs["input_ids"].astype("<i8").tobytes()
+    assert int.from_bytes(chunk[:8], "little", signed=True) == inputs["input_ids"][0, 0]
+
+
+def _edit_golden_index(folder: Path, change: Callable[[dict], None]) -> None:
+    """Apply ``change`` to the index of the example case's output tensor ``logits``."""
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data["golden"][0]["outputs"]["tensors"][0])
+    path.write_text(json.dumps(data))
+
+
+def _rewrite_golden_file(folder: Path, change: Callable[[bytes], bytes]) -> None:
+    """Rewrite the example outputs file and re-hash ``manifest.files``, so only the tensor index can tell."""
+    path = folder / "golden" / "example_outputs.bin"
+    path.write_bytes(change(path.read_bytes()))
+    write_manifest(folder, Artifact.open(folder).manifest)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda f: _rewrite_golden_file(f, lambda b: b[:-1] + bytes([b[-1] ^ 1])),
+     "golden tensor 'logits' of 'golden/example_outputs.bin' does not match its sha256 in the manifest; "
+     "the artifact is corrupt"),
+    (lambda f: _rewrite_golden_file(f, lambda b: b[:-4]),
+     "golden tensor 'logits' of 'golden/example_outputs.bin' ends at byte 24, past the file's 20 bytes; "
+     "the artifact is corrupt"),
+    (lambda f: _edit_golden_index(f, lambda t: t.update(shape=[3, 3])),
+     r"manifest golden\[0\].outputs.tensors\[0\]: shape \[3, 3\] of float32 does not take 24 bytes; "
+     "the artifact is corrupt"),
+    (lambda f: _edit_golden_index(f, lambda t: t.update(dtype="bfloat16")),
+     r"manifest golden\[0\].outputs.tensors\[0\].dtype 'bfloat16' is not one of float32, float16, int64, int32, "
+     r"int8, uint8, bool; the artifact is corrupt"),
+    (lambda f: _edit_golden_index(f, lambda t: t.update(offset=8)),
+     r"manifest golden\[0\].outputs.tensors\[0\].offset 8 is not a multiple of 64; the artifact is corrupt"),
+    (lambda f: _edit_golden_index(f, lambda t: t.update(sha256="ABC")),
+     r"manifest golden\[0\].outputs.tensors\[0\].sha256 is not 64 lowercase hex digits; the artifact is corrupt"),
+])
+def test_a_golden_index_that_does_not_fit_its_file_is_refused(artifact_copy: Path, damage: Callable[[Path], None],
+                                                              message: str) -> None:
+    damage(artifact_copy)
+    with pytest.raises(ArtifactError, match=f"^{message}$"):
+        artifact = Artifact.open(artifact_copy)
+        artifact.verify()
+        artifact.load_golden(artifact.manifest.golden[0])
 
 
 def test_staged_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
@@ -119,8 +182,8 @@ def test_modified_file_fails_hash_check(artifact_copy: Path) -> None:
 
 
 def test_missing_file_is_reported(artifact_copy: Path) -> None:
-    (artifact_copy / "golden" / "example_outputs.npz").unlink()
-    with pytest.raises(ArtifactError, match="'golden/example_outputs.npz' is missing"):
+    (artifact_copy / "golden" / "example_outputs.bin").unlink()
+    with pytest.raises(ArtifactError, match="'golden/example_outputs.bin' is missing"):
         Artifact.open(artifact_copy).verify()
 
 
@@ -134,6 +197,13 @@ def _edit_manifest(folder: Path, **changes: object) -> None:
 def test_newer_schema_is_refused(artifact_copy: Path) -> None:
     _edit_manifest(artifact_copy, schema_version=SCHEMA_VERSION + 1)
     with pytest.raises(ArtifactError, match="newer than this edgeexport understands"):
+        Artifact.open(artifact_copy)
+
+
+def test_schema_1_with_npz_golden_files_is_refused(artifact_copy: Path) -> None:
+    _edit_manifest(artifact_copy, schema_version=1)
+    with pytest.raises(ArtifactError, match="^manifest schema_version 1 is older than this edgeexport reads "
+                                            r"\(2\); re-run 'edgeexport convert' to rewrite the artifact$"):
         Artifact.open(artifact_copy)
 
 
@@ -164,3 +234,5 @@ def test_converting_twice_gives_byte_identical_files(bert_artifact: ConversionRe
     second = json.loads((again.artifact / "manifest.json").read_text())
     first.pop("created_at"), second.pop("created_at")
     assert first == second
+    for relative in first["files"]:
+        assert (again.artifact / relative).read_bytes() == (bert_artifact.artifact / relative).read_bytes(), relative

@@ -260,8 +260,11 @@ def absolute_external_data(model: onnx.ModelProto) -> None:
 @pytest.mark.parametrize(("damage", "expected"), [
     (lambda f: (f / "manifest.json").unlink(), "error: '{f}' has no manifest.json; it is not an edgeexport artifact"),
     (lambda f: (f / "manifest.json").write_text("{"), "error: manifest.json is not valid JSON ("),
-    (lambda f: (f / "golden" / "example_inputs.npz").unlink(),
-     "error: artifact file 'golden/example_inputs.npz' is missing; the artifact is incomplete, re-run convert"),
+    (lambda f: (f / "golden" / "example_inputs.bin").unlink(),
+     "error: artifact file 'golden/example_inputs.bin' is missing; the artifact is incomplete, re-run convert"),
+    (lambda f: edit_manifest(f, schema_version=1),
+     f"error: manifest schema_version 1 is older than this edgeexport reads ({SCHEMA_VERSION}); "
+     "re-run 'edgeexport convert' to rewrite the artifact"),
     (lambda f: edit_manifest(f, schema_version=SCHEMA_VERSION + 1),
      f"error: manifest schema_version {SCHEMA_VERSION + 1} is newer than this edgeexport understands ({SCHEMA_VERSION}); "
      "upgrade edgeexport to read this artifact"),

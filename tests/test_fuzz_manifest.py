@@ -1,5 +1,5 @@
-"""Property tests: the manifest parser and artifact loader take any input and either succeed or raise
-ArtifactError — never another exception, never a read outside the folder."""
+"""Property tests: the manifest parser, artifact loader and golden reader take any input and either
+succeed or raise ArtifactError — never another exception, never a read outside the folder."""
 
 from __future__ import annotations
 
@@ -19,15 +19,13 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=20,
 )
-SAMPLE = {
-    "schema_version": 1, "created_at": "", "model": {}, "target": "onnx", "runtime": "onnxruntime",
-    "precision": "fp32", "model_file": "model.onnx", "exporter": {},
-    "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}],
-    "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch"]}], "logits_outputs": [],
-    "tolerance": {"atol": 1e-4, "rtol": 1e-3, "per_output": {}},
-    "golden": [{"name": "example", "axes": {"batch": 2}, "inputs": "golden/a.npz", "outputs": "golden/b.npz"}],
-    "runtime_options": {}, "tool_versions": {}, "files": {"model.onnx": "0" * 64},
-}
+FUZZ = Path(__file__).parent / "fuzz"
+SAMPLE = json.loads((FUZZ / "corpus" / "manifest.json").read_text())  # indexes the files in tests/fuzz/golden
+TENSOR = st.fixed_dictionaries({
+    "name": st.text(max_size=4), "dtype": st.sampled_from(["float32", "int64", "bool", "bfloat16", "x"]),
+    "shape": st.lists(st.integers(-1, 10), max_size=3), "offset": st.integers(-64, 200) | st.booleans(),
+    "nbytes": st.integers(-8, 200), "sha256": st.sampled_from(["0" * 64, "e" * 63, None]),
+})
 
 
 def parse(data: object) -> None:
@@ -47,6 +45,33 @@ def test_arbitrary_json_never_crashes_the_parser(data: object) -> None:
 @given(st.sampled_from(sorted(SAMPLE)), JSON)
 def test_one_corrupted_field_never_crashes_the_parser(key: str, value: object) -> None:
     parse({**SAMPLE, key: value})
+
+
+def test_the_fuzz_seed_reaches_the_golden_reader(tmp_path: Path) -> None:
+    """The corpus manifest's index fits tests/fuzz/golden, so the fuzzers start from a readable case."""
+    shutil.copytree(FUZZ / "golden", tmp_path / "golden")
+    (tmp_path / "manifest.json").write_text(json.dumps(SAMPLE))
+    artifact = Artifact.open(tmp_path)
+    inputs, outputs = artifact.load_golden(artifact.manifest.golden[0])
+    assert inputs["x"].tolist() == [[0, 1, 2], [3, 4, 5]] and inputs["mask"].tolist() == [1, 0]
+    assert outputs["y"].tolist() == [3, 12]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(TENSOR, max_size=3))
+def test_golden_reader_only_raises_artifact_errors(tensors: list[dict[str, object]]) -> None:
+    folder = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(FUZZ / "golden", folder / "golden")
+        golden = [{**SAMPLE["golden"][0], "outputs": {"file": "golden/example_outputs.bin", "tensors": tensors}}]
+        (folder / "manifest.json").write_text(json.dumps({**SAMPLE, "golden": golden}))
+        try:
+            artifact = Artifact.open(folder)
+            artifact.load_golden(artifact.manifest.golden[0])
+        except ArtifactError:
+            pass
+    finally:
+        shutil.rmtree(folder)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

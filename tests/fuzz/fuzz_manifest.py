@@ -1,7 +1,8 @@
 """atheris fuzzer of the manifest parser and artifact loader.
 
 Run: python tests/fuzz/fuzz_manifest.py -runs=20000 tests/fuzz/corpus
-(CI runs a fixed number of iterations, seeded with the valid manifest in tests/fuzz/corpus/).
+(CI runs a fixed number of iterations, seeded with the valid manifest in tests/fuzz/corpus/, whose
+golden index describes the tensor files in tests/fuzz/golden/, so fuzzed indexes reach the reader).
 Any exception other than ArtifactError is a finding: fix it and keep the input as a regression
 test in tests/test_fuzz_manifest.py.
 """
@@ -20,6 +21,7 @@ from edgeexport.artifact import Artifact, Manifest
 from edgeexport.errors import ArtifactError
 
 FOLDER = Path(tempfile.mkdtemp(prefix="edgeexport-fuzz-"))
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def test_one_input(data: bytes) -> None:
@@ -36,13 +38,17 @@ def test_one_input(data: bytes) -> None:
             pass
     (FOLDER / "manifest.json").write_text(text, errors="surrogatepass")
     try:
-        Artifact.open(FOLDER).verify()
+        artifact = Artifact.open(FOLDER)
+        for case in artifact.manifest.golden:
+            artifact.load_golden(case)
+        artifact.verify()
     except ArtifactError:
         pass
 
 
 def main() -> None:
     try:
+        shutil.copytree(GOLDEN, FOLDER / "golden")
         atheris.instrument_all()
         atheris.Setup(sys.argv, test_one_input)
         atheris.Fuzz()

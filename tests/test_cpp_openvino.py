@@ -1,0 +1,311 @@
+"""examples/cpp-openvino: the C++ device check, built against the openvino wheel's CMake config, runs
+converted BERT and ViT artifacts and judges every output as docs/parity.md says, with the same numbers
+as the Python reference implementation below; planted corruptions fail on the criterion they break."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeexport.artifact import save_tensors, sha256_file
+
+openvino = pytest.importorskip("openvino")
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "cpp-openvino"
+# The manifest tolerance of docs/parity.md, written into the test artifacts (convert writes its own).
+TOLERANCE = {"atol": 1e-5, "max_error": 1e-3, "rms_error": 1e-4, "scale_error": 1e-3, "min_top1": 1.0, "per_output": {}}
+CRITERIA = ("max error", "rms error", "scale", "top-1")
+Converted = tuple[Path, dict[str, dict[str, np.ndarray]]]  # an artifact and OpenVINO's outputs by case and name
+
+
+def once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """``make(folder)`` once per test run: pytest-xdist's workers share the folder (each would build and convert)."""
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent  # this run's folder, above the workers' own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def build(folder: Path) -> None:
+    """Configure and build examples/cpp-openvino into ``folder``; skip where the tools are missing."""
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("cmake and a C++ compiler build examples/cpp-openvino (apt-get install cmake g++; .ci/run does)")
+    openvino_dir = Path(openvino.__file__).parent / "cmake"
+    if not (openvino_dir / "OpenVINOConfig.cmake").is_file():
+        pytest.skip(f"this openvino wheel ships no CMake config in {openvino_dir}")
+    configure = subprocess.run(["cmake", "-S", str(EXAMPLE), "-B", str(folder), f"-DOpenVINO_DIR={openvino_dir}"],
+                               capture_output=True, text=True, check=False)
+    if configure.returncode:
+        log = configure.stdout + configure.stderr
+        missing = re.search(r'provided by "(\w+)"|Could NOT find (\w+)', log)
+        if missing:
+            pytest.skip(f"{missing.group(1) or missing.group(2)} development files are missing "
+                        "(apt-get install nlohmann-json3-dev libssl-dev; .ci/run does)")
+        pytest.fail(f"cmake could not configure examples/cpp-openvino:\n{log[-3000:]}")
+    compiled = subprocess.run(["cmake", "--build", str(folder), "-j", "2"], capture_output=True, text=True, check=False)
+    assert compiled.returncode == 0, (compiled.stdout + compiled.stderr)[-3000:]
+
+
+@pytest.fixture(scope="session")
+def check_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``edgeexport-check``, built once per test run."""
+    return once(tmp_path_factory, "cpp-openvino-build", build) / "edgeexport-check"
+
+
+def _converted(tmp_path_factory: pytest.TempPathFactory, model: str) -> Converted:
+    """An OpenVINO artifact of ``model`` with :data:`TOLERANCE`, and its outputs by case from OpenVINO's Python API."""
+    from edgeexport.pipeline import convert
+
+    def make(folder: Path) -> None:
+        convert(model, target="openvino", output_dir=folder / "artifact", validate=False)
+        edit_manifest(folder / "artifact", tolerance=TOLERANCE)
+
+    folder = once(tmp_path_factory, f"cpp-openvino-{model}", make) / "artifact"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    hint = {"INFERENCE_PRECISION_HINT": manifest["runtime_options"]["inference_precision"]}
+    compiled = openvino.Core().compile_model(str(folder / manifest["model_file"]), "CPU", hint)
+    targets = {}
+    for case in manifest["golden"]:
+        results = compiled(golden_tensors(folder, case["name"], "inputs"))
+        targets[case["name"]] = {t["name"]: results[compiled.output(t["name"])] for t in case["outputs"]["tensors"]}
+    return folder, targets
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    return _converted(tmp_path_factory, "bert")
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    return _converted(tmp_path_factory, "vit")
+
+
+def edit_manifest(folder: Path, **changes: Any) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    data = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(data))
+    return data
+
+
+def golden_tensors(folder: Path, case: str, role: str) -> dict[str, np.ndarray]:
+    """A golden case's ``inputs`` or ``outputs``, read by the README's "Artifact layout" alone."""
+    index = next(c for c in json.loads((folder / "manifest.json").read_text())["golden"] if c["name"] == case)[role]
+    raw = (folder / index["file"]).read_bytes()
+    return {t["name"]: np.frombuffer(raw, dtype=np.dtype(t["dtype"]).newbyteorder("<"), count=int(np.prod(t["shape"])),
+                                     offset=t["offset"]).reshape(t["shape"]) for t in index["tensors"]}
+
+
+def add_golden_cases(folder: Path, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    """Golden cases on the example case's inputs with the given reference outputs, indexed and hashed."""
+    data = json.loads((folder / "manifest.json").read_text())
+    example = data["golden"][0]
+    for name, arrays in outputs.items():
+        index = save_tensors(folder, f"golden/{name}_outputs.bin", arrays)
+        data["golden"].append({"name": name, "axes": example["axes"], "inputs": example["inputs"],
+                               "outputs": index.to_dict()})
+        data["files"][index.file] = sha256_file(folder / index.file)
+    edit_manifest(folder, **data)
+
+
+def criterion(reference: np.ndarray, target: np.ndarray, *, logits: bool,
+              tolerance: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """docs/parity.md, written out with numpy: the reported numbers and the criteria that fail."""
+    r, t = reference.astype(np.float64), target.astype(np.float64)
+    logits = logits and r.ndim >= 1 and r.shape[-1] > 1
+    if logits:
+        rc, tc = r - r.mean(axis=-1, keepdims=True), t - t.mean(axis=-1, keepdims=True)
+        d = tc - rc
+    else:
+        rc, tc, d = r - r.mean(), t - t.mean(), t - r
+    spread = np.sqrt(np.mean(rc**2))
+    max_d, rms_d = np.abs(d).max(), np.sqrt(np.mean(d**2))
+    slope = np.sum(tc * rc) / np.sum(rc**2)
+    atol = tolerance["atol"]
+    failed = {name for name, bad in (("max error", max_d > atol + tolerance["max_error"] * spread),
+                                     ("rms error", rms_d > atol + tolerance["rms_error"] * spread),
+                                     ("scale", spread > atol and abs(slope - 1) > tolerance["scale_error"])) if bad}
+    top1 = None
+    if logits and tolerance.get("min_top1") is not None:
+        r2, t2 = r.reshape(-1, r.shape[-1]), t.reshape(-1, r.shape[-1])
+        rows, a, b = np.arange(len(r2)), r2.argmax(axis=1), t2.argmax(axis=1)
+        top1 = float(np.mean((a == b) | (r2[rows, a] - r2[rows, b] <= 2 * (atol + tolerance["rms_error"] * spread))))
+        if top1 < tolerance["min_top1"]:
+            failed.add("top-1")
+    return {"max err": max_d / spread, "rms err": rms_d / spread, "scale": slope, "top-1": top1}, failed
+
+
+def run_check(program: Path, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(program), str(folder), "--iterations", "5", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def rows(stdout: str) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
+    """The program's table: (case, output) -> (numbers, verdict)."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["case", "output", "max", "err", "rms", "err", "scale", "top-1", "result"], stdout
+    table = {}
+    for line in lines[1:]:
+        if line.startswith(("PASS:", "FAIL:")):
+            break
+        case, output, max_err, rms_err, scale, top1, verdict = line.split(maxsplit=6)
+        table[case, output] = ({"max err": float(max_err), "rms err": float(rms_err), "scale": float(scale),
+                                "top-1": None if top1 == "-" else float(top1)}, verdict)
+    return table
+
+
+def failed_criteria(verdict: str) -> set[str]:
+    if verdict == "PASS":
+        return set()
+    assert verdict.startswith("FAIL "), verdict
+    return {next(c for c in CRITERIA if reason.startswith(c)) for reason in verdict[5:].split("; ")}
+
+
+def assert_agrees_with_the_reference(result: subprocess.CompletedProcess[str], folder: Path,
+                                     targets: dict[str, dict[str, np.ndarray]]) -> dict[str, set[str]]:
+    """Every row's numbers within 1e-6 (relative) and verdict equal to :func:`criterion`'s; the failures by case."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tolerance = manifest["tolerance"]
+    table = rows(result.stdout)
+    expected_rows = {(case["name"], t["name"]) for case in manifest["golden"] for t in case["outputs"]["tensors"]}
+    assert set(table) == expected_rows, result.stdout
+    failures = {}
+    for (case, output), (numbers, verdict) in table.items():
+        own = {**tolerance, **tolerance["per_output"].get(output, {})}
+        target = targets.get(case, targets["example"])[output]  # added cases run on the example inputs
+        want, want_failed = criterion(golden_tensors(folder, case, "outputs")[output], target,
+                                      logits=output in manifest["logits_outputs"], tolerance=own)
+        top1, want_top1 = numbers.pop("top-1"), want.pop("top-1")
+        assert numbers == pytest.approx(want, rel=1e-6), (case, output, result.stdout)
+        want_top1 = None if want_top1 is None else pytest.approx(want_top1, rel=1e-6)
+        assert top1 == want_top1, (case, output, result.stdout)
+        assert failed_criteria(verdict) == want_failed, (case, output, result.stdout)
+        failures[case] = want_failed
+    return failures
+
+
+@pytest.mark.parametrize("model", ["bert", "vit"])
+def test_converted_models_pass_on_the_device_check(check_program: Path, model: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    folder, targets = request.getfixturevalue(model)
+    result = run_check(check_program, folder)
+    assert result.returncode == 0 and result.stderr == "", result.stdout + result.stderr
+    failures = assert_agrees_with_the_reference(result, folder, targets)
+    assert failures == {"example": set(), "alternate": set()}
+    assert "PASS: 2 outputs of 2 golden cases within tolerance" in result.stdout
+    assert re.search(r"^latency of example on CPU \(5 runs after 3 warm-up\): p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms$",
+                     result.stdout, re.MULTILINE), result.stdout
+
+
+def _planted(reference: np.ndarray) -> dict[str, np.ndarray]:
+    """Corruptions of a logits reference (rows over the last axis), by the criterion each must break."""
+    rows_mean = reference.mean(axis=-1, keepdims=True)
+    scaled_row, offset_row, flipped = reference.copy(), reference.copy(), reference.copy()
+    scaled_row[0] *= 1.5
+    offset_row[0] += 3.0  # softmax ignores a per-row offset: logits pass, any other output fails
+    for row in flipped:  # each row's best and worst class swapped
+        best, worst = row.argmax(), row.argmin()
+        row[best], row[worst] = row[worst], row[best]
+    spread = np.sqrt(np.mean((reference - rows_mean) ** 2))
+    noise = np.random.default_rng(0).standard_normal(reference.shape) * 0.01 * spread
+    planted = {"row-scaled": scaled_row, "rescaled": rows_mean + (reference - rows_mean) / 1.02,
+               "noisy": reference + noise, "top1-flipped": flipped, "row-offset": offset_row}
+    return {name: values.astype(reference.dtype) for name, values in planted.items()}
+
+
+@pytest.fixture()
+def corrupted_bert(bert: Converted, tmp_path: Path) -> Converted:
+    """A copy of the BERT artifact with the :func:`_planted` corruptions of its example logits as extra golden cases."""
+    folder, targets = bert
+    copy = tmp_path / "artifact"
+    shutil.copytree(folder, copy)
+    planted = _planted(golden_tensors(folder, "example", "outputs")["logits"])
+    add_golden_cases(copy, {name: {"logits": values} for name, values in planted.items()})
+    return copy, targets
+
+
+def test_a_corrupted_golden_output_fails_on_the_criterion_it_breaks(check_program: Path,
+                                                                    corrupted_bert: Converted) -> None:
+    folder, targets = corrupted_bert
+    result = run_check(check_program, folder)
+    assert result.returncode == 1 and result.stderr == "", result.stdout + result.stderr
+    failures = assert_agrees_with_the_reference(result, folder, targets)
+    assert failures["example"] == failures["alternate"] == failures["row-offset"] == set()
+    assert "max error" in failures["row-scaled"] and "scale" in failures["rescaled"]
+    assert "rms error" in failures["noisy"] and "top-1" in failures["top1-flipped"]
+    assert re.search(r"^FAIL: 4 of 7 outputs beyond tolerance: row-scaled/logits, rescaled/logits, noisy/logits, "
+                     r"top1-flipped/logits$", result.stdout, re.MULTILINE), result.stdout
+    assert "latency of example on CPU" in result.stdout
+
+
+def test_an_offset_fails_an_output_that_is_not_logits(check_program: Path, corrupted_bert: Converted) -> None:
+    folder, targets = corrupted_bert
+    edit_manifest(folder, logits_outputs=[])
+    result = run_check(check_program, folder)
+    failures = assert_agrees_with_the_reference(result, folder, targets)
+    assert result.returncode == 1 and failures["example"] == set() and "max error" in failures["row-offset"]
+
+
+def test_per_output_overrides_apply_and_a_rescaled_output_fails_on_scale_alone(check_program: Path,
+                                                                              corrupted_bert: Converted) -> None:
+    folder, targets = corrupted_bert
+    loose = {"max_error": 1.0, "rms_error": 1.0, "min_top1": 0.0}
+    edit_manifest(folder, tolerance={**TOLERANCE, "per_output": {"logits": loose}})
+    result = run_check(check_program, folder)
+    failures = assert_agrees_with_the_reference(result, folder, targets)
+    assert result.returncode == 1 and failures["rescaled"] == {"scale"} and "top-1" not in failures["top1-flipped"]
+
+
+def _flip_golden_byte(folder: Path) -> None:
+    path = folder / "golden" / "example_outputs.bin"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    edit_manifest(folder, files={**json.loads((folder / "manifest.json").read_text())["files"],
+                                 "golden/example_outputs.bin": sha256_file(path)})
+
+
+@pytest.mark.parametrize(("damage", "args", "expected"), [
+    (lambda f: None, ("--iterations", "0"), "error: --iterations takes a positive int, got '0'"),
+    (lambda f: None, ("--device", "FOO"), "error: OpenVINO device 'FOO' is not available here; available: "),
+    (lambda f: None, ("--frobnicate",),
+     "error: unknown option '--frobnicate'; usage: edgeexport-check ARTIFACT_DIR [--iterations N] [--device NAME]"),
+    (lambda f: edit_manifest(f, schema_version=1), (),
+     ("error: manifest schema_version 1 is older than this program reads (2); "
+      "re-run 'edgeexport convert' to rewrite the artifact")),
+    (lambda f: edit_manifest(f, target="onnx"), (),
+     "error: '{f}' is a 'onnx' artifact; this program checks OpenVINO ones (edgeexport convert --target openvino)"),
+    (lambda f: (f / "model.bin").write_bytes(b"\0"), (),
+     "error: artifact file 'model.bin' does not match its sha256 in the manifest; it was modified or corrupted"),
+    (_flip_golden_byte, (),
+     ("error: golden tensor 'logits' of 'golden/example_outputs.bin' does not match its sha256 in the manifest; "
+      "the artifact is corrupt")),
+    (lambda f: edit_manifest(f, tolerance={"atol": 1e-5}), (),
+     "error: manifest is missing field 'tolerance.max_error'; the artifact is incomplete, re-run convert"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(check_program: Path, bert: Converted, tmp_path: Path,
+                                                damage: Any, args: tuple[str, ...], expected: str) -> None:
+    folder = tmp_path / "artifact"
+    shutil.copytree(bert[0], folder)
+    damage(folder)
+    result = run_check(check_program, folder, *args)
+    assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(expected.format(f=folder)), result.stderr
