@@ -66,6 +66,22 @@ def _one_line_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+Atol = Annotated[Optional[float], typer.Option(help="Parity bound: absolute error floor (docs/parity.md).")]
+MaxError = Annotated[Optional[float], typer.Option(help="Parity bound: largest error, in spreads of the reference.")]
+RmsError = Annotated[Optional[float], typer.Option(help="Parity bound: RMS error, in spreads of the reference.")]
+ScaleError = Annotated[Optional[float], typer.Option(help="Parity bound: |slope - 1| of target against reference.")]
+MinTop1 = Annotated[Optional[float], typer.Option(help="Parity bound: least top-1 agreement of logits (near-ties "
+                                                       "count as agreeing).")]
+
+
+def _bounds(atol: float | None, max_error: float | None, rms_error: float | None, scale_error: float | None,
+            min_top1: float | None) -> dict[str, float]:
+    """The tolerance bounds given on the command line, by manifest key."""
+    given = {"atol": atol, "max_error": max_error, "rms_error": rms_error, "scale_error": scale_error,
+             "min_top1": min_top1}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -119,8 +135,11 @@ def convert(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset.")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check parity after export.")] = True,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance stored in the manifest.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance stored in the manifest.")] = None,
+    atol: Atol = None,
+    max_error: MaxError = None,
+    rms_error: RmsError = None,
+    scale_error: ScaleError = None,
+    min_top1: MinTop1 = None,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
@@ -134,7 +153,8 @@ def convert(
 
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
-                             opset=opset, validate=validate, force=force, atol=atol, rtol=rtol, simplify=simplify,
+                             opset=opset, validate=validate, force=force, simplify=simplify,
+                             tolerance=_bounds(atol, max_error, rms_error, scale_error, min_top1),
                              allow_pickle=allow_pickle, target_options={"shapes": shapes, "workspace": workspace,
                                              "deployment_target": deployment_target},
                              progress=lambda message: status.update(message))
@@ -174,8 +194,11 @@ def _exit_on(what: str, failures: list[str]) -> None:
 def validate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also re-run PyTorch on fresh inputs (needs torch).")] = False,
-    atol: Annotated[Optional[float], typer.Option(help="Override the manifest's absolute tolerance.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Override the manifest's relative tolerance.")] = None,
+    atol: Atol = None,
+    max_error: MaxError = None,
+    rms_error: RmsError = None,
+    scale_error: ScaleError = None,
+    min_top1: MinTop1 = None,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
     explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
                                                "torch); runs by itself when parity fails and torch is here.")] = False,
@@ -187,7 +210,6 @@ def validate(
     latency_margin: LatencyMargin = DEFAULT_LATENCY_MARGIN_PCT,
 ) -> None:
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
-    from dataclasses import replace
     from edgeexport.bundle import component_folders
     from edgeexport.pipeline import check_parity, rebuild_reference
     from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
@@ -196,11 +218,8 @@ def validate(
     paths = check_report_paths(report_paths or [])
     gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
     opened = open_artifact(next(iter(component_folders(artifact).values())))
-    tolerance = None
-    if atol is not None or rtol is not None:
-        stored = opened.manifest.tolerance
-        tolerance = replace(stored, atol=atol if atol is not None else stored.atol,
-                            rtol=rtol if rtol is not None else stored.rtol)
+    overrides = _bounds(atol, max_error, rms_error, scale_error, min_top1)
+    tolerance = opened.manifest.tolerance.overridden(**overrides) if overrides else None
     ref = rebuild_reference(opened.manifest) if reference else None
     report = check_parity(artifact, ref, tolerance=tolerance, threads=threads)
     localization = None
@@ -235,7 +254,8 @@ def bench(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also time PyTorch eager on the same inputs (needs torch).")] = False,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
-    iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 20,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed samples, split over the rounds.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds of the backends, each in its own process.")] = 2,
     threads: Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
     report_paths: ReportPaths = None,
@@ -249,19 +269,21 @@ def bench(
     from edgeexport.pipeline import rebuild_reference
     from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
     from edgeexport.runtimes import open_artifact
+    from edgeexport.validation.machine import describe_machine
     from edgeexport.validation.report import latency_table
 
     paths = check_report_paths(report_paths or [])
     gate = Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin)
     manifest = open_artifact(artifact, verify=False).manifest  # run_bench verifies before running
     ref = rebuild_reference(manifest) if reference else None
-    stats = run_bench(artifact, reference=ref, warmup=warmup, iterations=iterations, threads=threads)
+    stats = run_bench(artifact, reference=ref, warmup=warmup, iterations=iterations, rounds=rounds, threads=threads)
     run = RunReport.create("bench", artifact, manifest, gate=gate, latency=stats)
     write_reports(run, paths)
     if json_output:
         _print_json([s.to_dict() for s in stats])
     else:
         console.print(latency_table(stats))
+        errors.print(f"measured on {describe_machine(run.machine)}", highlight=False, markup=False)
     _exit_on("latency", run.failures)
 
 
@@ -358,7 +380,7 @@ def _print_artifact(title: str, manifest: Manifest, details: dict[str, Any], siz
         ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),
         ("inputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
         ("outputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
-        ("tolerance", f"atol={manifest.tolerance.atol:g} rtol={manifest.tolerance.rtol:g}"),
+        ("tolerance", ", ".join(f"{k}={v:g}" for k, v in manifest.tolerance.to_dict().items() if k != "per_output")),
         ("golden cases", ", ".join(g.name for g in manifest.golden)),
         *((("generation", _generation_summary(manifest)),) if manifest.generation else ()),
         *((("processing", _processing_summary(manifest)),) if manifest.processing else ()),

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeexport.artifact import Manifest, Tolerance, check_output_dir, save_golden, staged_output, write_manifest
+from edgeexport.artifact import (Manifest, Tolerance, check_bound_keys, check_output_dir, save_golden, staged_output,
+                                 write_manifest)
 from edgeexport.bundle import component_folders, write_bundle
 from edgeexport.errors import UsageError
 from edgeexport.exporters import Exporter, get_exporter
@@ -45,7 +46,7 @@ class ConversionResult:
 def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None = None, *,
             target: str = "onnx", output_dir: str | Path | None = None, task: str | None = None, preset: str = "tiny",
             precision: str | None = None, opset: int | None = None, validate: bool = True, force: bool = False,
-            atol: float | None = None, rtol: float | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+            tolerance: Mapping[str, float] | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
             simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
             target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> ConversionResult:
     """Convert a model to an artifact folder for ``target`` and (by default) check its parity.
@@ -62,8 +63,9 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         opset: ONNX opset. Defaults to the exporter's default.
         validate: Run golden and fresh-shape parity checks after writing. Defaults to True.
         force: Replace a non-empty ``output_dir``. Defaults to False.
-        atol: Absolute tolerance stored in the manifest. Defaults to the model/precision default.
-        rtol: Relative tolerance stored in the manifest. Defaults to the model/precision default.
+        tolerance: Parity bounds to store instead of the model/precision defaults, by key
+            (``atol``, ``max_error``, ``rms_error``, ``scale_error``, ``min_top1``; docs/parity.md).
+            Defaults to none.
         dynamic_axes: ``{input: {dim: axis}}`` for an ``nn.Module``.
         simplify: Simplify the graph (onnxslim) where the target supports it. Defaults to True.
         allow_pickle: Allow pickled weights in a model folder. Defaults to False.
@@ -80,6 +82,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     exporter = get_exporter(target)
     precision = precision or exporter.default_precision
     exporter.check_precision(precision)
+    check_bound_keys(tolerance or {})
     exporter.check_options(target_options or {})
     exporter.check_available()
     if output_dir is not None:
@@ -98,7 +101,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             (stage / role).mkdir(exist_ok=True)
             manifests[role] = _write_artifact(
                 stage / role, component, golden[role], exporter, target=target, precision=precision, opset=opset,
-                simplify=simplify, seed=seed, atol=atol, rtol=rtol,
+                simplify=simplify, seed=seed, bounds=tolerance or {},
                 options={k: v for k, v in (target_options or {}).items() if v is not None})
         if "" not in components:
             write_bundle(stage, list(components), _model_info(reference, seed))
@@ -127,12 +130,10 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
 
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,
-                    precision: str, opset: int | None, simplify: bool, seed: int, atol: float | None,
-                    rtol: float | None, options: Mapping[str, Any]) -> Manifest:
+                    precision: str, opset: int | None, simplify: bool, seed: int, bounds: Mapping[str, float],
+                    options: Mapping[str, Any]) -> Manifest:
     """Export one reference into ``stage`` with its golden cases, assets and manifest."""
-    default_tolerance = exporter.tolerance(reference, precision)
-    tolerance = replace(default_tolerance, atol=atol if atol is not None else default_tolerance.atol,
-                        rtol=rtol if rtol is not None else default_tolerance.rtol)
+    tolerance = exporter.tolerance(reference, precision).overridden(**bounds)
     result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify, **options)
     for relative, source in reference.assets.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -210,32 +211,85 @@ def rebuild_reference(manifest: Manifest) -> ReferenceModel | ReferenceBundle:
 
 
 def bench(folder: str | Path, *, reference: ReferenceModel | None = None, inputs: Mapping[str, Any] | None = None,
-          warmup: int = 3, iterations: int = 20, **runner_options: Any) -> list[LatencyStats]:
+          warmup: int = 3, iterations: int = 20, rounds: int = 2, **runner_options: Any) -> list[LatencyStats]:
     """Latency of the artifact, and of PyTorch eager on the same inputs when a reference is given.
 
-    Inputs default to the golden example case. PyTorch runs first so its row is the baseline
-    the table's speed-up refers to.
-    """
-    from edgeexport.runtimes import load
+    Each backend is timed alone in a fresh process (no other runtime's threads alive), at the same
+    boundary (numpy in, numpy out), in ``rounds`` alternating rounds whose samples are pooled, so
+    drift of a shared machine hits every backend alike. PyTorch comes first: its row is the
+    baseline of the speed-ups. A reference converted from a zoo name, folder or hub id is rebuilt
+    in its process from the manifest; a Python module's reference is timed in this process (no
+    runtime session is alive here).
 
-    runner = load(folder, **runner_options)
-    artifact = runner.artifact
+    Args:
+        folder: The artifact.
+        reference: Also time PyTorch eager. Defaults to None.
+        inputs: Named inputs. Defaults to the golden example case.
+        warmup: Untimed runs in each round. Defaults to 3.
+        iterations: Timed samples in all, split over the rounds. Defaults to 20.
+        rounds: Alternating rounds of all backends. Defaults to 2.
+        **runner_options: Options of the artifact's runner (threads, ...).
+    """
+    from edgeexport.runtimes import open_artifact
+    from edgeexport.validation.latency import isolated
+
+    artifact = open_artifact(folder)
     if inputs is None:
         inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
-    batch = int(next(iter(inputs.values())).shape[0]) if inputs else 1
-    results = []
+    inputs = dict(inputs)
+    batch = _batch(inputs)
+    per_round = max(1, iterations // rounds)
+    label = f"{artifact.manifest.target} ({_runner_label(artifact)}, {artifact.manifest.precision})"
+    timers: list[Callable[[], LatencyStats]] = []
     if reference is not None:
-        def eager() -> None:
-            reference.run(inputs)
-        results.append(measure(eager, label="pytorch eager", batch=batch, warmup=warmup, iterations=iterations))
-    with runner:
-        def call() -> float:
-            runner(inputs)
-            return runner.last_inference_time
-        results.append(measure(call, label=f"{artifact.manifest.target} ({runner.label or runner.name}, "
-                                            f"{artifact.manifest.precision})",
-                               batch=batch, warmup=warmup, iterations=iterations))
-    return results
+        if artifact.manifest.model.get("source") == "module":
+            timers.append(lambda: measure(lambda: reference.run(inputs), label=EAGER, batch=batch, warmup=warmup,
+                                          iterations=per_round))
+        else:
+            timers.append(lambda: isolated(_time_eager, str(folder), inputs, warmup, per_round))
+    timers.append(lambda: isolated(_time_runner, str(folder), label, inputs, warmup, per_round, runner_options))
+    results: list[LatencyStats | None] = [None] * len(timers)
+    for _ in range(rounds):
+        for index, timer in enumerate(timers):
+            stats = timer()
+            results[index] = stats if results[index] is None else results[index].merged(stats)
+    return [r for r in results if r is not None]
+
+
+EAGER = "pytorch eager"
+
+
+def _runner_label(artifact: Any) -> str:
+    from edgeexport.runtimes import runtime_module
+
+    runner = runtime_module(artifact.manifest.runtime).RUNNER
+    return runner.label or runner.name
+
+
+def _time_eager(folder: str, inputs: dict[str, Any], warmup: int, iterations: int) -> LatencyStats:
+    """PyTorch eager on ``inputs``, the reference rebuilt from the artifact's manifest (runs in its own process)."""
+    from edgeexport.generation import GenerationSpec
+    from edgeexport.runtimes import open_artifact
+
+    manifest = open_artifact(folder, verify=False).manifest
+    reference = rebuild_reference(manifest)
+    if hasattr(reference, "components"):
+        reference = reference.components[GenerationSpec.of(manifest).role]
+    return measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs), warmup=warmup,
+                   iterations=iterations)
+
+
+def _time_runner(folder: str, label: str, inputs: dict[str, Any], warmup: int, iterations: int,
+                 runner_options: dict[str, Any]) -> LatencyStats:
+    """The artifact's runner on ``inputs`` (runs in its own process)."""
+    from edgeexport.runtimes import load
+
+    with load(folder, verify=False, **runner_options) as runner:
+        return measure(lambda: runner(inputs), label=label, batch=_batch(inputs), warmup=warmup, iterations=iterations)
+
+
+def _batch(inputs: Mapping[str, Any]) -> int:
+    return int(next(iter(inputs.values())).shape[0]) if inputs else 1
 
 
 def explain(folder: str | Path, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:

@@ -13,6 +13,7 @@ import pytest
 from edgeexport import interrupts
 from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output
 from edgeexport.errors import ArtifactError, OutputDirError
+from edgeexport.reference.specs import FP32_TOLERANCE
 from edgeexport.pipeline import ConversionResult
 
 
@@ -27,7 +28,7 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
                                  "dynamic_axes": {"0": "batch", "1": "sequence"}}
     assert data["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 3],
                                 "dynamic_axes": {"0": "batch"}}]
-    assert data["tolerance"]["atol"] == 1e-4 and data["tolerance"]["rtol"] == 1e-3
+    assert data["tolerance"] == {**FP32_TOLERANCE.to_dict(), "per_output": {}}
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["tool_versions"])
     assert set(data["files"]) == {"model.onnx", "golden/example_inputs.npz", "golden/example_outputs.npz",
                                   "golden/alternate_inputs.npz", "golden/alternate_outputs.npz"}

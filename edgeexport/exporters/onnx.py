@@ -220,7 +220,8 @@ class TorchScriptStrategy(CaptureStrategy):
 CAPTURE_STRATEGIES: tuple[CaptureStrategy, ...] = (DynamoStrategy(), TorchScriptStrategy())
 
 
-NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "onnxslim")
+# transformers: tracing reads every module attribute, and `loss_function` logs "loss_type=None ..." when read.
+NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "onnxslim", "transformers")
 
 
 @contextlib.contextmanager
@@ -371,9 +372,9 @@ class OnnxExporter(Exporter):
     target = "onnx"
     runtime = "onnxruntime"
     requires = ("onnx", "onnxscript", "onnxruntime")
-    # int8-weights is judged like OpenVINO's: a small atol with cosine, top-1 and mean-error criteria.
-    precisions = {"fp32": None, "fp16": Tolerance(atol=2e-2, rtol=2e-2),
-                  "int8-weights": Tolerance(atol=1e-3, rtol=5e-2, min_cosine=0.999, min_top1=0.95)}
+    # Bounds measured on the zoo and holdout models (docs/parity.md).
+    precisions = {"fp32": None, "fp16": Tolerance(atol=1e-4, max_error=0.1, rms_error=0.02, scale_error=0.01),
+                  "int8-weights": Tolerance(atol=1e-4, max_error=1.0, rms_error=0.1, scale_error=0.03, min_top1=0.9)}
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, **options: Any) -> ExportResult:
