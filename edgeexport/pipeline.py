@@ -214,40 +214,53 @@ def bench(folder: str | Path, *, reference: ReferenceModel | None = None, inputs
           warmup: int = 3, iterations: int = 20, rounds: int = 2, **runner_options: Any) -> list[LatencyStats]:
     """Latency of the artifact, and of PyTorch eager on the same inputs when a reference is given.
 
+    See :func:`compare_latency` (one artifact, its runner given ``runner_options``).
+    """
+    return compare_latency([folder], reference=reference, inputs=inputs, warmup=warmup, iterations=iterations,
+                           rounds=rounds, runner_options=[runner_options])
+
+
+def compare_latency(folders: Sequence[str | Path], *, reference: ReferenceModel | None = None,
+                    inputs: Mapping[str, Any] | None = None, warmup: int = 3, iterations: int = 20, rounds: int = 2,
+                    runner_options: Sequence[Mapping[str, Any]] | None = None) -> list[LatencyStats]:
+    """Latency of artifacts of one model side by side, and of PyTorch eager when a reference is given.
+
     Each backend is timed alone in a fresh process (no other runtime's threads alive), at the same
     boundary (numpy in, numpy out), in ``rounds`` alternating rounds whose samples are pooled, so
     drift of a shared machine hits every backend alike. PyTorch comes first: its row is the
     baseline of the speed-ups. A reference converted from a zoo name, folder or hub id is rebuilt
-    in its process from the manifest; a Python module's reference is timed in this process (no
-    runtime session is alive here).
+    in its process from the first artifact's manifest; a Python module's reference is timed in
+    this process (no runtime session is alive here).
 
     Args:
-        folder: The artifact.
+        folders: Artifacts taking the same inputs.
         reference: Also time PyTorch eager. Defaults to None.
-        inputs: Named inputs. Defaults to the golden example case.
+        inputs: Named inputs. Defaults to the first artifact's golden example case.
         warmup: Untimed runs in each round. Defaults to 3.
         iterations: Timed samples in all, split over the rounds. Defaults to 20.
         rounds: Alternating rounds of all backends. Defaults to 2.
-        **runner_options: Options of the artifact's runner (threads, ...).
+        runner_options: Options of each artifact's runner (threads, ...), in the order of ``folders``.
+            Defaults to none.
     """
     from edgeexport.runtimes import open_artifact
     from edgeexport.validation.latency import isolated
 
-    artifact = open_artifact(folder)
+    artifacts = [open_artifact(folder) for folder in folders]
     if inputs is None:
-        inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
+        inputs, _ = artifacts[0].load_golden(artifacts[0].manifest.golden[0])
     inputs = dict(inputs)
-    batch = _batch(inputs)
     per_round = max(1, iterations // rounds)
-    label = f"{artifact.manifest.target} ({_runner_label(artifact)}, {artifact.manifest.precision})"
     timers: list[Callable[[], LatencyStats]] = []
     if reference is not None:
-        if artifact.manifest.model.get("source") == "module":
-            timers.append(lambda: measure(lambda: reference.run(inputs), label=EAGER, batch=batch, warmup=warmup,
-                                          iterations=per_round))
+        if artifacts[0].manifest.model.get("source") == "module":
+            timers.append(lambda: measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs),
+                                          warmup=warmup, iterations=per_round))
         else:
-            timers.append(lambda: isolated(_time_eager, str(folder), inputs, warmup, per_round))
-    timers.append(lambda: isolated(_time_runner, str(folder), label, inputs, warmup, per_round, runner_options))
+            timers.append(lambda: isolated(_time_eager, str(folders[0]), inputs, warmup, per_round))
+    for artifact, options in zip(artifacts, runner_options or [{}] * len(artifacts)):
+        label = f"{artifact.manifest.target} ({_runner_label(artifact)}, {artifact.manifest.precision})"
+        timers.append(lambda path=str(artifact.path), label=label, options=dict(options): isolated(
+            _time_runner, path, label, inputs, warmup, per_round, options))
     results: list[LatencyStats | None] = [None] * len(timers)
     for _ in range(rounds):
         for index, timer in enumerate(timers):
