@@ -243,9 +243,10 @@ def compare_latency(folders: Sequence[str | Path], *, reference: ReferenceModel 
             Defaults to none.
     """
     from edgeexport.runtimes import open_artifact
-    from edgeexport.validation.latency import isolated
+    from edgeexport.validation.latency import isolated, time_artifact
 
     artifacts = [open_artifact(folder) for folder in folders]
+    options_list = [dict(options) for options in runner_options or [{}] * len(artifacts)]
     if inputs is None:
         inputs, _ = artifacts[0].load_golden(artifacts[0].manifest.golden[0])
     inputs = dict(inputs)
@@ -256,11 +257,12 @@ def compare_latency(folders: Sequence[str | Path], *, reference: ReferenceModel 
             timers.append(lambda: measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs),
                                           warmup=warmup, iterations=per_round))
         else:
-            timers.append(lambda: isolated(_time_eager, str(folders[0]), inputs, warmup, per_round))
-    for artifact, options in zip(artifacts, runner_options or [{}] * len(artifacts)):
+            threads = int(options_list[0].get("threads") or 0)
+            timers.append(lambda: isolated(_time_eager, str(folders[0]), inputs, warmup, per_round, threads))
+    for artifact, options in zip(artifacts, options_list):
         label = f"{artifact.manifest.target} ({_runner_label(artifact)}, {artifact.manifest.precision})"
-        timers.append(lambda path=str(artifact.path), label=label, options=dict(options): isolated(
-            _time_runner, path, label, inputs, warmup, per_round, options))
+        timers.append(lambda path=str(artifact.path), label=label, options=options: isolated(
+            time_artifact, path, label, inputs, warmup, per_round, options))
     results: list[LatencyStats | None] = [None] * len(timers)
     for _ in range(rounds):
         for index, timer in enumerate(timers):
@@ -279,26 +281,22 @@ def _runner_label(artifact: Any) -> str:
     return runner.label or runner.name
 
 
-def _time_eager(folder: str, inputs: dict[str, Any], warmup: int, iterations: int) -> LatencyStats:
-    """PyTorch eager on ``inputs``, the reference rebuilt from the artifact's manifest (runs in its own process)."""
+def _time_eager(folder: str, inputs: dict[str, Any], warmup: int, iterations: int, threads: int) -> LatencyStats:
+    """PyTorch eager on ``inputs``, the reference rebuilt from the artifact's manifest (runs in its own process),
+    with the runner's thread count when one was given."""
+    import torch
+
     from edgeexport.generation import GenerationSpec
     from edgeexport.runtimes import open_artifact
 
+    if threads:
+        torch.set_num_threads(threads)
     manifest = open_artifact(folder, verify=False).manifest
     reference = rebuild_reference(manifest)
     if hasattr(reference, "components"):
         reference = reference.components[GenerationSpec.of(manifest).role]
     return measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs), warmup=warmup,
                    iterations=iterations)
-
-
-def _time_runner(folder: str, label: str, inputs: dict[str, Any], warmup: int, iterations: int,
-                 runner_options: dict[str, Any]) -> LatencyStats:
-    """The artifact's runner on ``inputs`` (runs in its own process)."""
-    from edgeexport.runtimes import load
-
-    with load(folder, verify=False, **runner_options) as runner:
-        return measure(lambda: runner(inputs), label=label, batch=_batch(inputs), warmup=warmup, iterations=iterations)
 
 
 def _batch(inputs: Mapping[str, Any]) -> int:

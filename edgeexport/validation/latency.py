@@ -15,7 +15,8 @@ import multiprocessing
 import resource
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -134,7 +135,28 @@ def isolated(target: Callable[..., LatencyStats], *args: Any) -> LatencyStats:
         return pool.apply(target, args)
 
 
+def time_artifact(folder: str, label: str, inputs: Mapping[str, np.ndarray], warmup: int, iterations: int,
+                  runner_options: Mapping[str, Any]) -> LatencyStats:
+    """An artifact's runner on ``inputs``: the target of :func:`isolated` for a backend's own process
+    (this module imports neither torch nor a backend, so the process holds only the runtime)."""
+    from edgeexport.runtimes import load
+
+    with load(folder, verify=False, **runner_options) as runner:
+        return measure(lambda: runner(inputs), label=label, batch=len(next(iter(inputs.values()))) if inputs else 1,
+                       warmup=warmup, iterations=iterations)
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB."""
+    """Peak resident memory of this process in MiB.
+
+    On Linux, ``VmHWM`` of /proc/self/status: ``ru_maxrss`` would count the parent's memory that a
+    spawned process held between fork and exec (a backend process started by one that imported
+    torch would report torch's footprint).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
