@@ -81,13 +81,15 @@ class TensorSpec:
 class Bounds:
     """Parity bounds of one output, relative to the reference's spread (see docs/parity.md).
 
-    With ``d`` the error and ``s`` the reference's RMS deviation (per row for logits): ``max|d| <=
-    atol + max_error * s``, ``rms(d) <= atol + rms_error * s``, ``|slope - 1| <= scale_error``
-    (where ``s > atol``), and for logits, when ``min_top1`` is set, top-1 agreement counting
-    near-ties of at least ``min_top1``.
+    With ``d`` the error, ``s`` the reference's RMS deviation (per row for logits), ``m`` its RMS
+    magnitude and the floor ``f = atol + rounding * m`` (what the arithmetic cannot resolve):
+    ``max|d| <= f + max_error * s``, ``rms(d) <= f + rms_error * s``, ``|slope - 1| <= scale_error
+    + f / s``, and for logits, when ``min_top1`` is set, top-1 agreement counting near-ties of at
+    least ``min_top1``.
     """
 
     atol: float
+    rounding: float
     max_error: float
     rms_error: float
     scale_error: float
@@ -97,7 +99,7 @@ class Bounds:
         return {name: getattr(self, name) for name in BOUND_KEYS if getattr(self, name) is not None}
 
 
-BOUND_KEYS = ("atol", "max_error", "rms_error", "scale_error", "min_top1")
+BOUND_KEYS = ("atol", "rounding", "max_error", "rms_error", "scale_error", "min_top1")
 
 
 @dataclass(frozen=True)

@@ -263,11 +263,11 @@ def absolute_external_data(model: onnx.ModelProto) -> None:
      "upgrade edgeexport to read this artifact"),
     (lambda f: edit_manifest(f, outputs=[{"name": "logits", "dtype": "complex", "shape": [1]}]),
      "error: manifest outputs[0].dtype 'complex' is not one of "),
-    (lambda f: edit_manifest(f, tolerance={"atol": -1, "max_error": 0, "rms_error": 0, "scale_error": 0,
+    (lambda f: edit_manifest(f, tolerance={"atol": -1, "rounding": 0, "max_error": 0, "rms_error": 0, "scale_error": 0,
                                            "per_output": {}}),
      "error: manifest field 'tolerance.atol' must be a non-negative number"),
     (lambda f: edit_manifest(f, tolerance={"atol": 0, "rtol": 0, "per_output": {}}),
-     "error: manifest tolerance has unknown keys ['rtol']; this edgeexport knows atol, max_error, rms_error, "
+     "error: manifest tolerance has unknown keys ['rtol']; this edgeexport knows atol, rounding, max_error, rms_error, "
      "scale_error, min_top1"),
     (lambda f: edit_manifest(f, schema_version=1),
      "error: manifest schema_version 1 predates this edgeexport's parity bounds (schema 2); re-run convert to make "

@@ -24,7 +24,7 @@ SAMPLE = {
     "precision": "fp32", "model_file": "model.onnx", "exporter": {},
     "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}],
     "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch"]}], "logits_outputs": [],
-    "tolerance": {"atol": 1e-6, "max_error": 1e-3, "rms_error": 1e-4, "scale_error": 1e-3, "min_top1": 0.9,
+    "tolerance": {"atol": 1e-6, "rounding": 1e-6, "max_error": 1e-3, "rms_error": 1e-4, "scale_error": 1e-3, "min_top1": 0.9,
                   "per_output": {"y": {"max_error": 1e-2}}},
     "golden": [{"name": "example", "axes": {"batch": 2}, "inputs": "golden/a.npz", "outputs": "golden/b.npz"}],
     "runtime_options": {}, "tool_versions": {}, "files": {"model.onnx": "0" * 64},

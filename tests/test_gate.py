@@ -19,7 +19,7 @@ from edgeexport.validation.latency import LatencyStats
 from edgeexport.validation.parity import ParityReport, compare_outputs
 
 runner = CliRunner()
-TOLERANCE = Tolerance(atol=1e-9, max_error=1.0, rms_error=1e-3, scale_error=1e-3)
+TOLERANCE = Tolerance(atol=1e-9, rounding=0, max_error=1.0, rms_error=1e-3, scale_error=1e-3)
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

@@ -11,8 +11,8 @@ from edgeexport.validation.metrics import compare_output
 from edgeexport.validation.parity import ParityReport, compare_outputs
 
 # The looser quantized bounds of this project (OpenVINO int8): the planted outputs must fail even these.
-LOOSE = Bounds(atol=1e-4, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8)
-FP32 = Bounds(atol=1e-6, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
+LOOSE = Bounds(atol=1e-4, rounding=0, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8)
+FP32 = Bounds(atol=1e-6, rounding=0, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
 
 
 def offset_logits(seed: int) -> np.ndarray:
@@ -29,9 +29,9 @@ def test_errors_are_measured_in_spreads_of_the_reference() -> None:
     assert result.rms_error == pytest.approx(5e-4 / np.sqrt(5))
     assert result.worst_index == [3]
     assert not result
-    assert result.reason == "rms error 0.000224 spreads exceeds 0.0001 (+ atol 1e-06; spread 2.24)"
+    assert result.reason == "rms error 0.000224 spreads exceeds 0.0001 (+ floor 1e-06; spread 2.24)"
     result = compare_output("y", reference + np.array([0.0, 0.0, 0.0, 3e-3]), reference, FP32)
-    assert result.reason.startswith("max error 0.00134 spreads at index [3] exceeds 0.001 (+ atol 1e-06; spread 2.24); "
+    assert result.reason.startswith("max error 0.00134 spreads at index [3] exceeds 0.001 (+ floor 1e-06; spread 2.24); "
                                     "rms error 0.000671 spreads exceeds 0.0001")
     inside = reference + np.array([0.0, 0.0, 0.0, 1e-4])  # 4.5e-5 spreads max, 2.2e-5 RMS
     assert compare_output("y", inside, reference, FP32)
@@ -64,7 +64,7 @@ def test_scaled_logits_fail_on_scale_even_inside_the_noise_allowance() -> None:
     centred = reference - reference.mean(axis=-1, keepdims=True)
     result = compare_output("logits", reference + 0.1 * centred, reference, LOOSE, logits=True)  # rms 0.1 < 0.3
     assert not result
-    assert result.reason == "scale 1.1 is off 1 by more than 0.05"
+    assert result.reason == "scale 1.1 is off 1 by more than 0.0501"
 
 
 def test_per_row_offset_of_logits_is_allowed_but_of_other_outputs_is_an_error() -> None:
@@ -113,7 +113,7 @@ def test_top1_forgives_flips_between_near_tied_classes_only() -> None:
     reference = rng.standard_normal((20, 50))
     reference[:, 0] = 10.0  # class 0 wins clearly on every row...
     reference[:4, 1] = 9.99  # ...except 4 rows where class 1 is within the noise the bounds allow
-    bounds = Bounds(atol=1e-4, max_error=1.0, rms_error=0.05, scale_error=0.05, min_top1=1.0)
+    bounds = Bounds(atol=1e-4, rounding=0, max_error=1.0, rms_error=0.05, scale_error=0.05, min_top1=1.0)
     target = reference + rng.normal(0, 0.005, reference.shape)
     target[:4, 1] = 10.02  # the 4 near-ties flip
     result = compare_output("logits", target, reference, bounds, logits=True)
@@ -127,13 +127,13 @@ def test_top1_forgives_flips_between_near_tied_classes_only() -> None:
 
 def test_outputs_are_matched_by_exact_name() -> None:
     case = compare_outputs("c", "golden", {}, {"logit": np.zeros(1)}, {"logits": np.zeros(1)},
-                           tolerance=Tolerance(1e-6, 1e-3, 1e-4, 1e-3))
+                           tolerance=Tolerance(1e-6, 0, 1e-3, 1e-4, 1e-3))
     assert not case.passed
     assert case.error == "output names differ: target ['logit'], reference ['logits']"
 
 
 def test_nothing_compared_fails_with_its_own_reason() -> None:
-    tolerance = Tolerance(1e-6, 1e-3, 1e-4, 1e-3)
+    tolerance = Tolerance(1e-6, 0, 1e-3, 1e-4, 1e-3)
     case = compare_outputs("c", "golden", {}, {}, {}, tolerance=tolerance)
     assert not case.passed and case.error == "no outputs to compare; the reference produced none"
     report = ParityReport("a", "onnx", "onnxruntime", "fp32", tolerance)
@@ -141,12 +141,26 @@ def test_nothing_compared_fails_with_its_own_reason() -> None:
 
 
 def test_per_output_override_replaces_only_its_keys() -> None:
-    tolerance = Tolerance(1e-6, 1e-3, 1e-4, 1e-3, per_output={"boxes": {"max_error": 1e-2, "rms_error": 1e-2,
+    tolerance = Tolerance(1e-6, 0, 1e-3, 1e-4, 1e-3, per_output={"boxes": {"max_error": 1e-2, "rms_error": 1e-2,
                                                                             "scale_error": 1e-2}})
-    assert tolerance.for_output("boxes") == Bounds(1e-6, 1e-2, 1e-2, 1e-2)
+    assert tolerance.for_output("boxes") == Bounds(1e-6, 0, 1e-2, 1e-2, 1e-2)
     reference = {"boxes": np.array([0.0, 1.0]), "logits": np.array([0.0, 1.0])}
     target = {"boxes": np.array([0.004, 1.0]), "logits": np.array([0.004, 1.0])}
     case = compare_outputs("c", "golden", {}, target, reference, tolerance=tolerance)
     assert [bool(o) for o in case.outputs] == [True, False]
     assert Tolerance.from_dict(tolerance.to_dict()) == tolerance
     assert tolerance.overridden(max_error=5e-2).for_output("boxes").max_error == 5e-2
+
+
+def test_rounding_floor_covers_what_the_arithmetic_cannot_resolve() -> None:
+    """Sigmoid boxes of a random model: values ~0.5 varying by 1e-4. fp16 cannot resolve that
+    variation (its rounding at 0.5 is 2.4e-4), so its floor (rounding x RMS magnitude) must allow it;
+    fp32's floor must not, and an unrelated output with an offset still fails the fp16 bounds."""
+    rng = np.random.default_rng(4)
+    reference = 0.5 + 1e-4 * rng.standard_normal((10, 4))
+    half = reference.astype(np.float16).astype(np.float64)
+    fp16 = Bounds(atol=1e-6, rounding=2e-3, max_error=0.1, rms_error=0.02, scale_error=0.01)
+    assert compare_output("boxes", half, reference, fp16)
+    assert not compare_output("boxes", half, reference, FP32)
+    logits = offset_logits(0)
+    assert not compare_output("logits", offset_logits(1), logits, fp16, logits=True)

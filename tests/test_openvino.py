@@ -133,9 +133,9 @@ class TestInt8Criterion:
         assert not self._compare(target)
 
     def test_bounds_round_trip_through_the_manifest(self) -> None:
-        data = Tolerance(1e-6, 1e-3, 1e-4, 1e-3).to_dict()
+        data = Tolerance(atol=1e-6, rounding=0, max_error=1e-3, rms_error=1e-4, scale_error=1e-3).to_dict()
         assert "min_top1" not in data
-        assert Tolerance.from_dict(data) == Tolerance(1e-6, 1e-3, 1e-4, 1e-3)
+        assert Tolerance.from_dict(data) == Tolerance(atol=1e-6, rounding=0, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
         assert Tolerance.from_dict(self.tolerance.to_dict()) == self.tolerance
 
 

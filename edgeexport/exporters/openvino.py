@@ -270,9 +270,9 @@ class OpenVinoExporter(Exporter):
     # Bounds measured on the zoo and holdout models (docs/parity.md).
     precisions = {
         "fp32": None,
-        "fp16": Tolerance(atol=1e-4, max_error=0.1, rms_error=0.02, scale_error=0.01),
-        "int8-weights": Tolerance(atol=1e-4, max_error=1.0, rms_error=0.1, scale_error=0.03, min_top1=0.9),
-        "int8": Tolerance(atol=1e-4, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
+        "fp16": Tolerance(atol=1e-6, rounding=1e-5, max_error=0.1, rms_error=0.02, scale_error=0.01),
+        "int8-weights": Tolerance(atol=1e-6, rounding=1e-5, max_error=1.0, rms_error=0.1, scale_error=0.03, min_top1=0.9),
+        "int8": Tolerance(atol=1e-6, rounding=1e-5, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,

@@ -99,8 +99,8 @@ class TensorrtExporter(Exporter):
     precisions = {
         "fp32": None,
         "fp16": onnx_target.OnnxExporter.precisions["fp16"],
-        "bf16": Tolerance(atol=1e-4, max_error=0.5, rms_error=0.05, scale_error=0.02, min_top1=0.9),
-        "int8": Tolerance(atol=1e-4, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
+        "bf16": Tolerance(atol=1e-6, rounding=2e-3, max_error=0.5, rms_error=0.05, scale_error=0.02, min_top1=0.9),
+        "int8": Tolerance(atol=1e-6, rounding=2e-3, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
     }
     options = ("shapes", "workspace")
 

@@ -17,7 +17,7 @@ from edgeexport.errors import UsageError
 
 PRESETS = ("tiny", "full")
 # fp32 parity bounds of every model (docs/parity.md has their derivation).
-FP32_TOLERANCE = Tolerance(atol=1e-6, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
+FP32_TOLERANCE = Tolerance(atol=1e-7, rounding=1e-6, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
 
 
 @dataclass(frozen=True)

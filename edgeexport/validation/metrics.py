@@ -40,8 +40,10 @@ class OutputSample:
 class OutputComparison:
     """Errors of one output; truthy when it passed its :class:`~edgeexport.artifact.Bounds`.
 
-    ``spread`` is the reference's RMS deviation (per row for logits); ``max_error`` and
-    ``rms_error`` are the largest and the RMS error in spreads; ``scale`` is the slope of the
+    ``spread`` is the reference's RMS deviation (per row for logits) and ``magnitude`` its RMS
+    value; ``max_error`` and ``rms_error`` are the largest and the RMS error in spreads; ``floor``
+    is the error the bounds allow whatever the spread (``atol + rounding * magnitude``: what the
+    arithmetic cannot resolve); ``scale`` is the slope of the
     target against the reference (1 when unscaled). ``max_abs``, ``mean_abs`` and ``cosine``
     are the raw error and similarity, for reading. Logits only: ``top1``/``top5`` are the
     fraction of rows whose reference argmax is the target's argmax / in its top 5, and
@@ -54,6 +56,8 @@ class OutputComparison:
     passed: bool
     bounds: Bounds
     spread: float = float("nan")
+    magnitude: float = float("nan")
+    floor: float = float("nan")
     max_error: float = float("nan")
     rms_error: float = float("nan")
     scale: float = float("nan")
@@ -108,9 +112,10 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, bounds:
         return result
     rows = logits and want.ndim >= 1 and want.shape[-1] > 1
     deviations = _measure(result, got, want, rows=rows)
+    result.floor = bounds.atol + bounds.rounding * result.magnitude
     if rows:
         result.top1, result.top5 = _topk_agreement(got, want)
-        result.top1_near_ties = near_tie_fraction(got, want, window=2 * (bounds.atol + bounds.rms_error * result.spread))
+        result.top1_near_ties = near_tie_fraction(got, want, window=2 * (result.floor + bounds.rms_error * result.spread))
     misses = _misses(result, bounds, deviations, logits=rows)
     result.passed = not misses
     result.reason = "; ".join(misses)
@@ -128,6 +133,7 @@ def _measure(result: OutputComparison, got: np.ndarray, want: np.ndarray, *, row
     worst = np.unravel_index(int(np.argmax(np.abs(error))), error.shape)
     max_dev, rms_dev = float(np.abs(error).max()), float(np.sqrt(np.mean(error ** 2)))
     result.spread = spread
+    result.magnitude = float(np.sqrt(np.mean(want ** 2)))
     result.max_error = max_dev / spread if spread else (0.0 if max_dev == 0 else float("inf"))
     result.rms_error = rms_dev / spread if spread else (0.0 if rms_dev == 0 else float("inf"))
     result.scale = float(np.sum(got_c * want_c) / np.sum(want_c ** 2)) if spread else float("nan")
@@ -141,15 +147,15 @@ def _measure(result: OutputComparison, got: np.ndarray, want: np.ndarray, *, row
 
 def _misses(result: OutputComparison, bounds: Bounds, deviations: tuple[float, float], *, logits: bool) -> list[str]:
     """The bounds an output misses (empty when it meets them all), each as one phrase."""
-    (max_dev, rms_dev), spread, misses = deviations, result.spread, []
-    if max_dev > bounds.atol + bounds.max_error * spread:
+    (max_dev, rms_dev), spread, floor, misses = deviations, result.spread, result.floor, []
+    if max_dev > floor + bounds.max_error * spread:
         misses.append(f"max error {result.max_error:.3g} spreads at index {result.worst_index} exceeds "
-                      f"{bounds.max_error:g} (+ atol {bounds.atol:g}; spread {spread:.3g})")
-    if rms_dev > bounds.atol + bounds.rms_error * spread:
+                      f"{bounds.max_error:g} (+ floor {floor:.2g}; spread {spread:.3g})")
+    if rms_dev > floor + bounds.rms_error * spread:
         misses.append(f"rms error {result.rms_error:.3g} spreads exceeds {bounds.rms_error:g} "
-                      f"(+ atol {bounds.atol:g}; spread {spread:.3g})")
-    if spread > bounds.atol and not abs(result.scale - 1) <= bounds.scale_error:
-        misses.append(f"scale {result.scale:.4g} is off 1 by more than {bounds.scale_error:g}")
+                      f"(+ floor {floor:.2g}; spread {spread:.3g})")
+    if spread and not abs(result.scale - 1) <= bounds.scale_error + floor / spread:
+        misses.append(f"scale {result.scale:.4g} is off 1 by more than {bounds.scale_error + floor / spread:.3g}")
     if logits and bounds.min_top1 is not None and result.top1 is not None:
         agreement = result.top1 + (result.top1_near_ties or 0.0)
         if agreement < bounds.min_top1:
@@ -163,7 +169,7 @@ def near_tie_fraction(got: np.ndarray, want: np.ndarray, *, window: float) -> fl
     apart: ``want[a] - want[b] <= window``, with ``a`` the reference's argmax and ``b`` the target's.
 
     :func:`compare_output` passes twice the noise its bounds allow per element
-    (``2 * (atol + rms_error * spread)``): such a gap closes under allowed noise on two classes,
+    (``2 * (floor + rms_error * spread)``): such a gap closes under allowed noise on two classes,
     so the flip is no evidence of a regression. Random-weight models often have their best
     two logits that close. A flip to a well-separated class still counts.
     """
