@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from edgeexport.generator import Generator
 from edgeexport.pipeline import convert
+from edgeexport.validation.machine import machine_info
 
 
 class FirstTokenClock(BaseStreamer):
@@ -108,7 +108,7 @@ def run(*, prompt_tokens: int, new_tokens: int, repeats: int, threads: int, back
     for row in rows:
         row["speedup"] = row["tokens_per_s"] / base
     report = {
-        "model": "gpt2 (124M, full preset, random weights)", "machine": platform.processor() or platform.machine(),
+        "model": "gpt2 (124M, full preset, random weights)", "machine": machine_info(threads),
         "threads": threads, "torch": torch.__version__, "batch": 1, "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens, "rows": rows,
         "optimum": "not installable: optimum-onnx 0.1.0 requires transformers<4.58; edgeexport needs transformers>=5",

@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from edgeexport.pipeline import bench, convert
+from edgeexport.validation.latency import speedup
+from edgeexport.validation.machine import describe_machine, machine_info
 
 SIZES = {"bert": {"batch": 1, "sequence": 128}, "gpt2": {"batch": 1, "sequence": 128},
          "vit": {"batch": 1}, "wav2vec2": {"batch": 1, "audio_length": 16000}}
 
 
-def run(models: list[str], *, iterations: int, threads: int, out: Path) -> list[dict]:
-    torch.set_num_threads(threads)
+def run(models: list[str], *, iterations: int, threads: int, out: Path) -> dict:
     rows = []
     for name in models:
         with tempfile.TemporaryDirectory() as tmp:
@@ -35,22 +34,26 @@ def run(models: list[str], *, iterations: int, threads: int, out: Path) -> list[
             inputs = result.reference.make_inputs(SIZES[name], seed=0)
             eager, target = bench(result.artifact, reference=result.reference, inputs=inputs, iterations=iterations,
                                   threads=threads)
+        ratio = speedup(eager, target)
         rows.append({"model": name, "shape": SIZES[name], "pytorch_eager": eager.to_dict(),
-                     "onnxruntime": target.to_dict(), "speedup": eager.p50_ms / target.p50_ms})
+                     "onnxruntime": target.to_dict(), "speedup": ratio.value, "speedup_note": ratio.reason})
+    report = {"machine": machine_info(threads), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": threads,
-                               "torch": torch.__version__, "rows": rows}, indent=2))
-    return rows
+    out.write_text(json.dumps(report, indent=2))
+    return report
 
 
-def show(rows: list[dict]) -> None:
-    table = Table(title="latency p50 (ms), batch 1, full presets: PyTorch eager vs ONNX on onnxruntime")
-    for column in ("model", "shape", "eager p50", "eager p90", "onnxruntime p50", "onnxruntime p90", "speed-up"):
+def show(report: dict) -> None:
+    table = Table(title="latency per call (ms), batch 1, full presets: PyTorch eager vs ONNX on onnxruntime, "
+                        f"each alone in its own process; {describe_machine(report['machine'])}")
+    for column in ("model", "shape", "eager p50", "eager p10-p90", "onnxruntime p50", "onnxruntime p10-p90", "speed-up"):
         table.add_column(column, justify="left" if column in ("model", "shape") else "right")
-    for row in rows:
+    for row in report["rows"]:
         eager, ort = row["pytorch_eager"], row["onnxruntime"]
+        ratio = f"{row['speedup']:.2f}x" if row["speedup"] else f"n/a ({row['speedup_note']})"
         table.add_row(row["model"], ",".join(f"{k}={v}" for k, v in row["shape"].items()), f"{eager['p50_ms']:.1f}",
-                      f"{eager['p90_ms']:.1f}", f"{ort['p50_ms']:.1f}", f"{ort['p90_ms']:.1f}", f"{row['speedup']:.2f}x")
+                      f"{eager['p10_ms']:.1f}-{eager['p90_ms']:.1f}", f"{ort['p50_ms']:.1f}",
+                      f"{ort['p10_ms']:.1f}-{ort['p90_ms']:.1f}", ratio)
     Console(width=140).print(table)
 
 

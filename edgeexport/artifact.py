@@ -27,7 +27,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 from edgeexport import interrupts
 from edgeexport.errors import ArtifactError, OutputDirError, UsageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # 2: spread-relative tolerance bounds (docs/parity.md)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "model.sig"  # written by edgeexport.signing after the manifest; never listed in it
 GOLDEN_DIR = "golden"
@@ -83,43 +83,87 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """Parity tolerance: ``|target - reference| <= atol + rtol * |reference|`` elementwise.
+class Bounds:
+    """Parity bounds of one output, relative to the reference's spread (see docs/parity.md).
 
-    ``per_output`` overrides (atol, rtol) for single outputs by name. ``min_cosine`` and
-    ``min_top1`` (quantized targets) let an output that exceeds the elementwise bound pass
-    statistically instead: when ``min_cosine`` is set, an output also passes if its cosine
-    similarity is at least ``min_cosine``, its top-1 agreement (logits only) at least
-    ``min_top1``, and its mean absolute error within ``atol + rtol * mean(|reference|)``.
+    With ``d`` the error, ``s`` the reference's RMS deviation (per row for logits), ``m`` its RMS
+    magnitude and the floor ``f = atol + rounding * m`` (what the arithmetic cannot resolve):
+    ``max|d| <= f + max_error * s``, ``rms(d) <= f + rms_error * s``, ``|slope - 1| <= scale_error
+    + f / s``, and for logits, when ``min_top1`` is set, top-1 agreement counting near-ties of at
+    least ``min_top1``.
     """
 
     atol: float
-    rtol: float
-    per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
-    min_cosine: float | None = None
+    rounding: float
+    max_error: float
+    rms_error: float
+    scale_error: float
     min_top1: float | None = None
 
-    def for_output(self, name: str) -> tuple[float, float]:
-        return self.per_output.get(name, (self.atol, self.rtol))
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in BOUND_KEYS if getattr(self, name) is not None}
+
+
+BOUND_KEYS = ("atol", "rounding", "max_error", "rms_error", "scale_error", "min_top1")
+
+
+@dataclass(frozen=True)
+class Tolerance(Bounds):
+    """The artifact's parity tolerance: default :class:`Bounds` and overrides for single outputs by name
+    (``per_output`` maps a name to the keys it changes)."""
+
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def for_output(self, name: str) -> Bounds:
+        """The bounds that apply to output ``name``."""
+        return Bounds(**{**Bounds.to_dict(self), "min_top1": self.min_top1, **self.per_output.get(name, {})})
+
+    def overridden(self, **bounds: float | None) -> Tolerance:
+        """This tolerance with the given bounds replaced everywhere (None values are left as they are)."""
+        changes = {k: v for k, v in bounds.items() if v is not None}
+        check_bound_keys(changes)
+        per_output = {name: {k: v for k, v in keys.items() if k not in changes} for name, keys in self.per_output.items()}
+        return replace(self, **changes, per_output={k: v for k, v in per_output.items() if v})
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"atol": self.atol, "rtol": self.rtol,
-                                "per_output": {k: list(v) for k, v in self.per_output.items()}}
-        data.update({k: v for k, v in (("min_cosine", self.min_cosine), ("min_top1", self.min_top1)) if v is not None})
-        return data
+        return {**Bounds.to_dict(self), "per_output": {k: dict(v) for k, v in self.per_output.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
-        atol = _number(data, "atol", "tolerance")
-        rtol = _number(data, "rtol", "tolerance")
+        bounds = _bounds(data, "tolerance", required=True)
         per_output = _field(data, "per_output", dict, "tolerance")
-        parsed: dict[str, tuple[float, float]] = {}
-        for name, pair in per_output.items():
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)):
-                raise ArtifactError(f"manifest tolerance.per_output.{name} must be [atol, rtol]")
-            parsed[name] = (float(pair[0]), float(pair[1]))
-        return cls(atol=atol, rtol=rtol, per_output=parsed, min_cosine=_fraction(data, "min_cosine", "tolerance"),
-                   min_top1=_fraction(data, "min_top1", "tolerance"))
+        parsed = {}
+        for name, keys in per_output.items():
+            if not isinstance(keys, dict):
+                raise ArtifactError(f"manifest tolerance.per_output.{name} must be an object of bounds")
+            parsed[name] = _bounds(keys, f"tolerance.per_output.{name}", required=False)
+        return cls(**bounds, per_output=parsed)
+
+
+def check_bound_keys(bounds: Mapping[str, Any]) -> None:
+    """Raise :class:`UsageError` for keys that are not tolerance bounds, or values below zero."""
+    unknown = sorted(set(bounds) - set(BOUND_KEYS))
+    if unknown:
+        raise UsageError(f"unknown tolerance bounds {unknown}; choose from {', '.join(BOUND_KEYS)}")
+    negative = sorted(k for k, v in bounds.items() if v is not None and not v >= 0)
+    if negative:
+        raise UsageError(f"tolerance bounds {negative} must be zero or more")
+
+
+def _bounds(data: Mapping[str, Any], where: str, *, required: bool) -> dict[str, Any]:
+    """The bound keys of a tolerance object: non-negative numbers, ``min_top1`` in [0, 1] or absent."""
+    unknown = sorted(set(data) - set(BOUND_KEYS) - ({"per_output"} if required else set()))
+    if unknown:
+        raise ArtifactError(f"manifest {where} has unknown keys {unknown}; this edgeexport knows {', '.join(BOUND_KEYS)}")
+    bounds: dict[str, Any] = {}
+    for key in BOUND_KEYS[:-1]:
+        if required or key in data:
+            bounds[key] = _number(data, key, where)
+    if data.get("min_top1") is not None:
+        bounds["min_top1"] = _fraction(data, "min_top1", where)
+    elif required:
+        bounds["min_top1"] = None
+    return bounds
 
 
 @dataclass(frozen=True)

@@ -95,14 +95,14 @@ def _gate_flags() -> list[Parameter]:
 
     return [
         flag("report_paths", Optional[list[Path]], None, "--report", help=(
-            "Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v1), .xml "
+            "Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v2), .xml "
             "(JUnit), .md (Markdown, e.g. a GitHub job summary), .html (one page with plots).")),
         flag("fail_on", str, "any", help="Exit 1 on 'any' parity failure or regression against --baseline, or only "
                                          "on a 'regression' against --baseline."),
         flag("baseline", Optional[Path], None, help="JSON report of an earlier run (--report FILE.json) to compare "
                                                     "against."),
-        flag("parity_margin", float, DEFAULT_PARITY_MARGIN, help="An output regresses when its max abs error exceeds "
-                                                                 "the baseline's by more than this times its atol."),
+        flag("parity_margin", float, DEFAULT_PARITY_MARGIN, help="An output regresses when its RMS error exceeds "
+                                                                 "the baseline's by more than this times its bound."),
         flag("latency_margin", float, DEFAULT_LATENCY_MARGIN_PCT, help="A backend regresses when its p50 latency is "
                                                                        "more than this percentage slower than the "
                                                                        "baseline's."),
@@ -120,6 +120,22 @@ def _gate(*, report_paths: list[Path] | None, fail_on: str, baseline: Path | Non
 
 def _target_options(**values: Any) -> dict[str, Any]:
     return {"target_options": values}
+Atol = Annotated[Optional[float], typer.Option(help="Parity bound: absolute error floor (docs/parity.md).")]
+Rounding = Annotated[Optional[float], typer.Option(help="Parity bound: error floor relative to the output's RMS "
+                                                        "magnitude (the arithmetic's rounding).")]
+MaxError = Annotated[Optional[float], typer.Option(help="Parity bound: largest error, in spreads of the reference.")]
+RmsError = Annotated[Optional[float], typer.Option(help="Parity bound: RMS error, in spreads of the reference.")]
+ScaleError = Annotated[Optional[float], typer.Option(help="Parity bound: |slope - 1| of target against reference.")]
+MinTop1 = Annotated[Optional[float], typer.Option(help="Parity bound: least top-1 agreement of logits (near-ties "
+                                                       "count as agreeing).")]
+
+
+def _bounds(atol: float | None, rounding: float | None, max_error: float | None, rms_error: float | None,
+            scale_error: float | None, min_top1: float | None) -> dict[str, float]:
+    """The tolerance bounds given on the command line, by manifest key."""
+    given = {"atol": atol, "rounding": rounding, "max_error": max_error, "rms_error": rms_error,
+             "scale_error": scale_error, "min_top1": min_top1}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _print_json(data: Any) -> None:
@@ -163,8 +179,12 @@ def convert(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset.")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check parity after export.")] = True,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance stored in the manifest.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance stored in the manifest.")] = None,
+    atol: Atol = None,
+    rounding: Rounding = None,
+    max_error: MaxError = None,
+    rms_error: RmsError = None,
+    scale_error: ScaleError = None,
+    min_top1: MinTop1 = None,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
@@ -175,7 +195,8 @@ def convert(
 
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
-                             opset=opset, validate=validate, force=force, atol=atol, rtol=rtol, simplify=simplify,
+                             opset=opset, validate=validate, force=force, simplify=simplify,
+                             tolerance=_bounds(atol, rounding, max_error, rms_error, scale_error, min_top1),
                              allow_pickle=allow_pickle, target_options=target_options,
                              progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
@@ -213,8 +234,12 @@ def _exit_on(what: str, failures: list[str]) -> None:
 def validate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also re-run PyTorch on fresh inputs (needs torch).")] = False,
-    atol: Annotated[Optional[float], typer.Option(help="Override the manifest's absolute tolerance.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Override the manifest's relative tolerance.")] = None,
+    atol: Atol = None,
+    rounding: Rounding = None,
+    max_error: MaxError = None,
+    rms_error: RmsError = None,
+    scale_error: ScaleError = None,
+    min_top1: MinTop1 = None,
     threads: Threads = 0,
     explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
                                                "torch); runs by itself when parity fails and torch is here.")] = False,
@@ -228,8 +253,9 @@ def validate(
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from edgeexport.pipeline import validate as run_validate
 
-    run = run_validate(artifact, reference=reference, atol=atol, rtol=rtol, threads=threads, explain=explain, gate=gate,
-                       reports=reports, verify_key=verify)
+    run = run_validate(artifact, reference=reference, tolerance=_bounds(atol, rounding, max_error, rms_error,
+                                                                          scale_error, min_top1),
+                       threads=threads, explain=explain, gate=gate, reports=reports, verify_key=verify)
     if verify is not None:
         errors.print(f"signature of {artifact} verified with {verify}", highlight=False, markup=False)
     _show_parity(run.parity, json_output, run.localization)
@@ -257,7 +283,8 @@ def bench(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also time PyTorch eager on the same inputs (needs torch).")] = False,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
-    iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 20,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed samples, split over the rounds.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds of the backends, each in its own process.")] = 2,
     threads: Threads = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON.")] = False,
     gate: Any = None,
@@ -265,14 +292,16 @@ def bench(
 ) -> None:
     """Time ARTIFACT on its golden inputs (p50/p90/p99, throughput, peak RSS); exit 1 on a regression."""
     from edgeexport.pipeline import benchmark
+    from edgeexport.validation.machine import describe_machine
     from edgeexport.validation.report import latency_table
 
-    run = benchmark(artifact, reference=reference, warmup=warmup, iterations=iterations, threads=threads, gate=gate,
-                    reports=reports)
+    run = benchmark(artifact, reference=reference, warmup=warmup, iterations=iterations, rounds=rounds, threads=threads,
+                    gate=gate, reports=reports)
     if json_output:
         _print_json([s.to_dict() for s in run.latency])
     else:
         console.print(latency_table(run.latency))
+        errors.print(f"measured on {describe_machine(run.machine)}", highlight=False, markup=False)
     _exit_on("latency", run.failures)
 
 

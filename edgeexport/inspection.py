@@ -85,7 +85,7 @@ class Component:
             ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),
             ("inputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
             ("outputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
-            ("tolerance", f"atol={manifest.tolerance.atol:g} rtol={manifest.tolerance.rtol:g}"),
+            ("tolerance", ", ".join(f"{k}={v:g}" for k, v in manifest.tolerance.to_dict().items() if k != "per_output")),
             ("golden cases", ", ".join(g.name for g in manifest.golden)),
         ]
         if manifest.generation:

@@ -6,7 +6,7 @@ it: per-job folders of a CI job matrix merge by copying their ``results/`` files
 and running :func:`write_matrix` (``edgeexport matrix -o FOLDER`` with nothing left to run).
 A combination that fails is recorded with its one-line error; nothing stops the matrix.
 
-``<folder>/matrix.json`` (schema ``edgeexport.matrix.v1``, see docs/reports.md),
+``<folder>/matrix.json`` (schema ``edgeexport.matrix.v2``, see docs/reports.md),
 ``matrix.md`` and ``matrix.html`` hold the whole matrix; the README's table is rendered
 from a committed ``matrix.json`` by :mod:`edgeexport.matrix_readme`.
 """
@@ -36,7 +36,7 @@ from edgeexport.errors import EdgeExportError, UsageError
 from edgeexport.tasks import supported_tasks
 from edgeexport.zoo import PRESETS, SPECS, get_spec
 
-SCHEMA = "edgeexport.matrix.v1"
+SCHEMA = "edgeexport.matrix.v2"  # v2: rms_error (in spreads) and runtime per cell
 RESULTS_DIR = "results"
 STATUS_WORD = {"passed": "passes", "failed": "fails", "error": "error"}
 STATUS_MARK = {"passed": "✅ passes", "failed": "❌ fails", "error": "⚠️ error"}
@@ -63,16 +63,19 @@ class Combination:
 class CellResult:
     """The outcome of one combination: ``passed``, ``failed`` (parity) or ``error`` (with ``error``).
 
-    ``failures`` lists the parity failures, ``max_abs`` is the largest max abs error over
-    every case and output (None when nothing was compared), ``report`` the full
-    ``edgeexport.report.v1`` document of the validation (kept in the result file only).
+    ``failures`` lists the parity failures, ``rms_error`` is the largest RMS error (in spreads of
+    the reference) over every case and output (None when nothing was compared), ``runtime`` what
+    ran the artifact (the runner's label: the MIL reference interpreter for CoreML off macOS),
+    ``report`` the full ``edgeexport.report.v2`` document of the validation (kept in the result
+    file only).
     """
 
     combination: Combination
     status: str
     error: str = ""
     failures: list[str] = field(default_factory=list)
-    max_abs: float | None = None
+    rms_error: float | None = None
+    runtime: str = ""
     exporter: str = ""
     seconds: float = 0.0
     report: dict[str, Any] | None = None
@@ -80,7 +83,8 @@ class CellResult:
     def to_dict(self, *, with_report: bool = True) -> dict[str, Any]:
         """The result file's content; ``with_report=False`` leaves the full report out (for ``matrix.json``)."""
         data = {**asdict(self.combination), "status": self.status, "error": self.error, "failures": self.failures,
-                "max_abs": self.max_abs, "exporter": self.exporter, "seconds": round(self.seconds, 2)}
+                "rms_error": self.rms_error, "runtime": self.runtime, "exporter": self.exporter,
+                "seconds": round(self.seconds, 2)}
         return {**data, "report": self.report} if with_report else data
 
     @classmethod
@@ -88,7 +92,8 @@ class CellResult:
         """Read what :meth:`to_dict` wrote (the report is optional)."""
         combination = Combination(data["model"], data["task"], data["target"], data["precision"], data["preset"])
         return cls(combination, data["status"], data.get("error", ""), list(data.get("failures", [])),
-                   data.get("max_abs"), data.get("exporter", ""), float(data.get("seconds", 0.0)), data.get("report"))
+                   data.get("rms_error"), data.get("runtime", ""), data.get("exporter", ""),
+                   float(data.get("seconds", 0.0)), data.get("report"))
 
 
 @dataclass
@@ -119,12 +124,12 @@ class Matrix:
                  (c.combination.target, c.combination.precision)): c for c in self.cells}
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``edgeexport.matrix.v1`` document (cells without their full reports)."""
+        """The ``edgeexport.matrix.v2`` document (cells without their full reports)."""
         return {"schema": SCHEMA, "cells": [c.to_dict(with_report=False) for c in self.cells]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Matrix:
-        """Read an ``edgeexport.matrix.v1`` document.
+        """Read an ``edgeexport.matrix.v2`` document.
 
         Raises:
             UsageError: another schema.
@@ -195,11 +200,11 @@ def run_combination(combination: Combination) -> CellResult:
         return CellResult(combination, "error", error=_one_line(exc), seconds=time.perf_counter() - start)
     report = result.report
     assert report is not None  # convert validates by default
-    errors = [o.max_abs for case in report.cases for o in case.outputs if math.isfinite(o.max_abs)]
+    errors = [o.rms_error for case in report.cases for o in case.outputs if math.isfinite(o.rms_error)]
     run = RunReport.create("validate", result.artifact, result.manifest, gate=Gate(), parity=report)
     exporter = result.manifest.exporter
     return CellResult(combination, "passed" if report.passed else "failed", failures=run.failures,
-                      max_abs=max(errors) if errors else None,
+                      rms_error=max(errors) if errors else None, runtime=report.runtime,
                       exporter="/".join(str(exporter[k]) for k in ("name", "strategy") if exporter.get(k)),
                       seconds=time.perf_counter() - start, report=run.to_dict())
 
@@ -297,6 +302,9 @@ def markdown(matrix: Matrix) -> str:
             cells.append(f"{mark} [{notes[cell.combination][0]}]" if cell is not None and cell.status != "passed"
                          else mark)
         lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |")
+    ran = runtimes(matrix)
+    if ran:
+        lines += ["", "Ran on: " + "; ".join(f"{target} on {', '.join(labels)}" for target, labels in ran.items()) + "."]
     if notes:
         lines.append("")
         lines += [f"{i}. {c.model} {c.task} on {c.target} {c.precision}: {text.replace('|', '/')}"
@@ -304,8 +312,18 @@ def markdown(matrix: Matrix) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runtimes(matrix: Matrix) -> dict[str, list[str]]:
+    """What ran each target's cells (runner labels), so a reader knows e.g. CoreML cells ran on the MIL
+    reference interpreter, not on Core ML."""
+    ran: dict[str, set[str]] = {}
+    for cell in matrix.cells:
+        if cell.runtime:
+            ran.setdefault(cell.combination.target, set()).add(cell.runtime)
+    return {target: sorted(labels) for target, labels in sorted(ran.items())}
+
+
 def render_html(matrix: Matrix) -> str:
-    """The matrix as one self-contained HTML page (hover a cell for its max abs error and time)."""
+    """The matrix as one self-contained HTML page (hover a cell for its RMS error, runtime and time)."""
     from edgeexport.reporting.html import STYLE
 
     columns, notes = matrix.columns(), _notes(matrix)
@@ -328,7 +346,8 @@ def render_html(matrix: Matrix) -> str:
 def _html_cell(cell: CellResult | None, notes: dict[Combination, tuple[int, str]]) -> str:
     if cell is None:
         return "<td>–</td>"
-    hint = f"max abs error {cell.max_abs:.3g}, " if cell.max_abs is not None else ""
+    hint = f"rms error {cell.rms_error:.3g} spreads, " if cell.rms_error is not None else ""
+    hint += f"ran on {cell.runtime}, " if cell.runtime else ""
     hint += f"{cell.seconds:.1f} s" + (f", {cell.exporter}" if cell.exporter else "")
     note = f" [{notes[cell.combination][0]}]" if cell.status != "passed" else ""
     return f'<td class="{cell.status}" title="{html.escape(hint)}">{html.escape(STATUS_WORD[cell.status] + note)}</td>'

@@ -16,15 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeexport import packages
-from edgeexport.artifact import (
-    Manifest,
-    Tolerance,
-    check_output_dir,
-    load_npz,
-    save_golden,
-    staged_output,
-    write_manifest,
-)
+from edgeexport.artifact import (Manifest, Tolerance, check_bound_keys, check_output_dir, load_npz, save_golden,
+                                 staged_output, write_manifest)
 from edgeexport.bundle import component_folders, is_bundle, write_bundle
 from edgeexport.errors import InputSpecError, StageError, UsageError
 from edgeexport.exporter import Exporter, get_exporter
@@ -65,7 +58,7 @@ class ConversionResult:
 def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None = None, *,
             target: str = "onnx", output_dir: str | Path | None = None, task: str | None = None, preset: str = "tiny",
             precision: str | None = None, opset: int | None = None, validate: bool = True, force: bool = False,
-            atol: float | None = None, rtol: float | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+            tolerance: Mapping[str, float] | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
             simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
             target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> ConversionResult:
     """Convert a model to an artifact folder for ``target`` and (by default) check its parity.
@@ -82,8 +75,9 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         opset: ONNX opset. Defaults to the exporter's default.
         validate: Run golden and fresh-shape parity checks after writing. Defaults to True.
         force: Replace a non-empty ``output_dir``. Defaults to False.
-        atol: Absolute tolerance stored in the manifest. Defaults to the model/precision default.
-        rtol: Relative tolerance stored in the manifest. Defaults to the model/precision default.
+        tolerance: Parity bounds to store instead of the model/precision defaults, by key
+            (``atol``, ``rounding``, ``max_error``, ``rms_error``, ``scale_error``, ``min_top1``;
+            docs/parity.md). Defaults to none.
         dynamic_axes: ``{input: {dim: axis}}`` for an ``nn.Module``.
         simplify: Simplify the graph (onnxslim) where the target supports it. Defaults to True.
         allow_pickle: Allow pickled weights in a model folder. Defaults to False.
@@ -100,6 +94,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     exporter = get_exporter(target)
     precision = precision or exporter.default_precision
     exporter.check_precision(precision)
+    check_bound_keys(tolerance or {})
     exporter.check_options(target_options or {})
     exporter.check_available()
     tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
@@ -119,7 +114,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             (stage / role).mkdir(exist_ok=True)
             manifests[role] = _write_artifact(
                 stage / role, component, golden[role], exporter, target=target, precision=precision, opset=opset,
-                simplify=simplify, seed=seed, atol=atol, rtol=rtol, tool_packages=tool_packages,
+                simplify=simplify, seed=seed, bounds=tolerance or {}, tool_packages=tool_packages,
                 options={k: v for k, v in (target_options or {}).items() if v is not None})
         if "" not in components:
             write_bundle(stage, list(components), _model_info(reference, seed))
@@ -148,10 +143,10 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
 
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,
-                    precision: str, opset: int | None, simplify: bool, seed: int, atol: float | None,
-                    rtol: float | None, tool_packages: Sequence[str], options: Mapping[str, Any]) -> Manifest:
+                    precision: str, opset: int | None, simplify: bool, seed: int, bounds: Mapping[str, float],
+                    tool_packages: Sequence[str], options: Mapping[str, Any]) -> Manifest:
     """Export one reference into ``stage`` with its golden cases, assets and manifest."""
-    tolerance = overridden(exporter.tolerance(reference, precision), atol=atol, rtol=rtol)
+    tolerance = exporter.tolerance(reference, precision).overridden(**bounds)
     try:
         result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify,
                                  **options)
@@ -169,12 +164,6 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         generation=reference.generation, processing=reference.processing,
     )
     return write_manifest(stage, manifest, tool_packages)
-
-
-def overridden(tolerance: Tolerance, *, atol: float | None = None, rtol: float | None = None) -> Tolerance:
-    """``tolerance`` with ``atol`` and ``rtol`` replaced where given (None keeps its own)."""
-    return replace(tolerance, atol=tolerance.atol if atol is None else atol,
-                   rtol=tolerance.rtol if rtol is None else rtol)
 
 
 def check_parity(folder: str | Path, reference: ReferenceModel | ReferenceBundle | None = None, *,
@@ -222,31 +211,94 @@ def _reference(model: Any, example_inputs: Any, *, task: str | None, preset: str
     return reference_from_module(model, example_inputs, dynamic_axes=dynamic_axes)
 
 
-def bench(folder: str | Path, *, reference: ReferenceModel | None = None, inputs: Mapping[str, Any] | None = None,
-          warmup: int = 3, iterations: int = 20, **runner_options: Any) -> list[LatencyStats]:
+def bench(folder: str | Path, *, reference: ReferenceModel | bool = False, inputs: Mapping[str, Any] | None = None,
+          warmup: int = 3, iterations: int = 20, rounds: int = 2, **runner_options: Any) -> list[LatencyStats]:
     """Latency of the artifact, and of PyTorch eager on the same inputs when a reference is given.
 
-    Inputs default to the golden example case. PyTorch runs first so its row is the baseline
-    the table's speed-up refers to.
+    See :func:`compare_latency` (one artifact, its runner given ``runner_options``).
     """
-    runner = load(folder, **runner_options)
-    artifact = runner.artifact
+    return compare_latency([folder], reference=reference, inputs=inputs, warmup=warmup, iterations=iterations,
+                           rounds=rounds, runner_options=[runner_options])
+
+
+def compare_latency(folders: Sequence[str | Path], *, reference: ReferenceModel | bool = False,
+                    inputs: Mapping[str, Any] | None = None, warmup: int = 3, iterations: int = 20, rounds: int = 2,
+                    runner_options: Sequence[Mapping[str, Any]] | None = None) -> list[LatencyStats]:
+    """Latency of artifacts of one model side by side, and of PyTorch eager when a reference is given.
+
+    Each backend is timed alone in a fresh process (no other runtime's threads alive), at the same
+    boundary (numpy in, numpy out), in ``rounds`` alternating rounds whose samples are pooled, so
+    drift of a shared machine hits every backend alike. PyTorch comes first: its row is the
+    baseline of the speed-ups. A model converted from a zoo name, folder or hub id is rebuilt in
+    its own process from the first artifact's manifest; a Python module's reference is timed in
+    this process (no runtime session is alive here).
+
+    Args:
+        folders: Artifacts taking the same inputs.
+        reference: Also time PyTorch eager: True, or the reference model (needed for a Python
+            module's artifact). Defaults to False.
+        inputs: Named inputs. Defaults to the first artifact's golden example case.
+        warmup: Untimed runs in each round. Defaults to 3.
+        iterations: Timed samples in all, split over the rounds. Defaults to 20.
+        rounds: Alternating rounds of all backends. Defaults to 2.
+        runner_options: Options of each artifact's runner (threads, ...), in the order of ``folders``.
+            Defaults to none.
+    """
+    from edgeexport.validation.latency import isolated, time_artifact
+
+    artifacts = [open_artifact(folder) for folder in folders]
+    options_list = [dict(options) for options in runner_options or [{}] * len(artifacts)]
     if inputs is None:
-        inputs, _ = artifact.load_golden(artifact.manifest.golden[0])
-    batch = int(next(iter(inputs.values())).shape[0]) if inputs else 1
-    results = []
-    if reference is not None:
-        def eager() -> None:
-            reference.run(inputs)
-        results.append(measure(eager, label="pytorch eager", batch=batch, warmup=warmup, iterations=iterations))
-    with runner:
-        def call() -> float:
-            runner(inputs)
-            return runner.last_inference_time
-        results.append(measure(call, label=f"{artifact.manifest.target} ({runner.label or runner.name}, "
-                                            f"{artifact.manifest.precision})",
-                               batch=batch, warmup=warmup, iterations=iterations))
-    return results
+        inputs, _ = artifacts[0].load_golden(artifacts[0].manifest.golden[0])
+    inputs = dict(inputs)
+    per_round = max(1, iterations // rounds)
+    timers: list[Callable[[], LatencyStats]] = []
+    if reference is not False:
+        if artifacts[0].manifest.model.get("source") == "module" and not isinstance(reference, bool):
+            timers.append(lambda: measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs),
+                                          warmup=warmup, iterations=per_round))
+        else:
+            threads = int(options_list[0].get("threads") or 0)
+            timers.append(lambda: isolated(_time_eager, str(folders[0]), inputs, warmup, per_round, threads))
+    for artifact, options in zip(artifacts, options_list):
+        label = f"{artifact.manifest.target} ({_runner_label(artifact)}, {artifact.manifest.precision})"
+        timers.append(lambda path=str(artifact.path), label=label, options=options: isolated(
+            time_artifact, path, label, inputs, warmup, per_round, options))
+    results: list[LatencyStats | None] = [None] * len(timers)
+    for _ in range(rounds):
+        for index, timer in enumerate(timers):
+            stats = timer()
+            results[index] = stats if results[index] is None else results[index].merged(stats)
+    return [r for r in results if r is not None]
+
+
+EAGER = "pytorch eager"
+
+
+def _runner_label(artifact: Any) -> str:
+    runner = runtime_module(artifact.manifest.runtime).RUNNER
+    return runner.label or runner.name
+
+
+def _time_eager(folder: str, inputs: dict[str, Any], warmup: int, iterations: int, threads: int) -> LatencyStats:
+    """PyTorch eager on ``inputs``, the reference rebuilt from the artifact's manifest (runs in its own process),
+    with the runner's thread count when one was given."""
+    import torch
+
+    from edgeexport.reference import rebuild_reference
+
+    if threads:
+        torch.set_num_threads(threads)
+    manifest = open_artifact(folder, verify=False).manifest
+    reference = rebuild_reference(manifest)
+    if hasattr(reference, "components"):
+        reference = reference.components[GenerationSpec.of(manifest).role]
+    return measure(lambda: reference.run(inputs), label=EAGER, batch=_batch(inputs), warmup=warmup,
+                   iterations=iterations)
+
+
+def _batch(inputs: Mapping[str, Any]) -> int:
+    return int(next(iter(inputs.values())).shape[0]) if inputs else 1
 
 
 def explain(folder: str | Path, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:
@@ -273,7 +325,7 @@ def rebuilt_reference(manifest: Manifest, needed_by: str) -> ReferenceModel | Re
     return rebuild_reference(manifest)
 
 
-def validate(artifact: str | Path, *, reference: bool = False, atol: float | None = None, rtol: float | None = None,
+def validate(artifact: str | Path, *, reference: bool = False, tolerance: Mapping[str, float] | None = None,
              threads: int = 0, explain: bool = False, gate: Gate | None = None,
              reports: Sequence[str | Path] = (), verify_key: str | Path | None = None) -> RunReport:
     """Check an artifact (or each component of a bundle) against its golden cases; judge and report the run.
@@ -281,8 +333,7 @@ def validate(artifact: str | Path, *, reference: bool = False, atol: float | Non
     Args:
         artifact: The artifact or bundle folder.
         reference: Also re-run PyTorch on fresh inputs (needs torch). Defaults to False.
-        atol: Override the manifest's absolute tolerance. Defaults to the manifest's.
-        rtol: Override the manifest's relative tolerance. Defaults to the manifest's.
+        tolerance: Bounds replacing the manifest's, by key (docs/parity.md). Defaults to the manifest's.
         threads: Runtime threads (0 = the runtime's default). Defaults to 0.
         explain: Localise the first diverging op (ONNX, needs torch). It also runs when parity
             fails and torch is installed. Defaults to False.
@@ -304,9 +355,9 @@ def validate(artifact: str | Path, *, reference: bool = False, atol: float | Non
         verify(artifact, verify_key)
     paths = check_report_paths(reports)
     opened = open_artifact(next(iter(component_folders(artifact).values())))
-    tolerance = overridden(opened.manifest.tolerance, atol=atol, rtol=rtol) if (atol, rtol) != (None, None) else None
+    bounds = opened.manifest.tolerance.overridden(**tolerance) if tolerance else None
     ref = rebuilt_reference(opened.manifest, "--reference") if reference else None
-    report = check_parity(artifact, ref, tolerance=tolerance, threads=threads)
+    report = check_parity(artifact, ref, tolerance=bounds, threads=threads)
     localization = None
     if explain or not report.passed:
         localization = localize_divergence(Path(artifact), opened.manifest, ref, report, requested=explain)
@@ -333,28 +384,28 @@ def localize_divergence(artifact: Path, manifest: Manifest, reference: Reference
     return explain(artifact, reference or rebuilt_reference(manifest, "--explain"), report)
 
 
-def benchmark(artifact: str | Path, *, reference: bool = False, warmup: int = 3, iterations: int = 20, threads: int = 0,
-              gate: Gate | None = None, reports: Sequence[str | Path] = ()) -> RunReport:
+def benchmark(artifact: str | Path, *, reference: bool = False, warmup: int = 3, iterations: int = 20, rounds: int = 2,
+              threads: int = 0, gate: Gate | None = None, reports: Sequence[str | Path] = ()) -> RunReport:
     """:func:`bench` on an artifact's golden inputs (and PyTorch eager with ``reference``); judge and report the run.
 
     Args:
         artifact: The artifact folder.
         reference: Also time PyTorch eager on the same inputs (needs torch). Defaults to False.
-        warmup: Untimed warm-up runs. Defaults to 3.
-        iterations: Timed runs. Defaults to 20.
-        threads: Runtime threads (0 = the runtime's default). Defaults to 0.
+        warmup: Untimed warm-up runs in each round. Defaults to 3.
+        iterations: Timed samples in all. Defaults to 20.
+        rounds: Alternating rounds of the backends, each in its own process. Defaults to 2.
+        threads: Runtime threads (0 = the runtime's default), PyTorch's too. Defaults to 0.
         gate: What fails the run (latency regressions against its baseline). Defaults to ``Gate()``.
         reports: Report files to write; the suffix picks the format (checked before any work).
-        verify_key: The signer's public key (PEM): the artifact must carry a valid signature by its
-            private key (:mod:`edgeexport.signing`), checked before anything else. Defaults to None.
 
     Returns:
         The run report: ``latency`` (PyTorch first when timed) and ``failures`` under the gate.
     """
     paths = check_report_paths(reports)
     manifest = open_artifact(artifact, verify=False).manifest  # bench verifies before running
-    ref = rebuilt_reference(manifest, "--reference") if reference else None
-    stats = bench(artifact, reference=ref, warmup=warmup, iterations=iterations, threads=threads)
+    if reference:
+        packages.require_torch("--reference")
+    stats = bench(artifact, reference=reference, warmup=warmup, iterations=iterations, rounds=rounds, threads=threads)
     return _judged("bench", artifact, manifest, gate, paths, latency=stats)
 
 

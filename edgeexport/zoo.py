@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from edgeexport.artifact import Tolerance
 from edgeexport.errors import UsageError
 
 PRESETS = ("tiny", "full")
+# fp32 parity bounds of every model (docs/parity.md has their derivation).
+FP32_TOLERANCE = Tolerance(atol=1e-7, rounding=1e-6, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,7 @@ class ModelSpec:
     task_config: ClassVar[dict[str, dict[str, Any]]] = {}
     axis_sizes: ClassVar[dict[str, dict[str, tuple[int, int]]]] = {}
     forward_kwargs: ClassVar[dict[str, Any]] = {}
-    atol: ClassVar[float] = 1e-4
-    rtol: ClassVar[float] = 1e-3
+    tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
 
     def inputs(self, config: Any, task: str) -> list[InputSpec]:
         raise NotImplementedError
@@ -256,8 +258,6 @@ class DetrSpec(VisionSpec):
         "full": {},  # DetrConfig() is detr-resnet-50 with a randomly initialised ResNet-50 backbone
     }
     task_config = {"object-detection": {"num_labels": 5}}
-    atol = 1e-4
-    rtol = 1e-3
 
 
 @register
@@ -281,7 +281,6 @@ class Mask2FormerSpec(VisionSpec):
     }
     task_config = {"segmentation": {"num_labels": 5}}
     axis_sizes = {"tiny": {"batch": (1, 2)}, "full": {"batch": (1, 2)}}
-    atol = 1e-3
 
 
 @register

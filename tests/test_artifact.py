@@ -14,6 +14,7 @@ import pytest
 from edgeexport import interrupts
 from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output, write_manifest
 from edgeexport.errors import ArtifactError, OutputDirError
+from edgeexport.zoo import FP32_TOLERANCE
 from edgeexport.pipeline import ConversionResult
 
 
@@ -28,7 +29,7 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
                                  "dynamic_axes": {"0": "batch", "1": "sequence"}}
     assert data["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 3],
                                 "dynamic_axes": {"0": "batch"}}]
-    assert data["tolerance"]["atol"] == 1e-4 and data["tolerance"]["rtol"] == 1e-3
+    assert data["tolerance"] == {**FP32_TOLERANCE.to_dict(), "per_output": {}}
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["tool_versions"])
     assert set(data["files"]) == {"model.onnx", "golden/example_inputs.bin", "golden/example_outputs.bin",
                                   "golden/alternate_inputs.bin", "golden/alternate_outputs.bin"}

@@ -270,8 +270,12 @@ def absolute_external_data(model: onnx.ModelProto) -> None:
      "upgrade edgeexport to read this artifact"),
     (lambda f: edit_manifest(f, outputs=[{"name": "logits", "dtype": "complex", "shape": [1]}]),
      "error: manifest outputs[0].dtype 'complex' is not one of "),
-    (lambda f: edit_manifest(f, tolerance={"atol": -1, "rtol": 0, "per_output": {}}),
+    (lambda f: edit_manifest(f, tolerance={"atol": -1, "rounding": 0, "max_error": 0, "rms_error": 0, "scale_error": 0,
+                                           "per_output": {}}),
      "error: manifest field 'tolerance.atol' must be a non-negative number"),
+    (lambda f: edit_manifest(f, tolerance={"atol": 0, "rtol": 0, "per_output": {}}),
+     "error: manifest tolerance has unknown keys ['rtol']; this edgeexport knows atol, rounding, max_error, rms_error, "
+     "scale_error, min_top1"),
     (lambda f: (f / "model.onnx").write_bytes((f / "model.onnx").read_bytes()[:-10]),
      "error: artifact file 'model.onnx' does not match its sha256 in the manifest; it was modified or corrupted"),
     (lambda f: edit_manifest(f, model_file="../../etc/passwd"),

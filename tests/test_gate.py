@@ -19,7 +19,7 @@ from edgeexport.validation.latency import LatencyStats
 from edgeexport.validation.parity import ParityReport, compare_outputs
 
 runner = CliRunner()
-TOLERANCE = Tolerance(atol=1e-3, rtol=0.0)
+TOLERANCE = Tolerance(atol=1e-9, rounding=0, max_error=1.0, rms_error=1e-3, scale_error=1e-3)
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -28,38 +28,39 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def parity(errors: dict[str, float]) -> ParityReport:
-    """A report with one case whose outputs are off by the given amounts (atol 1e-3)."""
-    reference = {name: np.zeros(4) for name in errors}
-    target = {name: np.full(4, error) for name, error in errors.items()}
+    """A report with one case whose outputs are off by the given amounts, in spreads (RMS bound 1e-3)."""
+    reference = {name: np.array([-1.0, 1.0, -1.0, 1.0]) for name in errors}  # spread 1
+    target = {name: reference[name] + error for name, error in errors.items()}
     report = ParityReport("a", "onnx", "onnxruntime", "fp32", TOLERANCE)
     report.cases.append(compare_outputs("example", "golden", {"batch": 1}, target, reference, tolerance=TOLERANCE))
     return report
 
 
 def stats(label: str, p50: float) -> LatencyStats:
-    return LatencyStats(label, 1, 10, p50, p50, p50, p50, 1e3 / p50, 100.0)
+    return LatencyStats.of(label, 1, [p50] * 10)
 
 
 def baseline(tmp_path: Path, *, outputs: dict[str, tuple[bool, float]] | None = None,
              latency: dict[str, float] | None = None) -> Path:
-    """A crafted ``edgeexport.report.v1`` file: outputs as ``name: (passed, max_abs)``, latency as ``label: p50``."""
+    """A crafted ``edgeexport.report.v2`` file: outputs as ``name: (passed, rms_error)``, latency as ``label: p50``."""
     data: dict[str, Any] = {"schema": SCHEMA, "parity": None, "latency": []}
     if outputs is not None:
         data["parity"] = {"cases": [{"case": "example", "passed": all(p for p, _ in outputs.values()), "outputs": [
-            {"name": name, "passed": passed, "max_abs": max_abs} for name, (passed, max_abs) in outputs.items()]}]}
+            {"name": name, "passed": passed, "rms_error": rms} for name, (passed, rms) in outputs.items()]}]}
     data["latency"] = [{"label": label, "p50_ms": p50} for label, p50 in (latency or {}).items()]
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(data))
     return path
 
 
-def test_parity_regression_is_measured_in_shares_of_atol(tmp_path: Path) -> None:
+def test_parity_regression_is_measured_in_shares_of_the_rms_bound(tmp_path: Path) -> None:
     gate = Gate.create("regression", baseline(tmp_path, outputs={"a": (True, 1e-4), "b": (True, 1e-4)}))
     checks = gate.checks(parity({"a": 2e-4, "b": 5e-4}), [])  # limit: 1e-4 + 0.25 * 1e-3 = 3.5e-4
     assert [(c.item, bool(c)) for c in checks] == [("example/a", True), ("example/b", False)]
     assert checks[1].limit == pytest.approx(3.5e-4)
     assert gate.failures(parity({"a": 2e-4, "b": 5e-4}), checks) == [
-        "regression: example/b: max abs error 0.0005 exceeds the baseline's 0.0001 by more than 0.25 x atol 0.001"]
+        "regression: example/b: rms error 0.0005 spreads exceeds the baseline's 0.0001 by more than 0.25 x its bound "
+        "0.001"]
 
 
 def test_regression_mode_tolerates_known_failures_any_mode_does_not(tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def test_regression_mode_tolerates_known_failures_any_mode_does_not(tmp_path: Pa
     assert regression.failures(current, regression.checks(current, [])) == []
     strict = Gate.create("any", known)
     assert strict.failures(current, strict.checks(current, [])) == [
-        "example/a: max abs error 0.005 at index [0] exceeds atol 0.001 + rtol 0 * |reference|"]
+        "example/a: rms error 0.005 spreads exceeds 0.001 (+ floor 1e-09; spread 1)"]
 
 
 def test_an_output_that_newly_fails_is_a_regression_even_within_the_margin(tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_an_output_that_newly_fails_is_a_regression_even_within_the_margin(tmp_p
     current = parity({"a": 1.1e-3})
     [check] = gate.checks(current, [])
     assert not check and check.metric == "status"
-    assert check.reason.startswith("example/a fails (max abs error 0.0011") and "but passed in the baseline" in check.reason
+    assert check.reason.startswith("example/a fails (rms error 0.0011") and "but passed in the baseline" in check.reason
 
 
 def test_latency_regression_beyond_the_percentage(tmp_path: Path) -> None:
@@ -102,12 +103,12 @@ def test_gate_option_errors(args: tuple[str, None], message: str) -> None:
 def test_baseline_of_another_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"passed": True}))
-    with pytest.raises(UsageError, match=r"is not an edgeexport report \(schema None, expected 'edgeexport.report.v1'\)"):
+    with pytest.raises(UsageError, match=r"is not an edgeexport report \(schema None, expected 'edgeexport.report.v2'\)"):
         Gate.create("regression", path)
 
 
 def test_cli_gate_on_parity_regression(bert_artifact: ConversionResult, tmp_path: Path) -> None:
-    """The real artifact's errors are ~1e-8: above a crafted baseline of 0 only when the margin is 0."""
+    """The real artifact's errors are ~1e-7 spreads: above a crafted baseline of 0 only when the margin is 0."""
     path = baseline(tmp_path, outputs={"logits": (True, 0.0)})
     code, _, err = invoke("validate", str(bert_artifact.artifact), "--fail-on", "regression", "--baseline", str(path))
     assert code == 0, err
@@ -115,7 +116,7 @@ def test_cli_gate_on_parity_regression(bert_artifact: ConversionResult, tmp_path
     code, _, err = invoke("validate", str(bert_artifact.artifact), "--fail-on", "regression", "--baseline", str(path),
                           "--parity-margin", "0", "--report", str(report))
     assert code == 1
-    assert "parity FAILED: regression: example/logits: max abs error" in err
+    assert "parity FAILED: regression: example/logits: rms error" in err
     data = json.loads(report.read_text())
     assert not data["passed"] and [c["passed"] for c in data["baseline_checks"]] == [False]
 

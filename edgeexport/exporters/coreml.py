@@ -296,11 +296,11 @@ class CoreMLExporter(Exporter):
     # logits have near-ties (top-1 over 2-3 rows of QA logits moves in steps of 1/3), and its
     # worst cases are cosine 0.99996/0.9992/0.9875 and top-1 0.9/0.67/0.67 for int8/6-bit/4-bit.
     precisions = {
-        "fp16": Tolerance(atol=1e-2, rtol=1e-2),
+        "fp16": Tolerance(atol=1e-6, rounding=2e-3, max_error=0.1, rms_error=0.02, scale_error=0.01),
         "fp32": None,
-        "int8": Tolerance(atol=2e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.8),
-        "palettize6": Tolerance(atol=2e-2, rtol=5e-2, min_cosine=0.995, min_top1=0.6),
-        "palettize4": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, min_top1=0.5),
+        "int8": Tolerance(atol=1e-6, rounding=2e-3, max_error=1.0, rms_error=0.1, scale_error=0.03, min_top1=0.9),
+        "palettize6": Tolerance(atol=1e-6, rounding=2e-3, max_error=1.0, rms_error=0.2, scale_error=0.05, min_top1=0.8),
+        "palettize4": Tolerance(atol=1e-6, rounding=2e-3, max_error=2.0, rms_error=0.4, scale_error=0.1, min_top1=0.6),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str,

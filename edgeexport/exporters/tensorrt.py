@@ -120,9 +120,9 @@ class TensorrtExporter(Exporter):
     # statistically too.
     precisions = {
         "fp32": None,
-        "fp16": Tolerance(atol=2e-2, rtol=2e-2),
-        "bf16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=0.95),
-        "int8": Tolerance(atol=1e-3, rtol=1e-1, min_cosine=0.99, min_top1=0.9),
+        "fp16": Tolerance(atol=1e-6, rounding=2e-3, max_error=0.1, rms_error=0.02, scale_error=0.01),
+        "bf16": Tolerance(atol=1e-6, rounding=2e-3, max_error=0.5, rms_error=0.05, scale_error=0.02, min_top1=0.9),
+        "int8": Tolerance(atol=1e-6, rounding=2e-3, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
     }
     # Checked before any work, so that a typo fails at once.
     options = (

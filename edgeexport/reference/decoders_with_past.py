@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
-from edgeexport.artifact import Tolerance
 from edgeexport.generation_spec import TOKENIZER_FILE, GenerationSpec, TokenIds, cross_names, past_names, present_names
 from edgeexport.reference.model import ReferenceModel
 from edgeexport.zoo import InputSpec, ModelSpec
@@ -119,7 +118,7 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
     """
     model.eval()
     common = {"name": name, "task": task, "preset": preset, "source": source,
-              "architecture": type(model).__name__, "tolerance": Tolerance(spec.atol, spec.rtol),
+              "architecture": type(model).__name__, "tolerance": spec.tolerance,
               "vocab_size": spec.vocab_size(model.config)}
     sizes = AXIS_SIZES[preset or "full"]
     tokens = token_ids(model)

@@ -18,7 +18,8 @@ from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, S
 from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
 from edgeexport.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
-from edgeexport.zoo import PRESETS, SPECS, InputSpec, ModelSpec, generic_spec, get_spec, spec_for_model_type
+from edgeexport.zoo import (FP32_TOLERANCE, PRESETS, SPECS, InputSpec, ModelSpec, generic_spec, get_spec,
+                            spec_for_model_type)
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -147,7 +148,7 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         name=name, task=task, preset=preset, source=source, architecture=type(model).__name__,
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
         sizes={a: s for a, s in sizes.items() if a in used_axes},
-        tolerance=Tolerance(spec.atol, spec.rtol), logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
+        tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(),
     )
 
@@ -231,7 +232,7 @@ def _json_object(path: Path) -> dict[str, Any]:
 
 def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], *,
                           dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, name: str | None = None,
-                          atol: float = 1e-4, rtol: float = 1e-3) -> ReferenceModel:
+                          tolerance: Tolerance = FP32_TOLERANCE) -> ReferenceModel:
     """Wrap a user ``nn.Module`` and its example inputs as a reference model.
 
     Args:
@@ -239,8 +240,7 @@ def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, 
         example_inputs: Tensors by parameter name, or a sequence in ``forward``'s order.
         dynamic_axes: ``{input_name: {dim: axis_name}}``; other dims stay fixed.
         name: Model name for the manifest. Defaults to the module's class name.
-        atol: Absolute parity tolerance. Defaults to 1e-4.
-        rtol: Relative parity tolerance. Defaults to 1e-3.
+        tolerance: Parity bounds. Defaults to the zoo's fp32 bounds (docs/parity.md).
 
     Raises:
         InputSpecError: names that ``forward`` does not take, non-tensors, or bad dynamic axes.
@@ -274,7 +274,7 @@ def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, 
     return ReferenceModel(
         name=name or type(module).__name__, task="custom", preset=None, source="module",
         architecture=type(module).__name__, module=ModuleWrapper(module, list(example_inputs)).eval(),
-        inputs=specs, output_names=output_names, sizes=sizes, tolerance=Tolerance(atol, rtol),
+        inputs=specs, output_names=output_names, sizes=sizes, tolerance=tolerance,
         example_values={k: v.detach().cpu().numpy() for k, v in example_inputs.items()},
     )
 

@@ -1,8 +1,9 @@
 """The run report: what one ``validate`` or ``bench`` run found, the gate's verdict, and its JSON form.
 
-The JSON form carries ``"schema": "edgeexport.report.v1"``; docs/reports.md documents every
-field. Within v1 fields are only ever added, never renamed or removed; a change that breaks
-readers bumps the version.
+The JSON form carries ``"schema": "edgeexport.report.v2"``; docs/reports.md documents every
+field. Within a version fields are only ever added, never renamed or removed; a change that
+breaks readers bumps the version (v2: spread-relative parity metrics, latency dispersion, the
+machine a run came from).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeexport.errors import UsageError
+from edgeexport.validation.machine import machine_info
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from edgeexport.validation.localize import Localization
     from edgeexport.validation.parity import ParityReport
 
-SCHEMA = "edgeexport.report.v1"
+SCHEMA = "edgeexport.report.v2"  # v2: spread-relative parity metrics and bounds, latency dispersion, machine
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunReport:
     localization: Localization | None = None
     checks: list[BaselineCheck] | None = None
     failures: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine_info)
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     @classmethod
@@ -84,7 +87,7 @@ class RunReport:
                 f"on {self.runtime}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``edgeexport.report.v1`` JSON document (latency samples rounded to 0.1 µs)."""
+        """The ``edgeexport.report.v2`` JSON document (latency samples rounded to 0.1 µs)."""
         return {
             "schema": SCHEMA, "command": self.command, "created_at": self.created_at,
             "edgeexport": importlib.metadata.version("edgeexport"),
@@ -94,6 +97,7 @@ class RunReport:
             "latency": [{**s.to_dict(), "samples_ms": [round(x, 4) for x in s.samples_ms]} for s in self.latency],
             "localization": self.localization.to_dict() if self.localization is not None else None,
             "baseline_checks": [c.to_dict() for c in self.checks] if self.checks is not None else None,
+            "machine": self.machine,
         }
 
 

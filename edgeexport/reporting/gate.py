@@ -6,9 +6,9 @@ recorded in the baseline do not block a release. A baseline is a JSON report wri
 with ``--report FILE.json``; items are matched by name (parity: case and output, latency:
 backend label) and items missing on either side are not compared.
 
-An output regresses when it fails now but passed in the baseline, or when its max abs
-error exceeds the baseline's by more than ``parity_margin`` times its atol (a share of the
-tolerance budget, so noise far below the tolerance never trips the gate). A backend
+An output regresses when it fails now but passed in the baseline, or when its RMS error (in
+spreads of the reference) exceeds the baseline's by more than ``parity_margin`` times its RMS
+bound (a share of the tolerance budget, so noise far below the tolerance never trips the gate). A backend
 regresses when its p50 latency exceeds the baseline's by more than ``latency_margin_pct``
 percent.
 """
@@ -38,7 +38,7 @@ DEFAULT_LATENCY_MARGIN_PCT = 10.0
 class BaselineCheck:
     """One comparison against the baseline; truthy when it did not regress.
 
-    ``metric`` is ``status`` (pass/fail), ``max_abs`` or ``p50_ms``; ``limit`` is the largest
+    ``metric`` is ``status`` (pass/fail), ``rms_error`` or ``p50_ms``; ``limit`` is the largest
     value that still passes (NaN for ``status``).
     """
 
@@ -106,22 +106,22 @@ class Gate:
         return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
 
     def _case_checks(self, case: CaseResult, base: dict[str, Any]) -> list[BaselineCheck]:
-        """A status check when the case or an output newly fails, else a max-abs check where the baseline has one."""
+        """A status check when the case or an output newly fails, else an RMS-error check where the baseline has one."""
         if case.error:
             return [_status_check(case.case, case.error)] if base.get("passed") else []
         outputs = {o.get("name"): o for o in base.get("outputs") or []}
         checks = []
         for out in case.outputs:
             item, base_out = f"{case.case}/{out.name}", outputs.get(out.name, {})
-            base_abs = base_out.get("max_abs")
+            base_rms = base_out.get("rms_error")
             if base_out.get("passed") and not out:
                 checks.append(_status_check(item, out.reason))
-            elif isinstance(base_abs, (int, float)):
-                limit = base_abs + self.parity_margin * out.atol
+            elif isinstance(base_rms, (int, float)):
+                limit = base_rms + self.parity_margin * out.bounds.rms_error
                 checks.append(BaselineCheck(
-                    "parity", item, "max_abs", base_abs, out.max_abs, limit, out.max_abs <= limit,
-                    f"{item}: max abs error {out.max_abs:.3g} exceeds the baseline's {base_abs:.3g} by more than "
-                    f"{self.parity_margin:g} x atol {out.atol:g}"))
+                    "parity", item, "rms_error", base_rms, out.rms_error, limit, out.rms_error <= limit,
+                    f"{item}: rms error {out.rms_error:.3g} spreads exceeds the baseline's {base_rms:.3g} by more "
+                    f"than {self.parity_margin:g} x its bound {out.bounds.rms_error:g}"))
         return checks
 
     def _latency_checks(self, latency: list[LatencyStats]) -> list[BaselineCheck]:

@@ -18,7 +18,8 @@ from edgeexport.reporting.gate import BASELINE_COLUMNS, BaselineCheck, baseline_
 from edgeexport.validation.localize import Localization
 from edgeexport.validation.metrics import OutputComparison, OutputSample
 from edgeexport.validation.parity import CaseResult, ParityReport
-from edgeexport.validation.report import LATENCY_COLUMNS, PARITY_COLUMNS, Row, latency_rows, parity_rows, parity_title
+from edgeexport.validation.report import (LATENCY_COLUMNS, LATENCY_TITLE, PARITY_COLUMNS, Row, describe_bounds,
+                                          latency_rows, parity_rows, parity_title)
 
 SCATTER_POINTS = 1500
 STYLE = """
@@ -89,9 +90,7 @@ def _summary(report: RunReport) -> str:
                                                          if report.gate.baseline_path else ""),
              "created": report.created_at}
     if report.parity is not None:
-        tol = report.parity.tolerance
-        facts["tolerance"] = f"atol {tol.atol:g}, rtol {tol.rtol:g}" + (
-            f", min cosine {tol.min_cosine:g}" if tol.min_cosine is not None else "")
+        facts["tolerance"] = describe_bounds(report.parity.tolerance) + " (errors in spreads of the reference)"
     details = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
     failures = "".join(f"<li>{html.escape(line)}</li>" for line in report.failures)
     return (f'<h1>{badge}edgeexport {html.escape(report.command)}</h1><p class="meta">{html.escape(report.title)}</p>'
@@ -99,7 +98,7 @@ def _summary(report: RunReport) -> str:
 
 
 def _parity(parity: ParityReport) -> str:
-    table = _table(PARITY_COLUMNS, parity_rows(parity), numeric=PARITY_COLUMNS[3:8])
+    table = _table(PARITY_COLUMNS, parity_rows(parity), numeric=PARITY_COLUMNS[3:7])
     return f'<h2>{html.escape(parity_title(parity))}</h2><div class="card">{table}</div>'
 
 
@@ -124,10 +123,16 @@ def _error_histogram(name: str, outs: list[tuple[str, OutputComparison, OutputSa
     if exact == errors.size:
         return (f'<div class="card"><h3>{html.escape(title)}</h3><p class="meta">all {errors.size} sampled '
                 "elements are exactly equal</p></div>")
-    atol = outs[0][1].atol
+    first = outs[0][1]
+    bound = first.bounds.atol + first.bounds.max_error * first.spread
     plot = svg.log_histogram(errors[errors > 0], title=title, xlabel="|target - reference| (log scale)",
-                             marker=atol, marker_label=f"atol {atol:g}")
+                             marker=bound, marker_label=f"max error bound {bound:.2g} ({case_name(outs)})")
     return f'<div class="card"><h3>{html.escape(title)}</h3>{plot}<p class="meta">{html.escape(note)}</p></div>'
+
+
+def case_name(outs: list[tuple[str, OutputComparison, OutputSample]]) -> str:
+    """Which case a marker comes from, when several are plotted."""
+    return f"case {outs[0][0]}"
 
 
 def _scatter(name: str, outs: list[tuple[str, OutputComparison, OutputSample]]) -> str:
@@ -150,9 +155,10 @@ def _latency(report: RunReport) -> str:
                    numeric=LATENCY_COLUMNS[1:])
     series = [(s.label, np.asarray(s.samples_ms)) for s in report.latency if s.samples_ms]
     plot = svg.strip(series, title="latency per run", xlabel="milliseconds per call") if series else ""
-    return (f'<h2>latency (same inputs, after warm-up)</h2><div class="card">{table}</div>'
-            f'<div class="card"><h3>latency of every timed run</h3>{plot}<p class="meta">Box: quartiles and median; '
-            'line: fastest to slowest run.</p></div>')
+    return (f'<h2>{html.escape(LATENCY_TITLE)}</h2><div class="card">{table}</div>'
+            f'<div class="card"><h3>latency of every timed sample</h3>{plot}<p class="meta">Box: quartiles and median; '
+            'line: fastest to slowest sample. A speed-up is given only where both medians are stable '
+            '(p10..p90 within 50% of the median).</p></div>')
 
 
 def _baseline(checks: list[BaselineCheck]) -> str:

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 
 from edgeexport.reporting.document import RunReport
 from edgeexport.reporting.gate import BASELINE_COLUMNS, baseline_rows
-from edgeexport.validation.report import LATENCY_COLUMNS, PARITY_COLUMNS, Row, latency_rows, parity_rows, parity_title
+from edgeexport.validation.report import (LATENCY_COLUMNS, LATENCY_TITLE, PARITY_COLUMNS, Row, latency_rows, parity_rows,
+                                          parity_title)
 
 
 def render(report: RunReport) -> str:
@@ -22,7 +23,7 @@ def render(report: RunReport) -> str:
         lines += ["### Divergence localization", "", escape(report.localization.describe()), ""]
     if report.latency:
         rows = latency_rows(report.latency)
-        lines += ["### Latency (same inputs, after warm-up)", "", *table(LATENCY_COLUMNS, rows)]
+        lines += [f"### {escape(LATENCY_TITLE)}", "", *table(LATENCY_COLUMNS, rows)]
     if report.checks is not None:
         lines += ["### Against the baseline", "", *table(BASELINE_COLUMNS, baseline_rows(report.checks))]
     return "\n".join(lines).rstrip() + "\n"

@@ -51,7 +51,8 @@ class Divergence:
         where = f"module '{self.module}' ({self.module_class})" + (f" at {self.source}" if self.source else "")
         after = f", after {self.last_good} still matched" if self.last_good else ""
         return (f"first divergence at ONNX node {self.onnx_node} ({self.op_type}) -> {self.tensor}, from {self.torch_op} "
-                f"in {where}: max abs error {self.comparison.max_abs:.3g}, cosine {self.comparison.cosine:.6f}{after}")
+                f"in {where}: max error {self.comparison.max_error:.3g} spreads (max abs {self.comparison.max_abs:.3g}), "
+                f"rms error {self.comparison.rms_error:.3g} spreads{after}")
 
 
 @dataclass
@@ -105,7 +106,7 @@ def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str,
         names = candidates[start:start + chunk]
         got = _onnx_values(model, artifact, names, inputs)
         for name in names:
-            comparison = compare_output(name, got[name], expected[name], atol=tolerance.atol, rtol=tolerance.rtol)
+            comparison = compare_output(name, got[name], expected[name], tolerance.for_output(name))
             if comparison:
                 last_good = name
                 continue

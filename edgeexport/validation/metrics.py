@@ -1,4 +1,9 @@
-"""Per-output parity metrics between a target's outputs and the PyTorch reference."""
+"""Per-output parity metrics between a target's outputs and the PyTorch reference.
+
+Errors are measured against the reference output's own spread (docs/parity.md): a common
+offset or a small output scale changes nothing, and a target that does not carry the
+reference's information (shuffled, unrelated, rescaled, constant) fails whatever its magnitude.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeexport.artifact import Bounds
+
 SAMPLE_SIZE = 2048
+TOP_K = 5
 
 
 @dataclass(frozen=True)
@@ -30,24 +38,30 @@ class OutputSample:
 
 @dataclass
 class OutputComparison:
-    """Errors of one output; truthy when it passed.
+    """Errors of one output; truthy when it passed its :class:`~edgeexport.artifact.Bounds`.
 
-    ``passed`` means same shape, no NaN/Inf in the target, and either
-    ``|target - reference| <= atol + rtol * |reference|`` everywhere or, where a statistical
-    criterion is given (quantized targets), cosine, top-1 and mean error within it (see
-    :func:`compare_output`). ``top1``/``top5`` (logits only) are the fraction of positions whose
-    reference argmax is the target's argmax / within the target's top 5; ``top1_near_ties`` is
-    the fraction whose argmax differs only between classes the reference scores within their
-    elementwise tolerance of each other (see :func:`near_tie_fraction`).
+    ``spread`` is the reference's RMS deviation (per row for logits) and ``magnitude`` its RMS
+    value; ``max_error`` and ``rms_error`` are the largest and the RMS error in spreads; ``floor``
+    is the error the bounds allow whatever the spread (``atol + rounding * magnitude``: what the
+    arithmetic cannot resolve); ``scale`` is the slope of the
+    target against the reference (1 when unscaled). ``max_abs``, ``mean_abs`` and ``cosine``
+    are the raw error and similarity, for reading. Logits only: ``top1``/``top5`` are the
+    fraction of rows whose reference argmax is the target's argmax / in its top 5, and
+    ``top1_near_ties`` the fraction whose argmax moved between classes the reference scores
+    within the noise the bounds allow (see :func:`compare_output`).
     """
 
     name: str
     shape: list[int]
     passed: bool
-    atol: float
-    rtol: float
+    bounds: Bounds
+    spread: float = float("nan")
+    magnitude: float = float("nan")
+    floor: float = float("nan")
+    max_error: float = float("nan")
+    rms_error: float = float("nan")
+    scale: float = float("nan")
     max_abs: float = float("nan")
-    max_rel: float = float("nan")
     mean_abs: float = float("nan")
     cosine: float = float("nan")
     top1: float | None = None
@@ -62,8 +76,8 @@ class OutputComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as JSON-ready values (non-finite floats as None); the sample is left out."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sample"}
-        return json_ready(values)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sample", "bounds")}
+        return json_ready({**values, "bounds": self.bounds.to_dict()})
 
 
 def json_ready(values: dict[str, Any]) -> dict[str, Any]:
@@ -71,94 +85,100 @@ def json_ready(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in values.items()}
 
 
-def compare_output(name: str, target: np.ndarray, reference: np.ndarray, *, atol: float, rtol: float,
-                   logits: bool = False, min_cosine: float | None = None,
-                   min_top1: float | None = None) -> OutputComparison:
-    """Compare one output; never raises for bad values, it reports them.
+def compare_output(name: str, target: np.ndarray, reference: np.ndarray, bounds: Bounds, *,
+                   logits: bool = False) -> OutputComparison:
+    """Compare one output against its bounds; never raises for bad values, it reports them.
 
     Args:
         name: Output name.
         target: The target's output.
         reference: PyTorch's output.
-        atol: Absolute tolerance.
-        rtol: Relative tolerance.
-        logits: Compute top-1/top-5 agreement over the last axis. Defaults to False.
-        min_cosine: If set, an output beyond the elementwise bound still passes when its cosine
-            similarity is at least this, its top-1 agreement at least ``min_top1`` (logits
-            only) and its mean absolute error at most ``atol + rtol * mean(|reference|)``:
-            quantization noise passes, a regression (wrong values, shuffled or rescaled
-            logits) does not. Defaults to None (elementwise only).
-        min_top1: Least top-1 agreement of logits for the statistical criterion. Defaults to None.
+        bounds: The output's bounds (``Tolerance.for_output(name)``).
+        logits: The output holds scores over its last axis: errors are taken after centring
+            each row (softmax ignores a per-row offset) and top-1/top-5 agreement is measured.
+            Defaults to False.
     """
-    result = OutputComparison(name=name, shape=list(reference.shape), passed=False, atol=atol, rtol=rtol)
+    result = OutputComparison(name=name, shape=list(reference.shape), passed=False, bounds=bounds)
     if target.shape != reference.shape:
         result.reason = f"shape {list(target.shape)} differs from the reference's {list(reference.shape)}"
         return result
-    got = target.astype(np.float64)
-    want = reference.astype(np.float64)
+    got, want = target.astype(np.float64), reference.astype(np.float64)
     bad = ~np.isfinite(got)
     if bad.any():
         result.reason = f"{int(bad.sum())} NaN/Inf values in the target output"
         return result
     if got.size == 0:
-        result.passed, result.max_abs, result.max_rel, result.mean_abs = True, 0.0, 0.0, 0.0
+        result.passed, result.max_error, result.rms_error, result.max_abs = True, 0.0, 0.0, 0.0
         return result
-    diff = np.abs(got - want)
-    excess = diff - (atol + rtol * np.abs(want))
-    worst = np.unravel_index(int(np.argmax(excess)), diff.shape)
-    result.max_abs = float(diff.max())
-    result.max_rel = float((diff / np.maximum(np.abs(want), 1e-12)).max())
-    result.mean_abs = float(diff.mean())
-    result.cosine = _cosine(got.ravel(), want.ravel())
-    result.worst_index = [int(i) for i in worst]
-    result.sample = _sample(got.ravel(), want.ravel(), int(np.ravel_multi_index(worst, diff.shape)))
-    if logits and want.ndim >= 1 and want.shape[-1] > 1:
+    rows = logits and want.ndim >= 1 and want.shape[-1] > 1
+    deviations = _measure(result, got, want, rows=rows)
+    result.floor = bounds.atol + bounds.rounding * result.magnitude
+    if rows:
         result.top1, result.top5 = _topk_agreement(got, want)
-        result.top1_near_ties = near_tie_fraction(got, want, atol=atol, rtol=rtol)
-    result.passed = bool((excess <= 0).all())
-    if result.passed:
-        return result
-    result.reason = (f"max abs error {result.max_abs:.3g} at index {result.worst_index} exceeds "
-                     f"atol {atol:g} + rtol {rtol:g} * |reference|")
-    if min_cosine is not None:
-        misses = _statistical_misses(result, mean_bound=atol + rtol * float(np.abs(want).mean()),
-                                     min_cosine=min_cosine, min_top1=min_top1)
-        result.passed = not misses
-        result.reason = "" if result.passed else f"{result.reason}, and {', '.join(misses)}"
+        result.top1_near_ties = near_tie_fraction(got, want, window=2 * (result.floor + bounds.rms_error * result.spread))
+    misses = _misses(result, bounds, deviations, logits=rows)
+    result.passed = not misses
+    result.reason = "; ".join(misses)
     return result
 
 
-def _statistical_misses(result: OutputComparison, *, mean_bound: float, min_cosine: float,
-                        min_top1: float | None) -> list[str]:
-    """The statistical criteria an output misses (empty when it meets them all)."""
-    misses = []
-    if not result.cosine >= min_cosine:
-        misses.append(f"cosine {result.cosine:.4f} < {min_cosine:g}")
-    if min_top1 is not None and result.top1 is not None:
+def _measure(result: OutputComparison, got: np.ndarray, want: np.ndarray, *, rows: bool) -> tuple[float, float]:
+    """Fill spread, errors in spreads, slope, raw errors, cosine, worst index and the plot sample;
+    return the max and RMS error in the output's units."""
+    axis = -1 if rows else None
+    got_c = got - got.mean(axis=axis, keepdims=rows)
+    want_c = want - want.mean(axis=axis, keepdims=rows)
+    error = got_c - want_c if rows else got - want
+    spread = float(np.sqrt(np.mean(want_c ** 2)))
+    worst = np.unravel_index(int(np.argmax(np.abs(error))), error.shape)
+    max_dev, rms_dev = float(np.abs(error).max()), float(np.sqrt(np.mean(error ** 2)))
+    result.spread = spread
+    result.magnitude = float(np.sqrt(np.mean(want ** 2)))
+    result.max_error = max_dev / spread if spread else (0.0 if max_dev == 0 else float("inf"))
+    result.rms_error = rms_dev / spread if spread else (0.0 if rms_dev == 0 else float("inf"))
+    result.scale = float(np.sum(got_c * want_c) / np.sum(want_c ** 2)) if spread else float("nan")
+    result.max_abs = float(np.abs(got - want).max())
+    result.mean_abs = float(np.abs(got - want).mean())
+    result.cosine = _cosine(got.ravel(), want.ravel())
+    result.worst_index = [int(i) for i in worst]
+    result.sample = _sample(got.ravel(), want.ravel(), int(np.ravel_multi_index(worst, error.shape)))
+    return max_dev, rms_dev
+
+
+def _misses(result: OutputComparison, bounds: Bounds, deviations: tuple[float, float], *, logits: bool) -> list[str]:
+    """The bounds an output misses (empty when it meets them all), each as one phrase."""
+    (max_dev, rms_dev), spread, floor, misses = deviations, result.spread, result.floor, []
+    if max_dev > floor + bounds.max_error * spread:
+        misses.append(f"max error {result.max_error:.3g} spreads at index {result.worst_index} exceeds "
+                      f"{bounds.max_error:g} (+ floor {floor:.2g}; spread {spread:.3g})")
+    if rms_dev > floor + bounds.rms_error * spread:
+        misses.append(f"rms error {result.rms_error:.3g} spreads exceeds {bounds.rms_error:g} "
+                      f"(+ floor {floor:.2g}; spread {spread:.3g})")
+    if spread and not abs(result.scale - 1) <= bounds.scale_error + floor / spread:
+        misses.append(f"scale {result.scale:.6g} is off 1 by more than {bounds.scale_error + floor / spread:.3g}")
+    if logits and bounds.min_top1 is not None and result.top1 is not None:
         agreement = result.top1 + (result.top1_near_ties or 0.0)
-        if agreement < min_top1:
-            misses.append(f"top-1 agreement {result.top1:.3f} ({agreement:.3f} counting near-ties) < {min_top1:g}")
-    if result.mean_abs > mean_bound:
-        misses.append(f"mean abs error {result.mean_abs:.3g} > {mean_bound:.3g}")
+        if agreement < bounds.min_top1:
+            misses.append(f"top-1 agreement {result.top1:.3f} ({agreement:.3f} counting near-ties) "
+                          f"< {bounds.min_top1:g}")
     return misses
 
 
-def near_tie_fraction(got: np.ndarray, want: np.ndarray, *, atol: float, rtol: float) -> float:
-    """Fraction of positions whose top-1 differs between two classes the reference scores within
-    their elementwise tolerance of each other: ``want[a] - want[b] <= tol(a) + tol(b)``, with ``a``
-    the reference's argmax, ``b`` the target's and ``tol(i) = atol + rtol * |want[i]|``.
+def near_tie_fraction(got: np.ndarray, want: np.ndarray, *, window: float) -> float:
+    """Fraction of rows whose top-1 moved between classes the reference scores less than ``window``
+    apart: ``want[a] - want[b] <= window``, with ``a`` the reference's argmax and ``b`` the target's.
 
-    Such a flip is what the elementwise tolerance already allows (each score may move by its
-    tol), so the quantized-precision top-1 criterion does not count it: on random-weight models
-    the best two logits are often nearly tied. A flip between well-separated classes still counts.
+    :func:`compare_output` passes twice the noise its bounds allow per element
+    (``2 * (floor + rms_error * spread)``): such a gap closes under allowed noise on two classes,
+    so the flip is no evidence of a regression. Random-weight models often have their best
+    two logits that close. A flip to a well-separated class still counts.
     """
     classes = want.shape[-1]
     got2, want2 = got.reshape(-1, classes), want.reshape(-1, classes)
     rows = np.arange(len(want2))
     ours, theirs = got2.argmax(axis=1), want2.argmax(axis=1)
-    best, picked = want2[rows, theirs], want2[rows, ours]
-    allowed = 2 * atol + rtol * (np.abs(best) + np.abs(picked))
-    return float(((ours != theirs) & (best - picked <= allowed)).mean())
+    gap = want2[rows, theirs] - want2[rows, ours]
+    return float(((ours != theirs) & (gap <= window)).mean())
 
 
 def _sample(got: np.ndarray, want: np.ndarray, worst: int) -> OutputSample:
@@ -180,7 +200,7 @@ def _topk_agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     got2, want2 = got.reshape(-1, classes), want.reshape(-1, classes)
     want_top = want2.argmax(axis=1)
     top1 = float((got2.argmax(axis=1) == want_top).mean())
-    k = min(5, classes)
+    k = min(TOP_K, classes)
     got_top5 = np.argpartition(-got2, k - 1, axis=1)[:, :k]
     top5 = float((got_top5 == want_top[:, None]).any(axis=1).mean())
     return top1, top5

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from rich.table import Table
 from rich.text import Text
 
-from edgeexport.validation.latency import LatencyStats
+from edgeexport.artifact import Bounds
+from edgeexport.validation.latency import LatencyStats, speedup
 from edgeexport.validation.parity import ParityReport
 
-PARITY_COLUMNS = ("case", "shape", "output", "max abs", "max rel", "mean abs", "cosine", "top-1", "status")
-LATENCY_COLUMNS = ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "speed-up", "peak RSS MiB")
+PARITY_COLUMNS = ("case", "shape", "output", "max err", "rms err", "scale", "top-1", "status")
+LATENCY_COLUMNS = ("backend", "batch", "p50 ms", "p10-p90 ms", "throughput/s", "speed-up", "peak RSS MiB")
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,15 @@ def format_number(value: float | None, fmt: str = ".2e") -> str:
 
 
 def parity_title(report: ParityReport) -> str:
-    """One line naming the target, precision, runtime and tolerance."""
-    tol = report.tolerance
-    return (f"parity: {report.target} ({report.precision}) on {report.runtime} "
-            f"vs PyTorch, atol={tol.atol:g} rtol={tol.rtol:g}")
+    """One line naming the target, precision, runtime and the bounds (errors in spreads of the reference)."""
+    return (f"parity: {report.target} ({report.precision}) on {report.runtime} vs PyTorch; errors in spreads, "
+            f"{describe_bounds(report.tolerance)}")
+
+
+def describe_bounds(bounds: Bounds) -> str:
+    """``bounds max 0.001 rms 0.0001 scale ±0.001 atol 1e-06`` (and ``top-1 >= x`` where set)."""
+    text = f"bounds max {bounds.max_error:g} rms {bounds.rms_error:g} scale ±{bounds.scale_error:g} atol {bounds.atol:g}"
+    return text + (f" top-1 >= {bounds.min_top1:g}" if bounds.min_top1 is not None else "")
 
 
 def parity_rows(report: ParityReport) -> list[Row]:
@@ -46,23 +52,27 @@ def parity_rows(report: ParityReport) -> list[Row]:
     for case in report.cases:
         axes = ",".join(f"{k}={v}" for k, v in case.axes.items())
         if case.error:
-            rows.append(Row((case.case, axes, "-", "-", "-", "-", "-", "-", "FAIL"), False, case.error))
+            rows.append(Row((case.case, axes, "-", "-", "-", "-", "-", "FAIL"), False, case.error))
         for out in case.outputs:
-            cells = (case.case, axes, out.name, format_number(out.max_abs), format_number(out.max_rel),
-                     format_number(out.mean_abs), format_number(out.cosine, ".6f"), format_number(out.top1, ".3f"))
+            cells = (case.case, axes, out.name, format_number(out.max_error), format_number(out.rms_error),
+                     format_number(out.scale, ".4f"), format_number(out.top1, ".3f"))
             rows.append(Row((*cells, "PASS" if out else "FAIL"), bool(out), out.reason))
     return rows
 
 
 def latency_rows(stats: Sequence[LatencyStats]) -> list[Row]:
-    """One row per backend, with the speed-up over the first row (latency rows always pass)."""
-    base = stats[0].p50_ms if stats else 0.0
-    return [Row((s.label, str(s.batch), f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.throughput:.1f}",
-                 f"{base / s.p50_ms:.2f}x" if s.p50_ms else "-", f"{s.peak_rss_mb:.0f}"), True) for s in stats]
+    """One row per backend: median, p10..p90 band, and the speed-up over the first row, or why none is
+    given (latency rows always pass)."""
+    return [Row((s.label, str(s.batch), f"{s.p50_ms:.3g}", f"{s.p10_ms:.3g}-{s.p90_ms:.3g}", f"{s.throughput:.1f}",
+                 "baseline" if i == 0 and len(stats) > 1 else str(speedup(stats[0], s)) if i else "-",
+                 f"{s.peak_rss_mb:.0f}"), True) for i, s in enumerate(stats)]
+
+
+LATENCY_TITLE = "latency per call, numpy in to numpy out, each backend alone in its own process, after warm-up"
 
 
 def parity_table(report: ParityReport) -> Table:
-    """One row per case and output: errors, cosine, top-1 agreement and PASS/FAIL."""
+    """One row per case and output: errors in spreads, scale, top-1 agreement and PASS/FAIL."""
     table = Table(title=parity_title(report))
     for column in PARITY_COLUMNS:
         table.add_column(column, justify="right" if column not in ("case", "output", "status", "shape") else "left")
@@ -73,8 +83,8 @@ def parity_table(report: ParityReport) -> Table:
 
 
 def latency_table(stats: Sequence[LatencyStats]) -> Table:
-    """Latency percentiles and throughput side by side, with speed-up over the first row."""
-    table = Table(title="latency (same inputs, after warm-up)")
+    """Latency median and p10..p90 band and throughput side by side, with speed-up over the first row."""
+    table = Table(title=LATENCY_TITLE)
     for column in LATENCY_COLUMNS:
         table.add_column(column, justify="left" if column == "backend" else "right")
     for row in latency_rows(stats):
