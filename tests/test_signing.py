@@ -91,7 +91,7 @@ def test_signature_file_is_never_listed_in_the_manifest(artifact_copy: Path, key
     assert SIGNATURE_NAME not in manifest.files and "model.onnx" in manifest.files
 
 
-@pytest.mark.parametrize("tampered", ["model.onnx", "golden/example_outputs.npz"])
+@pytest.mark.parametrize("tampered", ["model.onnx", "golden/example_outputs.bin"])
 def test_tampered_file_with_rehashed_manifest_is_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]],
                                                          tampered: str) -> None:
     private, public = keys["ci"]
@@ -106,12 +106,12 @@ def test_tampered_file_with_rehashed_manifest_is_refused(artifact_copy: Path, ke
 
 def test_added_and_removed_files_are_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     sign(artifact_copy, keys["ci"][0])
-    (artifact_copy / "golden" / "extra.npz").write_bytes(b"not signed")
-    (artifact_copy / "golden" / "alternate_inputs.npz").unlink()
+    (artifact_copy / "golden" / "extra.bin").write_bytes(b"not signed")
+    (artifact_copy / "golden" / "alternate_inputs.bin").unlink()
     with pytest.raises(ArtifactError) as error:
         verify(artifact_copy, keys["ci"][1])
-    assert str(error.value) == (f"'{artifact_copy}' does not match its signature (added golden/extra.npz; removed "
-                                "golden/alternate_inputs.npz); refusing it: it was modified after signing")
+    assert str(error.value) == (f"'{artifact_copy}' does not match its signature (added golden/extra.bin; removed "
+                                "golden/alternate_inputs.bin); refusing it: it was modified after signing")
 
 
 def test_resigned_with_another_key_is_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]]) -> None:

@@ -415,7 +415,7 @@ Comparison compare(Comparison result, const std::vector<double>& reference, cons
       d[i] = logits ? tc[i] - rc[i] : target[i] - reference[i];
     }
   }
-  // Steps 2-4: spread and floor, errors, scale.
+  // Steps 2-4: spread and floor (over the centred rows for logits), errors, scale.
   double rc_squares = 0, r_squares = 0, d_squares = 0, max_d = 0, cross = 0;
   for (std::size_t i = 0; i < n; ++i) {
     rc_squares += rc[i] * rc[i], r_squares += reference[i] * reference[i], d_squares += d[i] * d[i];
@@ -423,7 +423,7 @@ Comparison compare(Comparison result, const std::vector<double>& reference, cons
     max_d = std::max(max_d, std::abs(d[i]));
   }
   const double spread = std::sqrt(rc_squares / static_cast<double>(n));
-  const double floor = tolerance.atol + tolerance.rounding * std::sqrt(r_squares / static_cast<double>(n));
+  const double floor = tolerance.atol + tolerance.rounding * std::sqrt((logits ? rc_squares : r_squares) / static_cast<double>(n));
   const double rms_d = std::sqrt(d_squares / static_cast<double>(n));
   result.max_err = in_spreads(max_d, spread), result.rms_err = in_spreads(rms_d, spread);
   result.scale = rc_squares > 0 ? cross / rc_squares : std::nan("");
