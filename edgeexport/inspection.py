@@ -17,7 +17,7 @@ from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import Processing
 from edgeexport.runner import open_artifact, runtime_module
 from edgeexport.tasks import supported_tasks
-from edgeexport.zoo import PRESETS, SPECS
+from edgeexport.zoo import PRESETS, SPECS, weights_note
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Component:
         manifest, details = self.manifest, self.details
         model = manifest.model
         rows = [
-            ("model", f"{model.get('name')} ({model.get('task')}, preset {model.get('preset')})"),
+            ("model", f"{model.get('name')} ({', '.join(filter(None, (model.get('task'), weights_note(model))))})"),
             ("source", str(model.get("source"))), ("target", f"{manifest.target} via {manifest.runtime}"),
             ("precision", manifest.precision),
             ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),
