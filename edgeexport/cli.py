@@ -157,8 +157,9 @@ def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
     from edgeexport.inspection import models, target_entries
 
-    console.print(_table("models", ("model", "tasks (default first)", "presets"),
-                         ((m.name, ", ".join(m.tasks), ", ".join(m.presets)) for m in models())))
+    console.print(_table("models (random weights; full is the size of the published checkpoint)",
+                         ("model", "tasks (default first)", "presets", "published checkpoint"),
+                         ((m.name, ", ".join(m.tasks), ", ".join(m.presets), m.checkpoint) for m in models())))
     console.print(_table("targets", ("target", "runtime", "precisions", "converts here", "runs here"), (
         (t.target, t.runtime, ", ".join(t.precisions),
          Text("yes", "green") if t.converts_here else Text.assemble(("no", "yellow"), f" ({t.install})"),

@@ -17,16 +17,17 @@ from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import Processing
 from edgeexport.runner import open_artifact, runtime_module
 from edgeexport.tasks import supported_tasks
-from edgeexport.zoo import PRESETS, SPECS, weights_note
+from edgeexport.zoo import PRESETS, PUBLISHED, SPECS, weights_note
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A zoo model: its tasks (default first) and presets."""
+    """A zoo model: its tasks (default first), presets and the published checkpoint (hub id) it mirrors."""
 
     name: str
     tasks: list[str]
     presets: tuple[str, ...]
+    checkpoint: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TargetEntry:
 
 def models() -> list[ModelEntry]:
     """The zoo's models in their declared order."""
-    return [ModelEntry(name, supported_tasks(spec.tasks), PRESETS) for name, spec in SPECS.items()]
+    return [ModelEntry(name, supported_tasks(spec.tasks), PRESETS, PUBLISHED[name]) for name, spec in SPECS.items()]
 
 
 def target_entries() -> list[TargetEntry]:

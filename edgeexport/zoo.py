@@ -363,8 +363,10 @@ class Wav2Vec2Spec(AudioSpec):
 
 # The published checkpoint (hub id) whose architecture and size each zoo model's full preset has,
 # and whose tokenizer kind and preprocessing its artifacts carry (edgeexport.reference.processors).
+# Convert it by this id for its trained weights (a bare name such as gpt2 is the zoo model).
 PUBLISHED: dict[str, str] = {
-    "gpt2": "gpt2", "bert": "bert-base-uncased", "bart": "facebook/bart-base", "t5": "google-t5/t5-small",
+    "gpt2": "openai-community/gpt2", "bert": "google-bert/bert-base-uncased", "bart": "facebook/bart-base",
+    "t5": "google-t5/t5-small",
     "vit": "google/vit-base-patch16-224", "convnext": "facebook/convnext-tiny-224", "detr": "facebook/detr-resnet-50",
     "mask2former": "facebook/mask2former-swin-tiny-ade-semantic", "glpn": "vinvino02/glpn-kitti",
     "wav2vec2": "facebook/wav2vec2-base-960h",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from edgeexport.zoo import PUBLISHED, SPECS
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -43,6 +45,14 @@ def test_the_readme_lists_the_commands_this_test_runs() -> None:
     assert ["edgeexport", "predict", "qa", "--text", "Who?", "--text-pair", "..."] in commands
     assert ["edgeexport", "generate", "gpt2-gen", "--prompt", "Hello"] in commands
     assert len(commands) >= 18 and all(command[0] == "edgeexport" for command in commands)
+
+
+def test_the_models_table_names_each_published_checkpoint() -> None:
+    rows = [line.split(" | ") for line in _section("Models and targets").splitlines()
+            if line.startswith("| ") and "`" in line]
+    named = {row[0].removeprefix("| "): row[3].split("`")[1] for row in rows}
+    assert named == PUBLISHED
+    assert all(f"| {name} |" in _section("Models and targets") for name in SPECS)
 
 
 def _run(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
