@@ -77,11 +77,14 @@ def test_sign_then_validate_verify(artifact_copy: Path, keys: dict[str, tuple[Pa
     assert code == 0, err
     assert err.strip() == f"wrote {artifact_copy / SIGNATURE_NAME} (signed with {private})"
     assert (artifact_copy / "manifest.json").read_bytes() == manifest_before
-    assert sorted(p.name for p in artifact_copy.iterdir()) == ["golden", "manifest.json", "model.onnx", SIGNATURE_NAME]
+    assert sorted(p.name for p in artifact_copy.iterdir()) == ["golden", "manifest.json", "model.onnx", SIGNATURE_NAME,
+                                                                "tokenizer"]
     Artifact.open(artifact_copy).verify()  # the manifest check ignores the signature file
     code, out, err = run_cli("validate", artifact_copy, "--verify", public, "--json")
     assert code == 0, err
-    assert err.strip() == f"signature of {artifact_copy} verified with {public}"
+    assert err.strip().splitlines() == [f"signature of {artifact_copy} verified with {public}",
+                                        f"PASS: 2 cases x 1 output of {artifact_copy} within bounds (onnx fp32 on "
+                                        "onnxruntime)"]
     assert json.loads(out)["passed"] is True
 
 
