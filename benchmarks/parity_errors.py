@@ -196,14 +196,23 @@ ROUNDING_ULPS = 4  # a few ulps of the output values themselves
 ATOL = 1e-7  # outputs that are exactly zero (masked positions)
 MARGIN = 4.0  # over the worst genuine case: covers the other CPU kind (see docs/parity.md)
 TOP1_MARGIN = 0.1
+# Cases left out of the derivation, with the reason (docs/parity.md, "Known failures"): they are
+# measured and listed, and they fail the derived bounds.
+KNOWN_FAILURES = {
+    ("openvino", "int8", "gpt2", "causal-lm-with-past"): "refused by the exporter: activation ranges calibrated on "
+                                                         "first steps do not hold on decode steps",
+    ("onnx", "fp16", "mask2former", "segmentation"): "fp16 arithmetic on onnxruntime moves class_queries_logits by "
+                                                     "0.11 spreads RMS (every other model: at most 0.0013); not "
+                                                     "localized yet",
+}
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 5 x 10^k at least ``value``."""
+    """The smallest of 1, 1.5, 2, 3, 5, 7 x 10^k at least ``value`` (at most 1.5x above it)."""
     if value <= 0:
         return 0.0
     exponent = np.floor(np.log10(value))
-    for step in (1, 2, 5, 10):
+    for step in (1, 1.5, 2, 3, 5, 7, 10):
         if step * 10 ** exponent >= value * (1 - 1e-12):
             return float(step * 10 ** exponent)
     return float(10 ** (exponent + 1))
@@ -213,6 +222,7 @@ def derive(out: Path) -> dict[str, Any]:
     """Bounds per target and precision from every genuine output measured (docs/parity.md, "Derivation")."""
     records: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     errors: dict[tuple[str, str], list[str]] = {}
+    known: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*.json")):
         if path.name in ("summary.json", "derived.json"):
             continue
@@ -220,6 +230,9 @@ def derive(out: Path) -> dict[str, Any]:
         group = (record["target"], record["precision"])
         if "error" in record:
             errors.setdefault(group, []).append(f"{key(record)}: {record['error']}")
+            continue
+        if (*group, record["model"], record["task"]) in KNOWN_FAILURES:
+            known.setdefault(group, []).append(record)
             continue
         records.setdefault(group, []).extend((record, o) for o in record["outputs"] if "magnitude" in o)
     table = {}
@@ -255,15 +268,32 @@ def derive(out: Path) -> dict[str, Any]:
         table[f"{target} {precision}"] = {"arithmetic": arithmetic, "bounds": bounds, "outputs": len(items),
                                           "models": sorted({f"{r['model']}/{r['preset']}" for r, _ in items}),
                                           "worst": {m: {"value": v, "where": w} for m, (v, w) in worst.items()},
-                                          "errors": errors.get((target, precision), [])}
+                                          "errors": errors.get((target, precision), []),
+                                          "known_failures": [_known(r, bounds) for r in known.get((target, precision), [])]}
     (out / "derived.json").write_text(json.dumps(table, indent=1))
+    print(markdown_table(table))
+    return table
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """The derived bounds as docs/parity.md shows them: each bound beside the worst case measured."""
+    lines = ["| target precision | outputs | rounding | max_error (worst) | rms_error (worst) | scale_error (worst) "
+             "| min_top1 (worst) |", "|---|---|---|---|---|---|---|"]
     for name, row in table.items():
         b, w = row["bounds"], row["worst"]
-        print(f"{name:24s} {row['outputs']:5d} outputs  rounding {b['rounding']:g}  max {b['max_error']:g} "
-              f"(worst {w['max_error']['value']:.3g})  rms {b['rms_error']:g} (worst {w['rms_error']['value']:.3g})  "
-              f"scale {b['scale_error']:g} (worst {w['scale_error']['value']:.3g})  "
-              f"top-1 {b.get('min_top1', '-')} (worst {w['top1']['value']:.3f})  errors {len(row['errors'])}")
-    return table
+        top1 = f"{b['min_top1']:g} ({w['top1']['value']:.2f})" if "min_top1" in b else "-"
+        lines.append(f"| {name} | {row['outputs']} | {b['rounding']:g} | {b['max_error']:g} ({w['max_error']['value']:.2g}) "
+                     f"| {b['rms_error']:g} ({w['rms_error']['value']:.2g}) | {b['scale_error']:g} "
+                     f"({w['scale_error']['value']:.2g}) | {top1} |")
+    return "\n".join(lines)
+
+
+def _known(record: dict[str, Any], bounds: dict[str, float]) -> dict[str, Any]:
+    """A known failure's worst errors, next to the bounds it fails."""
+    worst = {m: max(o[m] for o in record["outputs"]) for m in ("max_error", "rms_error")}
+    return {"case": key(record), "reason": KNOWN_FAILURES[(record["target"], record["precision"], record["model"],
+                                                           record["task"])],
+            **worst, "scale_error": max(abs(o["scale"] - 1) for o in record["outputs"]), "bounds": bounds}
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def test_predict(device: Path, copied: Path, name: str) -> None:
 def test_generate(device: Path, copied: Path, name: str) -> None:
     result = run(device, "generate", str(copied / name), "--prompt-ids", "5,6,7", "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.split()) == 4 and "tokens/s" in result.stderr
+    assert result.stdout.strip() and result.stderr.startswith("4 tokens in "), result.stderr  # decoded by the artifact's tokenizer
 
 
 def test_commands_that_need_torch_say_how_to_get_it(device: Path, copied: Path) -> None:

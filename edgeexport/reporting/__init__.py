@@ -1,7 +1,7 @@
 """Report files of ``validate`` and ``bench`` runs, and the CI gate that decides their exit code.
 
 ``--report PATH`` (repeatable) picks the format by suffix: ``.json`` (the versioned
-``edgeexport.report.v1`` document, see docs/reports.md), ``.xml`` (JUnit), ``.md``
+``edgeexport.report.v2`` document, see docs/reports.md), ``.xml`` (JUnit), ``.md``
 (Markdown for a GitHub job summary) or ``.html`` (one self-contained page with plots).
 """
 

@@ -1,7 +1,7 @@
 """The single-file HTML report: summary, tables and inline SVG plots, no external assets.
 
 Plots: per output, a histogram of ``|target - reference|`` over the sampled elements of every
-case (log scale, with the atol marked) and a reference-vs-target scatter (coloured by case);
+case (log scale, with the max-error bound marked) and a reference-vs-target scatter (coloured by case);
 per backend, the distribution of the timed runs.
 """
 
@@ -124,7 +124,7 @@ def _error_histogram(name: str, outs: list[tuple[str, OutputComparison, OutputSa
         return (f'<div class="card"><h3>{html.escape(title)}</h3><p class="meta">all {errors.size} sampled '
                 "elements are exactly equal</p></div>")
     first = outs[0][1]
-    bound = first.bounds.atol + first.bounds.max_error * first.spread
+    bound = first.floor + first.bounds.max_error * first.spread
     plot = svg.log_histogram(errors[errors > 0], title=title, xlabel="|target - reference| (log scale)",
                              marker=bound, marker_label=f"max error bound {bound:.2g} ({case_name(outs)})")
     return f'<div class="card"><h3>{html.escape(title)}</h3>{plot}<p class="meta">{html.escape(note)}</p></div>'
