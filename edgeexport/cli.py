@@ -120,22 +120,25 @@ def _gate(*, report_paths: list[Path] | None, fail_on: str, baseline: Path | Non
 
 def _target_options(**values: Any) -> dict[str, Any]:
     return {"target_options": values}
-Atol = Annotated[Optional[float], typer.Option(help="Parity bound: absolute error floor (docs/parity.md).")]
-Rounding = Annotated[Optional[float], typer.Option(help="Parity bound: error floor relative to the output's RMS "
-                                                        "magnitude (the arithmetic's rounding).")]
-MaxError = Annotated[Optional[float], typer.Option(help="Parity bound: largest error, in spreads of the reference.")]
-RmsError = Annotated[Optional[float], typer.Option(help="Parity bound: RMS error, in spreads of the reference.")]
-ScaleError = Annotated[Optional[float], typer.Option(help="Parity bound: |slope - 1| of target against reference.")]
-MinTop1 = Annotated[Optional[float], typer.Option(help="Parity bound: least top-1 agreement of logits (near-ties "
-                                                       "count as agreeing).")]
+BOUND_HELP = {
+    "atol": "absolute error floor (docs/parity.md).",
+    "rounding": "error floor relative to the output's RMS magnitude (the arithmetic's rounding).",
+    "max_error": "largest error, in spreads of the reference.",
+    "rms_error": "RMS error, in spreads of the reference.",
+    "scale_error": "|slope - 1| of target against reference.",
+    "min_top1": "least top-1 agreement of logits (near-ties count as agreeing).",
+}
 
 
-def _bounds(atol: float | None, rounding: float | None, max_error: float | None, rms_error: float | None,
-            scale_error: float | None, min_top1: float | None) -> dict[str, float]:
-    """The tolerance bounds given on the command line, by manifest key."""
-    given = {"atol": atol, "rounding": rounding, "max_error": max_error, "rms_error": rms_error,
-             "scale_error": scale_error, "min_top1": min_top1}
-    return {key: value for key, value in given.items() if value is not None}
+def _bound_flags() -> list[Parameter]:
+    """``--atol``, ``--rounding``, ... : one flag per parity bound, unset by default."""
+    return [Parameter(key, Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[float], typer.Option(help=f"Parity bound: {text}")]) for key, text in BOUND_HELP.items()]
+
+
+def _bounds(**given: float | None) -> dict[str, Any]:
+    """``tolerance``: the bounds given on the command line, by manifest key."""
+    return {"tolerance": {key: value for key, value in given.items() if value is not None}}
 
 
 def _print_json(data: Any) -> None:
@@ -168,6 +171,7 @@ def list_command() -> None:
 
 @app.command()
 @_one_line_errors
+@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
 @_flags(map(_option_flag, target_options().values()), _target_options, replaces=("target_options",))
 def convert(
     model: Annotated[str, typer.Argument(help="Zoo name (edgeexport list), save_pretrained folder, or hub id org/name.")],
@@ -180,16 +184,11 @@ def convert(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset.")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check parity after export.")] = True,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    atol: Atol = None,
-    rounding: Rounding = None,
-    max_error: MaxError = None,
-    rms_error: RmsError = None,
-    scale_error: ScaleError = None,
-    min_top1: MinTop1 = None,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
     target_options: dict[str, Any] | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
     from edgeexport.pipeline import convert as run_convert
@@ -197,7 +196,7 @@ def convert(
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, simplify=simplify,
-                             tolerance=_bounds(atol, rounding, max_error, rms_error, scale_error, min_top1),
+                             tolerance=tolerance,
                              allow_pickle=allow_pickle, target_options=target_options,
                              progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
@@ -243,22 +242,18 @@ def _exit_on(what: str, failures: list[str], verdict: str = "") -> None:
 
 @app.command()
 @_one_line_errors
+@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
 @_flags(_gate_flags(), _gate, replaces=("gate", "reports"))
 def validate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also re-run PyTorch on fresh inputs (needs torch).")] = False,
-    atol: Atol = None,
-    rounding: Rounding = None,
-    max_error: MaxError = None,
-    rms_error: RmsError = None,
-    scale_error: ScaleError = None,
-    min_top1: MinTop1 = None,
     threads: Threads = 0,
     explain: Annotated[bool, typer.Option(help="Name the first diverging op and its PyTorch module (ONNX, needs "
                                                "torch); runs by itself when parity fails and torch is here.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     gate: Any = None,
     reports: Any = None,
+    tolerance: dict[str, float] | None = None,
     verify: Annotated[Optional[Path], typer.Option(
         help="Signer's public key (PEM): refuse ARTIFACT unless it carries a valid signature by its private key "
              "(edgeexport sign), checked before anything else is read.")] = None,
@@ -266,8 +261,7 @@ def validate(
     """Check ARTIFACT (or each component of a bundle) against its golden cases (no torch needed); exit 1 on failure."""
     from edgeexport.pipeline import validate as run_validate
 
-    run = run_validate(artifact, reference=reference, tolerance=_bounds(atol, rounding, max_error, rms_error,
-                                                                          scale_error, min_top1),
+    run = run_validate(artifact, reference=reference, tolerance=tolerance,
                        threads=threads, explain=explain, gate=gate, reports=reports, verify_key=verify)
     if verify is not None:
         errors.print(f"signature of {artifact} verified with {verify}", highlight=False, markup=False)
