@@ -152,15 +152,19 @@ def export_context() -> Iterator[None]:
 
 
 def export_program(reference: ReferenceModel, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    """``torch.export`` (non-strict) of the wrapper, every dynamic axis as ``Dim.DYNAMIC``.
+    """``torch.export`` (non-strict) of the wrapper, every dynamic axis as ``Dim.DYNAMIC``, with the
+    export patches the model uses (:data:`edgeexport.reference.patches.EXPORT_PATCHES`).
 
     The wrapper's forward is ``forward(*tensors)``: one positional argument holding a tuple.
     """
     import torch
 
+    from edgeexport.reference.patches import EXPORT_PATCHES, applicable, patched
+
     axes = tuple(reference.dynamic_axes[n] or None for n in reference.input_names)
     dims = tuple({i: torch.export.Dim.DYNAMIC for i in named} if named else None for named in axes)
-    return torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(axes) else None, strict=False)
+    with patched(applicable(reference.module, EXPORT_PATCHES)):
+        return torch.export.export(reference.module, args, dynamic_shapes=(dims,) if any(axes) else None, strict=False)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class Component:
             ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),
             ("inputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
             ("outputs", "; ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
+            *([("fixed shape", str(model["fixed_shape"]))] if model.get("fixed_shape") else []),
             ("tolerance", ", ".join(f"{k}={v:g}" for k, v in manifest.tolerance.to_dict().items() if k != "per_output")),
             ("golden cases", ", ".join(g.name for g in manifest.golden)),
         ]

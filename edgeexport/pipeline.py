@@ -171,8 +171,10 @@ def _golden(reference: ReferenceModel) -> Golden:
 
 
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:
+    fixed = getattr(reference, "fixed_shape_reason", "")  # a bundle (decoder with past) has none
     return {"name": reference.name, "task": reference.task, "preset": reference.preset, "seed": seed,
-            "source": reference.source, "architecture": reference.architecture}
+            "source": reference.source, "architecture": reference.architecture,
+            **({"fixed_shape": fixed} if fixed else {})}
 
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,

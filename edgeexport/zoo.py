@@ -50,6 +50,7 @@ class ModelSpec:
     axis_sizes: ClassVar[dict[str, dict[str, tuple[int, int]]]] = {}
     forward_kwargs: ClassVar[dict[str, Any]] = {}
     tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
+    fixed_shape_reason: ClassVar[str] = ""  # why dims that could vary are fixed; the manifest and inspect show it
 
     def inputs(self, config: Any, task: str) -> list[InputSpec]:
         raise NotImplementedError
@@ -57,6 +58,10 @@ class ModelSpec:
     def sizes(self, preset: str) -> dict[str, tuple[int, int]]:
         """Example and alternate size of each dynamic axis for a preset (``full`` for loaded models)."""
         return self.axis_sizes.get(preset) or self.axis_sizes["full"]
+
+    def fit_sizes(self, sizes: dict[str, tuple[int, int]], config: Any) -> dict[str, tuple[int, int]]:
+        """The sizes for one model's config (a loaded model may differ from the preset). Defaults to ``sizes``."""
+        return sizes
 
     def vocab_size(self, config: Any) -> int:
         return int(getattr(config, "vocab_size", 2) or 2)
@@ -100,8 +105,9 @@ class Seq2SeqSpec(ModelSpec):
 class VisionSpec(ModelSpec):
     """Image models: pixel_values (batch, channels, height, width).
 
-    ``dynamic_image_size`` says whether height and width are dynamic axes; models with
-    learned position embeddings of a fixed grid (ViT) keep them fixed at ``config.image_size``.
+    ``dynamic_image_size`` says whether height and width are dynamic axes; a model whose graph
+    cannot follow the image size keeps them fixed at ``config.image_size`` and says why in
+    ``fixed_shape_reason``.
     """
 
     dynamic_image_size: ClassVar[bool] = True
@@ -124,6 +130,9 @@ class AudioSpec(ModelSpec):
 
     def inputs(self, config: Any, task: str) -> list[InputSpec]:
         return [InputSpec("input_values", ("batch", "audio_length"), "float", "float32")]
+
+
+SPATIAL_AXES = ("height", "width")
 
 
 def _image_size(config: Any) -> int:
@@ -272,13 +281,27 @@ class ViTSpec(VisionSpec):
     name = "vit"
     model_type = "vit"
     tasks = ("image-classification",)
-    dynamic_image_size = False
+    # Any image size: the learned position table (a grid of image_size / patch_size) is
+    # interpolated to the image's patch grid; at the trained size it is the table itself.
+    forward_kwargs = {"interpolate_pos_encoding": True}
     presets = {
         "tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
                  "num_attention_heads": 2, "intermediate_size": 64},
         "full": {},  # ViTConfig() is vit-base-patch16-224
     }
     task_config = {"image-classification": {"num_labels": 10}}
+    axis_sizes = {"tiny": {"batch": (2, 3), "height": (32, 48), "width": (32, 64)},
+                  "full": {"batch": (1, 2), "height": (224, 256), "width": (224, 288)}}
+
+    def fit_sizes(self, sizes: dict[str, tuple[int, int]], config: Any) -> dict[str, tuple[int, int]]:
+        """The example image is the trained size (what the model mostly runs at, and one of Core ML's
+        enumerated shapes); the alternate size checks the interpolated position table."""
+        trained, patch = _image_size(config), int(getattr(config, "patch_size", 16))
+        fitted = dict(sizes)
+        for axis in SPATIAL_AXES:
+            alternate = sizes[axis][1]
+            fitted[axis] = (trained, alternate if alternate != trained else trained + 2 * patch)
+        return fitted
 
 
 @register
@@ -313,9 +336,15 @@ class Mask2FormerSpec(VisionSpec):
     name = "mask2former"
     model_type = "mask2former"
     tasks = ("segmentation",)
-    # Swin's window partitioning is traced with the example's grid: a second image size fails
-    # in a Reshape at run time, so the image size stays fixed at the backbone's image_size.
+    # Measured with height and width dynamic (tiny, 64x64 and 96x128): OpenVINO's trace fails at
+    # the second size ("the shape of input data (2.8.8.64) conflicts with the reshape pattern
+    # (2.48.64)"), and torch.export (ONNX) did not finish in 20 minutes (45 s at a fixed size).
+    # Keeping them symbolic means rewriting Swin's padding branches and the pixel decoder's
+    # level bookkeeping (Python ints, torch.tensor constants) for every capture.
     dynamic_image_size = False
+    fixed_shape_reason = ("height and width are fixed at the backbone's image_size: capturing keeps Swin's window "
+                          "grid and the pixel decoder's feature-map sizes as constants, so another image size fails "
+                          "in a Reshape; resize images to this size")
     presets = {
         "tiny": {"backbone_config": {"model_type": "swin", "image_size": 64, "embed_dim": 16, "depths": [1, 1, 1, 1],
                                      "num_heads": [1, 1, 2, 2], "window_size": 4,

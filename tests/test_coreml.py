@@ -9,6 +9,7 @@ rest of the zoo is marked slow.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact
@@ -32,9 +34,11 @@ from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.coreml import describe  # noqa: E402
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]
-# Core ML allows tensors of rank <= 5; Swin's window partition (Mask2Former's backbone) and
-# Mask2Former's deformable attention reshape to rank 6.
-UNSUPPORTED = {("mask2former", "segmentation"): ("view", "SwinLayer", "window_partition")}
+# Mask2Former's masked attention thresholds mask logits (sigmoid < 0.5): fp16 flips the mask bits of
+# logits within ~5e-4 of 0, and on the tiny preset's 2x2 level one flip changes a query's whole
+# attention (measured: 6 of 80 random images off by 0.24-1.2 spreads at fp16; PyTorch itself moves
+# as much under 5e-4 noise on those logits alone). fp32 converts it exactly.
+FP32_PAIRS = {("mask2former", "segmentation")}
 FAST = {("gpt2", "causal-lm"), ("vit", "image-classification"), ("convnext", "image-classification"),
         ("wav2vec2", "ctc")}
 cli = CliRunner()
@@ -55,28 +59,49 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("name", "task"), [pytest.param(n, t, marks=_marks((n, t)), id=f"{n}-{t}")
-                                            for n, t in PAIRS if (n, t) not in UNSUPPORTED])
-def test_zoo_pair_converts_with_fp16_parity(name: str, task: str, tmp_path: Path) -> None:
-    result = convert(name, task=task, target="coreml", output_dir=tmp_path / "artifact")
+@pytest.mark.parametrize(("name", "task"), [pytest.param(n, t, marks=_marks((n, t)), id=f"{n}-{t}") for n, t in PAIRS])
+def test_zoo_pair_converts_with_parity(name: str, task: str, tmp_path: Path) -> None:
+    precision = "fp32" if (name, task) in FP32_PAIRS else "fp16"
+    result = convert(name, task=task, target="coreml", precision=precision, output_dir=tmp_path / "artifact")
 
     assert result.report is not None and result.report.passed, result.report.failures()
     assert {c.source for c in result.report.cases} == {"golden", "reference"}
     manifest = result.manifest
-    assert manifest.precision == "fp16" and manifest.model_file == "model.mlpackage"
-    assert manifest.exporter["strategy"] == "torch.jit.trace" and manifest.exporter["compute_precision"] == "fp16"
+    assert manifest.precision == precision and manifest.model_file == "model.mlpackage"
+    assert manifest.exporter["strategy"] == "torch.jit.trace" and manifest.exporter["compute_precision"] == precision
     assert manifest.output_names == [spec.name for spec in manifest.outputs]
-    assert result.manifest.tolerance == coreml_target.EXPORTER.precisions["fp16"]
+    assert result.manifest.tolerance == (coreml_target.EXPORTER.precisions["fp16"] if precision == "fp16"
+                                         else FP32_TOLERANCE)
+    if name == "mask2former":  # Swin's windows and the deformable attention, rewritten to rank <= 5
+        assert len(manifest.exporter["module_patches"]) == 3
+        assert manifest.model["fixed_shape"] == SPECS[name].fixed_shape_reason  # inspect says why the size is fixed
+        shown = cli.invoke(app, ["inspect", str(tmp_path / "artifact")]).stdout
+        assert re.search(r"fixed shape\s+│ height and width are fixed", shown)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("name", "task"), list(UNSUPPORTED), ids=[f"{n}-{t}" for n, t in UNSUPPORTED])
-def test_unsupported_pair_fails_naming_op_and_module(name: str, task: str, tmp_path: Path) -> None:
+class Rank6Windows(torch.nn.Module):
+    """Windows of a (B, 4, 4, C) map as transformers' Swin makes them: through a rank-6 view."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        windows = x.view(x.shape[0], 2, 2, 2, 2, x.shape[-1]).transpose(2, 3)
+        return torch.softmax(windows, dim=-1).reshape(-1, 2, 2, x.shape[-1])
+
+
+class Rank6Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows = Rank6Windows()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.windows(x) * 2
+
+
+def test_a_rank_6_tensor_fails_naming_the_op_and_the_module(tmp_path: Path) -> None:
     with pytest.raises(ConversionError) as error:
-        convert(name, task=task, target="coreml", output_dir=tmp_path / "artifact")
+        convert(Rank6Model(), {"x": torch.randn(2, 4, 4, 3)}, target="coreml", output_dir=tmp_path / "artifact")
     message = str(error.value)
     assert "rank <= 5" in message and "\n" not in message
-    assert all(part in message for part in UNSUPPORTED[(name, task)])
+    assert "op view" in message and "module 'windows' (Rank6Windows)" in message and "test_coreml.py" in message
     assert not (tmp_path / "artifact").exists()
 
 

@@ -64,12 +64,40 @@ class NearestToRuntimeSize(torch.nn.Module):
         return features + F.interpolate(x, size=features.shape[-2:])
 
 
+class BicubicToRuntimeSize(torch.nn.Module):
+    """ViT's position table: bicubic interpolation of a learned 5x5 grid to the input's size (larger
+    and smaller than the grid along the two axes)."""
+
+    align_corners = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(1, 3, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.interpolate(self.table, size=x.shape[-2:], mode="bicubic", align_corners=self.align_corners)
+
+
+class BicubicAlignCorners(BicubicToRuntimeSize):
+    align_corners = True
+
+
+class FloorDivOfSize(torch.nn.Module):
+    """ViT's patch grid under torch.export: Python's ``//`` of a dynamic size (a SymInt) sizes a reshape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.shape[-1] // 4
+        return x[:, :grid * 4].reshape(x.shape[0], grid, 4).sum(-1) + x.new_ones(x.shape[0], grid)
+
+
 CASES = [
     (NewOnes(), {"x": torch.randn(2, 3)}, {"x": {0: "batch"}}),
     (SizeArithmeticToInt(), {"x": torch.randn(2, 3)}, {"x": {0: "batch"}}),
     (Linspace(), {"x": torch.randn(2, 5)}, {"x": {0: "batch"}}),
     (GroupNorm(), {"x": torch.randn(2, 4, 7)}, {"x": {0: "batch", 2: "length"}}),
     (NearestToRuntimeSize(), {"x": torch.randn(2, 1, 10, 11)}, {"x": {0: "batch", 2: "rows", 3: "columns"}}),
+    (BicubicToRuntimeSize(), {"x": torch.randn(1, 3, 8, 3)}, {"x": {2: "rows", 3: "columns"}}),
+    (BicubicAlignCorners(), {"x": torch.randn(1, 3, 8, 3)}, {"x": {2: "rows", 3: "columns"}}),
 ]
 
 
@@ -78,5 +106,16 @@ def test_fix_converts_and_matches_pytorch(module: torch.nn.Module, inputs: dict[
                                           axes: dict[str, dict[int, str]], tmp_path: Path) -> None:
     torch.manual_seed(0)
     result = convert(module, inputs, target="coreml", precision="fp32", dynamic_axes=axes, output_dir=tmp_path / "a")
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert {c.case for c in result.report.cases} >= {"example", "alternate"}
+
+
+def test_floordiv_of_sizes_converts_under_torch_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeexport.exporters import coreml as coreml_target
+
+    monkeypatch.setattr(coreml_target, "STRATEGIES", (coreml_target.ExportStrategy,))
+    result = convert(FloorDivOfSize(), {"x": torch.randn(2, 12)}, target="coreml", precision="fp32",
+                     dynamic_axes={"x": {0: "batch", 1: "length"}}, output_dir=tmp_path / "a")
+    assert result.manifest.exporter["strategy"] == "torch.export"
     assert result.report is not None and result.report.passed, result.report.failures()
     assert {c.case for c in result.report.cases} >= {"example", "alternate"}

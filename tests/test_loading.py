@@ -106,3 +106,21 @@ def test_zoo_name_wins_over_a_folder_of_the_same_name(tmp_path: Path, monkeypatc
     assert load_reference("bert").source == "zoo"
     with pytest.raises(ModelLoadError, match="has no config.json"):
         load_reference("./bert")
+
+
+def test_vit_image_size_is_dynamic_around_the_trained_size(tmp_path: Path) -> None:
+    """The example image is the trained size, the alternate another grid (interpolated position table);
+    a folder model trained at the preset's alternate size gets a different alternate."""
+    vit = load_reference("vit")
+    assert (vit.sizes["height"], vit.sizes["width"], vit.fixed_shape_reason) == ((32, 48), (32, 64), "")
+    config = transformers.ViTConfig(image_size=256, patch_size=16, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    folder = load_reference(tmp_path / "vit")
+    assert (folder.sizes["height"], folder.sizes["width"]) == ((256, 288), (256, 288))
+
+
+def test_mask2former_image_size_is_fixed_and_says_why() -> None:
+    mask2former = load_reference("mask2former")
+    assert set(mask2former.sizes) == {"batch"}
+    assert mask2former.fixed_shape_reason.startswith("height and width are fixed at the backbone's image_size")

@@ -172,6 +172,45 @@ def test_upsample_nearest_matches_torch(tmp_path: Path, scale_h: float, scale_w:
     np.testing.assert_array_equal(run_program(tmp_path, body, {"x": x}), expected)
 
 
+@pytest.mark.parametrize(("sampling", "padding", "align_corners"), [
+    ("bilinear", "zeros", False), ("bilinear", "zeros", True), ("bilinear", "border", False),
+    ("bilinear", "reflection", False), ("bilinear", "reflection", True), ("nearest", "zeros", False),
+    ("nearest", "border", True)])
+def test_resample_matches_torch_grid_sample(tmp_path: Path, sampling: str, padding: str, align_corners: bool) -> None:
+    """coremltools converts ``grid_sample`` (Mask2Former's deformable attention) to ``resample``; points
+    beyond the image (|coordinate| up to 1.4) exercise each padding mode."""
+    x, grid = normal(2, 3, 5, 7), RNG.uniform(-1.4, 1.4, (2, 4, 6, 2)).astype(np.float32)
+    mil_padding = {"zeros": "constant", "border": "border",
+                   "reflection": "reflection" if align_corners else "symmetric"}[padding]  # as coremltools maps it
+
+    def body(x: Any, grid: Any) -> Any:
+        return mb.resample(x=x, coordinates=grid, sampling_mode=sampling, padding_mode=mil_padding,
+                           padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one",
+                           align_corners=align_corners)
+
+    expected = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=sampling, padding_mode=padding,
+                             align_corners=align_corners).numpy()
+    np.testing.assert_allclose(run_program(tmp_path, body, {"x": x, "grid": grid}), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("coordinates_mode", ["normalized_zero_to_one", "unnormalized"])
+def test_resample_reads_every_coordinate_mode(tmp_path: Path, coordinates_mode: str) -> None:
+    """The same points as normalized [-1, 1] coordinates, given in [0, 1] or in pixels, sample the same values."""
+    x, grid = normal(1, 2, 5, 7), RNG.uniform(-1.2, 1.2, (1, 3, 4, 2)).astype(np.float32)
+    sizes = np.array([7, 5], dtype=np.float32)  # (width, height): coordinates are (x, y)
+    given = (grid + 1) / 2 if coordinates_mode == "normalized_zero_to_one" else ((grid + 1) * sizes - 1) / 2
+
+    def body(x: Any, points: Any) -> Any:
+        return mb.resample(x=x, coordinates=points, sampling_mode="bilinear", padding_mode="constant",
+                           padding_value=np.float32(0.5), coordinates_mode=coordinates_mode, align_corners=False)
+
+    inside = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), align_corners=False)
+    outside = F.grid_sample(torch.ones(1, 2, 5, 7), torch.from_numpy(grid), align_corners=False)
+    expected = (inside + 0.5 * (1 - outside)).numpy()  # the padding value where a point reads outside the image
+    np.testing.assert_allclose(run_program(tmp_path, body, {"x": x, "points": given.astype(np.float32)}), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_coremltools_value_inference_ops_broadcast_like_numpy(tmp_path: Path) -> None:
     x, y = normal(2, 1, 3), normal(4, 1)
 

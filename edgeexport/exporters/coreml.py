@@ -3,6 +3,8 @@
 Stages, each with its own error class:
   1. capture with ``torch.jit.trace``, or ``torch.export`` + ``run_decompositions({})`` when
      tracing fails (:class:`CaptureError`); the winner and the first failure are recorded;
+     transformers code that reshapes through rank 6 (Core ML allows rank <= 5) is swapped for
+     rank-5 equivalents while capturing (:mod:`edgeexport.mil.module_patches`);
   2. convert with ``coremltools.convert`` to an ML Program (:class:`ConversionError` naming the op
      and the PyTorch module it came from): our input and output names, flexible input shapes
      from the dynamic axes (:func:`shape_mode`), fp16 or fp32 compute precision and a minimum
@@ -41,6 +43,7 @@ from edgeexport.capture import (
 from edgeexport.errors import CaptureError, ConversionError, UsageError
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import quiet
+from edgeexport.zoo import SPATIAL_AXES
 
 if TYPE_CHECKING:
     import coremltools as ct
@@ -51,7 +54,6 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.mlpackage"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 DEFAULT_DEPLOYMENT_TARGET = "iOS16"  # also macOS13: Core ML's targets pair up (iOS16 = macOS13)
-SPATIAL_AXES = ("height", "width")
 RANGE_FACTOR = 16  # upper bound of a RangeDim: 16x the largest size the reference declares for the axis
 # precision -> (coremltools.optimize.coreml function, its op config class, the config's settings)
 COMPRESSIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -75,7 +77,9 @@ class CoreMLStrategy(CaptureStrategy):
     """Capture the wrapper one way, then convert it with coremltools (the model is an ``ct.models.MLModel``).
 
     Runs as every capture strategy does: example inputs at axis sizes >= 2, quiet torch logs,
-    SDPA's math kernel, and failures recorded so the next strategy can be tried.
+    SDPA's math kernel, and failures recorded so the next strategy can be tried. The capture
+    runs with the rank <= 5 rewrites of :mod:`edgeexport.mil.module_patches` that the model
+    uses; the manifest lists them (``module_patches``).
     """
 
     def __init__(self, options: ConvertOptions) -> None:
@@ -83,14 +87,19 @@ class CoreMLStrategy(CaptureStrategy):
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
                  opset: int | None) -> tuple[ct.models.MLModel, dict[str, Any]]:
+        from edgeexport.mil.module_patches import RANK5_PATCHES
+        from edgeexport.reference.patches import applicable, patched
+
+        patches = applicable(reference.module, RANK5_PATCHES)
         try:
-            source = self._trace(reference, args)
+            with patched(patches):
+                source = self._trace(reference, args)
         except Exception as exc:
             raise CaptureError("capture", f"{describe_exception(exc)}; make the failing code traceable",
                                model=reference.name, label=self.name) from exc
         with quiet_coremltools() as errors:
             try:
-                return convert(reference, source, args, self.options), {}
+                return convert(reference, source, args, self.options), {"module_patches": [p.name for p in patches]}
             except Exception as exc:
                 raise ConversionError("convert to an ML Program", _locate_failure(exc, errors, reference, source),
                                       model=reference.name) from exc
@@ -252,14 +261,21 @@ def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, NodeO
     """Op and origin of the node called ``name`` in the traced graph or the ExportedProgram."""
     import torch
 
-    wanted = re.sub(r"\W", "_", name)
+    wanted = _mil_name(name)
     if isinstance(source, torch.export.ExportedProgram):
-        node = next((n for n in source.graph.nodes if n.name == wanted), None)
+        node = next((n for n in source.graph.nodes if _mil_name(n.name) == wanted), None)
         return (str(node.target), node_origin(node)) if node is not None else None
     for node in source.inlined_graph.nodes():
-        if any(re.sub(r"\W", "_", out.debugName()) == wanted for out in node.outputs()):
+        if any(_mil_name(out.debugName()) == wanted for out in node.outputs()):
             return node.kind().removeprefix("aten::"), _traced_origin(reference, node)
     return None
+
+
+def _mil_name(name: str) -> str:
+    """The name coremltools gives the MIL variable of a PyTorch value (``input.1`` -> ``input_1``, ``10`` -> ``op_10``)."""
+    from coremltools.converters.mil.mil.passes.defs.preprocess import NameSanitizer
+
+    return NameSanitizer(prefix="op_").sanitize_name(name)
 
 
 def _traced_origin(reference: ReferenceModel, node: torch.Node) -> NodeOrigin:

@@ -15,12 +15,13 @@ from coremltools.converters.mil.frontend.torch import ops
 from coremltools.converters.mil.frontend.torch.ssa_passes import torch_upsample_to_core_upsample as upsample
 from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING, NUM_TO_NUMPY_DTYPE
-from coremltools.converters.mil.mil.types import builtin_to_string, nptype_from_builtin
+from coremltools.converters.mil.mil.types import builtin_to_string, is_int, nptype_from_builtin
 from coremltools.converters.mil.mil.types.symbolic import any_symbolic
 
 ORIGINAL_GROUP_NORM = ops.group_norm
 ORIGINAL_LINSPACE = ops.linspace
 ORIGINAL_UPSAMPLE_NEAREST2D = ops.upsample_nearest2d
+ORIGINAL_FLOOR_DIVIDE = ops.floor_divide
 
 
 # transformers 5 builds attention masks with ``q_idx.new_ones((), dtype=torch.bool)``
@@ -56,6 +57,20 @@ def _int(context: Any, node: Any) -> None:
         context.add(mb.const(val=int(np.asarray(x.val).item()), name=node.name))
         return
     ops._cast(context, node, int, "int32")
+
+
+# coremltools 9.0 translates Python's ``//`` on sizes (``floordiv``) as ``torch.floor_divide`` and casts
+# the result to fp32; the int quotient then meets int sizes in a shape ("Tensors in 'values' of the
+# concat op should share the same data type"). Needed by ViT with a dynamic image size captured by
+# torch.export (its patch grid, height // patch_size, sizes the attention mask).
+@register_torch_op(override=True)
+def floordiv(context: Any, node: Any) -> None:
+    """``a // b``: an int quotient of ints, as Python computes it; other dtypes as coremltools does."""
+    x, y = ops.promote_input_dtypes(ops._get_inputs(context, node, expected=2))
+    if not (is_int(x.dtype) and is_int(y.dtype)):
+        ORIGINAL_FLOOR_DIVIDE(context, node)
+        return
+    context.add(mb.floor_div(x=x, y=y, name=node.name))
 
 
 # coremltools folds a constant linspace with ``np.linspace(start.val, end.val, n)``; when start
@@ -141,3 +156,59 @@ def _scale_resolvable(x: Any, size: list[Any]) -> bool:
     return all(out.val is None and (upsample._try_get_upsample_factor_pattern_1(out.op) is not None
                                     or upsample._try_get_upsample_factor_pattern_2(out.op, axis, x) is not None)
                for axis, out in zip((2, 3), size))
+
+
+# coremltools 9.0 has no bicubic interpolation. ViT interpolates its position table (bicubic,
+# to the image's patch grid) so that it runs at any image size; the grid size is known only at
+# run time. Needed by ViT with a dynamic image size.
+CUBIC_A = -0.75  # PyTorch's cubic convolution coefficient
+
+
+@register_torch_op(torch_alias=["upsample_bicubic2d.vec"])
+def upsample_bicubic2d(context: Any, node: Any) -> None:
+    """Bicubic interpolation of (N, C, H, W) to a (run-time) ``size``, as PyTorch computes it: each axis
+    in turn, four neighbours (clamped at the border) weighted by the cubic convolution kernel."""
+    inputs = ops._get_inputs(context, node, min_expected=3)
+    x, size, align_corners = inputs[0], inputs[1], bool(inputs[2].val)
+    if size is None or (not isinstance(size, list) and size.val is None and size.rank != 1):
+        raise NotImplementedError("upsample_bicubic2d without an output size (scale factors only)")
+    sizes = size if isinstance(size, list) else [mb.gather(x=size, indices=i) for i in (0, 1)]
+    for axis, out in zip((2, 3), sizes):
+        x = _bicubic_axis(x, axis, mb.cast(x=out, dtype="int32"), align_corners)
+    context.add(mb.identity(x=x, name=node.name))
+
+
+def _bicubic_axis(x: Any, axis: int, out: Any, align_corners: bool) -> Any:
+    """Bicubic interpolation of ``x`` along ``axis`` to ``out`` (an int32 scalar) points."""
+    size = mb.cast(x=mb.gather(x=mb.shape(x=x), indices=axis), dtype="fp32")
+    points = mb.cast(x=mb.range_1d(start=0, end=out, step=1), dtype="fp32")
+    out_float = mb.cast(x=out, dtype="fp32")
+    if align_corners:  # PyTorch: (in - 1) / (out - 1), 0 for a single output point
+        scale = mb.real_div(x=mb.sub(x=size, y=1.0), y=mb.maximum(x=mb.sub(x=out_float, y=1.0), y=1.0))
+        source = mb.mul(x=points, y=scale)
+    else:
+        source = mb.sub(x=mb.mul(x=mb.add(x=points, y=0.5), y=mb.real_div(x=size, y=out_float)), y=0.5)
+    floor = mb.floor(x=source)
+    t = mb.sub(x=source, y=floor)
+    last = mb.sub(x=size, y=1.0)
+    result = None
+    for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(t)):
+        index = mb.cast(x=mb.clip(x=mb.add(x=floor, y=float(offset)), alpha=0.0, beta=last), dtype="int32")
+        if axis == 2:
+            weight = mb.expand_dims(x=weight, axes=[-1])
+        term = mb.mul(x=mb.gather(x=x, indices=index, axis=axis), y=weight)
+        result = term if result is None else mb.add(x=result, y=term)
+    return result
+
+
+def _cubic_weights(t: Any) -> list[Any]:
+    """The four weights of the neighbours at offsets -1, 0, 1, 2 of a point ``t`` past the floor."""
+    def near(d: Any) -> Any:  # |d| <= 1: ((A + 2) d - (A + 3)) d^2 + 1
+        return mb.add(x=mb.mul(x=mb.sub(x=mb.mul(x=d, y=CUBIC_A + 2), y=CUBIC_A + 3), y=mb.mul(x=d, y=d)), y=1.0)
+
+    def far(d: Any) -> Any:  # 1 < |d| < 2: ((A d - 5A) d + 8A) d - 4A
+        inner = mb.add(x=mb.mul(x=mb.sub(x=mb.mul(x=d, y=CUBIC_A), y=5 * CUBIC_A), y=d), y=8 * CUBIC_A)
+        return mb.sub(x=mb.mul(x=inner, y=d), y=4 * CUBIC_A)
+
+    return [far(mb.add(x=t, y=1.0)), near(t), near(mb.sub(x=1.0, y=t)), far(mb.sub(x=2.0, y=t))]
+

@@ -321,6 +321,56 @@ def upsample_nearest_neighbor(op: Any) -> np.ndarray:
     return x
 
 
+def _source_positions(coordinates: np.ndarray, size: int, mode: str, align_corners: bool) -> np.ndarray:
+    """Pixel positions (0 = the first pixel's centre) of MIL ``resample`` coordinates along an axis of ``size``."""
+    if mode == "normalized_minus_one_to_one":
+        return (coordinates + 1) / 2 * (size - 1) if align_corners else ((coordinates + 1) * size - 1) / 2
+    if mode == "normalized_zero_to_one":
+        return coordinates * (size - 1) if align_corners else coordinates * size - 0.5
+    return coordinates  # unnormalized
+
+
+def _padded_index(index: np.ndarray, size: int, padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """In-image indices standing for ``index`` under MIL's padding modes, and where they are inside the image
+    (``constant`` padding reads the padding value outside it)."""
+    inside = (index >= 0) & (index < size)
+    if padding == "border" or size == 1:
+        mapped = np.clip(index, 0, size - 1)
+    elif padding == "reflection":  # |1 2 3| -> 3 2 |1 2 3| 2 1: the edge is not repeated
+        folded = np.mod(index, 2 * (size - 1))
+        mapped = np.where(folded < size, folded, 2 * (size - 1) - folded)
+    elif padding == "symmetric":  # |1 2 3| -> 2 1 |1 2 3| 3 2: the edge is repeated
+        folded = np.mod(index, 2 * size)
+        mapped = np.where(folded < size, folded, 2 * size - 1 - folded)
+    else:  # constant
+        mapped = np.clip(index, 0, size - 1)
+    return mapped, inside if padding == "constant" else np.ones_like(inside)
+
+
+def resample(op: Any) -> np.ndarray:
+    """MIL ``resample`` (PyTorch's ``grid_sample``): sample (B, C, H, W) at (B, H2, W2, 2) ``(x, y)`` coordinates,
+    bilinear or nearest, over the image padded as ``padding_mode`` says; returns (B, C, H2, W2)."""
+    x, coordinates = op.x.val, op.coordinates.val.astype(np.float64)
+    height, width = x.shape[2:]
+    mode, align_corners = str(op.coordinates_mode.val), bool(op.align_corners.val)
+    padding, padding_value = str(op.padding_mode.val), float(op.padding_value.val)
+    columns = _source_positions(coordinates[..., 0], width, mode, align_corners)
+    rows = _source_positions(coordinates[..., 1], height, mode, align_corners)
+    batch = np.arange(x.shape[0]).reshape(-1, 1, 1)
+
+    def read(row: np.ndarray, column: np.ndarray) -> np.ndarray:  # (B, H2, W2) indices -> (B, C, H2, W2)
+        (r, row_inside), (c, column_inside) = _padded_index(row, height, padding), _padded_index(column, width, padding)
+        values = np.moveaxis(x[batch, :, r, c], -1, 1)
+        return np.where((row_inside & column_inside)[:, None], values, np.float32(padding_value))
+
+    if str(op.sampling_mode.val) == "nearest":  # PyTorch rounds half to even, as np.rint does
+        return read(np.rint(rows).astype(np.int64), np.rint(columns).astype(np.int64))
+    top, left = np.floor(rows).astype(np.int64), np.floor(columns).astype(np.int64)
+    down, right = (rows - top)[:, None].astype(np.float32), (columns - left)[:, None].astype(np.float32)
+    return ((read(top, left) * (1 - right) + read(top, left + 1) * right) * (1 - down)
+            + (read(top + 1, left) * (1 - right) + read(top + 1, left + 1) * right) * down)
+
+
 NUMPY_OPS: dict[str, Callable[[Any], Any]] = {
     "conv": conv,
     "max_pool": max_pool,
@@ -328,6 +378,7 @@ NUMPY_OPS: dict[str, Callable[[Any], Any]] = {
     "gather_nd": gather_nd,
     "upsample_bilinear": upsample_bilinear,
     "upsample_nearest_neighbor": upsample_nearest_neighbor,
+    "resample": resample,
 }
 
 # Control flow: coremltools folds these only when the branch or list is known at compile time.

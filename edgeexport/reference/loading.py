@@ -133,7 +133,7 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
     config = model.config
     inputs = spec.inputs(config, task)
     wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
-    sizes = _fit_positions(spec.sizes(preset or "full"), config)
+    sizes = spec.fit_sizes(_fit_positions(spec.sizes(preset or "full"), config), config)
     used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
     assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality in TEXT_MODALITIES else {}
     processing = _processing(config, task, inputs[0], sizes, processors, tokenized=bool(assets))
@@ -142,7 +142,7 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
-        assets=assets, processing=processing.to_dict(),
+        assets=assets, processing=processing.to_dict(), fixed_shape_reason=spec.fixed_shape_reason,
     )
 
 

@@ -67,7 +67,8 @@ class ReferenceModel:
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
     ``generation`` is the manifest's generation block (:mod:`edgeexport.generation_spec`),
     ``assets`` maps artifact-relative paths to files copied into the artifact or their content (a tokenizer) and
-    ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`).
+    ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`);
+    ``fixed_shape_reason`` says why dims that could vary are fixed (the manifest's model block keeps it).
     """
 
     name: str
@@ -87,6 +88,7 @@ class ReferenceModel:
     generation: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
+    fixed_shape_reason: str = ""
 
     @property
     def input_names(self) -> list[str]:
