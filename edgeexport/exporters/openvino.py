@@ -253,8 +253,8 @@ class OpenVinoExporter(Exporter):
     """Exports to ``model.xml``/``model.bin`` run by OpenVINO.
 
     Precisions: ``fp32``; ``fp16`` (weights stored in fp16, computed in fp32); ``int8-weights``
-    (int8 weights, float activations); ``int8`` (post-training quantization, judged by cosine
-    and top-1 agreement as well as error magnitudes).
+    (int8 weights, float activations); ``int8`` (post-training quantization, judged by top-1
+    agreement as well as its error bounds).
     """
 
     target = "openvino"
@@ -264,12 +264,12 @@ class OpenVinoExporter(Exporter):
     # The onnx strategy converts through the ONNX target.
     tool_packages = ("torch", "transformers", "openvino", "nncf", "onnx", "onnxscript")
     stages = ("convert", "name inputs and outputs", "compress", "save")
-    # Bounds measured on the zoo and holdout models (docs/parity.md).
+    # Derived from the zoo and holdout models (docs/parity.md); fp16 stores weights in fp16, computes in fp32.
     precisions = {
         "fp32": None,
-        "fp16": Tolerance(atol=1e-6, rounding=1e-5, max_error=0.1, rms_error=0.02, scale_error=0.01),
-        "int8-weights": Tolerance(atol=1e-6, rounding=1e-5, max_error=1.0, rms_error=0.1, scale_error=0.03, min_top1=0.9),
-        "int8": Tolerance(atol=1e-6, rounding=1e-5, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
+        "fp16": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.02, rms_error=0.01, scale_error=5e-3),
+        "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.3, rms_error=0.2, scale_error=0.1, min_top1=0.9),
+        "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
