@@ -157,8 +157,9 @@ def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
     from edgeexport.inspection import models, target_entries
 
-    console.print(_table("models", ("model", "tasks (default first)", "presets"),
-                         ((m.name, ", ".join(m.tasks), ", ".join(m.presets)) for m in models())))
+    console.print(_table("models (random weights; full is the size of the published checkpoint)",
+                         ("model", "tasks (default first)", "presets", "published checkpoint"),
+                         ((m.name, ", ".join(m.tasks), ", ".join(m.presets), m.checkpoint) for m in models())))
     console.print(_table("targets", ("target", "runtime", "precisions", "converts here", "runs here"), (
         (t.target, t.runtime, ", ".join(t.precisions),
          Text("yes", "green") if t.converts_here else Text.assemble(("no", "yellow"), f" ({t.install})"),
@@ -200,14 +201,15 @@ def convert(
                              allow_pickle=allow_pickle, target_options=target_options,
                              progress=lambda message: status.update(message))
     exporter = result.manifest.exporter
-    errors.print(f"wrote {result.artifact} ({target}, {result.manifest.precision}, exporter {exporter.get('name')}"
-                 f"/{exporter.get('strategy')})", highlight=False, markup=False)
+    errors.print(f"wrote {result.describe()}", highlight=False, markup=False, soft_wrap=True)
     for label, note in (("first strategy failed: ", exporter.get("fallback_reason")), ("", exporter.get("note"))):
         if note:
             errors.print(Text.assemble(("note:", "yellow"), f" {label}{note}"), highlight=False)
     if result.report is not None:
+        from edgeexport.validation.report import verdict
+
         _show_parity(result.report, json_output)
-        _exit_on("parity", result.report.failures())
+        _exit_on("parity", result.report.failures(), verdict(result.report))
 
 
 def _show_parity(report: Any, json_output: bool, localization: Any = None) -> None:
@@ -216,15 +218,26 @@ def _show_parity(report: Any, json_output: bool, localization: Any = None) -> No
     if json_output:
         _print_json({**report.to_dict(), **({"localization": localization.to_dict()} if localization else {})})
     else:
-        console.print(parity_table(report))
+        console.print(parity_table(report, width=console.width))
     if localization is not None:
         errors.print(Text.assemble(("explain", "cyan"), ": " + localization.describe()), highlight=False)
 
 
-def _exit_on(what: str, failures: list[str]) -> None:
-    """Print ``<what> FAILED: ...`` and exit 1 when there are failures."""
+def _say_written(paths: list[Path]) -> None:
+    if paths:
+        errors.print(f"wrote {', '.join(map(str, paths))}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _exit_on(what: str, failures: list[str], verdict: str = "") -> None:
+    """Print ``<what> FAILED: ...`` when there are failures, then the ``verdict`` line (PASS/FAIL: ...); exit 1 on
+    failures."""
     if failures:
         errors.print(Text.assemble((f"{what} FAILED", "red"), ": " + "; ".join(failures)), highlight=False)
+    if verdict:
+        word, rest = verdict.split(":", 1)
+        errors.print(Text.assemble((word, "green" if word == "PASS" else "red"), f":{rest}"), highlight=False,
+                     soft_wrap=True)
+    if failures:
         raise typer.Exit(1)
 
 
@@ -259,7 +272,8 @@ def validate(
     if verify is not None:
         errors.print(f"signature of {artifact} verified with {verify}", highlight=False, markup=False)
     _show_parity(run.parity, json_output, run.localization)
-    _exit_on("parity", run.failures)
+    _say_written(reports)
+    _exit_on("parity", run.failures, run.verdict())
 
 
 @app.command()
@@ -302,6 +316,7 @@ def bench(
     else:
         console.print(latency_table(run.latency))
         errors.print(f"measured on {describe_machine(run.machine)}", highlight=False, markup=False)
+    _say_written(reports)
     _exit_on("latency", run.failures)
 
 

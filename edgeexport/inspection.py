@@ -17,16 +17,17 @@ from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import Processing
 from edgeexport.runner import open_artifact, runtime_module
 from edgeexport.tasks import supported_tasks
-from edgeexport.zoo import PRESETS, SPECS
+from edgeexport.zoo import PRESETS, PUBLISHED, SPECS, weights_note
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A zoo model: its tasks (default first) and presets."""
+    """A zoo model: its tasks (default first), presets and the published checkpoint (hub id) it mirrors."""
 
     name: str
     tasks: list[str]
     presets: tuple[str, ...]
+    checkpoint: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TargetEntry:
 
 def models() -> list[ModelEntry]:
     """The zoo's models in their declared order."""
-    return [ModelEntry(name, supported_tasks(spec.tasks), PRESETS) for name, spec in SPECS.items()]
+    return [ModelEntry(name, supported_tasks(spec.tasks), PRESETS, PUBLISHED[name]) for name, spec in SPECS.items()]
 
 
 def target_entries() -> list[TargetEntry]:
@@ -79,7 +80,7 @@ class Component:
         manifest, details = self.manifest, self.details
         model = manifest.model
         rows = [
-            ("model", f"{model.get('name')} ({model.get('task')}, preset {model.get('preset')})"),
+            ("model", f"{model.get('name')} ({', '.join(filter(None, (model.get('task'), weights_note(model))))})"),
             ("source", str(model.get("source"))), ("target", f"{manifest.target} via {manifest.runtime}"),
             ("precision", manifest.precision),
             ("exporter", ", ".join(f"{k}={v}" for k, v in manifest.exporter.items() if v not in (None, [], ""))),

@@ -25,8 +25,10 @@ from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import Processing, audio_inputs, decode, describe, image_inputs, text_inputs
 from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
 from edgeexport.runner import load, open_artifact, runtime_module
+from edgeexport.tasks import task_head
 from edgeexport.validation.latency import LatencyStats, measure
 from edgeexport.validation.parity import ParityReport, check_artifact
+from edgeexport.zoo import SPECS, model_kind, weights_note, zoo_task
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +56,14 @@ class ConversionResult:
     reference: ReferenceModel | ReferenceBundle
     components: dict[str, Manifest] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The folder and what it holds: ``gpt2-gen (onnx, fp32, exporter torch.onnx/dynamo; tiny preset, random
+        weights)``; the preset and random weights are named for zoo models only."""
+        exporter = self.manifest.exporter
+        note = weights_note(self.manifest.model)
+        return (f"{self.artifact} ({self.manifest.target}, {self.manifest.precision}, exporter {exporter.get('name')}/"
+                f"{exporter.get('strategy')}{f'; {note}' if note else ''})")
+
 
 def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None = None, *,
             target: str = "onnx", output_dir: str | Path | None = None, task: str | None = None, preset: str = "tiny",
@@ -67,7 +77,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         model: Zoo name, ``save_pretrained`` folder, hub id, or an ``nn.Module`` (then pass ``example_inputs``).
         example_inputs: Tensors by ``forward`` parameter name (or in order), for an ``nn.Module``.
         target: Target name (``edgeexport list`` shows them). Defaults to ``onnx``.
-        output_dir: Artifact folder. Defaults to ``./<model>-<task>-<target>-<precision>``.
+        output_dir: Artifact folder. Defaults to ``./<model>-<task>-<target>-<precision>``, and for a zoo
+            model (random weights) ``./<model>-<task>-<target>-<precision>-<preset>-random``.
         task: Task of a zoo model or folder. Defaults to the model's first/declared task.
         preset: ``tiny`` or ``full`` for zoo models. Defaults to ``tiny``.
         precision: Precision of the target model. Defaults to the target's default precision
@@ -87,7 +98,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         progress: Called with a short message before each stage.
 
     Raises:
-        UsageError: bad model, task, target, precision, inputs or output folder (before any work).
+        UsageError: bad model, task, target, precision, preset, inputs or output folder (before any work, and
+            before torch is imported).
         CaptureError, ConversionError: export failed; nothing is written.
     """
     say = progress or (lambda _message: None)
@@ -96,14 +108,17 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     exporter.check_precision(precision)
     check_bound_keys(tolerance or {})
     exporter.check_options(target_options or {})
-    exporter.check_available()
-    tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
+    zoo_model_task = _checked_zoo_task(model, task, preset)
+    if output_dir is None and zoo_model_task is not None:
+        output_dir = default_folder(str(model), zoo_model_task, target, precision, preset=preset)
     if output_dir is not None:
         check_output_dir(Path(output_dir), force=force)
+    exporter.check_available()
+    tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
     say("building the PyTorch reference")
     reference = _reference(model, example_inputs, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
                            dynamic_axes=dynamic_axes)
-    folder = Path(output_dir or f"{reference.name}-{reference.task}-{target}-{precision}")
+    folder = Path(output_dir or default_folder(reference.name, reference.task, target, precision))
     components = getattr(reference, "components", {"": reference})
     say("running the reference on the golden inputs")
     golden = {role: _golden(component) for role, component in components.items()}
@@ -127,6 +142,24 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             raise KeyboardInterrupt(f"{str(folder)!r} was written; its parity was not checked") from None
     return ConversionResult(artifact=folder, manifest=manifests.get("decoder", manifests.get("")), report=report,
                             reference=reference, components={r: m for r, m in manifests.items() if r})
+
+
+def _checked_zoo_task(model: Any, task: str | None, preset: str) -> str | None:
+    """Check a model argument without torch: a zoo name with its task and preset, a folder that exists, a
+    task name. Returns a zoo model's task; None for folders, hub ids and modules."""
+    if not isinstance(model, (str, Path)):
+        return None
+    if model_kind(str(model)) == "zoo":
+        return zoo_task(SPECS[str(model)], task, preset)
+    if task is not None:
+        task_head(task)
+    return None
+
+
+def default_folder(name: str, task: str, target: str, precision: str, *, preset: str | None = None) -> Path:
+    """``<name>-<task>-<target>-<precision>``; a zoo model's (``preset`` given) ends ``-<preset>-random``, as
+    its weights are."""
+    return Path("-".join([name, task, target, precision, *([preset, "random"] if preset else [])]))
 
 
 Golden = list[tuple[str, dict[str, int], dict[str, Any], dict[str, Any]]]
@@ -154,7 +187,10 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         raise exc.numbered(exporter.stages) from exc.__cause__
     for relative, source in reference.assets.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, stage / relative)
+        if isinstance(source, bytes):
+            (stage / relative).write_bytes(source)
+        else:
+            shutil.copyfile(source, stage / relative)
     manifest = Manifest(
         model=_model_info(reference, seed), target=target, runtime=exporter.runtime, precision=precision,
         model_file=result.model_file, exporter=result.exporter, inputs=reference.input_tensor_specs(),

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.special
 
 from edgeexport.errors import ArtifactError, InputSpecError, MissingBackendError, UsageError
 
@@ -196,6 +195,8 @@ def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """scipy's softmax in float64 (scores are reported, not fed back)."""
+    import scipy.special  # here, not at the top: importing it takes longer than convert's argument checks
+
     return scipy.special.softmax(logits.astype(np.float64), axis=axis)
 
 

@@ -9,11 +9,14 @@ what differs. New architectures register with :func:`register`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeexport.artifact import Tolerance
-from edgeexport.errors import UsageError
+from edgeexport.errors import ModelLoadError, UsageError
+from edgeexport.tasks import WITH_PAST, supported_tasks, task_head
 
 PRESETS = ("tiny", "full")
 # fp32 parity bounds of every model (docs/parity.md has their derivation).
@@ -141,9 +144,54 @@ def register(cls: type[ModelSpec]) -> type[ModelSpec]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in SPECS:
-        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(SPECS)} "
-                         "(or pass a save_pretrained folder or a hub id like org/name)")
+        raise _unknown_model(name)
     return SPECS[name]
+
+
+def _unknown_model(name: str) -> UsageError:
+    return UsageError(f"unknown model {name!r}; choose one of: {', '.join(SPECS)} "
+                      "(or pass a save_pretrained folder or a hub id like org/name)")
+
+
+def model_kind(model: str) -> str:
+    """How a model argument is read: ``zoo`` (a zoo name, which wins over a folder of that name; pass
+    ./name for the folder), ``folder`` (a save_pretrained folder) or ``hub`` (an ``org/name`` id).
+
+    Raises:
+        UsageError: an unknown zoo name. ModelLoadError: a folder path that does not exist.
+    """
+    path = Path(model)
+    if model in SPECS:
+        return "zoo"
+    if path.is_dir():
+        return "folder"
+    if "/" in model and not path.exists() and not model.startswith((".", "/")):
+        return "hub"
+    if "/" in model or model.startswith("."):
+        raise ModelLoadError(f"model folder {model!r} does not exist; pass a zoo name, a save_pretrained folder or a "
+                             "hub id")
+    raise _unknown_model(model)
+
+
+def zoo_task(spec: ModelSpec, task: str | None, preset: str) -> str:
+    """The task of a zoo model (its first by default), checked against its tasks, and the preset checked.
+
+    Raises:
+        UsageError: an unknown task or preset, or a task the model does not have.
+    """
+    task = task or spec.tasks[0]
+    task_head(task)
+    if WITH_PAST.get(task, task) not in spec.tasks:
+        raise UsageError(f"model {spec.name!r} does not support task {task!r}; "
+                         f"its tasks: {', '.join(supported_tasks(spec.tasks))}")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return task
+
+
+def weights_note(model: Mapping[str, Any]) -> str:
+    """``tiny preset, random weights`` for a manifest's ``model`` block of a zoo model; '' for any other."""
+    return f"{model.get('preset')} preset, random weights" if model.get("source") == "zoo" else ""
 
 
 def spec_for_model_type(model_type: str) -> ModelSpec | None:
@@ -311,3 +359,15 @@ class Wav2Vec2Spec(AudioSpec):
         "full": {},  # Wav2Vec2Config() is wav2vec2-base
     }
     task_config = {"audio-classification": {"num_labels": 4}}
+
+
+# The published checkpoint (hub id) whose architecture and size each zoo model's full preset has,
+# and whose tokenizer kind and preprocessing its artifacts carry (edgeexport.reference.processors).
+# Convert it by this id for its trained weights (a bare name such as gpt2 is the zoo model).
+PUBLISHED: dict[str, str] = {
+    "gpt2": "openai-community/gpt2", "bert": "google-bert/bert-base-uncased", "bart": "facebook/bart-base",
+    "t5": "google-t5/t5-small",
+    "vit": "google/vit-base-patch16-224", "convnext": "facebook/convnext-tiny-224", "detr": "facebook/detr-resnet-50",
+    "mask2former": "facebook/mask2former-swin-tiny-ade-semantic", "glpn": "vinvino02/glpn-kitti",
+    "wav2vec2": "facebook/wav2vec2-base-960h",
+}

@@ -32,7 +32,8 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
     assert data["tolerance"] == {**FP32_TOLERANCE.to_dict(), "per_output": {}}
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["tool_versions"])
     assert set(data["files"]) == {"model.onnx", "golden/example_inputs.bin", "golden/example_outputs.bin",
-                                  "golden/alternate_inputs.bin", "golden/alternate_outputs.bin"}
+                                  "golden/alternate_inputs.bin", "golden/alternate_outputs.bin",
+                                  "tokenizer/tokenizer.json"}
     assert data["exporter"]["opset"] >= 18
 
 

@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from edgeexport.cli import app
@@ -31,13 +32,41 @@ def test_list_shows_models_tasks_and_targets() -> None:
     assert "ONNX inside only" in rows["tensorrt"]
 
 
-def test_convert_prints_parity_table_and_writes_artifact(tmp_path: Path) -> None:
-    code, out, err = invoke("convert", "vit", "-o", str(tmp_path / "vit"))
+def test_convert_prints_parity_table_and_writes_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without -o a zoo model's folder, and the wrote line, say its preset and that its weights are random; the
+    last line is the verdict naming the folder."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = invoke("convert", "vit")
     assert code == 0, err
     assert "parity: onnx (fp32) on onnxruntime vs PyTorch" in out
     assert out.count("PASS") == 4  # 2 golden + 2 fresh cases, one output each
-    assert (tmp_path / "vit" / "manifest.json").is_file()
-    assert "exporter torch.onnx/dynamo" in err
+    folder = "vit-image-classification-onnx-fp32-tiny-random"
+    assert (tmp_path / folder / "manifest.json").is_file()
+    lines = err.strip().splitlines()
+    assert lines[0] == f"wrote {folder} (onnx, fp32, exporter torch.onnx/dynamo; tiny preset, random weights)"
+    assert lines[-1] == f"PASS: 4 cases x 1 output of {folder} within bounds (onnx fp32 on onnxruntime)"
+    code, out, _ = invoke("inspect", folder)
+    assert code == 0 and "vit (image-classification, tiny preset, random weights)" in out
+
+
+def test_a_typo_is_refused_before_torch_is_imported(
+        tmp_path: Path, cli_without_torch: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """Where importing torch fails, the names and the output folder are still checked: they come first."""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    cases = {("gtp2",): "error: unknown model 'gtp2'; choose one of: gpt2, bert, bart, t5, vit, convnext, detr, "
+                        "mask2former, glpn, wav2vec2 (or pass a save_pretrained folder or a hub id like org/name)",
+             ("bert", "--preset", "huge"): "error: unknown preset 'huge'; choose one of: tiny, full",
+             ("bert", "--task", "causal-lm"): "error: model 'bert' does not support task 'causal-lm'; its tasks: "
+                                              "sequence-classification, token-classification, question-answering",
+             ("bert", "-o", str(tmp_path / "taken")): f"error: output folder '{tmp_path / 'taken'}' is not empty; "
+                                                      "choose another -o or pass --force to replace it"}
+    for args, expected in cases.items():
+        result = cli_without_torch("convert", *args)
+        assert result.returncode == 2 and result.stderr.strip() == expected, result.stderr
+    # The planted failure: a valid request gets as far as needing torch, and says so.
+    result = cli_without_torch("convert", "bert", "-o", str(tmp_path / "new"))
+    assert result.returncode == 2 and result.stderr.startswith("error: target 'onnx' needs torch"), result.stderr
 
 
 def test_convert_fp16_keeps_fp32_io(tmp_path: Path) -> None:

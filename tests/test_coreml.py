@@ -50,7 +50,8 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("coreml") / "bert"
     result = cli.invoke(app, ["convert", "bert", "--target", "coreml", "-o", str(folder)])
     assert result.exit_code == 0, result.stderr
-    assert "wrote" in result.stderr and "(coreml, fp16, exporter coremltools/torch.jit.trace)" in result.stderr
+    assert "wrote" in result.stderr and "(coreml, fp16, exporter coremltools/torch.jit.trace; tiny preset, random " \
+                                        "weights)" in result.stderr
     return folder
 
 

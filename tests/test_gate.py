@@ -14,7 +14,7 @@ from edgeexport.artifact import Tolerance
 from edgeexport.cli import app
 from edgeexport.errors import UsageError
 from edgeexport.pipeline import ConversionResult
-from edgeexport.reporting import SCHEMA, Gate
+from edgeexport.reporting import SCHEMA, Gate, RunReport
 from edgeexport.validation.latency import LatencyStats
 from edgeexport.validation.parity import ParityReport, compare_outputs
 
@@ -117,6 +117,10 @@ def test_cli_gate_on_parity_regression(bert_artifact: ConversionResult, tmp_path
                           "--parity-margin", "0", "--report", str(report))
     assert code == 1
     assert "parity FAILED: regression: example/logits: rms error" in err
+    lines = err.strip().splitlines()
+    assert f"wrote {report}" in lines
+    assert lines[-1] == (f"FAIL: 1 regression against {path}; 2 cases x 1 output of {bert_artifact.artifact} within "
+                         "bounds (onnx fp32 on onnxruntime)")
     data = json.loads(report.read_text())
     assert not data["passed"] and [c["passed"] for c in data["baseline_checks"]] == [False]
 
@@ -131,3 +135,16 @@ def test_cli_gate_on_latency_regression(bert_artifact: ConversionResult, tmp_pat
     code, _, err = invoke("bench", str(bert_artifact.artifact), "--iterations", "3", "--baseline", str(fast))
     assert code == 1
     assert f"latency FAILED: regression: {label}: p50" in err and "more than 10% slower than the baseline's 0.000 ms" in err
+
+
+def test_the_verdict_follows_the_gate(tmp_path: Path) -> None:
+    """A known failure passes a regression gate and the verdict says why; the default gate fails it."""
+    current = parity({"a": 0.5})
+    path = baseline(tmp_path, outputs={"a": (False, 0.5)})
+    for gate, expected in ((Gate.create("regression", path), f"PASS: no regression against {path}; 1 of 1 case x 1 "
+                                                             "output of a out of bounds (onnx fp32 on onnxruntime)"),
+                           (Gate(), "FAIL: 1 of 1 case x 1 output of a out of bounds (onnx fp32 on onnxruntime)")):
+        checks = gate.checks(current, [])
+        run = RunReport("validate", "a", {}, "onnx", "onnxruntime", "fp32", gate, parity=current, checks=checks,
+                        failures=gate.failures(current, checks))
+        assert run.verdict() == expected

@@ -213,3 +213,13 @@ def test_converting_twice_gives_byte_identical_files(tmp_path: Path) -> None:
     first = convert("vit", target="openvino", output_dir=tmp_path / "a", validate=False)
     second = convert("vit", target="openvino", output_dir=tmp_path / "b", validate=False)
     assert first.manifest.files == second.manifest.files
+
+
+def test_int8_on_a_decoder_with_a_cache_is_refused_before_any_work(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2-int8"
+    with pytest.raises(UsageError) as error:
+        convert("gpt2", target="openvino", task="causal-lm-with-past", precision="int8", output_dir=folder)
+
+    assert str(error.value) == ("--precision int8 breaks the decode steps of 'gpt2' (a decoder with a cache: activation "
+                                "ranges are calibrated on the first step only); use --precision int8-weights")
+    assert not folder.exists()

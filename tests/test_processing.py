@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact, Manifest
 from edgeexport.cli import app
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
+from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.pipeline import ConversionResult, convert
 from edgeexport.reference import load_reference
 from edgeexport.processing import (Processing, answer_spans, audio_inputs, ctc_transcripts, decode, detections,
@@ -114,7 +115,7 @@ def test_tasks_without_post_processing_say_what_to_use() -> None:
 
 def test_manifest_carries_the_config_labels(bert_artifact: ConversionResult) -> None:
     data = json.loads((bert_artifact.artifact / "manifest.json").read_text())
-    assert data["processing"] == {"labels": ["LABEL_0", "LABEL_1", "LABEL_2"]}
+    assert data["processing"] == {"labels": ["LABEL_0", "LABEL_1", "LABEL_2"], "tokenizer": TOKENIZER_FILE}
     manifest = Manifest.from_dict(data)
     assert Processing.of(manifest).labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
     with pytest.raises(ArtifactError, match=r"^manifest processing.labels must be a list of strings; re-run convert$"):

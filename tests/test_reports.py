@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Tolerance
@@ -18,6 +20,8 @@ from edgeexport.cli import app
 from edgeexport.pipeline import ConversionResult, bench, check_parity
 from edgeexport.reporting import SCHEMA, Gate, RunReport, render
 from edgeexport.validation.metrics import SAMPLE_SIZE, compare_output
+from edgeexport.validation.parity import ParityReport, compare_outputs
+from edgeexport.validation.report import PARITY_COLUMNS, parity_rows, parity_table, verdict
 
 runner = CliRunner()
 
@@ -31,6 +35,9 @@ def test_validate_writes_every_format(bert_artifact: ConversionResult, tmp_path:
     paths = [tmp_path / "r" / f"report.{suffix}" for suffix in ("json", "xml", "md", "html")]
     code, _, err = invoke("validate", str(bert_artifact.artifact), *(a for p in paths for a in ("--report", str(p))))
     assert code == 0, err
+    assert err.strip().splitlines() == [f"wrote {', '.join(map(str, paths))}",
+                                        f"PASS: 2 cases x 1 output of {bert_artifact.artifact} within bounds (onnx "
+                                        "fp32 on onnxruntime)"]
     data = json.loads(paths[0].read_text())
     assert data["schema"] == SCHEMA == "edgeexport.report.v2"
     assert data["command"] == "validate" and data["passed"] and data["failures"] == []
@@ -132,3 +139,53 @@ def test_html_renders_in_headless_chromium(html_page: str, tmp_path: Path) -> No
     assert len(colours) > 100 and busy_rows > 0.5
     plots = pixels[700:1300]  # the error plots: the histogram's blue bars are there
     assert ((plots[..., 2] > 200) & (plots[..., 0] < 120)).sum() > 500
+
+
+# --------------------------------------------------------------------------- the terminal
+
+
+def _wide_report() -> ParityReport:
+    """Two cases of a KV-cache decoder with long axis and output names; the second fails."""
+    rng = np.random.default_rng(0)
+    tolerance = Tolerance(atol=1e-7, rounding=1e-6, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
+    reference = {"logits": rng.normal(size=(2, 5, 40)).astype(np.float32),
+                 "present.11.value": rng.normal(size=(2, 2, 6, 16)).astype(np.float32)}
+    report = ParityReport("gpt2-causal-lm-with-past-onnx-fp32-tiny-random", "onnx", "onnxruntime", "fp32", tolerance)
+    for case, factor in (("fresh-alternate", 1 + 1e-7), ("example", 1.19)):
+        target = {name: value * factor for name, value in reference.items()}
+        report.cases.append(compare_outputs(case, "golden", {"batch": 3, "past_sequence": 6, "sequence": 1}, target,
+                                            reference, tolerance=tolerance, logits=["logits"]))
+    return report
+
+
+def _rendered(table: object, width: int) -> str:
+    console = Console(width=width, file=io.StringIO(), color_system=None, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+def test_parity_table_fits_80_columns_without_cutting_a_number() -> None:
+    report = _wide_report()
+    text = _rendered(parity_table(report, width=80), 80)
+    assert max(map(len, text.splitlines())) <= 80
+    numbers = [cell for row in parity_rows(report) for cell in row.cells[3:7] if cell != "-"]
+    header = next(line for line in text.splitlines() if "case" in line)
+    kept = [column for column in PARITY_COLUMNS if column in header]
+    assert "shape" not in kept and {"case", "output", "max err", "status"} <= set(kept)
+    shown = [cell for row in parity_rows(report) for column, cell in zip(PARITY_COLUMNS, row.cells) if column in kept
+             and column in ("max err", "rms err", "scale", "top-1") and cell != "-"]
+    assert shown and all(f" {number} " in text for number in shown), text
+    assert "present.11.value" in text and "fresh-alternate" in text and "…" not in text
+    wide = _rendered(parity_table(report, width=200), 200)
+    assert all(f" {number} " in wide for number in numbers) and "batch=3,past_sequence=6,sequence=1" in wide
+    # The planted failure: every column in 80 columns cuts numbers (rich ends them with an ellipsis).
+    assert "…" in _rendered(parity_table(report), 80)
+
+
+def test_verdict_names_the_artifact_and_counts_cases() -> None:
+    report = _wide_report()
+    assert verdict(report) == ("FAIL: 1 of 2 cases x 2 outputs of gpt2-causal-lm-with-past-onnx-fp32-tiny-random out "
+                               "of bounds (onnx fp32 on onnxruntime)")
+    del report.cases[1]
+    assert verdict(report) == ("PASS: 1 case x 2 outputs of gpt2-causal-lm-with-past-onnx-fp32-tiny-random within "
+                               "bounds (onnx fp32 on onnxruntime)")

@@ -77,11 +77,14 @@ def test_sign_then_validate_verify(artifact_copy: Path, keys: dict[str, tuple[Pa
     assert code == 0, err
     assert err.strip() == f"wrote {artifact_copy / SIGNATURE_NAME} (signed with {private})"
     assert (artifact_copy / "manifest.json").read_bytes() == manifest_before
-    assert sorted(p.name for p in artifact_copy.iterdir()) == ["golden", "manifest.json", "model.onnx", SIGNATURE_NAME]
+    assert sorted(p.name for p in artifact_copy.iterdir()) == ["golden", "manifest.json", "model.onnx", SIGNATURE_NAME,
+                                                                "tokenizer"]
     Artifact.open(artifact_copy).verify()  # the manifest check ignores the signature file
     code, out, err = run_cli("validate", artifact_copy, "--verify", public, "--json")
     assert code == 0, err
-    assert err.strip() == f"signature of {artifact_copy} verified with {public}"
+    assert err.strip().splitlines() == [f"signature of {artifact_copy} verified with {public}",
+                                        f"PASS: 2 cases x 1 output of {artifact_copy} within bounds (onnx fp32 on "
+                                        "onnxruntime)"]
     assert json.loads(out)["passed"] is True
 
 
@@ -91,7 +94,7 @@ def test_signature_file_is_never_listed_in_the_manifest(artifact_copy: Path, key
     assert SIGNATURE_NAME not in manifest.files and "model.onnx" in manifest.files
 
 
-@pytest.mark.parametrize("tampered", ["model.onnx", "golden/example_outputs.npz"])
+@pytest.mark.parametrize("tampered", ["model.onnx", "golden/example_outputs.bin"])
 def test_tampered_file_with_rehashed_manifest_is_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]],
                                                          tampered: str) -> None:
     private, public = keys["ci"]
@@ -106,12 +109,12 @@ def test_tampered_file_with_rehashed_manifest_is_refused(artifact_copy: Path, ke
 
 def test_added_and_removed_files_are_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     sign(artifact_copy, keys["ci"][0])
-    (artifact_copy / "golden" / "extra.npz").write_bytes(b"not signed")
-    (artifact_copy / "golden" / "alternate_inputs.npz").unlink()
+    (artifact_copy / "golden" / "extra.bin").write_bytes(b"not signed")
+    (artifact_copy / "golden" / "alternate_inputs.bin").unlink()
     with pytest.raises(ArtifactError) as error:
         verify(artifact_copy, keys["ci"][1])
-    assert str(error.value) == (f"'{artifact_copy}' does not match its signature (added golden/extra.npz; removed "
-                                "golden/alternate_inputs.npz); refusing it: it was modified after signing")
+    assert str(error.value) == (f"'{artifact_copy}' does not match its signature (added golden/extra.bin; removed "
+                                "golden/alternate_inputs.bin); refusing it: it was modified after signing")
 
 
 def test_resigned_with_another_key_is_refused(artifact_copy: Path, keys: dict[str, tuple[Path, Path]]) -> None:

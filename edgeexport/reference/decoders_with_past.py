@@ -19,7 +19,6 @@ import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from edgeexport.errors import ArtifactError
 from edgeexport.generation_spec import (TOKENIZER_FILE, GenerationConfig, GenerationSpec, TokenIds, cross_names,
                                         past_names, present_names)
-from edgeexport.reference.model import ReferenceModel
+from edgeexport.reference.model import Asset, ReferenceModel
 from edgeexport.zoo import InputSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class Seq2SeqDecoderWithPast(torch.nn.Module):
 
 
 def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-                        source: str, tokenizer: Path | None = None) -> ReferenceModel | ReferenceBundle:
+                        source: str, tokenizer: Asset | None = None) -> ReferenceModel | ReferenceBundle:
     """The reference of a generation task: a merged decoder, or an encoder + decoder bundle.
 
     Args:
@@ -127,7 +126,7 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
         preset: Zoo preset (sizes of the golden cases); None for loaded models.
         name: Model name for the manifest.
         source: Where the model came from (manifest ``model.source``).
-        tokenizer: A ``tokenizer.json`` to copy into the decoder artifact.
+        tokenizer: A ``tokenizer.json`` (or its content) to put into the decoder artifact.
     """
     model.eval()
     common = {"name": name, "task": task, "preset": preset, "source": source,
@@ -181,7 +180,7 @@ def generation_config(model: torch.nn.Module) -> GenerationConfig:
 
 
 def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, config: GenerationConfig,
-            sizes: dict[str, tuple[int, int]], assets: dict[str, Path], common: dict[str, Any]) -> ReferenceModel:
+            sizes: dict[str, tuple[int, int]], assets: dict[str, Asset], common: dict[str, Any]) -> ReferenceModel:
     inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"), InputSpec("attention_mask", ("batch", TOTAL), "mask")]
     if "position_ids" in inspect.signature(model.forward).parameters:
         inputs.append(InputSpec("position_ids", ("batch", "sequence"), "positions"))
@@ -206,7 +205,7 @@ def _seq2seq_encoder(model: torch.nn.Module, cross_layout: Layout, tokens: Token
 
 
 def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
-                     config: GenerationConfig, sizes: dict[str, tuple[int, int]], assets: dict[str, Path],
+                     config: GenerationConfig, sizes: dict[str, tuple[int, int]], assets: dict[str, Asset],
                      common: dict[str, Any]) -> ReferenceModel:
     layers = len(self_layout)
     inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
@@ -223,7 +222,7 @@ def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: 
 
 
 def _component(module: torch.nn.Module, inputs: list[InputSpec], output_names: list[str],
-               sizes: dict[str, tuple[int, int]], generation: GenerationSpec, assets: dict[str, Path],
+               sizes: dict[str, tuple[int, int]], generation: GenerationSpec, assets: dict[str, Asset],
                common: dict[str, Any], *, output_axes: dict[str, dict[int, str]]) -> ReferenceModel:
     used = {term for spec in inputs for dim in spec.dims if isinstance(dim, str) for term in dim.split("+")}
     return ReferenceModel(module=module, inputs=inputs, output_names=output_names,

@@ -17,14 +17,15 @@ from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
 from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
-from edgeexport.tasks import TASKS, WITH_PAST, supported_tasks, task_from_architecture, task_head
-from edgeexport.zoo import (FP32_TOLERANCE, PRESETS, SPECS, InputSpec, ModelSpec, generic_spec, get_spec,
-                            spec_for_model_type)
+from edgeexport.reference.processors import Processors, folder_processors, zoo_processors
+from edgeexport.tasks import TASKS, WITH_PAST, task_from_architecture, task_head
+from edgeexport.zoo import (FP32_TOLERANCE, SPECS, InputSpec, ModelSpec, generic_spec, model_kind, spec_for_model_type,
+                            zoo_task)
 
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-PREPROCESSOR_FILE = "preprocessor_config.json"
 TEXT_AXES = ("sequence", "decoder_sequence")  # token axes bounded by a learned position table
+TEXT_MODALITIES = ("text", "text2text")  # models that take a tokenizer's ids
 
 
 def load_reference(model: str | Path, *, task: str | None = None, preset: str = "tiny", seed: int = 0,
@@ -46,29 +47,21 @@ def load_reference(model: str | Path, *, task: str | None = None, preset: str = 
         ModelLoadError: the folder or hub id cannot be loaded.
     """
     text = str(model)
-    if text in SPECS:  # a bare zoo name wins over a folder of the same name; pass ./name for the folder
+    kind = model_kind(text)
+    if kind == "zoo":
         return _from_zoo(SPECS[text], task=task, preset=preset, seed=seed)
-    if Path(text).is_dir():
+    if kind == "folder":
         return _from_folder(Path(text), task=task, source=f"folder:{Path(text).resolve()}", allow_pickle=allow_pickle)
-    if "/" in text and not Path(text).exists() and not text.startswith((".", "/")):
-        return _from_folder(_download(text), task=task, source=f"hub:{text}", allow_pickle=allow_pickle)
-    if "/" in text or text.startswith("."):
-        raise ModelLoadError(f"model folder {text!r} does not exist; pass a zoo name, a save_pretrained folder or a hub id")
-    return _from_zoo(get_spec(text), task=task, preset=preset, seed=seed)
+    return _from_folder(_download(text), task=task, source=f"hub:{text}", allow_pickle=allow_pickle)
 
 
 def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> ReferenceModel | ReferenceBundle:
-    task = task or spec.tasks[0]
-    task_head(task)
-    if WITH_PAST.get(task, task) not in spec.tasks:
-        raise UsageError(f"model {spec.name!r} does not support task {task!r}; "
-                         f"its tasks: {', '.join(supported_tasks(spec.tasks))}")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    task = zoo_task(spec, task, preset)
     config = transformers.AutoConfig.for_model(spec.model_type, **spec.presets[preset], **spec.task_config.get(task, {}))
     torch.manual_seed(seed)
     model = getattr(transformers, task_head(task).auto_class).from_config(config)
-    return _reference(spec, model, task=task, preset=preset, name=spec.name, source="zoo")
+    return _reference(spec, model, task=task, preset=preset, name=spec.name, source="zoo",
+                      processors=zoo_processors(spec.name, config))
 
 
 def _from_folder(folder: Path, *, task: str | None, source: str,
@@ -100,7 +93,8 @@ def _from_folder(folder: Path, *, task: str | None, source: str,
                              "the file is truncated or corrupt, save the model again") from None
     spec = spec_for_model_type(config.model_type) or generic_spec(
         head.modality, config.model_type, causal=task == "causal-lm")
-    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source, folder=folder)
+    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source,
+                      processors=folder_processors(folder))
 
 
 def _task_of(config: Any, architecture: str, folder: Path) -> str:
@@ -130,10 +124,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-               source: str, folder: Path | None = None) -> ReferenceModel | ReferenceBundle:
-    """The reference of a transformers model; ``folder`` is its save_pretrained folder, if any (tokenizer,
-    preprocessor settings)."""
-    tokenizer = folder / "tokenizer.json" if folder is not None and (folder / "tokenizer.json").is_file() else None
+               source: str, processors: Processors) -> ReferenceModel | ReferenceBundle:
+    """The reference of a transformers model with the processors it ships (tokenizer, preprocessor settings)."""
+    tokenizer = processors.tokenizer
     if task in WITH_PAST:
         return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)
@@ -142,8 +135,8 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
     wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
     sizes = _fit_positions(spec.sizes(preset or "full"), config)
     used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
-    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality == "text" else {}
-    processing = _processing(config, task, inputs[0], sizes, folder, tokenized=bool(assets))
+    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality in TEXT_MODALITIES else {}
+    processing = _processing(config, task, inputs[0], sizes, processors, tokenized=bool(assets))
     return ReferenceModel(
         name=name, task=task, preset=preset, source=source, architecture=type(model).__name__,
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
@@ -170,13 +163,13 @@ def _fit_positions(sizes: Mapping[str, tuple[int, int]], config: Any) -> dict[st
 
 
 def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[str, tuple[int, int]],
-                folder: Path | None, *, tokenized: bool) -> Processing:
+                processors: Processors, *, tokenized: bool) -> Processing:
     """What pre- and post-processing need: class names or the CTC vocabulary, and the tokenizer, image
-    or audio settings (the folder's ``preprocessor_config.json`` where it has one, defaults otherwise)."""
-    saved = _json_object(folder / PREPROCESSOR_FILE) if folder is not None else {}
+    or audio settings (the processors' ``preprocessor_config.json`` settings, defaults where they have none)."""
+    saved = processors.preprocessor
     modality = task_head(task).modality
     settings: dict[str, Any] = {}
-    if modality == "text" and tokenized:
+    if modality in TEXT_MODALITIES and tokenized:
         settings["tokenizer"] = TOKENIZER_FILE
     if modality == "vision":
         settings.update(image_size=_image_size(first_input, sizes, saved.get("size")),
@@ -186,7 +179,7 @@ def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[s
         settings.update(sampling_rate=int(saved.get("sampling_rate", SAMPLING_RATE)),
                         normalize_audio=bool(saved.get("do_normalize", True)))
     if task == "ctc":
-        vocabulary = _ctc_vocabulary(folder) if folder is not None else []
+        vocabulary = processors.vocabulary
         settings.update(labels=vocabulary, blank=config.pad_token_id, word_delimiter="|" if "|" in vocabulary else None)
     elif task in LABELLED_TASKS:
         settings["labels"] = [str(config.id2label[i]) for i in range(config.num_labels)]
@@ -210,24 +203,6 @@ def _per_channel(saved: Any, default: Sequence[float]) -> list[float]:
     if isinstance(saved, list) and len(saved) == 3 and all(isinstance(v, (int, float)) for v in saved):
         return [float(v) for v in saved]
     return list(default)
-
-
-def _ctc_vocabulary(folder: Path) -> list[str]:
-    """Tokens in id order from the ``vocab.json`` a CTC tokenizer saves (empty when absent)."""
-    vocab = _json_object(folder / "vocab.json")
-    try:
-        return [token for token, _ in sorted(vocab.items(), key=lambda item: int(item[1]))]
-    except (TypeError, ValueError):
-        return []
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON object file of the model folder; empty when missing or not an object (the defaults apply)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], *,

@@ -14,6 +14,8 @@ from edgeexport.artifact import TensorSpec, Tolerance, axis_size
 from edgeexport.errors import InputSpecError
 from edgeexport.zoo import InputSpec
 
+Asset = Path | bytes  # a file copied into the artifact, or the content written there
+
 
 class ExportWrapper(torch.nn.Module):
     """Calls a transformers model with named inputs, returns the task's outputs as a flat tuple."""
@@ -64,7 +66,7 @@ class ReferenceModel:
     dynamic axis; golden cases are drawn at both. ``output_axes`` names dynamic output dims
     (``{output: {dim: axis}}``) where they cannot be found by comparing shape cases;
     ``generation`` is the manifest's generation block (:mod:`edgeexport.generation_spec`),
-    ``assets`` maps artifact-relative paths to files copied into the artifact (a tokenizer) and
+    ``assets`` maps artifact-relative paths to files copied into the artifact or their content (a tokenizer) and
     ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`).
     """
 
@@ -83,7 +85,7 @@ class ReferenceModel:
     example_values: dict[str, np.ndarray] = field(default_factory=dict)
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
-    assets: dict[str, Path] = field(default_factory=dict)
+    assets: dict[str, Asset] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -41,9 +41,9 @@ class OutputComparison:
     """Errors of one output; truthy when it passed its :class:`~edgeexport.artifact.Bounds`.
 
     ``spread`` is the reference's RMS deviation (per row for logits) and ``magnitude`` its RMS
-    value; ``max_error`` and ``rms_error`` are the largest and the RMS error in spreads; ``floor``
-    is the error the bounds allow whatever the spread (``atol + rounding * magnitude``: what the
-    arithmetic cannot resolve); ``scale`` is the slope of the
+    value (for logits, of the centred rows: the spread); ``max_error`` and ``rms_error`` are the
+    largest and the RMS error in spreads; ``floor`` is the error the bounds allow whatever the
+    spread (``atol + rounding * magnitude``: what the arithmetic cannot resolve); ``scale`` is the slope of the
     target against the reference (1 when unscaled). ``max_abs``, ``mean_abs`` and ``cosine``
     are the raw error and similarity, for reading. Logits only: ``top1``/``top5`` are the
     fraction of rows whose reference argmax is the target's argmax / in its top 5, and
@@ -133,7 +133,8 @@ def _measure(result: OutputComparison, got: np.ndarray, want: np.ndarray, *, row
     worst = np.unravel_index(int(np.argmax(np.abs(error))), error.shape)
     max_dev, rms_dev = float(np.abs(error).max()), float(np.sqrt(np.mean(error ** 2)))
     result.spread = spread
-    result.magnitude = float(np.sqrt(np.mean(want ** 2)))
+    # The floor scales with the values compared: a per-row offset of logits is not compared.
+    result.magnitude = spread if rows else float(np.sqrt(np.mean(want ** 2)))
     result.max_error = max_dev / spread if spread else (0.0 if max_dev == 0 else float("inf"))
     result.rms_error = rms_dev / spread if spread else (0.0 if rms_dev == 0 else float("inf"))
     result.scale = float(np.sum(got_c * want_c) / np.sum(want_c ** 2)) if spread else float("nan")

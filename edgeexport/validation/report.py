@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -17,6 +19,10 @@ from edgeexport.validation.latency import LatencyStats, speedup
 from edgeexport.validation.parity import ParityReport
 
 PARITY_COLUMNS = ("case", "shape", "output", "max err", "rms err", "scale", "top-1", "status")
+# Dropped in this order, as long as the table does not fit its console otherwise (numbers are never cut).
+DROPPABLE_PARITY_COLUMNS = ("shape", "scale", "top-1", "rms err")
+TEXT_COLUMNS = ("case", "shape", "output", "status")
+UNCLAMPED = 10_000
 LATENCY_COLUMNS = ("backend", "batch", "p50 ms", "p10-p90 ms", "throughput/s", "speed-up", "peak RSS MiB")
 
 
@@ -71,15 +77,68 @@ def latency_rows(stats: Sequence[LatencyStats]) -> list[Row]:
 LATENCY_TITLE = "latency per call, numpy in to numpy out, each backend alone in its own process, after warm-up"
 
 
-def parity_table(report: ParityReport) -> Table:
-    """One row per case and output: errors in spreads, scale, top-1 agreement and PASS/FAIL."""
-    table = Table(title=parity_title(report))
-    for column in PARITY_COLUMNS:
-        table.add_column(column, justify="right" if column not in ("case", "output", "status", "shape") else "left")
-    for row in parity_rows(report):
-        status = Text("PASS", "green") if row.passed else Text.assemble(("FAIL", "red"), f" {row.reason}")
-        table.add_row(*row.cells[:-1], status)
+def parity_table(report: ParityReport, *, width: int | None = None) -> Table:
+    """One row per case and output: errors in spreads, scale, top-1 agreement and PASS/FAIL.
+
+    Names and numbers are never cut or broken: the status column's failure reason wraps, and
+    where the table would still be wider than ``width`` (a console's), the columns of
+    :data:`DROPPABLE_PARITY_COLUMNS` are left out in that order (``--json`` and the report files
+    keep them all). ``width`` defaults to none: every column.
+    """
+    rows = parity_rows(report)
+    shown = list(PARITY_COLUMNS)
+    table = _parity_table(report, rows, shown)
+    for column in DROPPABLE_PARITY_COLUMNS:
+        if width is None or _minimum_width(table) <= width:
+            break
+        shown.remove(column)
+        table = _parity_table(report, rows, shown)
     return table
+
+
+def _parity_table(report: ParityReport, rows: Sequence[Row], columns: Sequence[str]) -> Table:
+    table = Table(title=parity_title(report))
+    for column in columns:
+        wraps = column == "status"  # the failure reason; names and numbers stay whole
+        table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right", no_wrap=not wraps,
+                         overflow="fold" if wraps else "ellipsis")
+    for row in rows:
+        status = Text("PASS", "green") if row.passed else Text.assemble(("FAIL", "red"), f" {row.reason}")
+        cells = dict(zip(PARITY_COLUMNS, (*row.cells[:-1], status)))
+        table.add_row(*(cells[column] for column in columns))
+    return table
+
+
+def _minimum_width(table: Table) -> int:
+    """The narrowest the table renders with its names and numbers whole and no word of the status broken
+    (measured unclamped: rich clamps a measurement to its console's width)."""
+    console = Console(width=UNCLAMPED)
+    return Measurement.get(console, console.options, table).minimum
+
+
+def parity_summary(report: ParityReport) -> str:
+    """``4 cases x 1 output of ART within bounds (onnx fp32 on onnxruntime)``, or ``1 of 4 cases x 1 output
+    of ART out of bounds (...)``."""
+    where = f"({report.target} {report.precision} on {report.runtime})"
+    if not report.cases:
+        return f"no cases of {report.artifact} were compared {where}"
+    counts = {len(case.outputs) for case in report.cases}
+    outputs = sum(len(case.outputs) for case in report.cases)
+    checked = _plural(len(report.cases), "case") + (
+        f" x {_plural(counts.pop(), 'output')}" if len(counts) == 1 else f", {_plural(outputs, 'output')}")
+    failed = sum(not case.passed for case in report.cases)
+    if not failed:
+        return f"{checked} of {report.artifact} within bounds {where}"
+    return f"{failed} of {checked} of {report.artifact} out of bounds {where}"
+
+
+def verdict(report: ParityReport) -> str:
+    """One line closing a parity check: ``PASS: <summary>`` or ``FAIL: <summary>`` (:func:`parity_summary`)."""
+    return f"{'PASS' if report.passed else 'FAIL'}: {parity_summary(report)}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def latency_table(stats: Sequence[LatencyStats]) -> Table:

@@ -320,13 +320,14 @@ std::vector<double> as_doubles(const ov::element::Type& type, const void* data, 
 // ------------------------------------------------------------------ the parity criterion (docs/parity.md)
 
 struct Tolerance {
-  double atol = 0, max_error = 0, rms_error = 0, scale_error = 0;
+  double atol = 0, rounding = 0, max_error = 0, rms_error = 0, scale_error = 0;
   std::optional<double> min_top1;
 };
 
 void apply_tolerance(const json& values, const std::string& where, Tolerance& tolerance) {
   for (auto [key, slot] :
-       {std::pair{"atol", &tolerance.atol}, std::pair{"max_error", &tolerance.max_error},
+       {std::pair{"atol", &tolerance.atol}, std::pair{"rounding", &tolerance.rounding},
+        std::pair{"max_error", &tolerance.max_error},
         std::pair{"rms_error", &tolerance.rms_error}, std::pair{"scale_error", &tolerance.scale_error}})
     if (values.contains(key)) *slot = number(values, key, where);
   if (values.contains("min_top1") && !values["min_top1"].is_null())
@@ -336,7 +337,8 @@ void apply_tolerance(const json& values, const std::string& where, Tolerance& to
 // The manifest's tolerance, with the per_output overrides of `output` applied.
 Tolerance tolerance_for(const json& manifest, const std::string& output) {
   const json& values = object(manifest, "tolerance", "");
-  for (const char* required : {"atol", "max_error", "rms_error", "scale_error"}) member(values, required, "tolerance");
+  for (const char* required : {"atol", "rounding", "max_error", "rms_error", "scale_error"})
+    member(values, required, "tolerance");
   Tolerance tolerance;
   apply_tolerance(values, "tolerance", tolerance);
   if (values.contains("per_output") && object(values, "per_output", "tolerance").contains(output))
@@ -413,27 +415,30 @@ Comparison compare(Comparison result, const std::vector<double>& reference, cons
       d[i] = logits ? tc[i] - rc[i] : target[i] - reference[i];
     }
   }
-  // Steps 2-4: spread, errors, scale.
-  double rc_squares = 0, d_squares = 0, max_d = 0, cross = 0;
+  // Steps 2-4: spread and floor (over the centred rows for logits), errors, scale.
+  double rc_squares = 0, r_squares = 0, d_squares = 0, max_d = 0, cross = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    rc_squares += rc[i] * rc[i], d_squares += d[i] * d[i], cross += tc[i] * rc[i];
+    rc_squares += rc[i] * rc[i], r_squares += reference[i] * reference[i], d_squares += d[i] * d[i];
+    cross += tc[i] * rc[i];
     max_d = std::max(max_d, std::abs(d[i]));
   }
   const double spread = std::sqrt(rc_squares / static_cast<double>(n));
+  const double floor = tolerance.atol + tolerance.rounding * std::sqrt((logits ? rc_squares : r_squares) / static_cast<double>(n));
   const double rms_d = std::sqrt(d_squares / static_cast<double>(n));
   result.max_err = in_spreads(max_d, spread), result.rms_err = in_spreads(rms_d, spread);
   result.scale = rc_squares > 0 ? cross / rc_squares : std::nan("");
-  if (max_d > tolerance.atol + tolerance.max_error * spread)
+  if (max_d > floor + tolerance.max_error * spread)
     result.failures.push_back(
-        format("max error %.3g exceeds %g + %g x spread %.3g", max_d, tolerance.atol, tolerance.max_error, spread));
-  if (rms_d > tolerance.atol + tolerance.rms_error * spread)
+        format("max error %.3g exceeds floor %.2g + %g x spread %.3g", max_d, floor, tolerance.max_error, spread));
+  if (rms_d > floor + tolerance.rms_error * spread)
     result.failures.push_back(
-        format("rms error %.3g exceeds %g + %g x spread %.3g", rms_d, tolerance.atol, tolerance.rms_error, spread));
-  if (spread > tolerance.atol && std::abs(result.scale - 1) > tolerance.scale_error)
-    result.failures.push_back(format("scale %.4f is off 1 by more than %g", result.scale, tolerance.scale_error));
+        format("rms error %.3g exceeds floor %.2g + %g x spread %.3g", rms_d, floor, tolerance.rms_error, spread));
+  if (spread > 0 && std::abs(result.scale - 1) > tolerance.scale_error + floor / spread)
+    result.failures.push_back(
+        format("scale %.6g is off 1 by more than %.3g", result.scale, tolerance.scale_error + floor / spread));
   // Step 5: top-1 of logits, where the manifest sets min_top1.
   if (logits && tolerance.min_top1) {
-    result.top1 = top1_agreement(reference, target, columns, 2 * (tolerance.atol + tolerance.rms_error * spread));
+    result.top1 = top1_agreement(reference, target, columns, 2 * (floor + tolerance.rms_error * spread));
     if (*result.top1 < *tolerance.min_top1)
       result.failures.push_back(
           format("top-1 agreement %.3f (near-ties counted) is below %g", *result.top1, *tolerance.min_top1));

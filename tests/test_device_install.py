@@ -1,0 +1,102 @@
+"""The device install: a venv with ``pip install edgeexport`` (no extra) and the OpenVINO runtime, and no
+torch or transformers, runs list, validate, bench, inspect, predict and generate on artifacts made by
+the full install and copied over, as an embedded team would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from edgeexport.pipeline import convert
+
+ROOT = Path(__file__).parents[1]
+# What each artifact is, how it is converted, and what the device runs on it.
+ARTIFACTS = {
+    "classifier-onnx": ("bert", "sequence-classification", "onnx"),
+    "classifier-openvino": ("bert", "sequence-classification", "openvino"),
+    "qa-onnx": ("bert", "question-answering", "onnx"),
+    "decoder-onnx": ("gpt2", "causal-lm-with-past", "onnx"),
+    "decoder-openvino": ("gpt2", "causal-lm-with-past", "openvino"),
+    "bundle-onnx": ("t5", "seq2seq-lm-with-past", "onnx"),
+}
+BLOCKED = ("torch", "transformers", "onnxscript", "onnxslim", "nncf")
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The device venv: the package without extras, plus the OpenVINO runtime; its bin folder."""
+    folder = tmp_path_factory.mktemp("device") / "venv"
+    venv.EnvBuilder(with_pip=True).create(folder)
+    subprocess.run([folder / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt",
+                    str(ROOT), "openvino"], check=True, capture_output=True, timeout=900)
+    return folder / "bin"
+
+
+@pytest.fixture(scope="module")
+def copied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Artifacts converted by this (full) install, then copied to a folder of their own, as to a device."""
+    built, shipped = tmp_path_factory.mktemp("built"), tmp_path_factory.mktemp("shipped")
+    for name, (model, task, target) in ARTIFACTS.items():
+        convert(model, task=task, target=target, output_dir=built / name, validate=False)
+        shutil.copytree(built / name, shipped / name)
+    return shipped
+
+
+def run(device: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([device / "edgeexport", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_device_venv_has_no_export_stack(device: Path) -> None:
+    script = "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) is not None for m in %r}))"
+    found = json.loads(subprocess.run([device / "python", "-c", script % (BLOCKED,)], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert found == {m: False for m in BLOCKED}
+
+
+def test_list_names_the_export_extra(device: Path) -> None:
+    result = run(device, "list")
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'edgeexport[export]'" in result.stdout and "mask2former" in result.stdout
+
+
+@pytest.mark.parametrize("name", list(ARTIFACTS))
+def test_validate_inspect_and_bench(device: Path, copied: Path, name: str) -> None:
+    folder = str(copied / name)
+    result = run(device, "validate", folder, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["passed"]
+    result = run(device, "inspect", folder, "--json")
+    assert result.returncode == 0, result.stderr
+    if name != "bundle-onnx":
+        result = run(device, "bench", folder, "--iterations", "2", "--json")
+        assert result.returncode == 0, result.stderr
+        assert [row["label"].split()[0] for row in json.loads(result.stdout)] == [ARTIFACTS[name][2]]
+
+
+@pytest.mark.parametrize("name", ["classifier-onnx", "classifier-openvino", "qa-onnx"])
+def test_predict(device: Path, copied: Path, name: str) -> None:
+    result = run(device, "predict", str(copied / name), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows and all(rows)
+
+
+@pytest.mark.parametrize("name", ["decoder-onnx", "decoder-openvino", "bundle-onnx"])
+def test_generate(device: Path, copied: Path, name: str) -> None:
+    result = run(device, "generate", str(copied / name), "--prompt-ids", "5,6,7", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 4 and "tokens/s" in result.stderr
+
+
+def test_commands_that_need_torch_say_how_to_get_it(device: Path, copied: Path) -> None:
+    result = run(device, "validate", str(copied / "classifier-onnx"), "--reference")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "pip install 'edgeexport[export]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sys.executable not in result.stderr
