@@ -404,15 +404,32 @@ def generate(
     artifact: Annotated[Path, typer.Argument(help="causal-lm-with-past artifact or seq2seq-lm-with-past bundle.")],
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs a tokenizer in the artifact).")] = None,
     prompt_ids: Annotated[Optional[str], typer.Option(help="Prompt token ids, e.g. 1,2,3.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 32,
-    do_sample: Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample instead of greedy decoding.")] = False,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling probability mass.")] = 1.0,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate.", show_default="artifact's config")] = None,
+    min_new_tokens: Annotated[Optional[int], typer.Option(help="EOS is banned before this many tokens.",
+                                                          show_default="artifact's config")] = None,
+    num_beams: Annotated[Optional[int], typer.Option(help="Beams of beam search (1 = none).",
+                                                     show_default="artifact's config")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(help="Beam scores are divided by length ** this.",
+                                                            show_default="artifact's config")] = None,
+    early_stopping: Annotated[Optional[str], typer.Option(help="Beam search stops: true (num_beams finished), false "
+                                                          "(no better beam likely) or never (none possible).",
+                                                          show_default="artifact's config")] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option(help="Penalty of tokens already in the sequence (1 = none).",
+                                                                show_default="artifact's config")] = None,
+    no_repeat_ngram_size: Annotated[Optional[int], typer.Option(help="Ban repeating n-grams of this size (0 = none).",
+                                                                show_default="artifact's config")] = None,
+    do_sample: Annotated[Optional[bool], typer.Option("--do-sample/--greedy", help="Sample instead of choosing the "
+                                                      "most likely tokens.", show_default="artifact's config")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.", show_default="artifact's config")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens (0 = all).",
+                                                 show_default="artifact's config")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling probability mass.",
+                                                   show_default="artifact's config")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler.")] = None,
     threads: Threads = 0,
 ) -> None:
-    """Generate from a prompt with ARTIFACT, streaming tokens to stdout, then tokens/s to stderr."""
+    """Generate from a prompt with ARTIFACT, streaming tokens to stdout (beam search: once it ends), then tokens/s to
+    stderr. Options left out take the artifact's generation config (edgeexport inspect shows it)."""
     from edgeexport.generator import Generator, TextStreamer
 
     def write(text: str) -> None:
@@ -421,7 +438,10 @@ def generate(
 
     with Generator.load(artifact, threads=threads) as generator:
         output = generator.generate(generator.prompt(prompt, prompt_ids), max_new_tokens=max_new_tokens,
-                                    do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                    min_new_tokens=min_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                                    early_stopping=early_stopping, repetition_penalty=repetition_penalty,
+                                    no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample,
+                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     streamer=TextStreamer(generator, write))
     write("\n")
     errors.print(f"{output.tokens.size} tokens in {output.total_s:.2f} s: {output.tokens_per_s:.1f} tokens/s "

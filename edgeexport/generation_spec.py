@@ -21,17 +21,21 @@ and returns the cross-attention key/value of every decoder layer, computed once 
 self-attention past and the encoder's cross key/values, and returns ``logits`` and the present.
 
 Every component's manifest holds a ``generation`` block (:class:`GenerationSpec`) with its role,
-these names in layer order, the special token ids and the tokenizer file if one was copied.
-This module imports neither torch nor a runtime.
+these names in layer order, the special token ids and the tokenizer file if one was copied; a
+decoder's block also holds its ``generation_config`` (:class:`GenerationConfig`): how the model
+decodes by default (beam search, penalties, lengths, sampling), read from the model's
+transformers generation config at conversion. This module imports neither torch nor a runtime.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgeexport.errors import ArtifactError
+from edgeexport.errors import ArtifactError, UsageError
 
 if TYPE_CHECKING:
     from edgeexport.artifact import Manifest
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
 ROLES = ("decoder", "encoder")
 KINDS = ("key", "value")
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
+EARLY_STOPPING = (True, False, "never")
+DEFAULT_MAX_NEW_TOKENS = 32
 
 
 def past_names(layers: int) -> list[str]:
@@ -87,6 +93,150 @@ class TokenIds:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """How a decoder generates by default: the fields of transformers' ``GenerationConfig`` that
+    :mod:`edgeexport.generator` applies, with their meaning there.
+
+    Defaults are transformers' global defaults but for two kept from before this was recorded:
+    ``top_k`` 0 (transformers: 50), and 32 new tokens when neither ``max_new_tokens`` nor
+    ``max_length`` is set (transformers: ``max_length`` 20). Forced BOS/EOS and the decoder-start
+    token are in :class:`TokenIds`.
+
+    Attributes:
+        max_new_tokens: Most tokens to generate per row; wins over ``max_length``.
+        max_length: Most tokens of prompt (decoder-only) or decoder-start token plus new tokens.
+        min_new_tokens: EOS is banned until this many tokens were generated; wins over ``min_length``.
+        min_length: EOS is banned while prompt (or decoder-start token) plus new tokens are fewer.
+        do_sample: Sample instead of choosing the most likely token(s).
+        temperature: Divides the logits before sampling.
+        top_k: Sample among the k most likely tokens only (0 = all).
+        top_p: Sample among the most likely tokens whose probabilities sum to top_p.
+        num_beams: Beams of beam search (1 = none).
+        length_penalty: A finished beam scores its summed log-probabilities / length ** length_penalty.
+        early_stopping: Beam search stops once num_beams beams have finished (True), when no running
+            beam can likely do better (False), or only when none can (``"never"``).
+        repetition_penalty: Divides positive (multiplies negative) scores of tokens already in the sequence.
+        no_repeat_ngram_size: Bans the tokens that would repeat an n-gram of this size.
+    """
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    min_new_tokens: int | None = None
+    min_length: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationConfig:
+        """Parse and check a manifest's ``generation_config``; unknown keys (a newer writer's) are ignored.
+
+        Raises:
+            ArtifactError: a field of the wrong type or out of range.
+        """
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        for name, value in values.items():
+            if not _has_type(cls.__dataclass_fields__[name].type, value):
+                raise ArtifactError(f"manifest generation.generation_config.{name} has the wrong type: {value!r}")
+        config = cls(**values)
+        problem = config._problem(combined=False)
+        if problem:
+            raise ArtifactError(f"manifest generation.generation_config: {problem}")
+        return config
+
+    def updated(self, **options: Any) -> GenerationConfig:
+        """This config with the options that are not None; ``early_stopping`` also takes ``"true"``/``"false"``.
+
+        Raises:
+            UsageError: an option of the wrong type or a bad value or combination.
+        """
+        given = {name: value for name, value in options.items() if value is not None}
+        if isinstance(given.get("early_stopping"), str) and given["early_stopping"].lower() in ("true", "false"):
+            given["early_stopping"] = given["early_stopping"].lower() == "true"
+        for name, value in given.items():
+            if name not in self.__dataclass_fields__:
+                raise UsageError(f"unknown generation option {name!r}")
+            if not _has_type(self.__dataclass_fields__[name].type, value):
+                raise UsageError(f"{name} has the wrong type: {value!r}")
+        config = dataclasses.replace(self, **given)
+        problem = config._problem(combined=True)
+        if problem:
+            raise UsageError(problem)
+        return config
+
+    def new_tokens(self, start_length: int) -> int:
+        """Most new tokens per row after ``start_length`` tokens (the prompt, or the decoder-start token).
+
+        Raises:
+            UsageError: ``max_length`` leaves no room for a new token.
+        """
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.max_length is None:
+            return DEFAULT_MAX_NEW_TOKENS
+        if self.max_length <= start_length:
+            raise UsageError(f"max_length {self.max_length} of the generation config leaves no new token after "
+                             f"{start_length} prompt tokens; pass max_new_tokens (--max-new-tokens)")
+        return self.max_length - start_length
+
+    def min_total_length(self, start_length: int) -> int:
+        """Length (start tokens included) below which EOS is banned, as transformers derives it."""
+        return start_length + self.min_new_tokens if self.min_new_tokens is not None else self.min_length
+
+    def summary(self) -> str:
+        """The settings that differ from the defaults, e.g. ``num_beams=4, no_repeat_ngram_size=3``."""
+        default = GenerationConfig()
+        return ", ".join(f"{name}={value}" for name, value in self.to_dict().items() if value != getattr(default, name))
+
+    def _problem(self, *, combined: bool) -> str | None:
+        """The first bad value (and, when ``combined``, bad combination), as an error message."""
+        checks = [
+            (self.max_new_tokens is not None and self.max_new_tokens < 1,
+             f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
+            (self.max_length is not None and self.max_length < 1, f"max_length must be at least 1, got {self.max_length}"),
+            (self.min_new_tokens is not None and self.min_new_tokens < 0,
+             f"min_new_tokens must be >= 0, got {self.min_new_tokens}"),
+            (self.min_length < 0, f"min_length must be >= 0, got {self.min_length}"),
+            (not self.temperature > 0,
+             f"temperature must be > 0, got {self.temperature}; use greedy decoding (do_sample=False) instead"),
+            (self.top_k < 0, f"top_k must be >= 0 (0 = no top-k filter), got {self.top_k}"),
+            (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.num_beams < 1, f"num_beams must be at least 1 (1 = no beam search), got {self.num_beams}"),
+            (not math.isfinite(self.length_penalty), f"length_penalty must be a finite number, got {self.length_penalty}"),
+            (self.early_stopping not in EARLY_STOPPING,
+             f"early_stopping must be true, false or never, got {self.early_stopping!r}"),
+            (not self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1.0 = none), got {self.repetition_penalty}"),
+            (self.no_repeat_ngram_size < 0, f"no_repeat_ngram_size must be >= 0 (0 = none), got {self.no_repeat_ngram_size}"),
+            (combined and self.do_sample and self.num_beams > 1,
+             (f"beam sampling (do_sample with num_beams={self.num_beams}) is not supported; decode greedily "
+              "(do_sample=False, --greedy) or sample without beams (num_beams=1)")),
+        ]
+        return next((message for failed, message in checks if failed), None)
+
+
+def _has_type(annotation: str, value: Any) -> bool:
+    """Whether ``value`` fits a :class:`GenerationConfig` field annotation (ints count as floats, bools as neither)."""
+    if value is None:
+        return "None" in annotation
+    if isinstance(value, bool):
+        return annotation.startswith("bool")
+    if isinstance(value, int):
+        return annotation.startswith(("int", "float"))
+    if isinstance(value, float):
+        return annotation.startswith("float")
+    return isinstance(value, str) and "str" in annotation
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     """The ``generation`` block of a component's manifest.
 
@@ -98,6 +248,8 @@ class GenerationSpec:
             (empty for decoder-only models).
         tokens: Special token ids.
         tokenizer: Artifact-relative path of a ``tokenizers`` JSON file, if one was copied.
+        config: How the decoder generates by default (written for decoders only; older manifests
+            have none and decode greedily).
     """
 
     role: str
@@ -106,6 +258,7 @@ class GenerationSpec:
     cross: tuple[str, ...] = ()
     tokens: TokenIds = field(default_factory=TokenIds)
     tokenizer: str | None = None
+    config: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
     def encoder_decoder(self) -> bool:
@@ -117,13 +270,15 @@ class GenerationSpec:
                  if self.past else "")
         cross = f"cross {len(self.cross) // 2} layers of encoder_key_values.{{i}}.key|value" if self.cross else ""
         tokens = ", ".join(f"{k}={v}" for k, v in self.tokens.to_dict().items() if v not in (None, []))
-        return "; ".join(part for part in (self.role, cache, cross, tokens, f"tokenizer {self.tokenizer or 'none'}")
-                         if part)
+        config = f"decodes with {self.config.summary() or 'greedy defaults'}" if self.role == "decoder" else ""
+        return "; ".join(part for part in (self.role, cache, cross, tokens, config,
+                                           f"tokenizer {self.tokenizer or 'none'}") if part)
 
     def to_dict(self) -> dict[str, Any]:
+        config = {"generation_config": self.config.to_dict()} if self.role == "decoder" else {}
         return {"role": self.role, "cache": {"past": list(self.past), "present": list(self.present),
                                              "cross": list(self.cross)},
-                "tokens": self.tokens.to_dict(), "tokenizer": self.tokenizer}
+                "tokens": self.tokens.to_dict(), "tokenizer": self.tokenizer, **config}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationSpec:
@@ -144,8 +299,11 @@ class GenerationSpec:
         tokens = data.get("tokens", {})
         if not isinstance(tokens, dict):
             raise ArtifactError("manifest generation.tokens must be an object")
+        config = data.get("generation_config", {})
+        if not isinstance(config, dict):
+            raise ArtifactError("manifest generation.generation_config must be an object")
         return cls(role=role, past=tuple(lists["past"]), present=tuple(lists["present"]), cross=tuple(lists["cross"]),
-                   tokens=TokenIds.from_dict(tokens), tokenizer=tokenizer)
+                   tokens=TokenIds.from_dict(tokens), tokenizer=tokenizer, config=GenerationConfig.from_dict(config))
 
     @classmethod
     def of(cls, manifest: Manifest) -> GenerationSpec:

@@ -3,17 +3,23 @@
 :class:`Generator` drives a ``causal-lm-with-past`` artifact (one decoder) or a
 ``seq2seq-lm-with-past`` bundle (the encoder once per prompt, then the decoder per token)
 through :meth:`Runner.step`, following the cache convention of :mod:`edgeexport.generation_spec`.
-It decodes greedily or samples (temperature, top-k, top-p, a seeded numpy ``Generator``),
-stops at ``max_new_tokens`` or when every row has produced EOS (finished rows then get the
-pad token), forces BOS/EOS where the model asks for it, and takes batches with left padding
-and an attention mask. Greedy decoding reproduces transformers' ``generate(do_sample=False)``;
-sampling applies the same temperature, top-k and top-p filters but draws with numpy, so a seed
-gives the same tokens here on every backend, not the same tokens as torch. Beam search and
-other ``generation_config`` settings (repetition penalties, minimum lengths) are not applied.
+It decodes greedily, samples (temperature, top-k, top-p, a seeded numpy ``Generator``) or runs
+beam search (``num_beams``, ``length_penalty``, ``early_stopping``), applies repetition
+penalties, no-repeat n-grams, minimum lengths and forced BOS/EOS (:mod:`edgeexport.decoding`),
+stops at the most new tokens or when every row has produced EOS (finished rows then get the pad
+token), and takes batches with left padding and an attention mask. Every setting defaults to
+the artifact's recorded generation config (:class:`~edgeexport.generation_spec.GenerationConfig`).
 
-On onnxruntime the cache stays in ``OrtValue`` buffers between steps (IO binding); a backend
-that does not override :meth:`Runner.step` goes through its checked ``runner(inputs)`` call.
-Nothing here imports torch.
+Greedy decoding and beam search reproduce transformers' ``generate()`` token for token;
+sampling applies the same processors and temperature, top-k and top-p filters but draws with
+numpy, so a seed gives the same tokens here on every backend, not the same tokens as torch.
+Beam sampling (``do_sample`` with ``num_beams`` > 1) is refused.
+
+On onnxruntime the cache of greedy decoding and sampling stays in ``OrtValue`` buffers between
+steps (IO binding). Beam search asks for numpy caches instead and reorders their rows with
+``numpy.take`` each step (an ``OrtValue`` has no row gather; copying it out costs the same). A
+backend that does not override :meth:`Runner.step` goes through its checked ``runner(inputs)``
+call. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import numpy as np
 import scipy.special
 
 from edgeexport.bundle import component_folders
+from edgeexport.decoding import BeamSearch, LogitsRules
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.generation_spec import GenerationSpec
+from edgeexport.generation_spec import GenerationConfig, GenerationSpec
 from edgeexport.processing import load_tokenizer
 from edgeexport.runner import Runner, load
 
@@ -49,8 +56,9 @@ class Step:
 class GenerationOutput:
     """Generated tokens ``(batch, new_tokens)`` (pad after a row's EOS) and timings.
 
-    ``logits`` holds the raw next-token logits ``(batch, vocab)`` of every step;
-    ``first_token_s`` includes the encoder and the prompt's forward pass.
+    ``logits`` holds the raw next-token logits of every step: ``(batch, vocab)``, or
+    ``(batch * num_beams, vocab)`` for the running beams of beam search; ``first_token_s``
+    (the first step) includes the encoder and the prompt's forward pass.
     """
 
     tokens: np.ndarray
@@ -62,6 +70,20 @@ class GenerationOutput:
     def tokens_per_s(self) -> float:
         """Generated tokens of all rows per second, prompt processing included."""
         return self.tokens.size / self.total_s if self.total_s else float("inf")
+
+
+@dataclass
+class _Call:
+    """What one generate call settled: the checked prompt, the sequences new tokens follow, the
+    EOS and pad ids, the most new tokens and the logits rules."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    start: np.ndarray
+    eos: tuple[int, ...]
+    pad: int
+    max_new_tokens: int
+    rules: LogitsRules
 
 
 class Generator:
@@ -144,17 +166,41 @@ class Generator:
 
     # ----------------------------------------------------------------------- generation
 
+    @property
+    def config(self) -> GenerationConfig:
+        """The artifact's generation config: what every option defaults to."""
+        return self.spec.config
+
     def generate(self, input_ids: np.ndarray | Sequence[Sequence[int]], attention_mask: np.ndarray | None = None, *,
-                 max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, streamer: Streamer | None = None) -> GenerationOutput:
-        """Generate up to ``max_new_tokens`` tokens per row; see :meth:`stream` for the arguments.
+                 eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
+                 streamer: Streamer | None = None, **options: Any) -> GenerationOutput:
+        """Generate up to ``max_new_tokens`` tokens per row, greedily, by sampling or by beam search.
 
         Args:
-            streamer: Called with each step's tokens ``(batch,)`` as soon as they are chosen.
+            input_ids: Prompt token ids ``(batch, n)``; rows of different lengths are left-padded.
+            attention_mask: ``(batch, n)``, 0 on the left padding. Defaults to all ones.
+            eos_token_id: Token id(s) that end a row. Defaults to the artifact's EOS.
+            seed: Seed of the numpy random generator used for sampling. Defaults to None (fresh entropy).
+            streamer: Called with each step's tokens ``(batch,)`` as soon as they are chosen; with beam
+                search, which settles the tokens only at its end, with each position then.
+            **options: Fields of :class:`~edgeexport.generation_spec.GenerationConfig`: ``max_new_tokens``,
+                ``min_new_tokens``, ``num_beams``, ``length_penalty``, ``early_stopping``,
+                ``repetition_penalty``, ``no_repeat_ngram_size``, ``do_sample``, ``temperature``,
+                ``top_k``, ``top_p``, ``max_length``, ``min_length``. One left out (or None) is the
+                artifact's (:attr:`config`).
+
+        Raises:
+            UsageError: bad options.
+            InputSpecError: ids or mask of the wrong shape or out of the vocabulary.
         """
+        config = self.config.updated(**options)
+        if config.num_beams > 1:
+            output = self._beam_search(input_ids, attention_mask, config, eos_token_id)
+            for tokens in output.tokens.T if streamer is not None else ():
+                streamer(tokens)
+            return output
         steps = []
-        for step in self.stream(input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+        for step in self._decode(input_ids, attention_mask, config, eos_token_id, seed):
             steps.append(step)
             if streamer is not None:
                 streamer(step.tokens)
@@ -162,47 +208,88 @@ class Generator:
                                 first_token_s=steps[0].elapsed_s, total_s=steps[-1].elapsed_s)
 
     def stream(self, input_ids: np.ndarray | Sequence[Sequence[int]], attention_mask: np.ndarray | None = None, *,
-               max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[Step]:
-        """Yield each generated position as it is chosen.
-
-        Args:
-            input_ids: Prompt token ids ``(batch, n)``; rows of different lengths are left-padded.
-            attention_mask: ``(batch, n)``, 0 on the left padding. Defaults to all ones.
-            max_new_tokens: Most tokens to generate per row (at least 1). Defaults to 32.
-            do_sample: Sample instead of taking the most likely token. Defaults to False.
-            temperature: Divides the logits before sampling (> 0). Defaults to 1.0.
-            top_k: Sample among the k most likely tokens only (0 = all). Defaults to 0.
-            top_p: Sample among the most likely tokens whose probabilities sum to top_p (0 < top_p <= 1).
-                Defaults to 1.0.
-            seed: Seed of the numpy random generator used for sampling. Defaults to None (fresh entropy).
+               eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
+               **options: Any) -> Iterator[Step]:
+        """Yield each generated position as it is chosen; the arguments are :meth:`generate`'s.
 
         Raises:
-            UsageError: bad sampling options.
-            InputSpecError: ids or mask of the wrong shape or out of the vocabulary.
+            UsageError: bad options, or beam search (it settles the tokens only at its end).
         """
-        _check_options(max_new_tokens, temperature, top_k, top_p)
-        ids, mask = self._prompt_arrays(input_ids, attention_mask)
+        config = self.config.updated(**options)
+        if config.num_beams > 1:
+            raise UsageError(f"beam search (num_beams={config.num_beams}) settles the tokens only at its end, so it "
+                             "cannot stream; call generate(), or pass num_beams=1")
+        return self._decode(input_ids, attention_mask, config, eos_token_id, seed)
+
+    def _decode(self, input_ids: Any, attention_mask: Any, config: GenerationConfig, eos_token_id: Any,
+                seed: int | None) -> Iterator[Step]:
+        """Greedy decoding or sampling: one token per row and step, the cache kept where the runner puts it."""
+        call = self._prepare(input_ids, attention_mask, config, eos_token_id)
         rng = np.random.default_rng(seed)
-        tokens = self.spec.tokens
-        eos = np.array(tokens.eos, dtype=np.int64)
-        pad = tokens.pad if tokens.pad is not None else (tokens.eos[0] if tokens.eos else 0)
-        start_length = 1 if self.spec.encoder_decoder else ids.shape[1]
+        sequences = call.start
         start = time.perf_counter()
-        feed = self._first_feed(ids, mask)
-        unfinished = np.ones(len(ids), dtype=bool)
-        for index in range(max_new_tokens):
+        feed = self._first_feed(call.ids, call.mask, native_cache=True)
+        unfinished = np.ones(len(call.ids), dtype=bool)
+        for _ in range(call.max_new_tokens):
             outputs = self.decoder.step(feed, keep=self.spec.present)
             logits = np.asarray(outputs["logits"][:, -1, :], dtype=np.float32)
-            scores = self._forced(logits, start_length + index, start_length + max_new_tokens)
-            chosen = sample(scores, rng, temperature=temperature, top_k=top_k, top_p=top_p) if do_sample \
-                else scores.argmax(axis=-1)
-            chosen = np.where(unfinished, chosen, pad).astype(np.int64)
-            unfinished &= ~np.isin(chosen, eos)
+            scores = call.rules(sequences, logits)
+            chosen = sample(scores, rng, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p) \
+                if config.do_sample else scores.argmax(axis=-1)
+            chosen = np.where(unfinished, chosen, call.pad).astype(np.int64)
+            unfinished &= ~np.isin(chosen, call.eos)
             yield Step(chosen, logits, time.perf_counter() - start)
             if not unfinished.any():
                 return
+            sequences = np.concatenate([sequences, chosen[:, None]], axis=1)
             feed = self._next_feed(feed, outputs, chosen)
+
+    def _beam_search(self, input_ids: Any, attention_mask: Any, config: GenerationConfig,
+                     eos_token_id: Any) -> GenerationOutput:
+        """Beam search: the prompt runs once per row, then every beam is a row of the decoder's batch."""
+        beams = config.num_beams
+        call = self._prepare(input_ids, attention_mask, config, eos_token_id, rows_per_prompt=beams)
+        # transformers fills with ``pad_token_id or eos_token_id[0]``: a pad id of 0 falls back to EOS.
+        search = BeamSearch(call.start, num_beams=beams, max_length=call.start.shape[1] + call.max_new_tokens,
+                            eos=call.eos, fill=call.pad or (call.eos[0] if call.eos else 0),
+                            length_penalty=config.length_penalty, early_stopping=config.early_stopping)
+        start = time.perf_counter()
+        feed = self._first_feed(call.ids, call.mask, native_cache=False)
+        outputs = self.decoder.step(feed)
+        feed = {name: np.repeat(value, beams, axis=0) for name, value in feed.items()}
+        outputs = {"logits": outputs["logits"][:, -1:], **{name: outputs[name] for name in self.spec.present}}
+        outputs = {name: np.repeat(value, beams, axis=0) for name, value in outputs.items()}
+        logits_per_step, first_token_s = [], 0.0
+        while True:
+            logits = np.asarray(outputs["logits"][:, -1, :], dtype=np.float32)
+            logits_per_step.append(logits)
+            rows = search.step(call.rules(search.sequences, scipy.special.log_softmax(logits, axis=-1)))
+            first_token_s = first_token_s or time.perf_counter() - start
+            if search.done:
+                break
+            kept = {name: np.take(outputs[name], rows, axis=0) for name in self.spec.present}
+            feed = self._next_feed(feed, kept, search.tokens)
+            outputs = self.decoder.step(feed)
+        return GenerationOutput(tokens=search.best(), logits=logits_per_step, first_token_s=first_token_s,
+                                total_s=time.perf_counter() - start)
+
+    def _prepare(self, input_ids: Any, attention_mask: Any, config: GenerationConfig, eos_token_id: Any, *,
+                 rows_per_prompt: int = 1) -> _Call:
+        """Check the prompt and settle what one call needs; ``rows_per_prompt`` beams run per prompt row."""
+        ids, mask = self._prompt_arrays(input_ids, attention_mask)
+        eos = self._eos(eos_token_id)
+        start = self._start_sequences(ids)
+        max_new_tokens = config.new_tokens(start.shape[1])
+        tokens = self.spec.tokens
+        # Left padding escapes the repetition penalty of a decoder-only prompt, as in transformers.
+        padding = None if self.spec.encoder_decoder else np.repeat(np.argmax(mask != 0, axis=1), rows_per_prompt)
+        rules = LogitsRules(repetition_penalty=config.repetition_penalty,
+                            no_repeat_ngram_size=config.no_repeat_ngram_size,
+                            min_length=config.min_total_length(start.shape[1]),
+                            max_length=start.shape[1] + max_new_tokens, eos=eos, forced_bos=tokens.forced_bos,
+                            forced_eos=tokens.forced_eos, ignored_prefix=padding)
+        pad = tokens.pad if tokens.pad is not None else (eos[0] if eos else 0)
+        return _Call(ids=ids, mask=mask, start=start, eos=eos, pad=pad, max_new_tokens=max_new_tokens, rules=rules)
 
     def _prompt_arrays(self, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(input_ids, dtype=np.int64)
@@ -216,7 +303,27 @@ class Generator:
             raise InputSpecError(f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}; they must match")
         return ids, mask
 
-    def _first_feed(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    def _eos(self, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+        if eos_token_id is None:
+            return self.spec.tokens.eos
+        eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+        if not all(isinstance(t, (int, np.integer)) and t >= 0 for t in eos):
+            raise UsageError(f"eos_token_id must be a token id or a list of them, got {eos_token_id!r}")
+        return tuple(int(t) for t in eos)
+
+    def _start_sequences(self, ids: np.ndarray) -> np.ndarray:
+        """What the first new token follows: the prompt, or the decoder-start token of an encoder-decoder."""
+        if not self.spec.encoder_decoder:
+            return ids
+        tokens = self.spec.tokens
+        start = tokens.decoder_start if tokens.decoder_start is not None else tokens.bos
+        if start is None:
+            raise ArtifactError("the manifest names no decoder_start (or bos) token id; re-export the model with one set")
+        return np.full((len(ids), 1), start, dtype=np.int64)
+
+    def _first_feed(self, ids: np.ndarray, mask: np.ndarray, *, native_cache: bool) -> dict[str, Any]:
+        """The first decoder step's inputs (running the encoder); ``native_cache`` lets the encoder's
+        cross key/values stay backend handles, otherwise they are numpy arrays."""
         batch = len(ids)
         specs = {spec.name: spec for spec in self.decoder.inputs}
         past = {name: np.zeros(_empty_past_shape(specs[name].shape, batch), dtype=specs[name].dtype)
@@ -226,11 +333,8 @@ class Generator:
             return {**_accepted(self.decoder, feed), **past}
         assert self.encoder is not None  # checked in __init__
         encoded = self.encoder.step(_accepted(self.encoder, {"input_ids": ids, "attention_mask": mask}),
-                                    keep=self.spec.cross)
-        start = self.spec.tokens.decoder_start if self.spec.tokens.decoder_start is not None else self.spec.tokens.bos
-        if start is None:
-            raise ArtifactError("the manifest names no decoder_start (or bos) token id; re-export the model with one set")
-        feed = {"input_ids": np.full((batch, 1), start, dtype=np.int64), "encoder_attention_mask": mask}
+                                    keep=self.spec.cross if native_cache else ())
+        feed = {"input_ids": self._start_sequences(ids), "encoder_attention_mask": mask}
         return {**_accepted(self.decoder, feed), **past, **{name: encoded[name] for name in self.spec.cross}}
 
     def _next_feed(self, feed: Mapping[str, Any], outputs: Mapping[str, Any], chosen: np.ndarray) -> dict[str, Any]:
@@ -243,16 +347,6 @@ class Generator:
                 following["position_ids"] = _positions(mask)[:, -1:]
         following.update({past: outputs[present] for past, present in zip(self.spec.past, self.spec.present)})
         return following
-
-    def _forced(self, logits: np.ndarray, length: int, max_length: int) -> np.ndarray:
-        """Force BOS as the first token and EOS as the last, as transformers' forced_bos/eos processors do."""
-        tokens = self.spec.tokens
-        forced = tokens.forced_bos if length == 1 else tokens.forced_eos if length == max_length - 1 else None
-        if forced is None:
-            return logits
-        scores = np.full_like(logits, -np.inf)
-        scores[:, forced] = 0
-        return scores
 
 
 class TextStreamer:
@@ -330,14 +424,3 @@ def _empty_past_shape(shape: Sequence[int | str], batch: int) -> tuple[int, ...]
     if not (isinstance(heads, int) and isinstance(head_dim, int)):
         raise ArtifactError(f"cache inputs must have fixed heads and head_dim, the manifest says {list(shape)}")
     return batch, heads, 0, head_dim
-
-
-def _check_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    if max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature <= 0:
-        raise UsageError(f"temperature must be > 0, got {temperature}; use greedy decoding (do_sample=False) instead")
-    if top_k < 0:
-        raise UsageError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"top_p must be in (0, 1], got {top_p}")

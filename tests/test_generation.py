@@ -1,6 +1,7 @@
 """Generation with a KV cache: ONNX and OpenVINO decoders (one merged graph, or an encoder +
-decoder bundle) driven by the numpy loop reproduce transformers' ``generate()`` token for token;
-int8-weights decoders stay within their tolerance."""
+decoder bundle) driven by the numpy loop reproduce transformers' ``generate()`` token for token,
+greedily and with its options (beam search, penalties, minimum lengths) taken from the
+artifact's generation config or given per call; int8-weights decoders stay within their tolerance."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +24,9 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact, Manifest
 from edgeexport.bundle import BUNDLE_NAME, Bundle
 from edgeexport.cli import app
+from edgeexport.decoding import ban_repeated_ngrams, penalize_repetitions
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.generation_spec import TOKENIZER_FILE, GenerationSpec, past_names, present_names
+from edgeexport.generation_spec import TOKENIZER_FILE, GenerationConfig, GenerationSpec, past_names, present_names
 from edgeexport.generator import Generator, sample
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference import ReferenceBundle, ReferenceModel, load_reference
@@ -113,17 +116,28 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Convert
     return get
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """transformers' generate() on the tiny models: its per-step overhead costs ~10x CPU with 2 threads on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _hf_model(result: Converted | ConversionResult) -> torch.nn.Module:
     reference = getattr(result.reference, "components", {}).get("decoder", result.reference)
     return reference.module.model
 
 
-def _prompt(batch: int, vocab: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Random prompts of 8 tokens; with batch 2 the second row is 5 tokens, left-padded."""
+def _prompt(batch: int, vocab: int = 1000, pad: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Random prompts of 8 tokens; with batch 2 the second row is 5 tokens, left-padded with ``pad``."""
     ids = np.random.default_rng(7).integers(3, vocab, (batch, 8))
     mask = np.ones_like(ids)
     if batch > 1:
-        ids[1, :3], mask[1, :3] = 1, 0
+        ids[1, :3], mask[1, :3] = pad, 0
     return ids, mask
 
 
@@ -170,6 +184,7 @@ def test_conversion_passes_parity_including_an_empty_past(name: str, converted: 
     assert prefill and all(c.passed for c in prefill), "past_sequence = 0 runs on the graph traced at past >= 2"
     spec = GenerationSpec.of(result.manifest)
     assert spec.role == "decoder" and spec.present == tuple(present_names(2))
+    assert spec.config == GenerationConfig(), "a model without generation settings records the defaults"
     shapes = {t.name: t.shape for t in result.manifest.outputs}
     assert shapes["present.0.key"] == ("batch", 2, "past_sequence+sequence", 16)
 
@@ -200,7 +215,13 @@ def test_seq2seq_bundle_holds_two_normal_artifacts(converted: Callable[..., Conv
 
 def test_manifest_without_generation_block_still_loads(converted: Callable[..., Converted]) -> None:
     data = converted("gpt2").manifest.to_dict()
-    del data["generation"]
+    generation = data.pop("generation")
+    older = {key: value for key, value in generation.items() if key != "generation_config"}
+    assert GenerationSpec.from_dict(older).config == GenerationConfig(), "a block from before generation_config is greedy"
+    with pytest.raises(ArtifactError, match=r"generation.generation_config: num_beams must be at least 1 \(1 = no beam search\), got 0"):
+        GenerationSpec.from_dict({**older, "generation_config": {"num_beams": 0}})
+    with pytest.raises(ArtifactError, match="generation.generation_config.early_stopping has the wrong type: 1"):
+        GenerationSpec.from_dict({**older, "generation_config": {"early_stopping": 1}})
     manifest = Manifest.from_dict(data)
     assert manifest.generation == {} and "generation" not in manifest.to_dict()
     with pytest.raises(ArtifactError, match="cannot generate; convert it with --task causal-lm-with-past"):
@@ -224,7 +245,7 @@ def test_greedy_matches_transformers_generate(name: str, batch: int,
 def _assert_greedy_parity(result: Converted | ConversionResult, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Same tokens as transformers' greedy generate() and each step's logits within the manifest tolerance."""
     model = _hf_model(result)
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_torch_thread():
         expected = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
                                   use_cache=True, max_new_tokens=NEW_TOKENS, output_logits=True,
                                   return_dict_in_generate=True)
@@ -237,6 +258,133 @@ def _assert_greedy_parity(result: Converted | ConversionResult, ids: np.ndarray,
         comparison = compare_output("logits", got, want.numpy(), tolerance.for_output("logits"), logits=True)
         assert comparison, f"step {step}: {comparison.reason}"
     return ours.tokens
+
+
+# Cases of transformers' generate() options: name -> (options, the case they change). The tiny models
+# seldom produce their EOS, so "stop" cases end rows at a token the model does produce (STOP): beams
+# then end at different lengths, where min_new_tokens, length_penalty and early_stopping decide.
+# min_new_tokens 2 sits on an edge: greedy GPT-2 stops its rows after 3 and 2 new tokens, so banning STOP
+# one step too few or too many changes the tokens (both off-by-ones were planted and caught).
+STOP = {"gpt2": 323, "bart": 380, "t5": 934}
+OPTION_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
+    "greedy": ({}, None),
+    "repetition_penalty": ({"repetition_penalty": 1.3}, "greedy"),
+    "no_repeat_ngram_size": ({"no_repeat_ngram_size": 2}, "greedy"),
+    "stop": ({"eos_token_id": "stop"}, None),
+    "stop, min_new_tokens": ({"eos_token_id": "stop", "min_new_tokens": 2}, "stop"),
+    "stop, beams": ({"eos_token_id": "stop", "num_beams": 4}, "stop"),
+    "stop, beams, early_stopping=True": ({"eos_token_id": "stop", "num_beams": 4, "early_stopping": True},
+                                         "stop, beams"),
+    "stop, beams, early_stopping=never": ({"eos_token_id": "stop", "num_beams": 4, "early_stopping": "never"},
+                                          "stop, beams"),
+    "stop, beams, length_penalty=2": ({"eos_token_id": "stop", "num_beams": 4, "length_penalty": 2.0}, "stop, beams"),
+    "beams with penalties": ({"num_beams": 3, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3,
+                              "min_new_tokens": 8, "length_penalty": 0.5}, None),
+}
+
+
+def test_generation_options_match_transformers_generate(converted: Callable[..., Converted]) -> None:
+    """Each case gives transformers' tokens on every model, and changes the tokens of the case it
+    varies on at least one model (so leaving an option out of the loop fails here). The left padding is
+    a token GPT-2 generates (373), which the repetition penalty must skip as transformers does."""
+    ids, mask = _prompt(2, pad=373)
+    changed = set()
+    for name in MODELS:
+        result = converted(name)
+        tokens = {}
+        with Generator.load(result.artifact) as generator:
+            for case, (options, base) in OPTION_CASES.items():
+                options = {**options, **({"eos_token_id": STOP[name]} if "eos_token_id" in options else {})}
+                expected = _transformers_tokens(result, ids, mask, **options)
+                assert generator.generate(ids, mask, max_new_tokens=NEW_TOKENS, **options).tokens.tolist() == expected, \
+                    f"{name}, {case}"
+                assert len(np.unique(expected)) > 3, f"{name}, {case}: a weak check, the model repeats few tokens"
+                tokens[case] = expected
+                if base is not None and expected != tokens[base]:
+                    changed.add(case)
+    unchanged = [case for case, (_, base) in OPTION_CASES.items() if base is not None and case not in changed]
+    assert not unchanged, f"options that change no model's tokens check nothing: {unchanged}"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart"])
+def test_openvino_beam_search_matches_transformers_generate(name: str, converted: Callable[..., Converted]) -> None:
+    result = converted(name, "openvino")
+    ids, mask = _prompt(2)
+    options = {"eos_token_id": STOP[name], **OPTION_CASES["beams with penalties"][0]}
+    with Generator.load(result.artifact) as generator:
+        ours = generator.generate(ids, mask, max_new_tokens=NEW_TOKENS, **options).tokens
+    assert ours.tolist() == _transformers_tokens(result, ids, mask, **options)
+
+
+def _transformers_tokens(result: Converted, ids: np.ndarray, mask: np.ndarray, **options: Any) -> list[list[int]]:
+    """The new tokens of transformers' generate() (NEW_TOKENS at most, no sampling) with ``options``."""
+    model = _hf_model(result)
+    with torch.inference_mode(), _one_torch_thread():
+        sequences = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
+                                   **{"max_new_tokens": NEW_TOKENS, **options})
+    return sequences[:, 1 if model.config.is_encoder_decoder else ids.shape[1]:].tolist()
+
+
+def test_artifact_generation_config_is_the_default(converted: Callable[..., Converted], tmp_path: Path) -> None:
+    """An artifact whose generation config asks for beam search and penalties decodes with them unless a
+    call (or a CLI flag) overrides them."""
+    result = converted("gpt2")
+    settings = {"num_beams": 3, "length_penalty": 0.8, "early_stopping": "never", "repetition_penalty": 1.2,
+                "no_repeat_ngram_size": 3, "min_new_tokens": 6, "max_new_tokens": 20}
+    artifact = shutil.copytree(result.artifact, tmp_path / "gpt2")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["generation"]["generation_config"].update(settings)
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    ids, mask = _prompt(2)
+    greedy = {**settings, "num_beams": 1, "repetition_penalty": 1.0}
+    with Generator.load(artifact) as generator:
+        assert generator.config == GenerationConfig(**settings)
+        assert generator.generate(ids, mask).tokens.tolist() == _transformers_tokens(result, ids, mask, **settings)
+        overridden = generator.generate(ids, mask, num_beams=1, repetition_penalty=1.0).tokens.tolist()
+    assert overridden == _transformers_tokens(result, ids, mask, **greedy)
+    assert overridden != _transformers_tokens(result, ids, mask, **settings)
+    prompt = ",".join(str(i) for i in ids[0])
+    flags = ["--num-beams", "1", "--repetition-penalty", "1"]
+    printed = cli.invoke(app, ["generate", str(artifact), "--prompt-ids", prompt, *flags])
+    assert printed.exit_code == 0, printed.stderr
+    assert [int(word[1:]) for word in printed.stdout.split()] == _transformers_tokens(result, ids[:1], mask[:1], **greedy)[0]
+
+
+def test_conversion_records_the_generation_config(converted: Callable[..., Converted], tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A save_pretrained folder's generation settings reach the decoder's manifest block, also when they
+    sit in config.json as in older checkpoints (facebook/bart-base: num_beams 4, no_repeat_ngram_size 3)."""
+    source = shutil.copytree(converted("bart").artifact.parent / "source", tmp_path / "bart")
+    (source / "generation_config.json").unlink()
+    config = json.loads((source / "config.json").read_text())
+    legacy = {"num_beams": 4, "no_repeat_ngram_size": 3, "early_stopping": True, "length_penalty": 2.0,
+              "min_length": 5, "max_length": 40, "suppress_tokens": [7]}
+    (source / "config.json").write_text(json.dumps({**config, **legacy}))
+    with caplog.at_level("WARNING", logger="edgeexport.reference.decoders_with_past"):
+        bundle = load_reference(source, task="seq2seq-lm-with-past")
+    decoder = GenerationSpec.from_dict(bundle.components["decoder"].generation)
+    assert decoder.config == GenerationConfig(**{k: v for k, v in legacy.items() if k != "suppress_tokens"})
+    assert "decodes with max_length=40, min_length=5, num_beams=4, length_penalty=2.0" in decoder.summary()
+    assert "generation_config" not in bundle.components["encoder"].generation
+    assert "left out of the artifact (its generation loop does not apply them): suppress_tokens" in caplog.text
+
+
+def test_logits_rules_match_transformers_processors() -> None:
+    """Edge cases the models seldom reach: ids past the scores' vocab, unigrams, ignored prompt prefixes."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    rng = np.random.default_rng(0)
+    sequences = rng.integers(0, 12, (6, 9))  # ids 10 and 11 lie past a vocab of 10
+    scores = rng.standard_normal((6, 10)).astype(np.float32)
+    prefix = np.array([0, 3, 0, 9, 1, 0])
+    torch_ids, torch_scores = torch.from_numpy(sequences), torch.from_numpy(scores)
+    for penalty, ignored in ((1.5, None), (0.7, prefix)):
+        expected = RepetitionPenaltyLogitsProcessor(penalty, None if ignored is None else torch.from_numpy(ignored))(
+            torch_ids, torch_scores.clone())
+        assert np.array_equal(penalize_repetitions(sequences, scores, penalty, ignored), expected.numpy())
+    for size in (1, 2, 3, 10):
+        expected = NoRepeatNGramLogitsProcessor(size)(torch_ids, torch_scores.clone())
+        assert np.array_equal(ban_repeated_ngrams(sequences, scores, size), expected.numpy()), size
 
 
 def test_sampling_is_reproducible_with_a_seed(converted: Callable[..., Converted]) -> None:
@@ -271,6 +419,25 @@ def test_generation_rejects_bad_inputs(converted: Callable[..., Converted]) -> N
             generator.generate([[5]], do_sample=True, top_p=0)
         with pytest.raises(UsageError, match="--prompt-ids must be comma-separated"):
             generator.prompt(prompt_ids="1,x")
+        with pytest.raises(UsageError, match="num_beams must be at least 1 \\(1 = no beam search\\), got 0"):
+            generator.generate([[5]], num_beams=0)
+        with pytest.raises(UsageError, match=r"beam sampling \(do_sample with num_beams=2\) is not supported"):
+            generator.generate([[5]], num_beams=2, do_sample=True)
+        with pytest.raises(UsageError, match="early_stopping must be true, false or never, got 'maybe'"):
+            generator.generate([[5]], early_stopping="maybe")
+        with pytest.raises(UsageError, match="repetition_penalty must be > 0"):
+            generator.generate([[5]], repetition_penalty=0)
+        with pytest.raises(UsageError, match="num_beams has the wrong type: 2.5"):
+            generator.generate([[5]], num_beams=2.5)
+        with pytest.raises(UsageError, match="unknown generation option 'beams'"):
+            generator.generate([[5]], beams=2)
+        with pytest.raises(UsageError, match="settles the tokens only at its end, so it cannot stream"):
+            generator.stream([[5]], num_beams=2)
+    for flags, message in ((["--num-beams", "0"], "num_beams must be at least 1"),
+                           (["--early-stopping", "maybe"], "early_stopping must be true, false or never")):
+        printed = cli.invoke(app, ["generate", str(converted("gpt2").artifact), "--prompt-ids", "5,6", *flags])
+        assert printed.exit_code == 2 and printed.stderr.startswith(f"error: {message}")
+        assert len(printed.stderr.strip().splitlines()) == 1
 
 
 def test_onnxruntime_step_keeps_the_cache_in_ortvalues(converted: Callable[..., Converted]) -> None:
@@ -366,7 +533,7 @@ def test_int8_weights_generation_stays_within_its_tolerance(target: str, convert
     report = check_parity(result.artifact, result.reference)
     assert report.passed, report.failures()
     ids, mask = _prompt(2)
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_torch_thread():
         expected = _hf_model(result).generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                                               do_sample=False, use_cache=True, max_new_tokens=NEW_TOKENS,
                                               output_logits=True, return_dict_in_generate=True)

@@ -124,7 +124,7 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: Path) -> Non
 DEVICE_MODULES = [
     "edgeexport.artifact", "edgeexport.bundle", "edgeexport.errors", "edgeexport.logs", "edgeexport.interrupts",
     "edgeexport.generation_spec", "edgeexport.processing", "edgeexport.zoo", "edgeexport.tasks",
-    "edgeexport.generator", "edgeexport.validation.metrics", "edgeexport.validation.parity",
+    "edgeexport.generator", "edgeexport.decoding", "edgeexport.validation.metrics", "edgeexport.validation.parity",
     "edgeexport.validation.latency", "edgeexport.validation.report", "edgeexport.reporting", "edgeexport.cli",
     "edgeexport.pipeline", "edgeexport.inspection", "edgeexport.runner", "edgeexport.exporter",
     *(f"edgeexport.runtimes.{name}" for name in runtimes()), *(f"edgeexport.exporters.{name}" for name in targets()),

@@ -14,7 +14,9 @@ removes. Caches are full-attention layers: sliding-window caches are not support
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +24,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
-from edgeexport.generation_spec import TOKENIZER_FILE, GenerationSpec, TokenIds, cross_names, past_names, present_names
+from edgeexport.errors import ArtifactError
+from edgeexport.generation_spec import (TOKENIZER_FILE, GenerationConfig, GenerationSpec, TokenIds, cross_names,
+                                        past_names, present_names)
 from edgeexport.reference.model import Asset, ReferenceModel
 from edgeexport.zoo import InputSpec, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 # (example, alternate) sizes: the example case is a prefill (empty past), the alternate a decode step.
 AXIS_SIZES: dict[str, dict[str, tuple[int, int]]] = {
@@ -32,6 +38,13 @@ AXIS_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "full": {"batch": (1, 2), "sequence": (16, 1), "past_sequence": (0, 32), "encoder_sequence": (32, 16)},
 }
 TOTAL = "past_sequence+sequence"
+# transformers generation settings that change the tokens but that edgeexport.generator does not apply,
+# with the value that leaves them off.
+UNAPPLIED_SETTINGS = {"num_beam_groups": 1, "diversity_penalty": 0.0, "typical_p": 1.0, "min_p": None,
+                      "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0,
+                      "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
+                      "suppress_tokens": None, "begin_suppress_tokens": None,
+                      "exponential_decay_length_penalty": None, "constraints": None, "force_words_ids": None}
 Layout = list[tuple[int, int, str]]  # per layer: heads, head_dim, dtype
 
 
@@ -120,13 +133,13 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
               "architecture": type(model).__name__, "tolerance": spec.tolerance,
               "vocab_size": spec.vocab_size(model.config)}
     sizes = AXIS_SIZES[preset or "full"]
-    tokens = token_ids(model)
+    tokens, config = token_ids(model), generation_config(model)
     assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None else {}
     if task == "causal-lm-with-past":
-        return _causal(model, _layout(model), tokens, sizes, assets, common)
+        return _causal(model, _layout(model), tokens, config, sizes, assets, common)
     self_layout, cross_layout = _seq2seq_layout(model)
     encoder = _seq2seq_encoder(model, cross_layout, tokens, sizes, common)
-    decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, sizes, assets, common)
+    decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, config, sizes, assets, common)
     return ReferenceBundle(name=name, task=task, preset=preset, source=source, architecture=common["architecture"],
                            components={"encoder": encoder, "decoder": decoder})
 
@@ -143,8 +156,31 @@ def token_ids(model: torch.nn.Module) -> TokenIds:
     return TokenIds(eos=eos, **{k: None if v is None else int(v) for k, v in singles.items()})
 
 
-def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, sizes: dict[str, tuple[int, int]],
-            assets: dict[str, Asset], common: dict[str, Any]) -> ReferenceModel:
+def generation_config(model: torch.nn.Module) -> GenerationConfig:
+    """The model's generation settings that :mod:`edgeexport.generator` applies, as ``generate()`` reads
+    them from its generation config; logs those it sets that are left out (not applied there, or
+    values the generator refuses, which then keep their defaults)."""
+    settings = model.generation_config
+    left_out = [name for name, off in UNAPPLIED_SETTINGS.items() if getattr(settings, name, off) not in (off, None)]
+    kept = {}
+    for name in (f.name for f in dataclasses.fields(GenerationConfig)):
+        value = getattr(settings, name, None)
+        if value is None:
+            continue
+        try:
+            GenerationConfig.from_dict({name: value})
+        except ArtifactError:
+            left_out.append(f"{name}={value!r}")
+        else:
+            kept[name] = value
+    if left_out:
+        logger.warning("generation config settings left out of the artifact (its generation loop does not apply "
+                       "them): %s", ", ".join(left_out))
+    return GenerationConfig.from_dict(kept)
+
+
+def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, config: GenerationConfig,
+            sizes: dict[str, tuple[int, int]], assets: dict[str, Asset], common: dict[str, Any]) -> ReferenceModel:
     inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"), InputSpec("attention_mask", ("batch", TOTAL), "mask")]
     if "position_ids" in inspect.signature(model.forward).parameters:
         inputs.append(InputSpec("position_ids", ("batch", "sequence"), "positions"))
@@ -152,7 +188,7 @@ def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, sizes: dic
     inputs += _cache_inputs(past_names(layers), layout, "past_sequence")
     module = CausalLMWithPast(model, [i.name for i in inputs[:len(inputs) - 2 * layers]]).eval()
     generation = GenerationSpec(role="decoder", past=tuple(past_names(layers)), present=tuple(present_names(layers)),
-                                tokens=tokens, tokenizer=TOKENIZER_FILE if assets else None)
+                                tokens=tokens, tokenizer=TOKENIZER_FILE if assets else None, config=config)
     return _component(module, inputs, ["logits", *present_names(layers)], sizes, generation, assets, common,
                       output_axes={"logits": {0: "batch", 1: "sequence"},
                                    **{n: {0: "batch", 2: TOTAL} for n in present_names(layers)}})
@@ -169,7 +205,8 @@ def _seq2seq_encoder(model: torch.nn.Module, cross_layout: Layout, tokens: Token
 
 
 def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
-                     sizes: dict[str, tuple[int, int]], assets: dict[str, Asset], common: dict[str, Any]) -> ReferenceModel:
+                     config: GenerationConfig, sizes: dict[str, tuple[int, int]], assets: dict[str, Asset],
+                     common: dict[str, Any]) -> ReferenceModel:
     layers = len(self_layout)
     inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
               InputSpec("encoder_attention_mask", ("batch", "encoder_sequence"), "mask"),
@@ -177,7 +214,7 @@ def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: 
               *_cache_inputs(cross_names(layers), cross_layout, "encoder_sequence")]
     generation = GenerationSpec(role="decoder", past=tuple(past_names(layers)), present=tuple(present_names(layers)),
                                 cross=tuple(cross_names(layers)), tokens=tokens,
-                                tokenizer=TOKENIZER_FILE if assets else None)
+                                tokenizer=TOKENIZER_FILE if assets else None, config=config)
     return _component(Seq2SeqDecoderWithPast(model, layers).eval(), inputs, ["logits", *present_names(layers)], sizes,
                       generation, assets, common,
                       output_axes={"logits": {0: "batch", 1: "sequence"},
