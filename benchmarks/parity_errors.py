@@ -38,6 +38,7 @@ PRECISIONS = {
 }
 ZOO = [("gpt2", "causal-lm"), ("gpt2", "causal-lm-with-past"), ("bert", "sequence-classification"),
        ("bert", "token-classification"), ("bert", "question-answering"), ("bart", "seq2seq-lm"), ("t5", "seq2seq-lm"),
+       ("bart", "seq2seq-lm-with-past"), ("t5", "seq2seq-lm-with-past"),
        ("vit", "image-classification"), ("convnext", "image-classification"), ("detr", "object-detection"),
        ("mask2former", "segmentation"), ("glpn", "depth-estimation"), ("wav2vec2", "ctc"),
        ("wav2vec2", "audio-classification")]
@@ -50,6 +51,14 @@ HOLDOUTS = {
     "opt": ("OPTForCausalLM", "OPTConfig", {"hidden_size": 768, "ffn_dim": 3072, "num_hidden_layers": 12,
                                             "num_attention_heads": 12, "word_embed_proj_dim": 768}),  # opt-125m
 }
+# Decoders with wide random weights (as tests/test_generation.py builds them, so that greedy tokens vary):
+# larger activations, larger relative float error than the zoo's initialization.
+WIDE_DECODERS = {
+    "gpt2-wide": ("GPT2LMHeadModel", "GPT2Config", {"initializer_range": 0.2}, "causal-lm-with-past"),
+    "bart-wide": ("BartForConditionalGeneration", "BartConfig", {"init_std": 0.2}, "seq2seq-lm-with-past"),
+    "t5-wide": ("T5ForConditionalGeneration", "T5Config", {"initializer_factor": 3.0}, "seq2seq-lm-with-past"),
+}
+HOLDOUTS.update({name: spec[:3] for name, spec in WIDE_DECODERS.items()})
 TINY_HOLDOUT = {"roberta": {"hidden_size": 36, "num_hidden_layers": 3, "num_attention_heads": 2,
                             "intermediate_size": 64, "vocab_size": 1000, "max_position_embeddings": 66},
                 "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "vocab_size": 1000},
@@ -58,7 +67,14 @@ TINY_HOLDOUT = {"roberta": {"hidden_size": 36, "num_hidden_layers": 3, "num_atte
                            "intermediate_size": 64, "conv_dim": [16, 16], "conv_stride": [5, 2], "conv_kernel": [10, 3],
                            "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2},
                 "opt": {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                        "word_embed_proj_dim": 32, "vocab_size": 1000}}
+                        "word_embed_proj_dim": 32, "vocab_size": 1000},
+                "gpt2-wide": {"n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 1000, "n_positions": 128},
+                "bart-wide": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                              "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+                              "vocab_size": 1000, "max_position_embeddings": 128},
+                "t5-wide": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 2, "num_decoder_layers": 2,
+                            "num_heads": 2, "vocab_size": 1000, "relative_attention_num_buckets": 8,
+                            "decoder_start_token_id": 0}}
 LOOSE = {"atol": 1e9, "rounding": 0.0, "max_error": 1e9, "rms_error": 1e9, "scale_error": 1e9}
 
 
@@ -151,7 +167,8 @@ def jobs(preset: str, seeds: list[int], targets: list[str], kinds: list[str]) ->
     models = [{"kind": "zoo", "model": m, "task": t} for m, t in ZOO] if "zoo" in kinds else []
     if "holdout" in kinds:
         models += [{"kind": "holdout", "model": m,
-                    "task": task_from_architecture(cls, "input_values" if m == "hubert" else "input_ids")}
+                    "task": WIDE_DECODERS[m][3] if m in WIDE_DECODERS
+                    else task_from_architecture(cls, "input_values" if m == "hubert" else "input_ids")}
                    for m, (cls, _, _) in HOLDOUTS.items()]
     return [{**model, "preset": preset, "seed": seed, "target": target, "precision": precision}
             for seed in seeds for target in targets for precision in PRECISIONS[target] for model in models]

@@ -311,9 +311,9 @@ class CoreMLExporter(Exporter):
     precisions = {
         "fp16": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.03, rms_error=7e-5, scale_error=2e-3),
         "fp32": None,
-        "int8": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.1, rms_error=0.02, scale_error=0.01, min_top1=0.9),
-        "palettize6": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.5, rms_error=0.15, scale_error=0.1, min_top1=0.9),
-        "palettize4": Tolerance(atol=1e-7, rounding=2e-3, max_error=2.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
+        "int8": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.15, rms_error=0.05, scale_error=0.01, min_top1=0.9),
+        "palettize6": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.7, rms_error=0.3, scale_error=0.2, min_top1=0.9),
+        "palettize4": Tolerance(atol=1e-7, rounding=2e-3, max_error=2.0, rms_error=0.7, scale_error=0.3, min_top1=0.9),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str,

@@ -268,8 +268,8 @@ class OpenVinoExporter(Exporter):
     precisions = {
         "fp32": None,
         "fp16": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.02, rms_error=0.01, scale_error=5e-3),
-        "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.3, rms_error=0.2, scale_error=0.1, min_top1=0.9),
-        "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
+        "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.5, rms_error=0.2, scale_error=0.1, min_top1=0.9),
+        "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=2.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
     }
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
