@@ -224,6 +224,12 @@ KNOWN_FAILURES = {
 }
 # fp16 arithmetic: Mask2Former's masked attention thresholds its predicted masks (sigmoid < 0.5), and fp16
 # rounding flips pixels near the threshold, which changes what whole queries attend to.
+# T5 with 3x wider initialization: its hidden states grow layer by layer to where fp16 rounding and 8-bit weights
+# are amplified (transformers keeps T5's feed-forward output layer in fp32 for fp16 for the same reason).
+for _target, _precision in (("onnx", "fp16"), ("openvino", "fp16"), ("onnx", "int8-weights"),
+                            ("openvino", "int8-weights")):
+    KNOWN_FAILURES[(_target, _precision, "t5-wide", "seq2seq-lm-with-past")] = (
+        "T5 with 3x initialization: activations grow until fp16 rounding and 8-bit weights are amplified")
 for _target in ("onnx", "coreml"):
     KNOWN_FAILURES[(_target, "fp16", "mask2former", "segmentation")] = (
         "fp16 flips Mask2Former's mask threshold (sigmoid < 0.5) in its masked attention: class_queries_logits "

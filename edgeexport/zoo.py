@@ -20,7 +20,7 @@ from edgeexport.tasks import WITH_PAST, supported_tasks, task_head
 
 PRESETS = ("tiny", "full")
 # fp32 parity bounds of every model and target (derived in docs/parity.md: 4x the worst measured beyond the floor).
-FP32_TOLERANCE = Tolerance(atol=1e-7, rounding=3e-7, max_error=5e-5, rms_error=7e-6, scale_error=2e-6)
+FP32_TOLERANCE = Tolerance(atol=1e-7, rounding=3e-7, max_error=3e-4, rms_error=1.5e-5, scale_error=2e-6)
 
 
 @dataclass(frozen=True)
