@@ -96,11 +96,13 @@ def test_int8_passes_statistically(name: str, tmp_path: Path) -> None:
 
 
 def test_int8_artifact_fails_against_a_different_model(int8_bert: ConversionResult) -> None:
-    """A planted regression: the artifact checked against BERT with other weights must fail."""
+    """A planted regression: the artifact checked against BERT with other weights must fail. Not every case need
+    fail: a case of 2 rows x 2 labels holds 2 centred values, which an unrelated model can meet within int8's own
+    noise (RMS bound 0.5 spreads, docs/parity.md); the verdict over all cases must not."""
     report = check_parity(int8_bert.artifact, load_reference("bert", seed=1))
 
     fresh = [c for c in report.cases if c.source == "reference"]
-    assert not report.passed and fresh and not any(c.passed for c in fresh)
+    assert not report.passed and fresh and not all(c.passed for c in fresh)
     assert any("rms error" in line for line in report.failures())
 
 
