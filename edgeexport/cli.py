@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeexport import interrupts
-from edgeexport.errors import EdgeExportError
+from edgeexport.errors import EdgeExportError, UsageError
 from edgeexport.exporter import Option, get_exporter, target_options
 from edgeexport.reporting.gate import DEFAULT_LATENCY_MARGIN_PCT, DEFAULT_PARITY_MARGIN
 
@@ -318,22 +318,30 @@ def bench(
 @_one_line_errors
 def matrix(
     models: Annotated[Optional[list[str]], typer.Option(
-        "--models", help="Zoo models, name or name:task, repeatable or comma-separated (default: all, default task).")] = None,
+        "--models", help="Zoo models, name or name:task, repeatable or comma-separated, or all: every model "
+                         "and task (default: every model, its default task).")] = None,
     targets: Annotated[Optional[list[str]], typer.Option(
         "--targets", help="Targets, repeatable or comma-separated (default: every installed one).")] = None,
     precisions: Annotated[Optional[list[str]], typer.Option(
-        "--precisions", help="Precisions, repeatable or comma-separated (default: fp32).")] = None,
+        "--precisions", help="Precisions, repeatable or comma-separated, or all: every precision of each target "
+                             "(default: fp32).")] = None,
     preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size).")] = "tiny",
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder of results/ and the matrix files.")] = Path("matrix"),
     jobs: Annotated[int, typer.Option(min=1, help="Combinations run in parallel processes.")] = 1,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any combination fails or errors.")] = False,
+    expect: Annotated[Optional[Path], typer.Option(help="A committed matrix.json (docs/matrix.json): run its "
+                                                        "combinations and exit 1 when a status differs from it.")] = None,
 ) -> None:
     """Convert and validate every model x target x precision; resumable, writes matrix.json/.md/.html to OUTPUT."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeexport.matrix import console_view, plan, run_matrix
+    from edgeexport.matrix import claimed, console_view, drift, plan, run_matrix
+    from edgeexport.matrix_readme import load_matrix
 
-    combinations = plan(models, targets, precisions or ["fp32"], preset)
+    expected = load_matrix(expect) if expect else None
+    if expected is not None and (models or targets or precisions):
+        raise UsageError("--expect runs the combinations of its matrix; leave out --models, --targets and --precisions")
+    combinations = claimed(expected) if expected else plan(models, targets, precisions or ["fp32"], preset)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=errors) as bar:
         task = bar.add_task("matrix", total=len(combinations))
@@ -341,6 +349,8 @@ def matrix(
             task, completed=done, total=total, description=message))
     console.print(console_view(result))
     errors.print(f"wrote {output / 'matrix.md'}, matrix.html and matrix.json", highlight=False, markup=False)
+    if expected is not None:
+        _exit_on(f"matrix against {expect}", drift(expected, result))
     _exit_on("matrix", result.failures() if strict else [])
 
 

@@ -21,6 +21,11 @@ class UsageError(EdgeExportError):
     """The user asked for something that does not exist or cannot work (exit code 2)."""
 
 
+class UnsupportedError(UsageError):
+    """A model, target and precision known not to work together, refused before the export (the
+    support matrix shows these as ``refused``, with the reason)."""
+
+
 class ModelLoadError(UsageError):
     """A model could not be found, fetched or built from its source."""
 

@@ -129,6 +129,14 @@ class Exporter(ABC):
         """Parity tolerance of an artifact: the precision's own, else the reference model's."""
         return self.precisions[precision] or reference.tolerance
 
+    def refuse(self, reference: ReferenceModel, precision: str) -> None:
+        """Refuse a model this target is known not to convert correctly at ``precision``, before any
+        component is exported (docs/parity.md, "Known failures"). Refuses nothing by default.
+
+        Raises:
+            UnsupportedError: the combination is known to be broken; the message says why and what to use.
+        """
+
     @abstractmethod
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, **options: Any) -> ExportResult:
         """Write the target's model files into ``folder`` (an empty staging folder).

@@ -32,14 +32,14 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeexport import exporter, packages
-from edgeexport.errors import EdgeExportError, UsageError
+from edgeexport.errors import EdgeExportError, UnsupportedError, UsageError
 from edgeexport.tasks import supported_tasks
 from edgeexport.zoo import PRESETS, SPECS, get_spec
 
 SCHEMA = "edgeexport.matrix.v2"  # v2: rms_error (in spreads) and runtime per cell
 RESULTS_DIR = "results"
-STATUS_WORD = {"passed": "passes", "failed": "fails", "error": "error"}
-STATUS_MARK = {"passed": "✅ passes", "failed": "❌ fails", "error": "⚠️ error"}
+STATUS_WORD = {"passed": "passes", "failed": "fails", "error": "error", "refused": "refused"}
+STATUS_MARK = {"passed": "✅ passes", "failed": "❌ fails", "error": "⚠️ error", "refused": "🚫 refused"}
 Progress = Callable[[int, int, str], None]
 
 
@@ -61,7 +61,8 @@ class Combination:
 
 @dataclass
 class CellResult:
-    """The outcome of one combination: ``passed``, ``failed`` (parity) or ``error`` (with ``error``).
+    """The outcome of one combination: ``passed``, ``failed`` (parity), ``error`` (with ``error``) or
+    ``refused`` (a known-broken combination the exporter refuses, :class:`UnsupportedError`, with its reason).
 
     ``failures`` lists the parity failures, ``rms_error`` is the largest RMS error (in spreads of
     the reference) over every case and output (None when nothing was compared), ``runtime`` what
@@ -145,10 +146,11 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
 
     Args:
         models: Zoo models as ``name`` (its default task) or ``name:task``; comma-separated lists
-            are split. Defaults to every zoo model with its default task.
+            are split; ``all`` is every model with every task (cache variants included). Defaults
+            to every zoo model with its default task.
         targets: Target names. Defaults to every target whose backend is installed.
-        precisions: Precisions; a target is paired only with those it has (the others show as
-            ``–``). Defaults to fp32.
+        precisions: Precisions, or ``all``; a target is paired only with those it has (the others
+            show as ``–``). Defaults to fp32.
         preset: ``tiny`` or ``full``. Defaults to ``tiny``.
 
     Raises:
@@ -158,17 +160,49 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
     packages.require_torch("matrix")
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    pairs = [_model_task(name) for name in _split(models or SPECS)]
+    names = _split(models or SPECS)
+    pairs = [(name, task) for name, spec in SPECS.items() for task in supported_tasks(spec.tasks)] \
+        if names == ["all"] else [_model_task(name) for name in names]
     names = _split(targets) if targets else [t for t in exporter.targets()
                                               if not exporter.get_exporter(t).missing_packages()]
     chosen = {t: exporter.get_exporter(t).precisions for t in names}
     wanted = _split(precisions)
+    if wanted == ["all"]:
+        wanted = list(dict.fromkeys(precision for available in chosen.values() for precision in available))
     for precision in wanted:
         if not any(precision in available for available in chosen.values()):
             raise UsageError(f"no chosen target has precision {precision!r}; "
                              + "; ".join(f"{t}: {', '.join(available)}" for t, available in chosen.items()))
     return [Combination(model, task, target, precision, preset) for model, task in pairs
             for target, available in chosen.items() for precision in wanted if precision in available]
+
+
+def claimed(expected: Matrix) -> list[Combination]:
+    """The combinations of a committed matrix, to run again (``edgeexport matrix --expect``)."""
+    return [c.combination for c in expected.cells]
+
+
+def drift(expected: Matrix, observed: Matrix, *, failures_may_pass: bool = False) -> list[str]:
+    """One line for each combination of ``expected`` whose status ``observed`` does not reproduce: a claim
+    that no longer holds, a refusal that no longer happens, a known failure that now passes or fails
+    differently, or one that did not run.
+
+    Statuses are compared, not numbers (errors vary with the CPU within the bounds). With
+    ``failures_may_pass``, a known failure (``failed`` or ``error``) that passes is no drift: where a
+    failure comes from the CPU's kernels (an fp16 mask flip, a plugin crash), another CPU may pass it.
+    """
+    seen = {c.combination: c for c in observed.cells}
+    lines = []
+    for cell in expected.cells:
+        now = seen.get(cell.combination)
+        if now is None:
+            lines.append(f"{cell.combination.key}: the matrix says {STATUS_WORD[cell.status]}; it was not run")
+        elif now.status != cell.status and not (failures_may_pass and cell.status in ("failed", "error")
+                                                and now.status == "passed"):
+            reason = now.error or (now.failures[0] if now.failures else "")
+            lines.append(f"{cell.combination.key}: the matrix says {STATUS_WORD[cell.status]}, this run "
+                         f"{STATUS_WORD[now.status]}{f' ({reason})' if reason else ''}")
+    return lines
 
 
 def _split(values: Iterable[str]) -> list[str]:
@@ -197,7 +231,8 @@ def run_combination(combination: Combination) -> CellResult:
             result = convert(combination.model, target=combination.target, task=combination.task,
                              preset=combination.preset, precision=combination.precision, output_dir=Path(tmp) / "a")
     except Exception as exc:  # noqa: BLE001 - recorded as the combination's one-line error
-        return CellResult(combination, "error", error=_one_line(exc), seconds=time.perf_counter() - start)
+        status = "refused" if isinstance(exc, UnsupportedError) else "error"
+        return CellResult(combination, status, error=_one_line(exc), seconds=time.perf_counter() - start)
     report = result.report
     assert report is not None  # convert validates by default
     errors = [o.rms_error for case in report.cases for o in case.outputs if math.isfinite(o.rms_error)]
@@ -282,34 +317,52 @@ def write_matrix(folder: str | Path) -> Matrix:
     return matrix
 
 
-def _notes(matrix: Matrix) -> dict[Combination, tuple[int, str]]:
-    """A numbered note for every cell that did not pass: its error or first parity failure."""
+@dataclass
+class Notes:
+    """Numbered notes for the cells that did not pass: ``number`` of each such cell, and each note's text
+    (``<model> <task> on <target> <precisions>: <reason>``) by number. Cells of one model, task and target
+    with the same reason share a note."""
+
+    number: dict[Combination, int]
+    text: dict[int, str]
+
+
+def _notes(matrix: Matrix) -> Notes:
     failing = [c for row in matrix.rows() for col in matrix.columns()
                if (c := matrix.cell(row, col)) is not None and c.status != "passed"]
-    return {c.combination: (i, c.error or (c.failures[0] if c.failures else "")) for i, c in enumerate(failing, 1)}
+    shared: dict[tuple[str, str, str, str], tuple[int, list[str]]] = {}
+    number = {}
+    for cell in failing:
+        c, reason = cell.combination, cell.error or (cell.failures[0] if cell.failures else "")
+        index, precisions = shared.setdefault((c.model, c.task, c.target, reason), (len(shared) + 1, []))
+        precisions.append(c.precision)
+        number[c] = index
+    return Notes(number, {index: f"{model} {task} on {target} {', '.join(precisions)}: {reason}"
+                          for (model, task, target, reason), (index, precisions) in shared.items()})
 
 
 def markdown(matrix: Matrix) -> str:
-    """The models x targets table with numbered notes for failures (what the README shows)."""
-    columns, notes = matrix.columns(), _notes(matrix)
-    lines = ["| model | task | " + " | ".join(f"{t} {p}" for t, p in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
-    for row in matrix.rows():
-        cells = []
-        for column in columns:
-            cell = matrix.cell(row, column)
-            mark = STATUS_MARK[cell.status] if cell is not None else "–"
-            cells.append(f"{mark} [{notes[cell.combination][0]}]" if cell is not None and cell.status != "passed"
-                         else mark)
-        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(cells) + " |")
-    ran = runtimes(matrix)
-    if ran:
-        lines += ["", "Ran on: " + "; ".join(f"{target} on {', '.join(labels)}" for target, labels in ran.items()) + "."]
-    if notes:
+    """One models x precisions table per target, headed by what ran it, then numbered notes for the cells
+    that did not pass (what the README shows)."""
+    notes, ran = _notes(matrix), runtimes(matrix)
+    lines: list[str] = []
+    for target in sorted({t for t, _ in matrix.columns()}):
+        columns = [column for column in matrix.columns() if column[0] == target]
+        lines += [f"**{target}**" + (f" (ran on {', '.join(ran[target])})" if target in ran else "") + ":", "",
+                  "| model | task | " + " | ".join(precision for _, precision in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        lines += [f"| {row[0]} | {row[1]} | " + " | ".join(_markdown_cell(matrix.cell(row, column), notes)
+                                                         for column in columns) + " |" for row in matrix.rows()]
         lines.append("")
-        lines += [f"{i}. {c.model} {c.task} on {c.target} {c.precision}: {text.replace('|', '/')}"
-                  for c, (i, text) in notes.items()]
-    return "\n".join(lines) + "\n"
+    lines += [f"{i}. {text.replace('|', '/')}" for i, text in notes.text.items()]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _markdown_cell(cell: CellResult | None, notes: Notes) -> str:
+    if cell is None:
+        return "–"
+    mark = STATUS_MARK[cell.status]
+    return f"{mark} [{notes.number[cell.combination]}]" if cell.status != "passed" else mark
 
 
 def runtimes(matrix: Matrix) -> dict[str, list[str]]:
@@ -332,8 +385,7 @@ def render_html(matrix: Matrix) -> str:
     for row in matrix.rows():
         tds = "".join(_html_cell(matrix.cell(row, column), notes) for column in columns)
         rows.append(f"<tr><td>{html.escape(row[0])}</td><td>{html.escape(row[1])}</td>{tds}</tr>")
-    items = "".join(f"<li value={i}>{html.escape(f'{c.model} {c.task} on {c.target} {c.precision}: {text}')}</li>"
-                    for c, (i, text) in notes.items())
+    items = "".join(f"<li value={i}>{html.escape(text)}</li>" for i, text in notes.text.items())
     passed = sum(c.status == "passed" for c in matrix.cells)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>edgeexport matrix</title>'
             f"<style>{STYLE}</style></head><body><main><h1>edgeexport support matrix</h1>"
@@ -343,13 +395,13 @@ def render_html(matrix: Matrix) -> str:
             "</main></body></html>\n")
 
 
-def _html_cell(cell: CellResult | None, notes: dict[Combination, tuple[int, str]]) -> str:
+def _html_cell(cell: CellResult | None, notes: Notes) -> str:
     if cell is None:
         return "<td>–</td>"
     hint = f"rms error {cell.rms_error:.3g} spreads, " if cell.rms_error is not None else ""
     hint += f"ran on {cell.runtime}, " if cell.runtime else ""
     hint += f"{cell.seconds:.1f} s" + (f", {cell.exporter}" if cell.exporter else "")
-    note = f" [{notes[cell.combination][0]}]" if cell.status != "passed" else ""
+    note = f" [{notes.number[cell.combination]}]" if cell.status != "passed" else ""
     return f'<td class="{cell.status}" title="{html.escape(hint)}">{html.escape(STATUS_WORD[cell.status] + note)}</td>'
 
 
@@ -359,11 +411,11 @@ def console_view(matrix: Matrix) -> Group:
     table = Table(title=f"support matrix: {sum(c.status == 'passed' for c in matrix.cells)} of {len(matrix.cells)} pass")
     for name in ("model", "task", *(f"{t} {p}" for t, p in columns)):
         table.add_column(name)
-    colours = {"passed": "green", "failed": "red", "error": "yellow"}
+    colours = {"passed": "green", "failed": "red", "error": "yellow", "refused": "magenta"}
     for row in matrix.rows():
         cells = [matrix.cell(row, column) for column in columns]
         table.add_row(row[0], row[1], *(Text("–") if c is None else Text(
-            c.status + (f" [{notes[c.combination][0]}]" if c.status != "passed" else ""), colours[c.status])
+            c.status + (f" [{notes.number[c.combination]}]" if c.status != "passed" else ""), colours[c.status])
             for c in cells))
-    lines = [Text(f"[{i}] {c.model} {c.task} on {c.target} {c.precision}: {text}") for c, (i, text) in notes.items()]
+    lines = [Text(f"[{i}] {text}") for i, text in notes.text.items()]
     return Group(table, *lines)

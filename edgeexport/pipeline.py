@@ -120,6 +120,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
                            dynamic_axes=dynamic_axes)
     folder = Path(output_dir or default_folder(reference.name, reference.task, target, precision))
     components = getattr(reference, "components", {"": reference})
+    for component in components.values():
+        exporter.refuse(component, precision)
     say("running the reference on the golden inputs")
     golden = {role: _golden(component) for role, component in components.items()}
     with staged_output(folder, force=force) as stage:

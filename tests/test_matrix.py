@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import edgeexport.pipeline
 from edgeexport.cli import app
 from edgeexport.errors import UsageError
-from edgeexport.matrix import Combination, Matrix, plan, run_matrix
+from edgeexport.matrix import Combination, Matrix, markdown, plan, run_combination, run_matrix
 from edgeexport.matrix_readme import END, START, load_matrix, main, readme_with_matrix
 from edgeexport.pipeline import ConversionResult
 
@@ -47,7 +47,7 @@ def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: 
     saved = json.loads((tmp_path / "results" / "bert-sequence-classification-tiny-onnx-fp32.json").read_text())
     assert saved["report"]["schema"] == "edgeexport.report.v2" and saved["report"]["passed"]
     assert "| bert | sequence-classification | ✅ passes |" in (tmp_path / "matrix.md").read_text()
-    assert "Ran on: onnx on onnxruntime." in (tmp_path / "matrix.md").read_text()
+    assert "**onnx** (ran on onnxruntime):" in (tmp_path / "matrix.md").read_text()
     assert cells["bert"]["runtime"] == "onnxruntime" and 0 < cells["bert"]["rms_error"] < 1e-4
     assert "exporter exploded" in (tmp_path / "matrix.html").read_text()
     assert "error [1]" in result.stdout
@@ -55,6 +55,29 @@ def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: 
     again = runner.invoke(app, ["matrix", "--models", "bert,vit", "--targets", "onnx", "-o", str(tmp_path), "--strict"])
     assert fake_convert == ["bert", "vit"]  # nothing ran again
     assert again.exit_code == 1 and "matrix FAILED: vit-image-classification-tiny-onnx-fp32" in again.stderr
+
+
+def test_expect_runs_the_committed_cells_and_fails_on_drift(fake_convert: list[str], tmp_path: Path) -> None:
+    """Planted drift: the committed file says vit passes, the run errors; bert's claim holds."""
+    committed = tmp_path / "committed.json"
+    cells = [{"model": m, "task": "sequence-classification" if m == "bert" else "image-classification",
+              "target": "onnx", "precision": "fp32", "preset": "tiny", "status": "passed"} for m in ("bert", "vit")]
+    committed.write_text(json.dumps({"schema": "edgeexport.matrix.v2", "cells": cells}))
+    result = runner.invoke(app, ["matrix", "--expect", str(committed), "-o", str(tmp_path / "out")])
+    assert fake_convert == ["bert", "vit"] and result.exit_code == 1
+    assert (f"matrix against {committed} FAILED: vit-image-classification-tiny-onnx-fp32: the matrix says passes, "
+            "this run error (RuntimeError: exporter exploded second line)") in " ".join(result.stderr.split())
+    assert "bert-sequence" not in result.stderr.split("FAILED")[1]
+    both = runner.invoke(app, ["matrix", "--expect", str(committed), "--models", "bert"])
+    assert both.exit_code == 2 and "--expect runs the combinations of its matrix" in both.stderr
+
+
+def test_an_exporter_refusal_is_recorded_as_refused_with_its_reason(tmp_path: Path) -> None:
+    """A known-broken combination (OpenVINO int8 on a decoder with a cache) is refused, not an error."""
+    pytest.importorskip("openvino")
+    cell = run_combination(Combination("gpt2", "causal-lm-with-past", "openvino", "int8"))
+    assert cell.status == "refused" and cell.error.startswith("--precision int8 breaks the decode steps of 'gpt2'")
+    assert "🚫 refused [1]" in markdown(Matrix([cell]))
 
 
 def test_parallel_jobs_record_errors_from_worker_processes(tmp_path: Path) -> None:
@@ -70,6 +93,9 @@ def test_parallel_jobs_record_errors_from_worker_processes(tmp_path: Path) -> No
 def test_plan_checks_names_and_pairs_targets_with_their_precisions() -> None:
     combinations = plan(["bert:question-answering"], ["onnx"], ["fp32,fp16"])
     assert [(c.task, c.precision) for c in combinations] == [("question-answering", "fp32"), ("question-answering", "fp16")]
+    every = plan(["all"], ["onnx"], ["all"])
+    assert len(every) == 16 * 3 and {c.precision for c in every} == {"fp32", "fp16", "int8-weights"}
+    assert ("gpt2", "causal-lm-with-past") in {(c.model, c.task) for c in every}
     with pytest.raises(UsageError, match="model 'vit' has no task 'ctc'"):
         plan(["vit:ctc"], ["onnx"])
     with pytest.raises(UsageError, match="no chosen target has precision 'int8'; onnx: fp32, fp16"):
@@ -90,7 +116,7 @@ def test_readme_generator_replaces_only_the_marked_block() -> None:
          "status": "failed", "failures": ["example/logits: too far"]}]})
     readme = f"intro\n{START}\nold table\n{END}\noutro\n"
     assert readme_with_matrix(readme, matrix) == (
-        f"intro\n{START}\n| model | task | onnx fp32 |\n|---|---|---|\n| vit | image-classification | ❌ fails [1] |\n\n"
+        f"intro\n{START}\n**onnx**:\n\n| model | task | fp32 |\n|---|---|---|\n| vit | image-classification | ❌ fails [1] |\n\n"
         f"1. vit image-classification on onnx fp32: example/logits: too far\n{END}\noutro\n")
     with pytest.raises(UsageError, match="the README has no"):
         readme_with_matrix("no markers", matrix)

@@ -1,6 +1,7 @@
-"""OpenVINO target: every zoo pair converts at fp32 with parity (golden and fresh cases at both
-shapes); fp16, int8-weights and int8 pass their own criteria; int8's statistical criterion
-rejects planted regressions; conversion failures name the op and the module."""
+"""OpenVINO target: an fp32 artifact keeps fp32 weights (every zoo pair's parity at every
+precision is re-proved by tests/test_support_matrix.py); fp16, int8-weights and int8 pass their own
+criteria; int8's statistical criterion rejects planted regressions; conversion failures name the
+op and the module; int8 on decoders with a cache is refused."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import pytest
 import torch
 
 from edgeexport.artifact import Artifact, Tolerance
-from edgeexport.errors import ConversionError, UsageError
+from edgeexport.errors import ConversionError, UnsupportedError, UsageError
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference import load_reference
 from edgeexport.validation.metrics import compare_output
-from edgeexport.zoo import SPECS
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -28,9 +28,6 @@ from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.openvino import describe  # noqa: E402
 
 SLOW = pytest.mark.slow
-HEAVY = {"mask2former"}  # ~45 s to trace (Swin backbone + pixel decoder): slow, to keep the default run short
-PAIRS = [pytest.param(name, task, id=f"{name}-{task}", marks=[SLOW] if name in HEAVY else [])
-         for name, spec in SPECS.items() for task in spec.tasks]
 
 
 def _convert(name: str, folder: Path, *, task: str | None = None, precision: str = "fp32") -> ConversionResult:
@@ -51,9 +48,10 @@ def int8_bert(tmp_path_factory: pytest.TempPathFactory) -> ConversionResult:
     return _convert("bert", tmp_path_factory.mktemp("openvino") / "bert-int8", precision="int8")
 
 
-@pytest.mark.parametrize(("name", "task"), PAIRS)
-def test_zoo_pair_converts_with_fp32_parity(name: str, task: str, tmp_path: Path) -> None:
-    result = _convert(name, tmp_path / "artifact", task=task)
+def test_fp32_artifact_keeps_fp32_weights_and_the_f32_hint(tmp_path: Path) -> None:
+    """Every pair's parity at every precision is re-proved by tests/test_support_matrix.py; this checks what an
+    fp32 artifact holds."""
+    result = _convert("bert", tmp_path / "artifact")
 
     assert result.report is not None and result.report.passed, result.report.failures()
     cases = {(c.case, c.source) for c in result.report.cases}
@@ -217,11 +215,41 @@ def test_converting_twice_gives_byte_identical_files(tmp_path: Path) -> None:
     assert first.manifest.files == second.manifest.files
 
 
-def test_int8_on_a_decoder_with_a_cache_is_refused_before_any_work(tmp_path: Path) -> None:
-    folder = tmp_path / "gpt2-int8"
-    with pytest.raises(UsageError) as error:
-        convert("gpt2", target="openvino", task="causal-lm-with-past", precision="int8", output_dir=folder)
+@pytest.mark.parametrize(("name", "task"), [("gpt2", "causal-lm-with-past"), ("bart", "seq2seq-lm-with-past")])
+def test_int8_on_a_decoder_with_a_cache_is_refused_before_any_work(name: str, task: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before any component is exported (a bundle's encoder included)."""
+    monkeypatch.setattr(EXPORTER, "export", lambda *_a, **_k: pytest.fail("exported before the refusal"))
+    folder = tmp_path / f"{name}-int8"
+    with pytest.raises(UnsupportedError) as error:
+        convert(name, target="openvino", task=task, precision="int8", output_dir=folder)
 
-    assert str(error.value) == ("--precision int8 breaks the decode steps of 'gpt2' (a decoder with a cache: activation "
-                                "ranges are calibrated on the first step only); use --precision int8-weights")
+    assert str(error.value) == (f"--precision int8 breaks the decode steps of {name!r} (a decoder with a cache: "
+                                "activation ranges are calibrated on the first step only); use --precision int8-weights")
     assert not folder.exists()
+
+
+def test_int8_keeps_layers_fed_by_per_position_ranges_in_float() -> None:
+    """GLPN's Mix-FFN: nncf gives the depthwise convolutions' inputs ranges per position (the sequence axis at
+    the calibration size), which the CPU plugin rejects at any other size. Planted: the first pass alone fails
+    at the alternate size; the exporter's second pass keeps those four layers in float and runs there."""
+    import openvino as ov
+
+    from edgeexport.exporters import openvino as target
+
+    reference = load_reference("glpn")
+    model, _ = target.convert(reference, opset=None)
+    target.name_tensors(model, reference)
+    head = target.weighted_layers(model)[-target.FLOAT_HEAD_LAYERS:]
+    first = target._nncf_quantize(model, target.calibration_set(reference), None, head)
+    positional = target.fed_by_positional_ranges(first)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
+    assert len(positional) == 4 and {kinds[name] for name in positional} == {"GroupConvolution"}
+
+    alternate = reference.make_inputs(reference.shape_cases()[1][1])
+    with pytest.raises(RuntimeError, match=r"input_shape\[j\] == 1"):
+        ov.Core().compile_model(first, "CPU")(alternate)
+    final, applied = target.quantize(model, reference)
+    assert "4 layers fed by per-position ranges in float" in applied
+    assert target.fed_by_positional_ranges(final) == []
+    assert np.isfinite(ov.Core().compile_model(final, "CPU")(alternate)[0]).all()

@@ -40,9 +40,10 @@ from edgeexport.capture import (
     run_strategies,
     traced_scope,
 )
-from edgeexport.errors import CaptureError, ConversionError, UsageError
+from edgeexport.errors import CaptureError, ConversionError, UnsupportedError, UsageError
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import quiet
+from edgeexport.tasks import WITH_PAST
 from edgeexport.zoo import SPATIAL_AXES
 
 if TYPE_CHECKING:
@@ -271,6 +272,19 @@ def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, NodeO
     return None
 
 
+def refuse_cache(reference: ReferenceModel) -> None:
+    """Refuse a decoder with a cache (:meth:`CoreMLExporter.refuse`).
+
+    Its first step feeds an empty cache (a zero-length past axis) and Core ML has no zero-size
+    tensors (a flexible dimension's lower bound is 1), so the exported model cannot take the step
+    every generation starts with.
+    """
+    if reference.generation.get("cache", {}).get("past"):
+        raise UnsupportedError(f"Core ML cannot take the empty cache of the first decoding step (no zero-size tensors), "
+                         f"so {reference.name!r} with a cache does not convert to coreml; use --task "
+                         f"{WITH_PAST.get(reference.task, reference.task)} for Core ML, or --target onnx or openvino")
+
+
 def _mil_name(name: str) -> str:
     """The name coremltools gives the MIL variable of a PyTorch value (``input.1`` -> ``input_1``, ``10`` -> ``op_10``)."""
     from coremltools.converters.mil.mil.passes.defs.preprocess import NameSanitizer
@@ -315,6 +329,9 @@ class CoreMLExporter(Exporter):
         "palettize6": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.7, rms_error=0.3, scale_error=0.2, min_top1=0.9),
         "palettize4": Tolerance(atol=1e-7, rounding=2e-3, max_error=2.0, rms_error=0.7, scale_error=0.3, min_top1=0.9),
     }
+
+    def refuse(self, reference: ReferenceModel, precision: str) -> None:
+        refuse_cache(reference)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str,
                deployment_target: str | None = None, **options: Any) -> ExportResult:

@@ -37,7 +37,7 @@ from edgeexport.capture import (
     trace_inputs,
     traced_scope,
 )
-from edgeexport.errors import ConversionError, StageError, UsageError
+from edgeexport.errors import ConversionError, StageError, UnsupportedError
 from edgeexport.exporter import Exporter, ExportResult
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.logs import logger_levels
@@ -190,31 +190,78 @@ def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]
 
     The task head (the last :data:`FLOAT_HEAD_LAYERS` weighted layers) stays in float, and
     weights use 7 bits (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels
-    accumulate pairs in int16, do not saturate.
+    accumulate pairs in int16, do not saturate. Layers fed by activation ranges that nncf set per
+    position along a dynamic axis (:func:`fed_by_positional_ranges`) stay in float too: a second
+    pass quantizes without them.
     """
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model_type = nncf.ModelType.TRANSFORMER if is_transformer(model) else None
     samples = calibration_set(reference)
     head = weighted_layers(model)[-FLOAT_HEAD_LAYERS:]
-    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=model_type,
-                              ignored_scope=nncf.IgnoredScope(names=head),
-                              advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+    quantized = _nncf_quantize(model, samples, model_type, head)
+    positional = fed_by_positional_ranges(quantized)
+    if positional:
+        quantized = _nncf_quantize(model, samples, model_type, head + positional)
     kind = "transformer" if model_type else "default"
     return quantized, (f"nncf.quantize({kind}, {len(samples)} calibration samples, overflow_fix, "
-                       f"{len(head)} head layers in float)")
+                       f"{len(head)} head layers in float"
+                       + (f", {len(positional)} layers fed by per-position ranges in float" if positional else "") + ")")
+
+
+def _nncf_quantize(model: ov.Model, samples: list[dict[str, np.ndarray]], model_type: Any,
+                   ignored: list[str]) -> ov.Model:
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), model_type=model_type,
+                         ignored_scope=nncf.IgnoredScope(names=ignored),
+                         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+
+
+def fed_by_positional_ranges(model: ov.Model) -> list[str]:
+    """Weighted layers reached from a FakeQuantize whose ranges vary along a dynamic axis of its input.
+
+    nncf takes the channel axis of a convolution's input back through reshapes and transposes;
+    where a token-major MatMul output becomes a feature map (GLPN's and SegFormer's Mix-FFN) that
+    axis is the sequence, so the ranges hold one value per position at the calibration size and
+    the CPU plugin rejects any other size (``Check 'input_shape[j] == 1' failed``). nncf has no
+    option against it (hand-written for that reason), so such layers are found in the graph.
+    """
+    found: list[str] = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        data = op.input_value(0).get_partial_shape()
+        ranges = op.input_value(1).get_partial_shape()
+        if ranges.rank.get_length() == data.rank.get_length() and any(
+                data[axis].is_dynamic and ranges[axis].get_length() > 1 for axis in range(data.rank.get_length())):
+            found += [name for name in _weighted_consumers(op) if name not in found]
+    return found
+
+
+def _weighted_consumers(op: ov.Node) -> list[str]:
+    """Names of the first weighted layers downstream of ``op`` on every path."""
+    names, pending = [], [t.get_node() for t in op.output(0).get_target_inputs()]
+    while pending:
+        node = pending.pop()
+        if node.get_type_name() in WEIGHTED_OPS:
+            names.append(node.get_friendly_name())
+        elif node.get_type_name() != "Result":
+            pending += [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
+    return names
 
 
 def refuse_unsound(reference: ReferenceModel, precision: str) -> None:
-    """Refuse a precision known to break the model, before any work (docs/parity.md, "Known failures").
+    """Refuse a precision known to break the model (:meth:`OpenVinoExporter.refuse`).
 
     int8 calibrates activation ranges on first steps (an empty cache); a decoder with a cache then
     runs its decode steps outside those ranges (GPT-2 tiny: 0.66 spreads RMS on the decode step).
     """
     if precision == "int8" and reference.generation.get("cache", {}).get("past"):
-        raise UsageError(f"--precision int8 breaks the decode steps of {reference.name!r} (a decoder with a cache: "
-                         "activation ranges are calibrated on the first step only); use --precision int8-weights")
+        raise UnsupportedError(f"--precision int8 breaks the decode steps of {reference.name!r} (a decoder with a "
+                               "cache: activation ranges are calibrated on the first step only); use --precision "
+                               "int8-weights")
 
 
 def is_transformer(model: ov.Model) -> bool:
@@ -272,11 +319,13 @@ class OpenVinoExporter(Exporter):
         "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=2.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
     }
 
+    def refuse(self, reference: ReferenceModel, precision: str) -> None:
+        refuse_unsound(reference, precision)
+
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                **options: Any) -> ExportResult:
         import openvino as ov
 
-        refuse_unsound(reference, precision)
         model, info = convert(reference, opset=opset)
         name_tensors(model, reference)
         passes = []

@@ -37,7 +37,7 @@ td.reason{white-space:normal;color:#991b1b}tr.failed td{background:#fef2f2}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:14px}
 .plots .card{margin:0}svg{max-width:100%;height:auto}.failures{color:#991b1b;margin:10px 0 0;font-size:13px}
 td.passed{background:#ecfdf5;color:#047857;font-weight:600}td.failed{background:#fef2f2;color:#b91c1c;font-weight:600}
-td.error{background:#fffbeb;color:#b45309;font-weight:600}
+td.error{background:#fffbeb;color:#b45309;font-weight:600}td.refused{background:#f5f3ff;color:#6d28d9;font-weight:600}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;font-size:13px;margin:0}dt{color:#6b7280}
 """.replace("\n", "")
 
