@@ -243,7 +243,9 @@ class Manifest:
     ``created_at`` is the only field that differs between two conversions of the same model.
     ``generation`` (optional, written only when set) is the KV-cache block of generation
     artifacts, parsed by :class:`edgeexport.generation_spec.GenerationSpec`; ``processing``
-    (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`.
+    (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
+    ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
+    precision (:mod:`edgeexport.tuning`).
     """
 
     model: dict[str, Any]
@@ -260,6 +262,7 @@ class Manifest:
     runtime_options: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -291,6 +294,7 @@ class Manifest:
             "runtime_options": self.runtime_options,
             **({"generation": self.generation} if self.generation else {}),
             **({"processing": self.processing} if self.processing else {}),
+            **({"tuning": self.tuning} if self.tuning else {}),
             "tool_versions": self.tool_versions,
             "files": self.files,
         }
@@ -342,6 +346,7 @@ class Manifest:
             runtime_options=_field(data, "runtime_options", dict, ""),
             generation=_field(data, "generation", dict, "") if "generation" in data else {},
             processing=_field(data, "processing", dict, "") if "processing" in data else {},
+            tuning=_field(data, "tuning", dict, "") if "tuning" in data else {},
             tool_versions=_field(data, "tool_versions", dict, ""),
             files=files,
         )

@@ -180,7 +180,8 @@ def convert(
     preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size), zoo models only.")] = "tiny",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Artifact folder.")] = None,
     precision: Annotated[Optional[str], typer.Option(
-        help="Precision of the exported model; defaults to the target's (fp32; coreml: fp16).")] = None,
+        help="Precision of the exported model; defaults to the target's (fp32; coreml: fp16). auto: try every "
+             "precision and keep the fastest at parity on this machine (edgeexport tune).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset.")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check parity after export.")] = True,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
@@ -192,13 +193,24 @@ def convert(
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
     from edgeexport.pipeline import convert as run_convert
+    from edgeexport.tuning import AUTO
 
+    if precision == AUTO:
+        _tune(model, target=target, task=task, preset=preset, output_dir=output, opset=opset, force=force,
+              simplify=simplify, allow_pickle=allow_pickle, tolerance=tolerance, target_options=target_options,
+              json_output=json_output)
+        return
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, simplify=simplify,
                              tolerance=tolerance,
                              allow_pickle=allow_pickle, target_options=target_options,
                              progress=lambda message: status.update(message))
+    _show_conversion(result, json_output)
+
+
+def _show_conversion(result: Any, json_output: bool) -> None:
+    """``wrote ...`` and the exporter's notes, then the parity table and verdict (exit 1 on failure)."""
     exporter = result.manifest.exporter
     errors.print(f"wrote {result.describe()}", highlight=False, markup=False, soft_wrap=True)
     for label, note in (("first strategy failed: ", exporter.get("fallback_reason")), ("", exporter.get("note"))):
@@ -209,6 +221,59 @@ def convert(
 
         _show_parity(result.report, json_output)
         _exit_on("parity", result.report.failures(), verdict(result.report))
+
+
+@app.command()
+@_one_line_errors
+@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
+@_flags(map(_option_flag, target_options().values()), _target_options, replaces=("target_options",))
+def tune(
+    source: Annotated[str, typer.Argument(help="Zoo name, save_pretrained folder, hub id, or an artifact folder "
+                                               "(tunes the model it was converted from).")],
+    target: Annotated[Optional[str], typer.Option(help="Target format (default: onnx, or the artifact's).")] = None,
+    precisions: Annotated[Optional[list[str]], typer.Option(
+        "--precisions", help="Candidates, repeatable or comma-separated (default: every precision of the target).")
+    ] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task; defaults to the model's first task.")] = None,
+    preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size), zoo models only.")] = "tiny",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder of the kept artifact.")] = None,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed samples of each candidate, split over the rounds.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds of the candidates, each in its own process.")
+                      ] = 2,
+    threads: Threads = 0,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the kept artifact's parity report as JSON.")
+                           ] = False,
+    target_options: dict[str, Any] | None = None,
+    tolerance: dict[str, float] | None = None,
+) -> None:
+    """Convert SOURCE at every precision of TARGET, check each against its tolerance, time those that pass side by
+    side on this machine and keep the fastest (the same as convert --precision auto); the manifest keeps the table."""
+    from edgeexport.matrix import split_names
+
+    _tune(source, target=target, task=task, preset=preset, output_dir=output, force=force, tolerance=tolerance,
+          target_options=target_options, json_output=json_output, precisions=tuple(split_names(precisions or ())),
+          iterations=iterations, rounds=rounds, threads=threads)
+
+
+def _tune(source: str, *, json_output: bool, precisions: tuple[str, ...] = (), iterations: int = 20, rounds: int = 2,
+          threads: int = 0, **convert_options: Any) -> None:
+    from edgeexport.tuning import TuneOptions
+    from edgeexport.tuning import tune as run_tune
+
+    options = TuneOptions(precisions=precisions, iterations=iterations, rounds=rounds, threads=threads)
+    with console.status("starting", spinner="dots") as status:
+        result = run_tune(source, options=options, progress=lambda message: status.update(message), **convert_options)
+    _show_tuning(result.tuning.to_dict())
+    _show_conversion(result.conversion, json_output)
+
+
+def _show_tuning(tuning: dict[str, Any]) -> None:
+    from edgeexport.tuning import describe
+
+    columns, rows, footer = describe(tuning)
+    console.print(_table(f"candidates (* kept: {tuning['chosen']}, the fastest at parity)", columns, rows))
+    errors.print(footer, highlight=False, markup=False, soft_wrap=True)
 
 
 def _show_parity(report: Any, json_output: bool, localization: Any = None) -> None:
@@ -374,6 +439,8 @@ def inspect(
     for role, component in inspected.components.items():
         console.print(_table(f"{artifact}" + (f" ({role})" if role else ""), ("field", "value"), component.summary(),
                              show_header=False))
+        if component.manifest.tuning:
+            _show_tuning(component.manifest.tuning)
         if component.details.get("ops"):
             console.print(_table(f"ops ({component.details.get('nodes')} nodes)", ("op", "count"),
                                  ((op, str(count)) for op, count in component.details["ops"].items())))

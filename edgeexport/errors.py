@@ -50,6 +50,12 @@ class DeviceError(UsageError):
     """The GPU cannot do what was asked: none visible, out of memory, or a failing CUDA call."""
 
 
+class TuningError(EdgeExportError):
+    """No candidate precision passed parity in ``convert --precision auto`` (exit code 1, as a parity failure)."""
+
+    exit_code = 1
+
+
 class StageError(EdgeExportError):
     """A stage of a conversion failed (exit code 2).
 

@@ -160,13 +160,13 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
     packages.require_torch("matrix")
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    names = _split(models or SPECS)
+    names = split_names(models or SPECS)
     pairs = [(name, task) for name, spec in SPECS.items() for task in supported_tasks(spec.tasks)] \
         if names == ["all"] else [_model_task(name) for name in names]
-    names = _split(targets) if targets else [t for t in exporter.targets()
+    names = split_names(targets) if targets else [t for t in exporter.targets()
                                               if not exporter.get_exporter(t).missing_packages()]
     chosen = {t: exporter.get_exporter(t).precisions for t in names}
-    wanted = _split(precisions)
+    wanted = split_names(precisions)
     if wanted == ["all"]:
         wanted = list(dict.fromkeys(precision for available in chosen.values() for precision in available))
     for precision in wanted:
@@ -205,7 +205,8 @@ def drift(expected: Matrix, observed: Matrix, *, failures_may_pass: bool = False
     return lines
 
 
-def _split(values: Iterable[str]) -> list[str]:
+def split_names(values: Iterable[str]) -> list[str]:
+    """Names given repeated or comma-separated (``--models a,b --models c``), in order."""
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 

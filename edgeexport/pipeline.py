@@ -81,8 +81,9 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             model (random weights) ``./<model>-<task>-<target>-<precision>-<preset>-random``.
         task: Task of a zoo model or folder. Defaults to the model's first/declared task.
         preset: ``tiny`` or ``full`` for zoo models. Defaults to ``tiny``.
-        precision: Precision of the target model. Defaults to the target's default precision
-            (``fp32``; ``fp16`` for coreml).
+        precision: Precision of the target model. Defaults to the target's default precision (``fp32``;
+            ``fp16`` for coreml). :func:`edgeexport.tuning.tune` (``--precision auto``) tries every
+            precision and keeps the fastest at parity.
         opset: ONNX opset. Defaults to the exporter's default.
         validate: Run golden and fresh-shape parity checks after writing. Defaults to True.
         force: Replace a non-empty ``output_dir``. Defaults to False.
@@ -102,23 +103,68 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             before torch is imported).
         CaptureError, ConversionError: export failed; nothing is written.
     """
-    say = progress or (lambda _message: None)
     exporter = get_exporter(target)
     precision = precision or exporter.default_precision
     exporter.check_precision(precision)
+    reference, folder, options = prepare(
+        model, example_inputs, exporter, precision, output_dir=output_dir, task=task, preset=preset, opset=opset,
+        force=force, tolerance=tolerance, dynamic_axes=dynamic_axes, simplify=simplify, allow_pickle=allow_pickle,
+        seed=seed, target_options=target_options, progress=progress)
+    return export_reference(reference, exporter, folder, options, precision=precision, validate=validate, force=force,
+                            progress=progress)
+
+
+def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any] | Sequence[Any] | None,
+            exporter: Exporter, precision: str, *, output_dir: str | Path | None, task: str | None, preset: str,
+            opset: int | None, force: bool, tolerance: Mapping[str, float] | None,
+            dynamic_axes: Mapping[str, Mapping[int, str]] | None, simplify: bool, allow_pickle: bool, seed: int,
+            target_options: Mapping[str, Any] | None,
+            progress: Progress | None) -> tuple[ReferenceModel | ReferenceBundle, Path, Export]:
+    """Check a conversion's arguments (before torch is imported), then build its reference.
+
+    Returns the reference, the artifact folder (``precision`` names the default one) and the
+    options every export of it shares. Raises :class:`UsageError` as :func:`convert` documents.
+    """
     check_bound_keys(tolerance or {})
     exporter.check_options(target_options or {})
     zoo_model_task = _checked_zoo_task(model, task, preset)
     if output_dir is None and zoo_model_task is not None:
-        output_dir = default_folder(str(model), zoo_model_task, target, precision, preset=preset)
+        output_dir = default_folder(str(model), zoo_model_task, exporter.target, precision, preset=preset)
     if output_dir is not None:
         check_output_dir(Path(output_dir), force=force)
     exporter.check_available()
-    tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
-    say("building the PyTorch reference")
+    (progress or (lambda _message: None))("building the PyTorch reference")
     reference = _reference(model, example_inputs, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
                            dynamic_axes=dynamic_axes)
-    folder = Path(output_dir or default_folder(reference.name, reference.task, target, precision))
+    folder = Path(output_dir or default_folder(reference.name, reference.task, exporter.target, precision))
+    options = Export(opset=opset, simplify=simplify, seed=seed, bounds=dict(tolerance or {}),
+                     target_options={k: v for k, v in (target_options or {}).items() if v is not None})
+    return reference, folder, options
+
+
+@dataclass(frozen=True)
+class Export:
+    """The options of one conversion that every candidate precision shares (:func:`export_reference`)."""
+
+    opset: int | None = None
+    simplify: bool = True
+    seed: int = 0
+    bounds: dict[str, float] = field(default_factory=dict)
+    target_options: dict[str, Any] = field(default_factory=dict)
+
+
+def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Exporter, folder: Path, options: Export, *,
+                     precision: str, validate: bool = True, force: bool = False,
+                     progress: Progress | None = None) -> ConversionResult:
+    """Export a built reference to ``folder`` (staged, then renamed) at ``precision`` and check its parity.
+
+    Raises:
+        UnsupportedError: the exporter refuses the model at this precision (before any export).
+        CaptureError, ConversionError: export failed; nothing is written.
+    """
+    say = progress or (lambda _message: None)
+    target = exporter.target
+    tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
     components = getattr(reference, "components", {"": reference})
     for component in components.values():
         exporter.refuse(component, precision)
@@ -129,12 +175,10 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         for role, component in components.items():
             say(f"exporting {role or 'the model'} to {target} ({precision})")
             (stage / role).mkdir(exist_ok=True)
-            manifests[role] = _write_artifact(
-                stage / role, component, golden[role], exporter, target=target, precision=precision, opset=opset,
-                simplify=simplify, seed=seed, bounds=tolerance or {}, tool_packages=tool_packages,
-                options={k: v for k, v in (target_options or {}).items() if v is not None})
+            manifests[role] = _write_artifact(stage / role, component, golden[role], exporter, precision=precision,
+                                              options=options, tool_packages=tool_packages)
         if "" not in components:
-            write_bundle(stage, list(components), _model_info(reference, seed))
+            write_bundle(stage, list(components), _model_info(reference, options.seed))
     report = None
     if validate:
         say("checking parity against PyTorch")
@@ -179,14 +223,13 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
             **({"fixed_shape": fixed} if fixed else {})}
 
 
-def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, target: str,
-                    precision: str, opset: int | None, simplify: bool, seed: int, bounds: Mapping[str, float],
-                    tool_packages: Sequence[str], options: Mapping[str, Any]) -> Manifest:
+def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, precision: str,
+                    options: Export, tool_packages: Sequence[str]) -> Manifest:
     """Export one reference into ``stage`` with its golden cases, assets and manifest."""
-    tolerance = exporter.tolerance(reference, precision).overridden(**bounds)
+    tolerance = exporter.tolerance(reference, precision).overridden(**options.bounds)
     try:
-        result = exporter.export(reference, stage, precision=precision, opset=opset, simplify_graph=simplify,
-                                 **options)
+        result = exporter.export(reference, stage, precision=precision, opset=options.opset,
+                                 simplify_graph=options.simplify, **options.target_options)
     except StageError as exc:  # numbered in the exporter's stages, which the error cannot know
         raise exc.numbered(exporter.stages) from exc.__cause__
     for relative, source in reference.assets.items():
@@ -196,7 +239,7 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         else:
             shutil.copyfile(source, stage / relative)
     manifest = Manifest(
-        model=_model_info(reference, seed), target=target, runtime=exporter.runtime, precision=precision,
+        model=_model_info(reference, options.seed), target=exporter.target, runtime=exporter.runtime, precision=precision,
         model_file=result.model_file, exporter=result.exporter, inputs=reference.input_tensor_specs(),
         outputs=reference.output_tensor_specs([(sizes, outputs) for _, sizes, _, outputs in golden]),
         tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
