@@ -91,15 +91,20 @@ def save_model(name: str, folder: Path) -> Path:
     return folder / name
 
 
+# Linux carries a process's peak RSS across exec, so a command forked straight from this (large)
+# process would report this process's size: a small launcher runs it and reports its child's peak.
+LAUNCHER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
 def timed_process(command: list[str]) -> dict[str, float]:
     """Wall seconds and peak RSS (MB) of ``command`` run to completion in a fresh process."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if status:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mb": int(done.stdout.split()[-1]) / 1024}
 
 
 def export_edgeexport(folder: Path, task: str, target: str, precision: str, out: Path) -> dict[str, float]:
