@@ -33,7 +33,7 @@ import numpy as np
 
 PRECISIONS = {
     "onnx": ("fp32", "fp16", "int8-weights"),
-    "openvino": ("fp32", "fp16", "int8-weights", "int8"),
+    "openvino": ("fp32", "fp16", "bf16", "int8-weights", "int4-weights", "int8"),
     "coreml": ("fp32", "fp16", "int8", "palettize6", "palettize4"),
 }
 ZOO = [("gpt2", "causal-lm"), ("gpt2", "causal-lm-with-past"), ("bert", "sequence-classification"),
