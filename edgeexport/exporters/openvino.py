@@ -356,13 +356,14 @@ class OpenVinoExporter(Exporter):
     # The onnx strategy converts through the ONNX target.
     tool_packages = ("torch", "transformers", "openvino", "nncf", "onnx", "onnxscript")
     stages = ("convert", "name inputs and outputs", "compress", "save")
-    # Derived from the zoo and holdout models (docs/parity.md); fp16 stores weights in fp16, computes in fp32.
+    # Derived from the zoo and holdout models (docs/parity.md); fp16 stores weights in fp16, computes in fp32; bf16's
+    # floor is 4 unit roundoffs of bf16 (measured on AVX512_BF16, not on AMX).
     precisions = {
         "fp32": None,
         "fp16": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.02, rms_error=0.01, scale_error=5e-3),
-        "bf16": Tolerance(atol=1e-7, rounding=0.02, max_error=1.0, rms_error=0.3, scale_error=0.1),
+        "bf16": Tolerance(atol=1e-7, rounding=0.02, max_error=0.5, rms_error=0.1, scale_error=0.05),
         "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=0.5, rms_error=0.2, scale_error=0.1, min_top1=0.9),
-        "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=3.0, rms_error=1.0, scale_error=0.5, min_top1=0.5),
+        "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=5.0, rms_error=0.7, scale_error=0.7, min_top1=0.9),
         "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=2.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
     }
 
