@@ -5,7 +5,8 @@ Usage: python benchmarks/generation.py [--prompt-tokens 16] [--new-tokens 32] [-
 
 GPT-2 124M (full preset, random weights, seeded) is converted to ``causal-lm-with-past``
 artifacts: ONNX fp32 and int8-weights (onnxruntime MatMulNBits) run by onnxruntime, OpenVINO
-fp32 and int8-weights (nncf) run by OpenVINO. Every backend gets the same 16-token prompt
+fp32, bf16 (fp32 weights, bf16 arithmetic where the CPU has it), int8-weights and int4-weights
+(nncf) run by OpenVINO. Every backend gets the same 16-token prompt
 (batch 1) and generates 32 tokens greedily with the same thread count (torch.set_num_threads,
 onnxruntime intra-op threads, OpenVINO INFERENCE_NUM_THREADS). Each backend runs once
 untimed, then ``--repeats`` times, interleaved so load on the shared machine hits all alike;
@@ -76,7 +77,8 @@ def time_ours(generator: Generator, ids: np.ndarray, new_tokens: int) -> tuple[l
 
 
 ARTIFACTS = {"onnxruntime-fp32": ("onnx", "fp32"), "onnxruntime-int8-weights": ("onnx", "int8-weights"),
-             "openvino-fp32": ("openvino", "fp32"), "openvino-int8-weights": ("openvino", "int8-weights")}
+             "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
+             "openvino-int8-weights": ("openvino", "int8-weights"), "openvino-int4-weights": ("openvino", "int4-weights")}
 EAGER = "pytorch eager generate()"
 Timing = tuple[list[int], float, float]
 

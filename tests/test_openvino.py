@@ -1,6 +1,6 @@
 """OpenVINO target: an fp32 artifact keeps fp32 weights (every zoo pair's parity at every
-precision is re-proved by tests/test_support_matrix.py); fp16, int8-weights and int8 pass their own
-criteria; int8's statistical criterion rejects planted regressions; conversion failures name the
+precision is re-proved by tests/test_support_matrix.py); bf16 keeps fp32 weights and computes in
+bf16; fp16, int8-weights, int4-weights and int8 pass their own criteria; int8's statistical criterion rejects planted regressions; conversion failures name the
 op and the module; int8 on decoders with a cache is refused."""
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeexport.artifact import Artifact, Tolerance
+from typer.testing import CliRunner
+
+from edgeexport.artifact import Artifact, Bounds, Tolerance
+from edgeexport.cli import app
 from edgeexport.errors import ConversionError, UnsupportedError, UsageError
 from edgeexport.pipeline import ConversionResult, check_parity, convert
 from edgeexport.reference import load_reference
@@ -28,6 +31,7 @@ from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.openvino import describe  # noqa: E402
 
 SLOW = pytest.mark.slow
+LOOSE = Bounds(atol=0.0, rounding=0.0, max_error=1e9, rms_error=1e9, scale_error=1e9)
 
 
 def _convert(name: str, folder: Path, *, task: str | None = None, precision: str = "fp32") -> ConversionResult:
@@ -67,6 +71,7 @@ def test_fp32_artifact_keeps_fp32_weights_and_the_f32_hint(tmp_path: Path) -> No
 @pytest.mark.parametrize(("name", "precision", "weight_type"), [
     ("bert", "fp16", "f16"), pytest.param("vit", "fp16", "f16", marks=SLOW),
     ("bert", "int8-weights", "u8"), pytest.param("convnext", "int8-weights", "u8", marks=SLOW),
+    ("bert", "int4-weights", "i4"),
 ])
 def test_compressed_weights_pass_their_tolerance(name: str, precision: str, weight_type: str, tmp_path: Path) -> None:
     result = _convert(name, tmp_path / "artifact", precision=precision)
@@ -74,6 +79,28 @@ def test_compressed_weights_pass_their_tolerance(name: str, precision: str, weig
     assert result.report is not None and result.report.passed, result.report.failures()
     assert result.manifest.tolerance == EXPORTER.precisions[precision]
     assert weight_type in _constant_types(result.artifact)
+
+
+def test_bf16_artifact_keeps_fp32_weights_and_computes_in_bf16(tmp_path: Path) -> None:
+    """validate passes within bf16's bounds; the outputs differ from the f32 hint's by bf16-sized error on a CPU
+    with bf16 arithmetic (AVX512_BF16, AMX), and match it elsewhere."""
+    import openvino as ov
+
+    result = _convert("bert", tmp_path / "artifact", precision="bf16")
+    cli = CliRunner().invoke(app, ["validate", str(result.artifact)])
+
+    assert cli.exit_code == 0, cli.stderr
+    assert result.manifest.runtime_options == {"inference_precision": "bf16"}
+    assert result.manifest.tolerance == EXPORTER.precisions["bf16"]
+    assert not {"f16", "bf16"} & _constant_types(result.artifact), "weights stay fp32"
+    artifact = Artifact.open(result.artifact)
+    inputs, expected = artifact.load_golden(artifact.manifest.golden[0])
+    with load(artifact) as bf16, load(artifact, inference_precision="f32") as f32:
+        difference = compare_output("logits", bf16(inputs)["logits"], f32(inputs)["logits"], LOOSE, logits=True)
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert 1e-4 < difference.rms_error < EXPORTER.precisions["bf16"].rms_error, "bf16 rounding is visible"
+    else:
+        assert difference.rms_error < 1e-4
 
 
 def test_int8_bert_passes_statistically(int8_bert: ConversionResult) -> None:

@@ -2,15 +2,15 @@
 
 On a holdout model (a 3-layer RoBERTa classifier with 10 labels, hidden size 36, random
 weights: its logits are ~1e-2, which is what once let an fp32 corruption hide under an
-absolute tolerance), for fp32 and every quantized precision of every target that has one:
+absolute tolerance), for fp32, OpenVINO bf16 and every quantized precision of every target that has one:
 the genuine artifact passes; a wrong weight (checked against the reference whose weight
 differs), a rescaled output (x1.1, or twice the scale bound where that is wider), shuffled
 classes and an unrelated output with a common offset each fail.
 
 A wrong weight can only be told from quantization noise when it moves the outputs more than
 that noise: with this model's random weights, layer 1's value projection x1.5 moves the logits
-by 0.005 spreads (RMS), far above fp32's float noise (~2e-7) but below int8's own noise
-(~0.02). fp32 is planted with that weight; the quantized precisions with a transposed
+by 0.005 spreads (RMS), far above fp32's float noise (~2e-7) but below int8's and bf16's own noise
+(~0.02). fp32 is planted with that weight; bf16 and the quantized precisions with a transposed
 classifier weight (1.4 spreads), an export bug of the kind they must still catch. docs/parity.md
 gives each precision's detection limit (its RMS bound).
 """
@@ -40,8 +40,9 @@ CONFIG = {"hidden_size": 36, "num_hidden_layers": 3, "num_attention_heads": 2, "
 WRONG_WEIGHT = "roberta.encoder.layer.1.attention.self.value.weight"
 WRONG_FACTOR = 1.5
 TRANSPOSED = "classifier.dense.weight"
-QUANTIZED = [("onnx", "int8-weights"), ("openvino", "int8-weights"), ("openvino", "int8"), ("coreml", "int8"),
-             ("coreml", "palettize6"), ("coreml", "palettize4")]
+QUANTIZED = [("onnx", "int8-weights"), ("openvino", "bf16"), ("openvino", "int8-weights"),
+             ("openvino", "int4-weights"), ("openvino", "int8"), ("coreml", "int8"), ("coreml", "palettize6"),
+             ("coreml", "palettize4")]
 
 
 def _save(folder: Path, plant: str = "") -> Path:
