@@ -8,7 +8,7 @@ Stages (:attr:`OnnxExporter.stages`), each with its own error class:
   3. ``onnx.checker`` and shape inference (:class:`ConversionError`), then optional onnxslim
      simplification, onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on
      by default, falling back to the unfused graph with the reason recorded) and fp16 weights/compute (onnxruntime's float16 converter, fp32
-     inputs/outputs kept) or int8 weights;
+     inputs/outputs kept) or int8/int4 weights;
   4. save, with external data when the model exceeds protobuf's 2 GB limit.
 
 torch and onnxscript are imported where they are used, so this module imports without them.
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 1
-WEIGHT_BLOCK = 16  # int8-weights: elements per quantization block (one scale each)
+# Weight-only precisions: (bits, elements per quantization block, one scale each).
+WEIGHT_QUANTIZATION = {"int8-weights": (8, 16), "int4-weights": (4, 32)}
 
 
 class DynamoStrategy(CaptureStrategy):
@@ -216,18 +217,19 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
 
 
-def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """int8 weights for every MatMul with a constant weight, with onnxruntime's ``MatMulNBitsQuantizer``.
+def quantize_weights(model: onnx.ModelProto, *, bits: int, block_size: int) -> onnx.ModelProto:
+    """``bits``-bit (8 or 4) weights for every MatMul with a constant weight, with onnxruntime's
+    ``MatMulNBitsQuantizer``.
 
-    Block-wise symmetric int8 (blocks of :data:`WEIGHT_BLOCK` along the input dim), accuracy
+    Block-wise symmetric (``block_size`` elements along the input dim share one scale), accuracy
     level 4: onnxruntime quantizes each activation block to int8 at run time and multiplies in
     int8, which is what makes it faster than fp32 on CPUs (the fp32-compute path of 8-bit
     MatMulNBits is ~10x slower than fp32 MatMul in onnxruntime 1.32). Memory-bound decoding
-    reads a quarter of the weight bytes.
+    reads a quarter (8 bits) or an eighth (4 bits) of the weight bytes.
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(weights_as_matmul(model), bits=8, block_size=WEIGHT_BLOCK, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(weights_as_matmul(model), bits=bits, block_size=block_size, is_symmetric=True,
                                      accuracy_level=4)
     with logger_levels(["onnxruntime.quantization.matmul_nbits_quantizer"], logging.WARNING):
         quantizer.process()
@@ -299,6 +301,8 @@ class OnnxExporter(Exporter):
     precisions = {"fp32": None,
                   "fp16": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.015, rms_error=3e-3, scale_error=2e-3),
                   "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.3, scale_error=0.07,
+                                            min_top1=0.9),
+                  "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.3, scale_error=0.07,
                                             min_top1=0.9)}
     options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
                                        "on by default): --no-fusions keeps standard ONNX ops only."),)
@@ -333,9 +337,10 @@ class OnnxExporter(Exporter):
         if precision == "fp16":
             model = to_fp16(model)
             passes.append("float16(keep_io_types)")
-        if precision == "int8-weights":
-            model = quantize_weights(model)
-            passes.append(f"MatMulNBits(bits=8, block_size={WEIGHT_BLOCK}, symmetric, accuracy_level=4)")
+        if precision in WEIGHT_QUANTIZATION:
+            bits, block_size = WEIGHT_QUANTIZATION[precision]
+            model = quantize_weights(model, bits=bits, block_size=block_size)
+            passes.append(f"MatMulNBits(bits={bits}, block_size={block_size}, symmetric, accuracy_level=4)")
         save(model, folder)
         if fuse:
             check_loads(folder)
