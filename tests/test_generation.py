@@ -1,7 +1,7 @@
 """Generation with a KV cache: ONNX and OpenVINO decoders (one merged graph, or an encoder +
 decoder bundle) driven by the numpy loop reproduce transformers' ``generate()`` token for token,
 greedily and with its options (beam search, penalties, minimum lengths) taken from the
-artifact's generation config or given per call; int8-weights decoders stay within their tolerance."""
+artifact's generation config or given per call; int8-weights and int4-weights decoders stay within their tolerance."""
 
 from __future__ import annotations
 
@@ -524,12 +524,14 @@ def test_openvino_greedy_matches_transformers_generate(name: str, converted: Cal
     _assert_greedy_parity(result, *_prompt(2))
 
 
-@pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_int8_weights_generation_stays_within_its_tolerance(target: str, converted: Callable[..., Converted]) -> None:
+@pytest.mark.parametrize(("target", "precision"), [("onnx", "int8-weights"), ("openvino", "int8-weights"),
+                                                   ("onnx", "int4-weights")])
+def test_weight_quantized_generation_stays_within_its_tolerance(target: str, precision: str,
+                                                                converted: Callable[..., Converted]) -> None:
     """Quantized decoders need not pick the same tokens (random weights have near-ties), so each
     row is compared up to and including its first differing token, where both saw the same
     prefix: every such step's logits must meet the precision's bounds (errors in spreads, scale, top-1)."""
-    result = converted("gpt2", target, "int8-weights")
+    result = converted("gpt2", target, precision)
     report = check_parity(result.artifact, result.reference)
     assert report.passed, report.failures()
     ids, mask = _prompt(2)
