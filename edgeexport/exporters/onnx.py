@@ -302,7 +302,7 @@ class OnnxExporter(Exporter):
                   "fp16": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.015, rms_error=3e-3, scale_error=2e-3),
                   "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.3, scale_error=0.07,
                                             min_top1=0.9),
-                  "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.3, scale_error=0.07,
+                  "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=3.0, rms_error=1.0, scale_error=0.5,
                                             min_top1=0.9)}
     options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
                                        "on by default): --no-fusions keeps standard ONNX ops only."),)
