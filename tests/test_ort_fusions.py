@@ -44,7 +44,8 @@ def test_a_fusion_that_raises_falls_back_unfused(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr("onnxscript.rewriter.ort_fusions.optimize_for_ort", broken)
     result = convert("bert", output_dir=tmp_path / "raised")
-    assert result.manifest.exporter["fusions_failure"] == "optimize_for_ort raised RuntimeError: fusion refused on purpose"
+    failure = result.manifest.exporter["fusions_failure"]
+    assert failure == "optimize_for_ort raised RuntimeError: fusion refused on purpose"
     assert "fusions" not in result.manifest.exporter and "com.microsoft" not in _domains(result.artifact)
     assert result.report is not None and result.report.passed, result.report.failures()
 
