@@ -7,8 +7,9 @@ Stages (:attr:`OnnxExporter.stages`), each with its own error class:
      order; the winner and the first failure are recorded in the manifest;
   3. ``onnx.checker`` and shape inference (:class:`ConversionError`), then optional onnxslim
      simplification, onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on
-     by default, falling back to the unfused graph with the reason recorded) and fp16 weights/compute (onnxruntime's float16 converter, fp32
-     inputs/outputs kept) or int8/int4 weights;
+     by default, falling back to the unfused graph with the reason recorded) and fp16
+     weights/compute (onnxruntime's float16 converter, fp32 inputs/outputs kept) or int8/int4
+     weights (MatMulNBits);
   4. save, with external data when the model exceeds protobuf's 2 GB limit.
 
 torch and onnxscript are imported where they are used, so this module imports without them.
