@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 PRECISIONS = {
-    "onnx": ("fp32", "fp16", "int8-weights"),
+    "onnx": ("fp32", "fp16", "int8-weights", "int4-weights"),
     "openvino": ("fp32", "fp16", "bf16", "int8-weights", "int4-weights", "int8"),
     "coreml": ("fp32", "fp16", "int8", "palettize6", "palettize4"),
 }

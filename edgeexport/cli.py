@@ -83,9 +83,10 @@ def _flags(parameters: Iterable[Parameter], collect: Callable[..., dict[str, Any
 
 
 def _option_flag(option: Option) -> Parameter:
-    """The flag of a target option: ``--<name>``, unset (None) by default."""
+    """The flag of a target option: ``--<name>`` (a bool option: ``--<name>/--no-<name>``), unset (None) by default."""
+    decl = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
     return Parameter(option.name, Parameter.KEYWORD_ONLY, default=None,
-                     annotation=Annotated[Optional[option.type], typer.Option(option.flag, help=option.help)])
+                     annotation=Annotated[Optional[option.type], typer.Option(decl, help=option.help)])
 
 
 def _gate_flags() -> list[Parameter]:

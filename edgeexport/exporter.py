@@ -53,8 +53,8 @@ class Option:
 
     Attributes:
         name: Keyword name (``deployment_target``; the flag is ``--deployment-target``).
-        type: What the command line parses: ``str``, ``int``, ``float``, or ``list[str]`` for a
-            repeatable flag.
+        type: What the command line parses: ``str``, ``int``, ``float``, ``bool`` (``--<name>/--no-<name>``),
+            or ``list[str]`` for a repeatable flag.
         help: The flag's help text.
         check: Called with a set value before any work; raises :class:`UsageError` for a bad one.
     """

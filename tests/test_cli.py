@@ -108,7 +108,7 @@ def test_inspect_shows_ops_and_parameters(bert_artifact: ConversionResult) -> No
     code, out, _ = invoke("inspect", str(bert_artifact.artifact), "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["ops"]["MatMul"] > 0
+    assert data["ops"]["MatMul"] > 0 and data["ops"]["com.microsoft.MultiHeadAttention"] == 2  # contrib ops by domain
     assert data["parameters"] > 30_000
     code, out, _ = invoke("inspect", str(bert_artifact.artifact))
     assert code == 0 and "BertForSequenceClassification" not in out and "sequence-classification" in out

@@ -1,7 +1,7 @@
 """Generation with a KV cache: ONNX and OpenVINO decoders (one merged graph, or an encoder +
 decoder bundle) driven by the numpy loop reproduce transformers' ``generate()`` token for token,
 greedily and with its options (beam search, penalties, minimum lengths) taken from the
-artifact's generation config or given per call; int8-weights decoders stay within their tolerance."""
+artifact's generation config or given per call; int8-weights and int4-weights decoders stay within their tolerance."""
 
 from __future__ import annotations
 
@@ -525,7 +525,7 @@ def test_openvino_greedy_matches_transformers_generate(name: str, converted: Cal
 
 
 @pytest.mark.parametrize(("target", "precision"), [("onnx", "int8-weights"), ("openvino", "int8-weights"),
-                                                  ("openvino", "int4-weights")])
+                                                  ("openvino", "int4-weights"), ("onnx", "int4-weights")])
 def test_compressed_weights_generation_stays_within_its_tolerance(target: str, precision: str,
                                                                   converted: Callable[..., Converted]) -> None:
     """Quantized decoders need not pick the same tokens (random weights have near-ties), so each

@@ -94,7 +94,7 @@ def test_plan_checks_names_and_pairs_targets_with_their_precisions() -> None:
     combinations = plan(["bert:question-answering"], ["onnx"], ["fp32,fp16"])
     assert [(c.task, c.precision) for c in combinations] == [("question-answering", "fp32"), ("question-answering", "fp16")]
     every = plan(["all"], ["onnx"], ["all"])
-    assert len(every) == 16 * 3 and {c.precision for c in every} == {"fp32", "fp16", "int8-weights"}
+    assert len(every) == 16 * 4 and {c.precision for c in every} == {"fp32", "fp16", "int8-weights", "int4-weights"}
     assert ("gpt2", "causal-lm-with-past") in {(c.model, c.task) for c in every}
     with pytest.raises(UsageError, match="model 'vit' has no task 'ctc'"):
         plan(["vit:ctc"], ["onnx"])

@@ -144,7 +144,7 @@ def test_a_target_in_two_files_lists_converts_and_validates(toy_path: Path, tmp_
     bad = edgeexport(toy_path, "convert", "bert", "--target", "toy", "--level", "12", "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --level 12 is not a zlib level; choose 0 to 9"
     other = edgeexport(toy_path, "convert", "bert", "--level", "1", "-o", str(tmp_path / "onnx"))
-    assert other.returncode == 2 and other.stderr.strip() == "error: target 'onnx' has no option level; it takes none"
+    assert other.returncode == 2 and other.stderr.strip() == "error: target 'onnx' has no option level; it takes fusions"
     assert not (tmp_path / "bad").exists() and not (tmp_path / "onnx").exists()
 
 

@@ -449,7 +449,7 @@ def test_inspect_shows_the_preflight(ready: tuple[Path, str]) -> None:
 
 
 def test_target_options_are_checked_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="target 'onnx' has no option shapes; it takes none"):
+    with pytest.raises(UsageError, match="target 'onnx' has no option shapes; it takes fusions"):
         convert("gpt2", output_dir=tmp_path / "a", target_options={"shapes": ["batch:1,2,4"]})
     with pytest.raises(UsageError, match="--shapes 'batch:1,2'"):
         convert("gpt2", target="tensorrt", output_dir=tmp_path / "b", target_options={"shapes": ["batch:1,2"]})

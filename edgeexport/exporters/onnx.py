@@ -6,8 +6,10 @@ Stages (:attr:`OnnxExporter.stages`), each with its own error class:
      the PyTorch module that produced it). Strategies (dynamo, then TorchScript) are tried in
      order; the winner and the first failure are recorded in the manifest;
   3. ``onnx.checker`` and shape inference (:class:`ConversionError`), then optional onnxslim
-     simplification and fp16 weights/compute (onnxruntime's float16 converter, fp32
-     inputs/outputs kept) or int8 weights;
+     simplification, onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on
+     by default, falling back to the unfused graph with the reason recorded) and fp16
+     weights/compute (onnxruntime's float16 converter, fp32 inputs/outputs kept) or int8/int4
+     weights (MatMulNBits);
   4. save, with external data when the model exceeds protobuf's 2 GB limit.
 
 torch and onnxscript are imported where they are used, so this module imports without them.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +40,7 @@ from edgeexport.capture import (
     trace_inputs,
 )
 from edgeexport.errors import CaptureError, ConversionError
-from edgeexport.exporter import Exporter, ExportResult
+from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import logger_levels
 
 if TYPE_CHECKING:
@@ -48,7 +51,8 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 1
-WEIGHT_BLOCK = 16  # int8-weights: elements per quantization block (one scale each)
+# Weight-only precisions: (bits, elements per quantization block, one scale each).
+WEIGHT_QUANTIZATION = {"int8-weights": (8, 16), "int4-weights": (4, 32)}
 
 
 class DynamoStrategy(CaptureStrategy):
@@ -166,6 +170,46 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnxslim.slim(model)
 
 
+class FusionError(Exception):
+    """The ORT fusions raised, or the fused model does not load in onnxruntime."""
+
+
+def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Fuse onnxruntime contrib ops (MultiHeadAttention, SkipLayerNormalization, Gelu, rotary, ...)
+    with onnxscript's ``optimize_for_ort``; returns a new model and the count of each contrib op
+    (``com.microsoft`` domain) in it, e.g. ``{"MultiHeadAttention": 12, "SkipLayerNormalization": 24}``.
+
+    Constant-weight ``Gemm`` layers become ``MatMul`` + ``Add`` first (:func:`weights_as_matmul`,
+    in place on ``model``): the attention patterns match that form only (GPT-2).
+
+    Raises:
+        FusionError: the fusion raised.
+    """
+    from onnxscript import ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    try:
+        fused, _ = optimize_for_ort(ir.serde.deserialize_model(weights_as_matmul(model)))
+    except Exception as exc:
+        raise FusionError(f"optimize_for_ort raised {describe_exception(exc)}") from exc
+    proto = ir.serde.serialize_model(fused)
+    return proto, dict(Counter(node.op_type for node in proto.graph.node if node.domain == "com.microsoft"))
+
+
+def check_loads(folder: Path) -> None:
+    """Create an onnxruntime session of the saved ``model.onnx`` (CPU).
+
+    Raises:
+        FusionError: onnxruntime refused the model.
+    """
+    import onnxruntime
+
+    try:
+        onnxruntime.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise FusionError(f"onnxruntime cannot load the fused model: {describe_exception(exc)}") from exc
+
+
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -174,18 +218,19 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
 
 
-def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """int8 weights for every MatMul with a constant weight, with onnxruntime's ``MatMulNBitsQuantizer``.
+def quantize_weights(model: onnx.ModelProto, *, bits: int, block_size: int) -> onnx.ModelProto:
+    """``bits``-bit (8 or 4) weights for every MatMul with a constant weight, with onnxruntime's
+    ``MatMulNBitsQuantizer``.
 
-    Block-wise symmetric int8 (blocks of :data:`WEIGHT_BLOCK` along the input dim), accuracy
+    Block-wise symmetric (``block_size`` elements along the input dim share one scale), accuracy
     level 4: onnxruntime quantizes each activation block to int8 at run time and multiplies in
     int8, which is what makes it faster than fp32 on CPUs (the fp32-compute path of 8-bit
     MatMulNBits is ~10x slower than fp32 MatMul in onnxruntime 1.32). Memory-bound decoding
-    reads a quarter of the weight bytes.
+    reads a quarter (8 bits) or an eighth (4 bits) of the weight bytes.
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(weights_as_matmul(model), bits=8, block_size=WEIGHT_BLOCK, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(weights_as_matmul(model), bits=bits, block_size=block_size, is_symmetric=True,
                                      accuracy_level=4)
     with logger_levels(["onnxruntime.quantization.matmul_nbits_quantizer"], logging.WARNING):
         quantizer.process()
@@ -257,23 +302,49 @@ class OnnxExporter(Exporter):
     precisions = {"fp32": None,
                   "fp16": Tolerance(atol=1e-7, rounding=2e-3, max_error=0.015, rms_error=3e-3, scale_error=2e-3),
                   "int8-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.3, scale_error=0.07,
+                                            min_top1=0.9),
+                  "int4-weights": Tolerance(atol=1e-7, rounding=3e-7, max_error=3.0, rms_error=1.0, scale_error=0.5,
                                             min_top1=0.9)}
+    options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
+                                       "on by default): --no-fusions keeps standard ONNX ops only."),)
+    fused_precisions = ("fp32", "fp16")
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
-               simplify_graph: bool = True, **options: Any) -> ExportResult:
+               simplify_graph: bool = True, fusions: bool | None = None, **options: Any) -> ExportResult:
+        """Export ``model.onnx``; with fusions (the default at :attr:`fused_precisions`) a fusion that
+        raises or a fused model onnxruntime cannot load is exported again unfused, the reason in
+        the manifest's ``fusions_failure``."""
+        fuse = fusions is not False and precision in self.fused_precisions
+        try:
+            return self._export(reference, folder, precision=precision, opset=opset, simplify_graph=simplify_graph,
+                                fuse=fuse)
+        except FusionError as exc:
+            result = self._export(reference, folder, precision=precision, opset=opset,
+                                  simplify_graph=simplify_graph, fuse=False)
+            result.exporter["fusions_failure"] = str(exc)
+            return result
+
+    def _export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None,
+                simplify_graph: bool, fuse: bool) -> ExportResult:
         model, info = capture(reference, opset=opset)
         model = check(model)
         passes = []
         if simplify_graph:
             model = simplify(model)
             passes.append("onnxslim")
+        if fuse:
+            model, info["fusions"] = fuse_for_ort(model)
+            passes.append("optimize_for_ort")
         if precision == "fp16":
             model = to_fp16(model)
             passes.append("float16(keep_io_types)")
-        if precision == "int8-weights":
-            model = quantize_weights(model)
-            passes.append(f"MatMulNBits(bits=8, block_size={WEIGHT_BLOCK}, symmetric, accuracy_level=4)")
+        if precision in WEIGHT_QUANTIZATION:
+            bits, block_size = WEIGHT_QUANTIZATION[precision]
+            model = quantize_weights(model, bits=bits, block_size=block_size)
+            passes.append(f"MatMulNBits(bits={bits}, block_size={block_size}, symmetric, accuracy_level=4)")
         save(model, folder)
+        if fuse:
+            check_loads(folder)
         import torch
 
         exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model), "passes": passes, **info}

@@ -2,7 +2,8 @@
 
 Stages (:attr:`TensorrtExporter.stages`):
   1-4. capture, translate, check, simplify and save ``model.onnx`` exactly as the ONNX target
-       does, in fp32 (TensorRT applies the precision when it builds); ``model.onnx`` stays in
+       does, in fp32 (TensorRT applies the precision when it builds) and without onnxruntime's
+       contrib-op fusions (TensorRT's parser has none of them); ``model.onnx`` stays in
        the artifact;
   5. preflight the graph against TensorRT's ONNX parser table (:mod:`edgeexport.trt.preflight`);
      an error stops the conversion with a :class:`ConversionError` naming the node and, where
@@ -138,7 +139,7 @@ class TensorrtExporter(Exporter):
         plan = BuildPlan.derive(reference.input_tensor_specs(), [sizes for _, sizes in reference.shape_cases()],
                                 precision=precision, shapes=shapes, workspace=workspace)
         onnx_result = onnx_target.EXPORTER.export(reference, folder, precision="fp32", opset=opset,
-                                                  simplify_graph=simplify_graph)
+                                                  simplify_graph=simplify_graph, fusions=False)
         report = check_graph(reference, folder / onnx_result.model_file, onnx_result.exporter)
         if precision == "int8":
             plan.calibration = write_calibration(folder, reference, plan)

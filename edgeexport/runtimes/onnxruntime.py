@@ -128,11 +128,13 @@ def _contains(path: Path, needle: bytes) -> bool:
 
 
 def describe(artifact: Artifact) -> dict[str, Any]:
-    """Op histogram and parameter count of the ONNX model (weights are not loaded)."""
+    """Op histogram (ops outside the default domain named ``domain.op``, e.g.
+    ``com.microsoft.MultiHeadAttention``) and parameter count of the ONNX model (weights are not loaded)."""
     import onnx
 
     model = onnx.load(str(artifact.model_path), load_external_data=False)
-    ops = Counter(node.op_type for node in model.graph.node)
+    ops = Counter(f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+                  for node in model.graph.node)
     parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     return {"ops": dict(ops.most_common()), "parameters": parameters, "nodes": len(model.graph.node)}
 

@@ -1,0 +1,70 @@
+"""onnxruntime contrib-op fusions of the ONNX target (onnxscript ``optimize_for_ort``): fused BERT
+and GPT-2 contain the fused ops and pass validation, ``--no-fusions`` keeps standard ops, a
+fusion that raises or a fused model onnxruntime refuses falls back to the unfused graph with
+the reason recorded, and TensorRT never receives contrib ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgeexport.exporters import onnx as onnx_exporter
+from edgeexport.pipeline import convert
+
+
+def _domains(artifact: Path) -> set[str]:
+    return {node.domain for node in onnx.load(str(artifact / "model.onnx")).graph.node}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "fused"), [
+    ("bert", {"MultiHeadAttention": 2, "SkipLayerNormalization": 4}),
+    ("gpt2", {"MultiHeadAttention": 2, "SkipLayerNormalization": 4}),
+])
+def test_fused_artifacts_hold_contrib_ops_and_pass(tmp_path: Path, model: str, fused: dict[str, int]) -> None:
+    result = convert(model, output_dir=tmp_path / model)
+    assert result.manifest.exporter["fusions"] == fused
+    assert "optimize_for_ort" in result.manifest.exporter["passes"]
+    assert "com.microsoft" in _domains(result.artifact)
+    assert result.report is not None and result.report.passed, result.report.failures()
+
+
+@pytest.mark.slow
+def test_no_fusions_keeps_standard_ops(tmp_path: Path) -> None:
+    result = convert("bert", output_dir=tmp_path / "plain", target_options={"fusions": False})
+    assert "fusions" not in result.manifest.exporter and "com.microsoft" not in _domains(result.artifact)
+    assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_a_fusion_that_raises_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: object) -> None:
+        raise RuntimeError("fusion refused on purpose")
+
+    monkeypatch.setattr("onnxscript.rewriter.ort_fusions.optimize_for_ort", broken)
+    result = convert("bert", output_dir=tmp_path / "raised")
+    failure = result.manifest.exporter["fusions_failure"]
+    assert failure == "optimize_for_ort raised RuntimeError: fusion refused on purpose"
+    assert "fusions" not in result.manifest.exporter and "com.microsoft" not in _domains(result.artifact)
+    assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_an_unloadable_fused_model_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fuse = onnx_exporter.fuse_for_ort
+
+    def unloadable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+        fused, counts = fuse(model)
+        next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention").op_type = "NoSuchContribOp"
+        return fused, counts
+
+    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", unloadable)
+    result = convert("bert", output_dir=tmp_path / "unloadable")
+    assert result.manifest.exporter["fusions_failure"].startswith("onnxruntime cannot load the fused model")
+    assert "com.microsoft" not in _domains(result.artifact)
+    assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_tensorrt_gets_no_contrib_ops(tmp_path: Path) -> None:
+    result = convert("bert", target="tensorrt", output_dir=tmp_path / "trt", validate=False)
+    assert "com.microsoft" not in _domains(result.artifact) and "fusions" not in result.manifest.exporter
