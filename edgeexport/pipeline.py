@@ -125,7 +125,8 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     Returns the reference, the artifact folder (``precision`` names the default one) and the
     options every export of it shares. Raises :class:`UsageError` as :func:`convert` documents.
     """
-    check_bound_keys(tolerance or {})
+    options = Export.create(opset=opset, simplify=simplify, seed=seed, tolerance=tolerance,
+                            target_options=target_options)
     exporter.check_options(target_options or {})
     zoo_model_task = _checked_zoo_task(model, task, preset)
     if output_dir is None and zoo_model_task is not None:
@@ -137,8 +138,6 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     reference = _reference(model, example_inputs, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
                            dynamic_axes=dynamic_axes)
     folder = Path(output_dir or default_folder(reference.name, reference.task, exporter.target, precision))
-    options = Export(opset=opset, simplify=simplify, seed=seed, bounds=dict(tolerance or {}),
-                     target_options={k: v for k, v in (target_options or {}).items() if v is not None})
     return reference, folder, options
 
 
@@ -151,6 +150,14 @@ class Export:
     seed: int = 0
     bounds: dict[str, float] = field(default_factory=dict)
     target_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, *, opset: int | None, simplify: bool, seed: int, tolerance: Mapping[str, float] | None,
+               target_options: Mapping[str, Any] | None) -> Export:
+        """The options as given (bound keys checked; target options left unset, None, dropped)."""
+        check_bound_keys(tolerance or {})
+        return cls(opset=opset, simplify=simplify, seed=seed, bounds=dict(tolerance or {}),
+                   target_options={k: v for k, v in (target_options or {}).items() if v is not None})
 
 
 def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Exporter, folder: Path, options: Export, *,

@@ -142,14 +142,14 @@ def _retune(artifact: Path, *, target: str | None, options: TuneOptions, output_
     manifest = open_artifact(next(iter(component_folders(artifact).values()))).manifest
     model = manifest.model
     exporter = _tunable(target or manifest.target, options)
+    export = Export.create(opset=opset, simplify=simplify, seed=int(model.get("seed", 0)), tolerance=tolerance,
+                           target_options=target_options)
     exporter.check_options(target_options or {})
     folder = Path(output_dir or default_folder(model["name"], model["task"], exporter.target, AUTO,
                                                preset=model.get("preset") if model.get("source") == "zoo" else None))
     check_output_dir(folder, force=force)
     exporter.check_available()
     reference = rebuilt_reference(manifest, "tune")
-    export = Export(opset=opset, simplify=simplify, seed=int(model.get("seed", 0)), bounds=dict(tolerance or {}),
-                    target_options={k: v for k, v in (target_options or {}).items() if v is not None})
     return tune_reference(reference, exporter, folder, export, options, force=force, progress=progress)
 
 
