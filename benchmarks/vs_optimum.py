@@ -56,8 +56,8 @@ MODELS = {  # name: (transformers model class, config class, config overrides, e
 }
 SIZES = {"bert": {"batch": 1, "sequence": 128}, "vit": {"batch": 1}}
 OPTIMUM_VARIANTS = {"optimum-intel default": {}, "optimum-intel int8 weights": {"load_in_8bit": True}}
-GENERATION_PRECISIONS = ("onnx:int8-weights", "openvino:fp32", "openvino:int8-weights", "openvino:int4-weights",
-                         "openvino:bf16")
+GENERATION_PRECISIONS = ("onnx:int8-weights", "onnx:int4-weights", "openvino:fp32", "openvino:int8-weights",
+                         "openvino:int4-weights", "openvino:bf16")
 
 
 def ensure_venv() -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeexport import packages
 from edgeexport.artifact import Tolerance
-from edgeexport.errors import UsageError
+from edgeexport.errors import UnsupportedError, UsageError
 from edgeexport.plugins import plugin_module, plugin_names
 
 if TYPE_CHECKING:
@@ -155,6 +155,19 @@ class Exporter(ABC):
         having = [t for t in targets() if type(get_exporter(t)).preflight is not Exporter.preflight]
         raise UsageError(f"preflight exists for target {', '.join(map(repr, having)) or 'none'} only, "
                          f"not {self.target!r}")
+
+
+def refuse_calibrated_with_cache(reference: ReferenceModel, precision: str) -> None:
+    """Refuse static ``int8`` (activation ranges calibrated on reference inputs) for a decoder with a
+    cache, for a target's :meth:`Exporter.refuse`.
+
+    Calibration sees first steps (an empty cache); a decoder with a cache then runs its decode steps
+    outside those ranges (GPT-2 tiny on OpenVINO: 0.66 spreads RMS on the decode step).
+    """
+    if precision == "int8" and reference.generation.get("cache", {}).get("past"):
+        raise UnsupportedError(f"--precision int8 breaks the decode steps of {reference.name!r} (a decoder with a "
+                               "cache: activation ranges are calibrated on the first step only); use --precision "
+                               "int8-weights")
 
 
 def targets() -> list[str]:

@@ -52,7 +52,7 @@ def assert_one_line(code: int, out: str, err: str, expected: str, *, exit_code: 
                                       "sequence-classification, token-classification, question-answering"),
     (["bert", "--target", "tflite"], "error: unknown target 'tflite'; choose one of: "
                                      + ", ".join(targets())),
-    (["bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; choose one of: fp32, fp16, int8-weights, int4-weights"),
+    (["bert", "--precision", "int3"], "error: target 'onnx' does not support precision 'int3'; choose one of: fp32, fp16, int8-weights, int4-weights, int8"),
     (["bert", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, full"),
     (["./no/such/folder"], "error: model folder './no/such/folder' does not exist; pass a zoo name, a save_pretrained "
                            "folder or a hub id"),

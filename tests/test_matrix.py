@@ -94,12 +94,12 @@ def test_plan_checks_names_and_pairs_targets_with_their_precisions() -> None:
     combinations = plan(["bert:question-answering"], ["onnx"], ["fp32,fp16"])
     assert [(c.task, c.precision) for c in combinations] == [("question-answering", "fp32"), ("question-answering", "fp16")]
     every = plan(["all"], ["onnx"], ["all"])
-    assert len(every) == 16 * 4 and {c.precision for c in every} == {"fp32", "fp16", "int8-weights", "int4-weights"}
+    assert len(every) == 16 * 5 and {c.precision for c in every} == {"fp32", "fp16", "int8-weights", "int4-weights", "int8"}
     assert ("gpt2", "causal-lm-with-past") in {(c.model, c.task) for c in every}
     with pytest.raises(UsageError, match="model 'vit' has no task 'ctc'"):
         plan(["vit:ctc"], ["onnx"])
-    with pytest.raises(UsageError, match="no chosen target has precision 'int8'; onnx: fp32, fp16"):
-        plan(["vit"], ["onnx"], ["int8"])
+    with pytest.raises(UsageError, match="no chosen target has precision 'bf16'; onnx: fp32, fp16"):
+        plan(["vit"], ["onnx"], ["bf16"])
 
 
 def test_readme_table_is_generated_from_the_committed_matrix() -> None:

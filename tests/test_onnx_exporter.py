@@ -1,5 +1,6 @@
 """ONNX exporter options: opset, external data above the protobuf limit, fallback strategies,
-int8 weights (MatMulNBits) and the rewrite that prepares them."""
+int8 weights (MatMulNBits) and the rewrite that prepares them, static int8 (QDQ) and its refusal on
+decoders with a cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeexport.errors import UnsupportedError
 from edgeexport.exporters import onnx as onnx_exporter
 from edgeexport.pipeline import convert
 
@@ -55,6 +57,34 @@ def test_int8_weights_quantize_every_constant_matmul(tmp_path: Path) -> None:
     assert result.report is not None and result.report.passed, result.report.failures()
     packed = [t for t in model.graph.initializer if t.data_type == TensorProto.UINT8]
     assert len(packed) == ops.count("MatMulNBits")
+
+
+def test_static_int8_quantizes_weights_and_activations_but_the_head(tmp_path: Path) -> None:
+    """Every weighted layer but the last two (classifier and pooler) reads int8 weights through a
+    DequantizeLinear and uint8 activations; the int8 noise is visible and within int8's bounds."""
+    result = convert("bert", precision="int8", output_dir=tmp_path / "q")
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    weights = {t.name: t for t in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    layers = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+              and (n.input[1] in weights or producers[n.input[1]].op_type == "DequantizeLinear")]
+    quantized = [n for n in layers if n.input[1] not in weights]
+    assert len(layers) == 2 * 6 + 2 and layers[-2:] == [n for n in layers if n.input[1] in weights]
+    for node in quantized:
+        dequantize = producers[node.input[1]]
+        assert weights[dequantize.input[0]].data_type == TensorProto.INT8
+        assert producers[node.input[0]].op_type == "DequantizeLinear"
+    assert result.manifest.tolerance == onnx_exporter.EXPORTER.precisions["int8"]
+    assert result.report is not None and result.report.passed, result.report.failures()
+    assert all(o.rms_error > 1e-3 for c in result.report.cases for o in c.outputs), "int8 noise is visible"
+
+
+def test_static_int8_on_a_decoder_with_a_cache_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedError) as error:
+        convert("gpt2", task="causal-lm-with-past", precision="int8", output_dir=tmp_path / "q")
+    assert str(error.value) == ("--precision int8 breaks the decode steps of 'gpt2' (a decoder with a cache: "
+                                "activation ranges are calibrated on the first step only); use --precision int8-weights")
+    assert not (tmp_path / "q").exists()
 
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:

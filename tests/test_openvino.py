@@ -204,6 +204,24 @@ def test_direct_failure_falls_back_to_onnx_and_is_recorded(tmp_path: Path) -> No
     assert "aten::frac" in result.manifest.exporter["fallback_reason"]
 
 
+def test_untraceable_module_converts_from_its_torch_export_program(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module OpenVINO's tracer cannot take (transformers 5.5's masks under torch.jit.trace) converts
+    from its torch.export program, dynamic axes kept: both shape cases pass."""
+    import edgeexport.exporters.openvino as target
+
+    def untraceable(*_args: object) -> None:
+        raise IndexError("tuple index out of range")
+
+    monkeypatch.setattr(target.PyTorchStrategy, "_capture", untraceable)
+    result = convert("bert", target="openvino", output_dir=tmp_path / "artifact")
+
+    assert result.manifest.exporter["strategy"] == "torch.export"
+    assert result.manifest.exporter["fallback_reason"] == "IndexError: tuple index out of range"
+    assert {case.axes["sequence"] for case in result.report.cases} == {8, 13}
+    assert result.report.passed, result.report.failures()
+
+
 class TestRunner:
     @pytest.fixture()
     def artifact(self, int8_bert: ConversionResult) -> Path:
@@ -268,7 +286,7 @@ def test_int8_keeps_layers_fed_by_per_position_ranges_in_float() -> None:
     model, _ = target.convert(reference, opset=None)
     target.name_tensors(model, reference)
     head = target.weighted_layers(model)[-target.FLOAT_HEAD_LAYERS:]
-    first = target._nncf_quantize(model, target.calibration_set(reference), None, head)
+    first = target._nncf_quantize(model, reference.calibration_inputs(target.CALIBRATION_SAMPLES), None, head)
     positional = target.fed_by_positional_ranges(first)
     kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
     assert len(positional) == 4 and {kinds[name] for name in positional} == {"GroupConvolution"}

@@ -40,7 +40,7 @@ CONFIG = {"hidden_size": 36, "num_hidden_layers": 3, "num_attention_heads": 2, "
 WRONG_WEIGHT = "roberta.encoder.layer.1.attention.self.value.weight"
 WRONG_FACTOR = 1.5
 TRANSPOSED = "classifier.dense.weight"
-QUANTIZED = [("onnx", "int8-weights"), ("onnx", "int4-weights"), ("openvino", "bf16"), ("openvino", "int8-weights"),
+QUANTIZED = [("onnx", "int8-weights"), ("onnx", "int4-weights"), ("onnx", "int8"), ("openvino", "bf16"), ("openvino", "int8-weights"),
              ("openvino", "int4-weights"), ("openvino", "int8"), ("coreml", "int8"), ("coreml", "palettize6"),
              ("coreml", "palettize4")]
 

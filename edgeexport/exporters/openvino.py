@@ -2,7 +2,9 @@
 
 Stages:
   1. convert -- strategies tried in order: ``pytorch`` (OpenVINO's PyTorch frontend traces the
-     reference module), ``onnx`` (the ONNX target's capture and checker, read by OpenVINO's
+     reference module), ``torch.export`` (the frontend reads the ``torch.export`` program the ONNX
+     target captures: transformers 5.5's masks cannot be traced, and this keeps such models off the
+     costlier ONNX route), ``onnx`` (the ONNX target's capture and checker, read by OpenVINO's
      ONNX frontend); the winner and the first failure are recorded in the manifest, and a
      failure names the op that has no conversion and the module that uses it;
   2. name the inputs and outputs exactly as the reference does;
@@ -33,13 +35,14 @@ from edgeexport.capture import (
     CaptureStrategy,
     Result,
     describe_exception,
+    export_program,
     quiet,
     run_strategies,
     trace_inputs,
     traced_scope,
 )
-from edgeexport.errors import ConversionError, StageError, UnsupportedError
-from edgeexport.exporter import Exporter, ExportResult
+from edgeexport.errors import ConversionError, StageError
+from edgeexport.exporter import Exporter, ExportResult, refuse_calibrated_with_cache
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.logs import logger_levels
 
@@ -65,7 +68,6 @@ INT4_GROUP_SIZE = 64
 INT4_MIN_GROUP_SIZE = 16
 INT4_RATIO = 1.0  # every layer nncf would compress goes to int4 (ratio < 1 keeps the most sensitive in int8)
 CALIBRATION_SAMPLES = 24
-CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
 # The last weighted layers (the task head: classifier, pooler, LM head) stay in float: they are
 # a sliver of the compute, and quantizing them costs most of the int8 error on the zoo.
 FLOAT_HEAD_LAYERS = 2
@@ -97,6 +99,19 @@ class PyTorchStrategy(ConvertStrategy):
         return ov.convert_model(reference.module, example_input=args, input=shapes), {}
 
 
+class ExportedProgramStrategy(CaptureStrategy):
+    """``ov.convert_model`` on the ``torch.export`` program of the module (dynamic axes as ``Dim.DYNAMIC``),
+    captured in :func:`~edgeexport.capture.export_context` as the ONNX target captures it."""
+
+    name = "torch.export"
+
+    def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
+                 opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
+        import openvino as ov
+
+        return ov.convert_model(export_program(reference, args)), {}
+
+
 class OnnxStrategy(ConvertStrategy):
     """The ONNX target's capture and checker, then OpenVINO's ONNX frontend."""
 
@@ -114,11 +129,11 @@ class OnnxStrategy(ConvertStrategy):
         return converted, {"onnx_capture": info["strategy"], "opset": onnx_target.opset_of(model)}
 
 
-CONVERT_STRATEGIES: tuple[ConvertStrategy, ...] = (PyTorchStrategy(), OnnxStrategy())
+CONVERT_STRATEGIES: tuple[CaptureStrategy, ...] = (PyTorchStrategy(), ExportedProgramStrategy(), OnnxStrategy())
 
 
 def convert(reference: ReferenceModel, *, opset: int | None,
-            strategies: tuple[ConvertStrategy, ...] = CONVERT_STRATEGIES) -> tuple[ov.Model, dict[str, Any]]:
+            strategies: tuple[CaptureStrategy, ...] = CONVERT_STRATEGIES) -> tuple[ov.Model, dict[str, Any]]:
     """Stage 1: try each strategy in order; return the model and what happened.
 
     Raises:
@@ -240,7 +255,7 @@ def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]
     import nncf
 
     model_type = nncf.ModelType.TRANSFORMER if is_transformer(model) else None
-    samples = calibration_set(reference)
+    samples = reference.calibration_inputs(CALIBRATION_SAMPLES)  # one shape: nncf stacks statistics across samples
     head = weighted_layers(model)[-FLOAT_HEAD_LAYERS:]
     quantized = _nncf_quantize(model, samples, model_type, head)
     positional = fed_by_positional_ranges(quantized)
@@ -295,18 +310,6 @@ def _weighted_consumers(op: ov.Node) -> list[str]:
     return names
 
 
-def refuse_unsound(reference: ReferenceModel, precision: str) -> None:
-    """Refuse a precision known to break the model (:meth:`OpenVinoExporter.refuse`).
-
-    int8 calibrates activation ranges on first steps (an empty cache); a decoder with a cache then
-    runs its decode steps outside those ranges (GPT-2 tiny: 0.66 spreads RMS on the decode step).
-    """
-    if precision == "int8" and reference.generation.get("cache", {}).get("past"):
-        raise UnsupportedError(f"--precision int8 breaks the decode steps of {reference.name!r} (a decoder with a "
-                               "cache: activation ranges are calibrated on the first step only); use --precision "
-                               "int8-weights")
-
-
 def is_transformer(model: ov.Model) -> bool:
     """Whether the graph has attention (softmax), for nncf's transformer quantization scheme."""
     return any(op.get_type_name() in ATTENTION_OPS for op in model.get_ops())
@@ -316,14 +319,6 @@ def weighted_layers(model: ov.Model) -> list[str]:
     """Names of the MatMuls and convolutions with constant weights, in topological order."""
     return [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_type_name() in WEIGHTED_OPS and op.input_value(1).get_node().get_type_name() == "Constant"]
-
-
-def calibration_set(reference: ReferenceModel, samples: int = CALIBRATION_SAMPLES) -> list[dict[str, np.ndarray]]:
-    """Seeded reference inputs at the example sizes, none equal to a golden or fresh case.
-
-    One shape only: nncf stacks some statistics across samples, which fails on mixed shapes.
-    """
-    return [reference.make_inputs(seed=CALIBRATION_SEED + i) for i in range(samples)]
 
 
 @contextlib.contextmanager
@@ -368,7 +363,7 @@ class OpenVinoExporter(Exporter):
     }
 
     def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        refuse_unsound(reference, precision)
+        refuse_calibrated_with_cache(reference, precision)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                **options: Any) -> ExportResult:

@@ -31,7 +31,7 @@ from edgeexport import packages
 from edgeexport.artifact import Tolerance, save_npz
 from edgeexport.capture import node_origin
 from edgeexport.errors import ConversionError, EdgeExportError
-from edgeexport.exporter import Exporter, ExportResult, Option
+from edgeexport.exporter import Exporter, ExportResult, Option, refuse_calibrated_with_cache
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.trt import build
 from edgeexport.trt.cuda import unavailable_reason
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CALIBRATION_BATCHES = 8
-CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
 
 
 def module_origins(reference: ReferenceModel, *, opset: int | None = None) -> dict[str, str]:
@@ -97,8 +96,8 @@ def write_calibration(folder: Path, reference: ReferenceModel, plan: BuildPlan) 
     sizes = {axis: sizes[1] for axis, sizes in plan.axes.items()}
     (folder / CALIBRATION_DIR).mkdir()
     files = [f"{CALIBRATION_DIR}/batch_{i:03d}.npz" for i in range(CALIBRATION_BATCHES)]
-    for i, relative in enumerate(files):
-        save_npz(folder / relative, reference.make_inputs(sizes, seed=CALIBRATION_SEED + i))
+    for relative, inputs in zip(files, reference.calibration_inputs(CALIBRATION_BATCHES, sizes)):
+        save_npz(folder / relative, inputs)
     return files
 
 
@@ -132,6 +131,9 @@ class TensorrtExporter(Exporter):
         Option("workspace", str, "TensorRT builder workspace limit, e.g. 4GiB (default: TensorRT's, the GPU's "
                "memory).", check=parse_size),
     )
+
+    def refuse(self, reference: ReferenceModel, precision: str) -> None:
+        refuse_calibrated_with_cache(reference, precision)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, shapes: list[str] | None = None, workspace: int | str | None = None,

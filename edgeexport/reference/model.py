@@ -14,6 +14,8 @@ from edgeexport.artifact import TensorSpec, Tolerance, axis_size
 from edgeexport.errors import InputSpecError
 from edgeexport.zoo import InputSpec
 
+CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
+
 Asset = Path | bytes  # a file copied into the artifact, or the content written there
 
 
@@ -112,6 +114,11 @@ class ReferenceModel:
         axes = {axis: s[0] for axis, s in self.sizes.items()} | dict(sizes or {})
         rng = np.random.default_rng(seed)
         return {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
+
+    def calibration_inputs(self, count: int, sizes: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
+        """``count`` seeded inputs for quantization calibration (example sizes by default), none equal
+        to a golden or fresh case."""
+        return [self.make_inputs(sizes, seed=CALIBRATION_SEED + i) for i in range(count)]
 
     def _draw(self, spec: InputSpec, axes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
         shape = tuple(axis_size(d, axes) if isinstance(d, str) else d for d in spec.dims)
