@@ -23,7 +23,9 @@ head so that its greedy tokens vary), and both tools convert the same folders:
   ``--no-validate``, since optimum does not validate; edgeexport's default run validates too).
 - GPT-2 greedy generation (16-token prompt, 32 new tokens, batch 1): tokens/s of PyTorch
   ``generate()``, edgeexport's numpy loop on its artifacts and optimum-intel's ``generate()``
-  (stateful OpenVINO model), how many tokens equal PyTorch's and how many distinct tokens PyTorch made.
+  (stateful OpenVINO model), medians and ranges over the repeats, how many tokens equal PyTorch's and
+  how many distinct tokens PyTorch made; each edgeexport decoder's step parity against its precision's
+  bounds (golden and fresh prompt and decode steps).
 
 Prints tables and writes benchmarks/results/vs_optimum.json with the CPU model and flags. Report
 ratios, not lone times: the machines are shared.
@@ -212,8 +214,11 @@ def bench_generation(folder: Path, work: Path, *, threads: int, repeats: int, pr
 
     from edgeexport.exporter import get_exporter
     from edgeexport.generator import Generator
+    from edgeexport.pipeline import check_parity
+    from edgeexport.reference import load_reference
 
     torch.set_num_threads(threads)
+    reference = load_reference(folder, task="causal-lm-with-past")
     model = __import__("transformers").GPT2LMHeadModel.from_pretrained(folder).eval()
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, prompt_tokens))
     prompt = torch.from_numpy(ids)
@@ -225,12 +230,15 @@ def bench_generation(folder: Path, work: Path, *, threads: int, repeats: int, pr
 
     calls: dict[str, Callable[[], list[int]]] = {"pytorch eager generate()": lambda: hf_generate(model)}
     export: dict[str, Any] = {}
+    parity: dict[str, Any] = {}
     for entry in GENERATION_PRECISIONS:
         target, precision = entry.split(":")
         if precision not in get_exporter(target).precisions:
             continue
         label, out = f"edgeexport {target} {precision}", work / f"gpt2-{target}-{precision}"
         export[label] = export_edgeexport(folder, "causal-lm-with-past", target, precision, out)
+        report = check_parity(out, reference)  # every step case of the decoder against its precision's bounds
+        parity[label] = {"passed": report.passed, "failures": report.failures()[:3]}
         generator = Generator.load(out, threads=threads)
         calls[label] = lambda g=generator: g.generate(ids, max_new_tokens=new_tokens,
                                                       min_new_tokens=new_tokens).tokens[0].tolist()
@@ -250,9 +258,11 @@ def bench_generation(folder: Path, work: Path, *, threads: int, repeats: int, pr
                 times[label].append(new_tokens / (time.perf_counter() - start))
     expected = tokens["pytorch eager generate()"]
     base = statistics.median(times["pytorch eager generate()"])
-    rows = {label: {"tokens_per_s": statistics.median(runs), "speedup_vs_eager": statistics.median(runs) / base,
+    rows = {label: {"tokens_per_s": statistics.median(runs), "tokens_per_s_range": [min(runs), max(runs)],
+                    "speedup_vs_eager": statistics.median(runs) / base,
                     "same_tokens": sum(a == b for a, b in zip(tokens[label], expected)),
-                    **({"export": export[label]} if label in export else {})} for label, runs in times.items()}
+                    **({"export": export[label]} if label in export else {}),
+                    **({"parity": parity[label]} if label in parity else {})} for label, runs in times.items()}
     return {"model": "gpt2 124M, untied LM head", "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "distinct_tokens": len(set(expected)), "rows": rows}
 
@@ -283,12 +293,15 @@ def show(report: dict) -> None:
     if generation:
         table = Table(title=f"GPT-2 greedy generation, {generation['new_tokens']} new tokens "
                             f"({generation['distinct_tokens']} distinct in PyTorch's)")
-        for column in ("backend", "tokens/s", "vs eager", "tokens = PyTorch's", "export s", "export peak RSS MB"):
+        for column in ("backend", "tokens/s (range)", "vs eager", "tokens = PyTorch's", "step parity", "export s",
+                       "export peak RSS MB"):
             table.add_column(column)
         for label, row in generation["rows"].items():
-            export = row.get("export") or {}
-            table.add_row(label, f"{row['tokens_per_s']:.1f}", f"{row['speedup_vs_eager']:.2f}x",
+            export, parity = row.get("export") or {}, row.get("parity")
+            low, high = row["tokens_per_s_range"]
+            table.add_row(label, f"{row['tokens_per_s']:.1f} ({low:.1f}-{high:.1f})", f"{row['speedup_vs_eager']:.2f}x",
                           f"{row['same_tokens']}/{generation['new_tokens']}",
+                          "-" if parity is None else "PASS" if parity["passed"] else "FAIL",
                           f"{export['seconds']:.1f}" if export else "-", f"{export['peak_rss_mb']:.0f}" if export else "-")
         console.print(table)
 

@@ -74,6 +74,10 @@ class CaptureStrategy(ABC):
         """What the capture runs in. Defaults to :func:`export_context`."""
         return export_context()
 
+    def applies(self, failures: Sequence[Result]) -> bool:
+        """Whether to try this strategy after the ``failures`` of the strategies before it (default: always)."""
+        return True
+
     @abstractmethod
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
                  opset: int | None) -> tuple[Any, dict[str, Any]]:
@@ -107,7 +111,8 @@ def run_strategies(strategies: Sequence[CaptureStrategy], reference: ReferenceMo
                    failed: Callable[[ReferenceModel, Sequence[Result]], StageError] = first_failure,
                    describe: Callable[[BaseException | None], str] = describe_exception,
                    ) -> tuple[Any, dict[str, Any]]:
-    """Try each strategy in order; return the first one's model that succeeds and what to record:
+    """Try each strategy in order (those that apply after the failures so far); return the first one's
+    model that succeeds and what to record:
     ``strategy`` (the winner), ``fallback_reason`` (``describe`` of the first failure, None when
     the first strategy won) and the winner's details.
 
@@ -116,6 +121,8 @@ def run_strategies(strategies: Sequence[CaptureStrategy], reference: ReferenceMo
     """
     failures: list[Result] = []
     for strategy in strategies:
+        if not strategy.applies(failures):
+            continue
         result = strategy(reference, opset)
         if result.success:
             reason = describe(failures[0].exception) if failures else None

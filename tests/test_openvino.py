@@ -195,7 +195,12 @@ def test_unconvertible_op_error_names_op_and_module(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
-def test_direct_failure_falls_back_to_onnx_and_is_recorded(tmp_path: Path) -> None:
+def test_direct_failure_falls_back_to_onnx_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An op the PyTorch frontend cannot convert goes straight to ONNX: the torch.export route has the same
+    op translators, so it is not tried."""
+    import edgeexport.exporters.openvino as target
+
+    monkeypatch.setattr(target.ExportedProgramStrategy, "_capture", lambda *_: pytest.fail("torch.export was tried"))
     result = convert(_Net(torch.frac), {"x": torch.randn(2, 4)}, target="openvino", output_dir=tmp_path / "artifact",
                      dynamic_axes={"x": {0: "batch"}})
 

@@ -1,13 +1,15 @@
 """onnxruntime contrib-op fusions of the ONNX target (onnxscript ``optimize_for_ort``): fused BERT
 and GPT-2 contain the fused ops and pass validation, ``--no-fusions`` keeps standard ops, a
-fusion that raises or a fused model onnxruntime refuses falls back to the unfused graph with
-the reason recorded, and TensorRT never receives contrib ops."""
+fusion that raises, a fused model onnxruntime refuses and a fused model out of the precision's
+bounds fall back to the unfused graph with the reason recorded, and TensorRT never receives
+contrib ops."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from edgeexport.exporters import onnx as onnx_exporter
@@ -61,6 +63,25 @@ def test_an_unloadable_fused_model_falls_back_unfused(tmp_path: Path, monkeypatc
     monkeypatch.setattr(onnx_exporter, "fuse_for_ort", unloadable)
     result = convert("bert", output_dir=tmp_path / "unloadable")
     assert result.manifest.exporter["fusions_failure"].startswith("onnxruntime cannot load the fused model")
+    assert "com.microsoft" not in _domains(result.artifact)
+    assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_a_fused_model_out_of_bounds_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fusions stay on only where parity holds: a fused graph whose first layer norm's gamma is off by 1%
+    (a fusion bug's size) fails fp32's bounds at the first shape case, and the unfused graph is kept."""
+    fuse = onnx_exporter.fuse_for_ort
+
+    def drifting(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+        fused, counts = fuse(model)
+        gamma = next(n for n in fused.graph.node if n.op_type == "SkipLayerNormalization").input[2]
+        tensor = next(t for t in fused.graph.initializer if t.name == gamma)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 1.01, gamma))
+        return fused, counts
+
+    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", drifting)
+    result = convert("bert", output_dir=tmp_path / "drifting")
+    assert result.manifest.exporter["fusions_failure"].startswith("the fused model is out of bounds: example/logits: ")
     assert "com.microsoft" not in _domains(result.artifact)
     assert result.report is not None and result.report.passed, result.report.failures()
 

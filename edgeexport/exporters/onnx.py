@@ -214,18 +214,29 @@ def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int
     return proto, dict(Counter(node.op_type for node in proto.graph.node if node.domain == "com.microsoft"))
 
 
-def check_loads(folder: Path) -> None:
-    """Create an onnxruntime session of the saved ``model.onnx`` (CPU).
+def check_fused(folder: Path, reference: ReferenceModel, tolerance: Tolerance) -> None:
+    """Run the saved fused ``model.onnx`` on onnxruntime (CPU) at every shape case and compare with the
+    reference within ``tolerance`` (the precision's bounds), so fusions stay on only where parity holds.
 
     Raises:
-        FusionError: onnxruntime refused the model.
+        FusionError: onnxruntime refused the model, or an output is out of bounds (the first failure named).
     """
     import onnxruntime
 
+    from edgeexport.validation.parity import compare_outputs
+
     try:
-        onnxruntime.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise FusionError(f"onnxruntime cannot load the fused model: {describe_exception(exc)}") from exc
+    for seed, (case, sizes) in enumerate(reference.shape_cases()):
+        inputs = reference.make_inputs(sizes, seed=seed)
+        outputs = dict(zip(reference.output_names, session.run(reference.output_names, inputs)))
+        result = compare_outputs(case, "fused", sizes, outputs, reference.run(inputs), tolerance=tolerance,
+                                 logits=reference.logits_outputs)
+        failed = [f"{case}/{o.name}: {o.reason}" for o in result.outputs if not o] or [result.error] * bool(result.error)
+        if failed:
+            raise FusionError(f"the fused model is out of bounds: {failed[0]}")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -377,8 +388,8 @@ class OnnxExporter(Exporter):
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, fusions: bool | None = None, **options: Any) -> ExportResult:
         """Export ``model.onnx``; with fusions (the default at :attr:`fused_precisions`) a fusion that
-        raises or a fused model onnxruntime cannot load is exported again unfused, the reason in
-        the manifest's ``fusions_failure``."""
+        raises, a fused model onnxruntime cannot load or one out of the precision's bounds at a shape
+        case is exported again unfused, the reason in the manifest's ``fusions_failure``."""
         fuse = fusions is not False and precision in self.fused_precisions
         try:
             return self._export(reference, folder, precision=precision, opset=opset, simplify_graph=simplify_graph,
@@ -412,7 +423,7 @@ class OnnxExporter(Exporter):
             passes.append(applied)
         save(model, folder)
         if fuse:
-            check_loads(folder)
+            check_fused(folder, reference, self.tolerance(reference, precision))
         import torch
 
         exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model), "passes": passes, **info}
