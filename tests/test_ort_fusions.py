@@ -6,6 +6,7 @@ contrib ops."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -52,38 +53,45 @@ def test_a_fusion_that_raises_falls_back_unfused(tmp_path: Path, monkeypatch: py
     assert result.report is not None and result.report.passed, result.report.failures()
 
 
-def test_an_unloadable_fused_model_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _planted_fusion(monkeypatch: pytest.MonkeyPatch, folder: Path,
+                    plant: Callable[[onnx.ModelProto], object]) -> str:
+    """Convert tiny BERT with ``plant`` applied to the fused graph; the fallback reason (the unfused graph
+    kept, and passing)."""
     fuse = onnx_exporter.fuse_for_ort
 
-    def unloadable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    def planted(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         fused, counts = fuse(model)
-        next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention").op_type = "NoSuchContribOp"
+        plant(fused)
         return fused, counts
 
-    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", unloadable)
-    result = convert("bert", output_dir=tmp_path / "unloadable")
-    assert result.manifest.exporter["fusions_failure"].startswith("onnxruntime cannot load the fused model")
+    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", planted)
+    result = convert("bert", output_dir=folder)
     assert "com.microsoft" not in _domains(result.artifact)
     assert result.report is not None and result.report.passed, result.report.failures()
+    return result.manifest.exporter["fusions_failure"]
+
+
+def _unknown_op(fused: onnx.ModelProto) -> None:
+    next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention").op_type = "NoSuchContribOp"
+
+
+def _drifting_gamma(fused: onnx.ModelProto) -> None:
+    """The first layer norm's gamma off by 1% (a fusion bug's size)."""
+    gamma = next(n for n in fused.graph.node if n.op_type == "SkipLayerNormalization").input[2]
+    tensor = next(t for t in fused.graph.initializer if t.name == gamma)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 1.01, gamma))
+
+
+def test_an_unloadable_fused_model_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = _planted_fusion(monkeypatch, tmp_path / "unloadable", _unknown_op)
+    assert failure.startswith("onnxruntime cannot load the fused model")
 
 
 def test_a_fused_model_out_of_bounds_falls_back_unfused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fusions stay on only where parity holds: a fused graph whose first layer norm's gamma is off by 1%
-    (a fusion bug's size) fails fp32's bounds at the first shape case, and the unfused graph is kept."""
-    fuse = onnx_exporter.fuse_for_ort
-
-    def drifting(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-        fused, counts = fuse(model)
-        gamma = next(n for n in fused.graph.node if n.op_type == "SkipLayerNormalization").input[2]
-        tensor = next(t for t in fused.graph.initializer if t.name == gamma)
-        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 1.01, gamma))
-        return fused, counts
-
-    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", drifting)
-    result = convert("bert", output_dir=tmp_path / "drifting")
-    assert result.manifest.exporter["fusions_failure"].startswith("the fused model is out of bounds: example/logits: ")
-    assert "com.microsoft" not in _domains(result.artifact)
-    assert result.report is not None and result.report.passed, result.report.failures()
+    """Fusions stay on only where parity holds: the drifted fused graph fails fp32's bounds at the first
+    shape case."""
+    failure = _planted_fusion(monkeypatch, tmp_path / "drifting", _drifting_gamma)
+    assert failure.startswith("the fused model is out of bounds: example/logits: ")
 
 
 def test_tensorrt_gets_no_contrib_ops(tmp_path: Path) -> None:
