@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 __all__ = ["ExportResult", "Exporter", "Option", "get_exporter", "target_options", "targets"]
 
 TARGETS = "edgeexport.exporters"  # the package of built-in targets and the entry point group of others
+# Calibrated (static int8) precisions: samples at the example sizes (ReferenceModel.calibration_inputs), and the
+# last weighted layers (the task head: classifier, pooler, LM head) kept in float: they are a sliver of the
+# compute, and quantizing them costs most of the int8 error on the zoo.
+CALIBRATION_SAMPLES = 24
+FLOAT_HEAD_LAYERS = 2
 
 
 @dataclass
@@ -83,6 +88,8 @@ class Exporter(ABC):
             a target from another package.
         tool_packages: Distributions whose versions the manifest records.
         stages: Its stages in order, as the errors of each stage name them.
+        calibrated_precisions: Precisions whose activation ranges are calibrated on reference inputs
+            (static int8); :meth:`refuse` refuses them for decoders with a cache.
     """
 
     target: ClassVar[str]
@@ -94,6 +101,7 @@ class Exporter(ABC):
     extra: ClassVar[str] = ""
     tool_packages: ClassVar[tuple[str, ...]] = ()
     stages: ClassVar[tuple[str, ...]] = ()
+    calibrated_precisions: ClassVar[tuple[str, ...]] = ()
 
     @property
     def install(self) -> str:
@@ -131,11 +139,17 @@ class Exporter(ABC):
 
     def refuse(self, reference: ReferenceModel, precision: str) -> None:
         """Refuse a model this target is known not to convert correctly at ``precision``, before any
-        component is exported (docs/parity.md, "Known failures"). Refuses nothing by default.
+        component is exported (docs/parity.md, "Known failures"). By default, a calibrated precision for a
+        decoder with a cache: calibration sees first steps (an empty cache), and the decode steps then
+        run outside those ranges (GPT-2 tiny on OpenVINO int8: 0.66 spreads RMS on the decode step).
 
         Raises:
             UnsupportedError: the combination is known to be broken; the message says why and what to use.
         """
+        if precision in self.calibrated_precisions and reference.generation.get("cache", {}).get("past"):
+            raise UnsupportedError(f"--precision {precision} breaks the decode steps of {reference.name!r} (a decoder "
+                                   "with a cache: activation ranges are calibrated on the first step only); use "
+                                   "--precision int8-weights")
 
     @abstractmethod
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, **options: Any) -> ExportResult:
@@ -155,19 +169,6 @@ class Exporter(ABC):
         having = [t for t in targets() if type(get_exporter(t)).preflight is not Exporter.preflight]
         raise UsageError(f"preflight exists for target {', '.join(map(repr, having)) or 'none'} only, "
                          f"not {self.target!r}")
-
-
-def refuse_calibrated_with_cache(reference: ReferenceModel, precision: str) -> None:
-    """Refuse static ``int8`` (activation ranges calibrated on reference inputs) for a decoder with a
-    cache, for a target's :meth:`Exporter.refuse`.
-
-    Calibration sees first steps (an empty cache); a decoder with a cache then runs its decode steps
-    outside those ranges (GPT-2 tiny on OpenVINO: 0.66 spreads RMS on the decode step).
-    """
-    if precision == "int8" and reference.generation.get("cache", {}).get("past"):
-        raise UnsupportedError(f"--precision int8 breaks the decode steps of {reference.name!r} (a decoder with a "
-                               "cache: activation ranges are calibrated on the first step only); use --precision "
-                               "int8-weights")
 
 
 def targets() -> list[str]:

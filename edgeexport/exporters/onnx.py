@@ -41,7 +41,7 @@ from edgeexport.capture import (
     trace_inputs,
 )
 from edgeexport.errors import CaptureError, ConversionError
-from edgeexport.exporter import Exporter, ExportResult, Option, refuse_calibrated_with_cache
+from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS, Exporter, ExportResult, Option
 from edgeexport.logs import logger_levels
 
 if TYPE_CHECKING:
@@ -54,10 +54,6 @@ EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 1
 # Weight-only precisions: (bits, elements per quantization block, one scale each).
 WEIGHT_QUANTIZATION = {"int8-weights": (8, 16), "int4-weights": (4, 32)}
-# Static int8: calibration samples at the example sizes, and the last weighted layers (the task head) kept in float,
-# as the OpenVINO target does (a sliver of the compute, most of the int8 error).
-CALIBRATION_SAMPLES = 24
-FLOAT_HEAD_LAYERS = 2
 WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 
 
@@ -234,9 +230,8 @@ def check_fused(folder: Path, reference: ReferenceModel, tolerance: Tolerance) -
         outputs = dict(zip(reference.output_names, session.run(reference.output_names, inputs)))
         result = compare_outputs(case, "fused", sizes, outputs, reference.run(inputs), tolerance=tolerance,
                                  logits=reference.logits_outputs)
-        failed = [f"{case}/{o.name}: {o.reason}" for o in result.outputs if not o] or [result.error] * bool(result.error)
-        if failed:
-            raise FusionError(f"the fused model is out of bounds: {failed[0]}")
+        if not result.passed:
+            raise FusionError(f"the fused model is out of bounds: {result.failures()[0]}")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -381,9 +376,7 @@ class OnnxExporter(Exporter):
     options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
                                        "on by default): --no-fusions keeps standard ONNX ops only."),)
     fused_precisions = ("fp32", "fp16")
-
-    def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        refuse_calibrated_with_cache(reference, precision)
+    calibrated_precisions = ("int8",)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, fusions: bool | None = None, **options: Any) -> ExportResult:

@@ -42,7 +42,7 @@ from edgeexport.capture import (
     traced_scope,
 )
 from edgeexport.errors import ConversionError, StageError
-from edgeexport.exporter import Exporter, ExportResult, refuse_calibrated_with_cache
+from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS, Exporter, ExportResult
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.logs import logger_levels
 
@@ -67,10 +67,6 @@ INFERENCE_PRECISIONS = {"bf16": "bf16"}
 INT4_GROUP_SIZE = 64
 INT4_MIN_GROUP_SIZE = 16
 INT4_RATIO = 1.0  # every layer nncf would compress goes to int4 (ratio < 1 keeps the most sensitive in int8)
-CALIBRATION_SAMPLES = 24
-# The last weighted layers (the task head: classifier, pooler, LM head) stay in float: they are
-# a sliver of the compute, and quantizing them costs most of the int8 error on the zoo.
-FLOAT_HEAD_LAYERS = 2
 ATTENTION_OPS = frozenset({"Softmax", "ScaledDotProductAttention"})
 WEIGHTED_OPS = frozenset({"MatMul", "Convolution", "GroupConvolution"})
 FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
@@ -372,8 +368,7 @@ class OpenVinoExporter(Exporter):
         "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=2.0, rms_error=0.5, scale_error=0.3, min_top1=0.9),
     }
 
-    def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        refuse_calibrated_with_cache(reference, precision)
+    calibrated_precisions = ("int8",)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                **options: Any) -> ExportResult:

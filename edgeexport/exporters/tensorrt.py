@@ -31,7 +31,7 @@ from edgeexport import packages
 from edgeexport.artifact import Tolerance, save_npz
 from edgeexport.capture import node_origin
 from edgeexport.errors import ConversionError, EdgeExportError
-from edgeexport.exporter import Exporter, ExportResult, Option, refuse_calibrated_with_cache
+from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.exporters import onnx as onnx_target
 from edgeexport.trt import build
 from edgeexport.trt.cuda import unavailable_reason
@@ -124,6 +124,7 @@ class TensorrtExporter(Exporter):
         "bf16": Tolerance(atol=1e-6, rounding=2e-3, max_error=0.5, rms_error=0.05, scale_error=0.02, min_top1=0.9),
         "int8": Tolerance(atol=1e-6, rounding=2e-3, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8),
     }
+    calibrated_precisions = ("int8",)
     # Checked before any work, so that a typo fails at once.
     options = (
         Option("shapes", list[str], "TensorRT profile of a dynamic axis, AXIS:MIN,OPT,MAX, e.g. batch:1,4,16 "
@@ -131,9 +132,6 @@ class TensorrtExporter(Exporter):
         Option("workspace", str, "TensorRT builder workspace limit, e.g. 4GiB (default: TensorRT's, the GPU's "
                "memory).", check=parse_size),
     )
-
-    def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        refuse_calibrated_with_cache(reference, precision)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,
                simplify_graph: bool = True, shapes: list[str] | None = None, workspace: int | str | None = None,

@@ -29,6 +29,11 @@ class CaseResult:
     def passed(self) -> bool:
         return not self.error and all(self.outputs)
 
+    def failures(self) -> list[str]:
+        """One line per failing output, or the case's error."""
+        lines = [f"{self.case}: {self.error}"] if self.error else []
+        return lines + [f"{self.case}/{o.name}: {o.reason}" for o in self.outputs if not o]
+
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.case, "source": self.source, "axes": self.axes, "passed": self.passed,
                 "error": self.error, "outputs": [o.to_dict() for o in self.outputs]}
@@ -55,11 +60,7 @@ class ParityReport:
     def failures(self) -> list[str]:
         """One line per failing output or case (one line when there was no case to check)."""
         lines = [] if self.cases else ["no cases were compared; the artifact has no golden cases"]
-        for case in self.cases:
-            if case.error:
-                lines.append(f"{case.case}: {case.error}")
-            lines.extend(f"{case.case}/{o.name}: {o.reason}" for o in case.outputs if not o)
-        return lines
+        return lines + [line for case in self.cases for line in case.failures()]
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "target": self.target, "runtime": self.runtime,
