@@ -21,6 +21,11 @@ head so that its greedy tokens vary), and both tools convert the same folders:
   the matching edgeexport precision. "best at parity" is edgeexport's fastest passing artifact.
 - export cost: wall time and peak RSS of each export in a fresh process (edgeexport with
   ``--no-validate``, since optimum does not validate; edgeexport's default run validates too).
+  Each tool exports with the transformers it supports: optimum-intel in this venv (5.5), edgeexport
+  with the ``edgeexport`` of the environment the script was started from (transformers as
+  constraints.txt pins it) when it has one. transformers 5.5's masks cannot be traced
+  (``IndexError`` in ``sdpa_mask``), which sends edgeexport's OpenVINO conversions to its slower
+  ``torch.export`` route there; the JSON records both versions.
 - GPT-2 greedy generation (16-token prompt, 32 new tokens, batch 1): tokens/s of PyTorch
   ``generate()``, edgeexport's numpy loop on its artifacts and optimum-intel's ``generate()``
   (stateful OpenVINO model), medians and ranges over the repeats, how many tokens equal PyTorch's and
@@ -47,6 +52,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(__file__).resolve().parent / ".venv-optimum"
+EXPORTER_CLI = "VS_OPTIMUM_EDGEEXPORT"  # the launching environment's edgeexport, passed to the re-run in VENV
 REQUIREMENTS = ["optimum-intel[openvino]==2.2.0", "transformers>=5.5,<5.6"]
 MODELS = {  # name: (transformers model class, config class, config overrides, edgeexport task, optimum class)
     "bert": ("BertForSequenceClassification", "BertConfig", {"num_labels": 2}, "sequence-classification",
@@ -78,7 +84,25 @@ def ensure_venv() -> None:
         subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[export,openvino]", *REQUIREMENTS],
                        check=True)
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=True)
+    launching_cli = Path(sys.executable).parent / "edgeexport"
+    if launching_cli.exists():
+        os.environ[EXPORTER_CLI] = str(launching_cli)
     os.execv(str(python), [str(python), *sys.argv])
+
+
+def exporter_cli() -> Path:
+    """The ``edgeexport`` that exports: the launching environment's, else this venv's."""
+    return Path(os.environ.get(EXPORTER_CLI) or Path(sys.executable).parent / "edgeexport")
+
+
+def transformers_versions() -> dict[str, str]:
+    """transformers of edgeexport's exports and of optimum-intel's (this venv)."""
+    import transformers
+
+    python = exporter_cli().parent / "python"
+    version = subprocess.run([str(python), "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    return {"edgeexport": version, "optimum-intel": transformers.__version__}
 
 
 def save_model(name: str, folder: Path) -> Path:
@@ -110,9 +134,8 @@ def timed_process(command: list[str]) -> dict[str, float]:
 
 
 def export_edgeexport(folder: Path, task: str, target: str, precision: str, out: Path) -> dict[str, float]:
-    cli = str(Path(sys.executable).parent / "edgeexport")
-    return timed_process([cli, "convert", str(folder), "--task", task, "--target", target, "--precision", precision,
-                          "--no-validate", "-o", str(out)])
+    return timed_process([str(exporter_cli()), "convert", str(folder), "--task", task, "--target", target,
+                          "--precision", precision, "--no-validate", "-o", str(out)])
 
 
 def export_optimum(folder: Path, optimum_class: str, options: dict[str, Any], out: Path) -> dict[str, float]:
@@ -274,7 +297,9 @@ def show(report: dict) -> None:
     from edgeexport.validation.machine import describe_machine
 
     console = Console(width=170)
-    console.print(f"measured on {describe_machine(report['machine'])}; {report['threads']} threads")
+    versions = report["transformers"]
+    console.print(f"measured on {describe_machine(report['machine'])}; {report['threads']} threads; exports with "
+                  f"transformers {versions['edgeexport']} (edgeexport), {versions['optimum-intel']} (optimum-intel)")
     for model in report["latency"]:
         table = Table(title=f"{model['model']} {model['shape']}: p50 per call, {report['rounds']} rounds; best at "
                             f"parity: {model['best_at_parity']} ({model['best_vs_optimum_default'] or 0:.2f}x "
@@ -321,7 +346,8 @@ def main() -> None:
     ensure_venv()
     from edgeexport.validation.machine import machine_info
 
-    report: dict[str, Any] = {"machine": machine_info(args.threads), "threads": args.threads, "rounds": args.rounds,
+    report: dict[str, Any] = {"machine": machine_info(args.threads), "transformers": transformers_versions(),
+                              "threads": args.threads, "rounds": args.rounds,
                               "latency": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

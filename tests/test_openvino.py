@@ -81,9 +81,10 @@ def test_compressed_weights_pass_their_tolerance(name: str, precision: str, weig
     assert weight_type in _constant_types(result.artifact)
 
 
-def test_bf16_artifact_keeps_fp32_weights_and_computes_in_bf16(tmp_path: Path) -> None:
+def test_bf16_artifact_keeps_fp32_weights_and_computes_in_bf16(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """validate passes within bf16's bounds; the outputs differ from the f32 hint's by bf16-sized error on a CPU
-    with bf16 arithmetic (AVX512_BF16, AMX), and match it elsewhere."""
+    with bf16 arithmetic (AVX512_BF16, AMX), and match it elsewhere, where the runner says so."""
     import openvino as ov
 
     result = _convert("bert", tmp_path / "artifact", precision="bf16")
@@ -95,12 +96,19 @@ def test_bf16_artifact_keeps_fp32_weights_and_computes_in_bf16(tmp_path: Path) -
     assert not {"f16", "bf16"} & _constant_types(result.artifact), "weights stay fp32"
     artifact = Artifact.open(result.artifact)
     inputs, expected = artifact.load_golden(artifact.manifest.golden[0])
+    caplog.clear()
     with load(artifact) as bf16, load(artifact, inference_precision="f32") as f32:
         difference = compare_output("logits", bf16(inputs)["logits"], f32(inputs)["logits"], LOOSE, logits=True)
+        computed = (bf16.computed_precision, f32.computed_precision)
+    unmet = [r.getMessage() for r in caplog.records if "not the bf16 the artifact asks for" in r.getMessage()]
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         assert 1e-4 < difference.rms_error < EXPORTER.precisions["bf16"].rms_error, "bf16 rounding is visible"
+        assert computed == ("bf16", "f32") and not unmet
     else:
         assert difference.rms_error < 1e-4
+        assert computed == ("f32", "f32")
+        assert unmet == ["CPU computes in f32, not the bf16 the artifact asks for (this device has no bf16 arithmetic): "
+                         "its parity and latency here are those of f32; check it on a device with bf16"]
 
 
 def test_int8_bert_passes_statistically(int8_bert: ConversionResult) -> None:
@@ -225,6 +233,42 @@ def test_untraceable_module_converts_from_its_torch_export_program(tmp_path: Pat
     assert result.manifest.exporter["fallback_reason"] == "IndexError: tuple index out of range"
     assert {case.axes["sequence"] for case in result.report.cases} == {8, 13}
     assert result.report.passed, result.report.failures()
+
+
+class _MaskedAttention(torch.nn.Module):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask > 0)
+
+
+def _attention_inputs(batch: int) -> dict[str, torch.Tensor]:
+    """Random query, key and value of 5 positions; the mask is causal with the first two positions
+    of row 0 padded on the left, so query 0 of row 0 sees no key."""
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(batch, 2, 5, 8, generator=generator) for _ in range(3))
+    mask = torch.ones(5, 5).tril().repeat(batch, 1, 1, 1)
+    mask[0, :, :, :2] = 0
+    return {"query": query, "key": key, "value": value, "mask": mask}
+
+
+@pytest.mark.parametrize("strategy", ["pytorch", "torch.export"])
+def test_attention_row_that_sees_no_key_gets_torch_zeros(strategy: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO's boolean-mask attention gives NaN for a row that sees no key (openvino#31630): both
+    conversions from PyTorch hand it an additive mask, and torch's values come back, zeros included."""
+    import edgeexport.exporters.openvino as target
+
+    if strategy == "torch.export":
+        monkeypatch.setattr(target.PyTorchStrategy, "_capture", lambda *_: (_ for _ in ()).throw(IndexError("no")))
+    axes = {name: {0: "batch"} for name in ("query", "key", "value", "mask")}
+    result = convert(_MaskedAttention(), _attention_inputs(2), target="openvino", output_dir=tmp_path / "artifact",
+                     dynamic_axes=axes, validate=False)
+    assert result.manifest.exporter["strategy"] == strategy
+    inputs = _attention_inputs(3)
+    expected = _MaskedAttention()(**inputs).numpy()
+    got = next(iter(load(result.artifact)({n: t.numpy() for n, t in inputs.items()}).values()))
+    assert not np.isnan(got).any() and np.all(got[0, :, 0] == 0) and np.abs(expected[0, :, 0]).max() == 0
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 class TestRunner:

@@ -73,6 +73,16 @@ FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
 IGNORED_OPS = frozenset({"prim::Constant"})  # reported beside the real culprit, never the cause
 
 
+@contextlib.contextmanager
+def _additive_attention_masks() -> Iterator[None]:
+    """Attention with boolean masks converted as additive masks (:func:`~edgeexport.reference.patches.
+    sdpa_with_additive_mask`: OpenVINO's boolean-mask attention gives NaN for a row that sees no key)."""
+    from edgeexport.reference.patches import OPENVINO_SDPA_PATCH, patched
+
+    with patched([OPENVINO_SDPA_PATCH]):
+        yield
+
+
 class ConvertStrategy(CaptureStrategy):
     """One way of turning the reference module into an ``openvino.Model``."""
 
@@ -92,7 +102,8 @@ class PyTorchStrategy(ConvertStrategy):
 
         shapes = [(ov.PartialShape([-1 if isinstance(d, str) else d for d in spec.dims]), ov.Type(np.dtype(spec.dtype)))
                   for spec in reference.inputs]
-        return ov.convert_model(reference.module, example_input=args, input=shapes), {}
+        with _additive_attention_masks():
+            return ov.convert_model(reference.module, example_input=args, input=shapes), {}
 
 
 class ExportedProgramStrategy(CaptureStrategy):
@@ -110,7 +121,8 @@ class ExportedProgramStrategy(CaptureStrategy):
                  opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
-        return ov.convert_model(export_program(reference, args)), {}
+        with _additive_attention_masks():
+            return ov.convert_model(export_program(reference, args)), {}
 
 
 class OnnxStrategy(ConvertStrategy):
@@ -122,12 +134,13 @@ class OnnxStrategy(ConvertStrategy):
                  opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
-        model, info = onnx_target.capture(reference, opset=opset)
-        model = onnx_target.check(model)
-        with tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as folder:
+        captured, info = onnx_target.capture(reference, opset=opset)
+        with tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as work, \
+                tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as folder:
+            model = onnx_target.infer_shapes(onnx_target.WorkModel.of(captured, Path(work)))
             onnx_target.save(model, Path(folder))
             converted = ov.convert_model(Path(folder) / onnx_target.MODEL_FILE)
-        return converted, {"onnx_capture": info["strategy"], "opset": onnx_target.opset_of(model)}
+        return converted, {"onnx_capture": info["strategy"], "opset": onnx_target.opset_of(model.graph)}
 
 
 CONVERT_STRATEGIES: tuple[CaptureStrategy, ...] = (PyTorchStrategy(), ExportedProgramStrategy(), OnnxStrategy())

@@ -7,9 +7,9 @@ and shapes follow :mod:`edgeexport.generation_spec`.
 
 The wrappers rebuild transformers cache objects (``DynamicCache``, ``EncoderDecoderCache``)
 from the flat tensors, so the exported graph runs the model's own attention code. The encoder
-wrapper gets the cross-attention key/values by running the decoder once on a dummy token,
-which fills the cross-attention cache; everything else of that pass is dead code that export
-removes. Caches are full-attention layers: sliding-window caches are not supported.
+wrapper gets the cross-attention key/values by running the decoder once on a dummy token over
+zero-length caches, which fills the cross-attention cache; everything else of that pass is dead
+code that export removes. Caches are full-attention layers: sliding-window caches are not supported.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class CausalLMWithPast(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = len(self.input_names)
-        cache = DynamicCache(_pairs(tensors[count:]))
+        cache = _seeded_cache(tensors[count:])
         outputs = self.model(**dict(zip(self.input_names, tensors[:count])), **{self.cache_kwarg: cache},
                              use_cache=True, return_dict=True)
         return (outputs["logits"], *_flat(_returned_cache(outputs)))
@@ -80,15 +80,16 @@ class CausalLMWithPast(torch.nn.Module):
 class Seq2SeqEncoderWithCross(torch.nn.Module):
     """``forward(input_ids, attention_mask)`` -> the cross-attention key/values of every decoder layer."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, self_layout: Layout, cross_layout: Layout) -> None:
         super().__init__()
         self.model = model
+        self.layouts = (self_layout, cross_layout)
         self.cache_kwarg = _cache_kwarg(model.get_decoder())
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         input_ids, attention_mask = tensors
         hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)[0]
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = EncoderDecoderCache(*(_seeded_cache(_empty_past(hidden, layout)) for layout in self.layouts))
         self.model.get_decoder()(input_ids=input_ids[:, :1], encoder_hidden_states=hidden,
                                  encoder_attention_mask=attention_mask, **{self.cache_kwarg: cache}, use_cache=True)
         return tuple(_flat(cache.cross_attention_cache))
@@ -106,7 +107,7 @@ class Seq2SeqDecoderWithPast(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         input_ids, encoder_attention_mask = tensors[:2]
         past, cross = tensors[2:2 + 2 * self.layers], tensors[2 + 2 * self.layers:]
-        cache = EncoderDecoderCache(DynamicCache(_pairs(past)), DynamicCache(_pairs(cross)))
+        cache = EncoderDecoderCache(_seeded_cache(past), _seeded_cache(cross))
         # The decoder reads only the batch size, length and dtype of the encoder states once the
         # cross-attention cache is filled; a slice of the first cross key carries exactly those.
         stand_in = cross[0][:, 0]
@@ -138,7 +139,7 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
     if task == "causal-lm-with-past":
         return _causal(model, _layout(model), tokens, config, sizes, assets, common)
     self_layout, cross_layout = _seq2seq_layout(model)
-    encoder = _seq2seq_encoder(model, cross_layout, tokens, sizes, common)
+    encoder = _seq2seq_encoder(model, self_layout, cross_layout, tokens, sizes, common)
     decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, config, sizes, assets, common)
     return ReferenceBundle(name=name, task=task, preset=preset, source=source, architecture=common["architecture"],
                            components={"encoder": encoder, "decoder": decoder})
@@ -194,14 +195,15 @@ def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, config: Ge
                                    **{n: {0: "batch", 2: TOTAL} for n in present_names(layers)}})
 
 
-def _seq2seq_encoder(model: torch.nn.Module, cross_layout: Layout, tokens: TokenIds,
+def _seq2seq_encoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
                      sizes: dict[str, tuple[int, int]], common: dict[str, Any]) -> ReferenceModel:
     layers = len(cross_layout)
     inputs = [InputSpec("input_ids", ("batch", "encoder_sequence"), "ids"),
               InputSpec("attention_mask", ("batch", "encoder_sequence"), "mask")]
     generation = GenerationSpec(role="encoder", cross=tuple(cross_names(layers)), tokens=tokens)
-    return _component(Seq2SeqEncoderWithCross(model).eval(), inputs, cross_names(layers), sizes, generation, {},
-                      common, output_axes={n: {0: "batch", 2: "encoder_sequence"} for n in cross_names(layers)})
+    return _component(Seq2SeqEncoderWithCross(model, self_layout, cross_layout).eval(), inputs, cross_names(layers),
+                      sizes, generation, {}, common,
+                      output_axes={n: {0: "batch", 2: "encoder_sequence"} for n in cross_names(layers)})
 
 
 def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
@@ -256,6 +258,12 @@ def _shapes(layers: Iterable[Any]) -> Layout:
             for layer in layers]
 
 
+def _empty_past(like: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    """Zero-length past key/values, ``(batch, heads, 0, head_dim)`` per tensor of every layer, batch as ``like``'s."""
+    return [like.new_zeros((like.shape[0], heads, 0, head_dim), dtype=getattr(torch, dtype))
+            for heads, head_dim, dtype in layout for _ in range(2)]
+
+
 def _cache_kwarg(module: torch.nn.Module) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache``; use the name ``forward`` takes."""
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
@@ -265,8 +273,20 @@ def _returned_cache(outputs: Any) -> Any:
     return outputs["cache"] if "cache" in outputs else outputs["past_key_values"]
 
 
-def _pairs(flat: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(zip(flat[0::2], flat[1::2]))
+def _seeded_cache(flat: Sequence[torch.Tensor]) -> DynamicCache:
+    """A cache whose layers hold the given past key/values themselves.
+
+    ``DynamicCache(pairs)`` concatenates each past tensor onto an empty 1-D tensor: the values
+    are the same, but the captured graph gains a Concat per tensor, and OpenVINO's PyTorch
+    frontend cannot convert that ``aten::cat`` (GPT-2 with its cache then went through ONNX: full
+    preset 71 s and 3.2 GB peak RSS to export, 32 s and 1.5 GB from PyTorch). Setting the layers'
+    tensors leaves those concatenations dead, so tracing drops them.
+    """
+    pairs = list(zip(flat[0::2], flat[1::2]))
+    cache = DynamicCache(pairs)
+    for layer, (keys, values) in zip(cache.layers, pairs):
+        layer.keys, layer.values = keys, values
+    return cache
 
 
 def _flat(cache: Any) -> list[torch.Tensor]:

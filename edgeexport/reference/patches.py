@@ -6,9 +6,10 @@ A :class:`ModulePatch` names the attribute it replaces (``module.function`` or
 patches a model uses, so other models are captured unchanged, and :func:`patched` swaps them in
 for a block with ``unittest.mock.patch``. Each replacement computes the same values as the code
 it replaces (the tests compare them on random tensors) and says in its docstring why the
-original does not export. Two sets exist: :data:`EXPORT_PATCHES` here, applied to every
-``torch.export`` capture (:func:`edgeexport.capture.export_program`), and Core ML's rank <= 5
-rewrites in :mod:`edgeexport.mil.module_patches`.
+original does not export. The sets: :data:`EXPORT_PATCHES` here, applied to every
+``torch.export`` capture (:func:`edgeexport.capture.export_program`); :data:`OPENVINO_SDPA_PATCH`,
+applied to every OpenVINO conversion from PyTorch; and Core ML's rank <= 5 rewrites in
+:mod:`edgeexport.mil.module_patches`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from unittest import mock
 
 import torch
 from torch import nn
+
+_SCALED_DOT_PRODUCT_ATTENTION = torch.nn.functional.scaled_dot_product_attention
+# The masked score of the additive mask: float16's minimum, finite in every precision OpenVINO computes in.
+MASKED_SCORE = float(torch.finfo(torch.float16).min)
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,23 @@ EXPORT_PATCHES: tuple[ModulePatch, ...] = (
     ModulePatch("transformers.models.vit.modeling_vit.ViTEmbeddings.interpolate_pos_encoding",
                 vit_interpolate_pos_encoding, ("ViTEmbeddings",)),
 )
+
+
+def sdpa_with_additive_mask(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attn_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``scaled_dot_product_attention`` with a boolean mask handed over as an additive one.
+
+    OpenVINO's conversion of SDPA with a boolean mask gives NaN for a query row that sees no key,
+    where torch gives zeros (openvinotoolkit/openvino#31630, #35959). Left padding under a causal
+    mask makes such rows, and through the cache their NaN reaches every later token of the row.
+    An additive mask (:data:`MASKED_SCORE` where masked) never takes that path, and rows that see
+    no key are set to zero as torch sets them, so the values are the same.
+    """
+    if attn_mask is None or attn_mask.dtype != torch.bool:
+        return _SCALED_DOT_PRODUCT_ATTENTION(query, key, value, attn_mask, *args, **kwargs)
+    additive = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, MASKED_SCORE)
+    attended = _SCALED_DOT_PRODUCT_ATTENTION(query, key, value, additive, *args, **kwargs)
+    return attended.masked_fill(~attn_mask.any(dim=-1, keepdim=True), 0.0)
+
+
+OPENVINO_SDPA_PATCH = ModulePatch("torch.nn.functional.scaled_dot_product_attention", sdpa_with_additive_mask, ())

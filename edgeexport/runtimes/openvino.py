@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 from edgeexport.artifact import Artifact
 from edgeexport.errors import UsageError
 from edgeexport.runner import Runner
+
+logger = logging.getLogger(__name__)
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
@@ -71,6 +74,24 @@ class OpenVinoRunner(Runner):
                              f"available: {', '.join(available)}")
         self.compiled = core.compile_model(str(self.artifact.model_path), self.device, self.config)
         self.request = self.compiled.create_infer_request()
+        self._warn_unmet_precision()
+
+    @property
+    def computed_precision(self) -> str | None:
+        """The precision the compiled model computes in (``f32``, ``bf16``, ``f16``); None before activation."""
+        if self.compiled is None:
+            return None
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def _warn_unmet_precision(self) -> None:
+        """A device without the asked arithmetic (bf16 on a CPU with neither AVX512_BF16 nor AMX) silently
+        computes in f32: then parity and latency measured here say nothing about the precision asked for."""
+        computed = self.computed_precision
+        if self.inference_precision and computed != self.inference_precision:
+            logger.warning("%s computes in %s, not the %s the artifact asks for (this device has no %s arithmetic): "
+                           "its parity and latency here are those of %s; check it on a device with %s", self.device,
+                           computed, self.inference_precision, self.inference_precision, computed,
+                           self.inference_precision)
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         results = self.request.infer(feed)
