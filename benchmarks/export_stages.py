@@ -24,7 +24,7 @@ from edgeexport import pipeline
 from edgeexport.exporters import onnx as onnx_target
 
 STEPS: list[tuple[ModuleType, str]] = [
-    (pipeline, "_reference"), (pipeline, "_golden"), (onnx_target, "capture"), (onnx_target, "check"),
+    (pipeline, "_reference"), (pipeline, "_golden"), (onnx_target, "capture"), (onnx_target, "infer_shapes"),
     (onnx_target, "simplify"), (onnx_target, "fuse_for_ort"), (onnx_target, "save"), (onnx_target, "check_fused"),
     (pipeline, "_check_one")]
 

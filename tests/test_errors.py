@@ -156,7 +156,7 @@ def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("edgeexport.exporters.onnx.onnx.save_model", no_space)
+    monkeypatch.setattr("onnx_ir.save", no_space)
     assert_one_line(*run_cli("convert", "bert", "-o", str(tmp_path / "out")),
                     f"error: writing '{tmp_path / 'out'}' failed: No space left on device; nothing was written")
     assert list(tmp_path.iterdir()) == []

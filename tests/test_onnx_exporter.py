@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeexport.errors import UnsupportedError
+from edgeexport.errors import ConversionError, UnsupportedError
 from edgeexport.exporters import onnx as onnx_exporter
 from edgeexport.pipeline import convert
 
@@ -24,13 +24,50 @@ def test_opset_option_is_honoured(tmp_path: Path) -> None:
     assert result.report is not None and result.report.passed, result.report.failures()
 
 
-def test_weights_move_to_external_data_above_the_protobuf_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_exporter, "PROTOBUF_LIMIT", 10_000)  # stand-in for 2 GB
-    result = convert("bert", output_dir=tmp_path / "ext")
+@pytest.mark.parametrize(("name", "precision"), [("bert", "fp32"), ("gpt2", "fp32"), ("gpt2", "fp16"),
+                                                  ("bert", "int8-weights"), ("bert", "int8")])
+def test_weights_move_to_external_data_above_the_threshold(name: str, precision: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full-size weights: every stage reads them from the work folder's data file (onnxslim's folds, GPT-2's tied
+    head transposed for the fusions, the fp16 and quantization rewrites) and the artifact keeps them in
+    model.onnx.data, named in the manifest; it passes its parity check."""
+    monkeypatch.setattr(onnx_exporter, "WORK_INLINE_BYTES", 1024)  # stand-in for 1 MiB
+    monkeypatch.setattr(onnx_exporter, "EXTERNAL_DATA_THRESHOLD", 10_000)  # stand-in for 64 MiB
+    result = convert(name, precision=precision, output_dir=tmp_path / "ext")
     assert "model.onnx.data" in result.manifest.files
     graph_size = (result.artifact / "model.onnx").stat().st_size
     assert graph_size < 100_000 < (result.artifact / "model.onnx.data").stat().st_size
+    locations = {entry.value for tensor in onnx.load(str(result.artifact / "model.onnx"), load_external_data=False)
+                 .graph.initializer for entry in tensor.external_data if entry.key == "location"}
+    assert locations == {"model.onnx.data"}
     assert result.report is not None and result.report.passed, result.report.failures()
+
+
+def test_weights_onnxslim_loses_stop_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An external tensor whose location onnxslim dropped would save an artifact without those weights."""
+    import onnxslim
+
+    slim = onnxslim.slim
+
+    def losing(model: onnx.ModelProto, **options: object) -> onnx.ModelProto:
+        slimmed = slim(model, **options)
+        tensor = slimmed.graph.initializer[0]
+        tensor.data_location = TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        return slimmed
+
+    monkeypatch.setattr(onnxslim, "slim", losing)
+    with pytest.raises(ConversionError, match=r"onnxslim lost the external data of \S+ \(and 0 more\); convert with "
+                                              r"--no-simplify and report it to onnxslim"):
+        convert("bert", output_dir=tmp_path / "lost")
+    assert not (tmp_path / "lost").exists()
+
+
+def test_small_models_stay_one_file(tmp_path: Path) -> None:
+    result = convert("bert", output_dir=tmp_path / "one")
+    assert "model.onnx" in result.manifest.files and "model.onnx.data" not in result.manifest.files
+    assert not any(tensor.data_location == TensorProto.EXTERNAL
+                   for tensor in onnx.load(str(result.artifact / "model.onnx"), load_external_data=False).graph.initializer)
 
 
 def test_fallback_strategy_is_recorded_with_the_first_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

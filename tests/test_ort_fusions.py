@@ -59,9 +59,9 @@ def _planted_fusion(monkeypatch: pytest.MonkeyPatch, folder: Path,
     kept, and passing)."""
     fuse = onnx_exporter.fuse_for_ort
 
-    def planted(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    def planted(model: onnx_exporter.WorkModel) -> tuple[onnx_exporter.WorkModel, dict[str, int]]:
         fused, counts = fuse(model)
-        plant(fused)
+        plant(fused.graph)
         return fused, counts
 
     monkeypatch.setattr(onnx_exporter, "fuse_for_ort", planted)

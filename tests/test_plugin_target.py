@@ -44,11 +44,15 @@ class ToyExporter(Exporter):
     stages = ("capture", "translate to ONNX", "onnx checker", "compress")
 
     def export(self, reference, folder, *, precision, level=6, opset=None, **options):
+        import onnx
+        import onnx_ir as ir
+
         from edgeexport.exporters import onnx as onnx_target
 
         model, info = onnx_target.capture(reference, opset=opset)
-        model = onnx_target.check(model)
-        (folder / "model.toy").write_bytes(zlib.compress(model.SerializeToString(), level))
+        proto = ir.serde.serialize_model(model)
+        onnx.checker.check_model(proto)
+        (folder / "model.toy").write_bytes(zlib.compress(proto.SerializeToString(), level))
         return ExportResult(model_file="model.toy", exporter={"name": "toy", "level": level, **info})
 
 

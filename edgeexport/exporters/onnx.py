@@ -5,23 +5,32 @@ Stages (:attr:`OnnxExporter.stages`), each with its own error class:
   2. translate to ONNX with ``torch.onnx.export`` (:class:`ConversionError` naming the op and
      the PyTorch module that produced it). Strategies (dynamo, then TorchScript) are tried in
      order; the winner and the first failure are recorded in the manifest;
-  3. ``onnx.checker`` and shape inference (:class:`ConversionError`), then optional onnxslim
-     simplification, onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on
-     by default, falling back to the unfused graph with the reason recorded) and fp16
-     weights/compute (onnxruntime's float16 converter, fp32 inputs/outputs kept), int8/int4
-     weights (MatMulNBits) or static int8 (QDQ, onnxruntime's quantizer calibrated on reference inputs);
-  4. save, with external data when the model exceeds protobuf's 2 GB limit.
+  3. shape inference where the capture recorded none, optional onnxslim simplification,
+     onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on by default, falling
+     back to the unfused graph with the reason recorded) and fp16 weights/compute (onnxruntime's
+     float16 converter, fp32 inputs/outputs kept), int8/int4 weights (MatMulNBits) or static
+     int8 (QDQ, onnxruntime's quantizer calibrated on reference inputs);
+  4. save, the weights in ``model.onnx.data`` above :data:`EXTERNAL_DATA_THRESHOLD`, and
+     ``onnx.checker`` on the saved file (:class:`ConversionError`).
+
+Between the stages the weights stay out of memory: the capture streams them from the torch
+parameters into a data file of a work folder (:class:`WorkModel`), and the stages pass a graph
+proto that refers to it; only the precisions that rewrite weights load them. Serializing whole
+protos at each stage held up to six copies of the weights (BERT-base: 3.5 GB peak RSS, 0.95 GB
+this way).
 
 torch and onnxscript are imported where they are used, so this module imports without them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +54,7 @@ from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS, Exporter
 from edgeexport.logs import logger_levels
 
 if TYPE_CHECKING:
+    import onnx_ir as ir
     import torch
 
     from edgeexport.reference.model import ReferenceModel
@@ -52,6 +62,12 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 1
+# Weights above this size are saved in EXTERNAL_DATA_FILE: an inline model.onnx is serialized whole in memory,
+# which doubles the weights at the save (BERT-base: +850 MB). Smaller models stay one file.
+EXTERNAL_DATA_THRESHOLD = 64 * 1024**2
+# Between stages, tensors up to this size stay in the graph proto: onnxslim drops the external-data location of
+# small tensors it rewrites (BERT's embedding LayerNorm parameters), and only the large weights cost memory.
+WORK_INLINE_BYTES = 1024**2
 # Weight-only precisions: (bits, elements per quantization block, one scale each).
 WEIGHT_QUANTIZATION = {"int8-weights": (8, 16), "int4-weights": (4, 32)}
 WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv"})
@@ -67,8 +83,8 @@ class DynamoStrategy(CaptureStrategy):
     name = "dynamo"
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
-                 opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-        return dynamo_export(reference, args, opset).model_proto, {}
+                 opset: int | None) -> tuple[ir.Model, dict[str, Any]]:
+        return dynamo_export(reference, args, opset).model, {}
 
 
 def dynamo_export(reference: ReferenceModel, args: tuple[torch.Tensor, ...], opset: int | None) -> Any:
@@ -129,22 +145,65 @@ class TorchScriptStrategy(CaptureStrategy):
     name = "torchscript"
 
     def _capture(self, reference: ReferenceModel, args: tuple[torch.Tensor, ...],
-                 opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                 opset: int | None) -> tuple[ir.Model, dict[str, Any]]:
         import io
 
+        import onnx_ir as ir
         import torch
 
         buffer = io.BytesIO()
         torch.onnx.export(reference.module, args, buffer, dynamo=False, opset_version=opset or 17,
                           input_names=reference.input_names, output_names=reference.output_names,
                           dynamic_axes={k: v for k, v in reference.dynamic_axes.items() if v})
-        return onnx.load_from_string(buffer.getvalue()), {}
+        return ir.serde.deserialize_model(onnx.load_from_string(buffer.getvalue())), {}
 
 
 CAPTURE_STRATEGIES: tuple[CaptureStrategy, ...] = (DynamoStrategy(), TorchScriptStrategy())
 
 
-def capture(reference: ReferenceModel, *, opset: int | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+@dataclass(frozen=True)
+class WorkModel:
+    """A model between export stages: ``graph`` (a ModelProto) refers to weights kept in
+    :data:`EXTERNAL_DATA_FILE` of ``folder``, a work folder, instead of holding them."""
+
+    graph: onnx.ModelProto
+    folder: Path
+
+    @classmethod
+    def of(cls, model: ir.Model, folder: Path) -> WorkModel:
+        """Stream ``model``'s weights into ``folder`` (from the torch parameters the dynamo capture refers to)."""
+        import onnx_ir as ir
+
+        ir.save(model, folder / MODEL_FILE, external_data=EXTERNAL_DATA_FILE, size_threshold_bytes=WORK_INLINE_BYTES)
+        return cls(onnx.load(folder / MODEL_FILE, load_external_data=False), folder)
+
+    def replaced(self, graph: onnx.ModelProto) -> WorkModel:
+        return WorkModel(graph, self.folder)
+
+    def as_ir(self) -> ir.Model:
+        """The model for onnx_ir (onnxscript): its external tensors read from the work folder when needed."""
+        import onnx_ir as ir
+
+        model = ir.serde.deserialize_model(self.graph)
+        ir.external_data.set_base_dir(model.graph, self.folder)
+        return model
+
+    def loaded(self) -> onnx.ModelProto:
+        """The graph with every weight loaded, for the passes that rewrite weights."""
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(self.graph, str(self.folder))
+        return self.graph
+
+    @contextlib.contextmanager
+    def weights_readable(self) -> Iterator[None]:
+        """onnxslim reads external weights (when it folds them) relative to the current directory and
+        takes no base directory: run it from the work folder."""
+        with contextlib.chdir(self.folder):
+            yield
+
+
+def capture(reference: ReferenceModel, *, opset: int | None) -> tuple[ir.Model, dict[str, Any]]:
     """Stages 1 and 2: try each of :data:`CAPTURE_STRATEGIES` in order; return the model and what happened.
 
     Raises:
@@ -153,39 +212,44 @@ def capture(reference: ReferenceModel, *, opset: int | None) -> tuple[onnx.Model
     return run_strategies(CAPTURE_STRATEGIES, reference, opset)
 
 
-def check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Stage 3: run the ONNX checker, and shape inference where the capture recorded no shapes
-    (TorchScript); return the shape-annotated model.
+def infer_shapes(model: WorkModel) -> WorkModel:
+    """Stage 3: shape inference where the capture recorded no shapes (TorchScript).
 
     The dynamo capture's graph has its shapes already (torch.onnx runs onnxscript's optimizer and
     shape inference): inferring them again cost BERT-base 5 s and 1.7 GB of copies.
     """
+    if model.graph.graph.value_info:
+        return model
     try:
-        if not model.graph.value_info and model.ByteSize() < PROTOBUF_LIMIT:
-            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return model.replaced(onnx.shape_inference.infer_shapes(model.graph, data_prop=True))
+    except onnx.shape_inference.InferenceError as exc:
         raise ConversionError("onnx checker", describe_exception(exc)) from exc
-    return model
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants and fuse patterns with onnxslim (returns a new model).
+def simplify(model: WorkModel) -> WorkModel:
+    """Fold constants and fuse patterns with onnxslim.
 
-    Shapes come from :func:`check`: onnxslim's own shape inference after each of its rounds found
-    the same graph (BERT-base: 456 nodes, the same fusions) in 5x the time and 2.5x the memory.
+    Shapes come from the capture (:func:`infer_shapes`): onnxslim's own shape inference after each
+    of its rounds found the same graph (BERT-base: 456 nodes, the same fusions) in 5x the time and
+    2.5x the memory.
     """
     import onnxslim
 
-    with quiet():
-        return onnxslim.slim(model, no_shape_infer=True)
+    with quiet(), model.weights_readable():
+        slimmed = onnxslim.slim(model.graph, no_shape_infer=True)
+    lost = [tensor.name for tensor in slimmed.graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+            and not any(entry.key == "location" for entry in tensor.external_data)]
+    if lost:
+        raise ConversionError("onnx checker", f"onnxslim lost the external data of {lost[0]} (and {len(lost) - 1} "
+                              "more); convert with --no-simplify and report it to onnxslim")
+    return model.replaced(slimmed)
 
 
 class FusionError(Exception):
     """The ORT fusions raised, or the fused model does not load in onnxruntime."""
 
 
-def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+def fuse_for_ort(model: WorkModel) -> tuple[WorkModel, dict[str, int]]:
     """Fuse onnxruntime contrib ops (MultiHeadAttention, SkipLayerNormalization, Gelu, rotary, ...)
     with onnxscript's ``optimize_for_ort``; returns a new model and the count of each contrib op
     (``com.microsoft`` domain) in it, e.g. ``{"MultiHeadAttention": 12, "SkipLayerNormalization": 24}``.
@@ -199,15 +263,17 @@ def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int
     from onnxscript import ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
+    weights_as_matmul(model.graph, base_dir=model.folder)
     try:
-        fused, _ = optimize_for_ort(ir.serde.deserialize_model(weights_as_matmul(model)))
+        fused, _ = optimize_for_ort(model.as_ir())
     except Exception as exc:
         raise FusionError(f"optimize_for_ort raised {describe_exception(exc)}") from exc
     proto = ir.serde.serialize_model(fused)
     # The rewrites keep shapes recorded for values whose rank they changed (GPT-2's addmm outputs: 2-D before,
     # 3-D after), and onnxruntime warns about each at every session start; it infers them itself.
     del proto.graph.value_info[:]
-    return proto, dict(Counter(node.op_type for node in proto.graph.node if node.domain == "com.microsoft"))
+    return model.replaced(proto), dict(Counter(node.op_type for node in proto.graph.node
+                                               if node.domain == "com.microsoft"))
 
 
 def check_fused(folder: Path, reference: ReferenceModel, tolerance: Tolerance) -> None:
@@ -303,14 +369,14 @@ def weighted_nodes(model: onnx.ModelProto) -> list[str]:
             if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in weights]
 
 
-def weights_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+def weights_as_matmul(model: onnx.ModelProto, *, base_dir: Path | None = None) -> onnx.ModelProto:
     """Rewrite constant-weight layers as ``MatMul(x, W)`` with ``W`` an initializer (in place; returns ``model``).
 
     Hand-written because the quantizer takes only that form and no library pass produces it
     on dynamic shapes (onnxscript's gemm-to-matmul rule needs static shapes): ``Gemm(x, W, b)``
     (alpha = beta = 1, no transA) becomes ``MatMul`` + ``Add``, and a MatMul reading
     ``Transpose(W)`` of a 2-D initializer (a tied LM head: the embedding is also gathered)
-    gets its own transposed copy of ``W``.
+    gets its own transposed copy of ``W`` (read from ``base_dir`` when it is external data).
     """
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -319,7 +385,7 @@ def weights_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm" and node.input[1] in weights and not attributes.get("transA") \
                 and attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0:
-            weight = _transposed(model, weights[node.input[1]]) if attributes.get("transB") else node.input[1]
+            weight = _transposed(model, weights[node.input[1]], base_dir) if attributes.get("transB") else node.input[1]
             product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
             nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_matmul"))
             if len(node.input) > 2:
@@ -328,27 +394,42 @@ def weights_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         source = producers.get(node.input[1]) if node.op_type == "MatMul" else None
         if source is not None and source.op_type == "Transpose" and source.input[0] in weights \
                 and len(weights[source.input[0]].dims) == 2:
-            node.input[1] = _transposed(model, weights[source.input[0]])
+            node.input[1] = _transposed(model, weights[source.input[0]], base_dir)
         nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
 
 
-def _transposed(model: onnx.ModelProto, weight: onnx.TensorProto) -> str:
+def _transposed(model: onnx.ModelProto, weight: onnx.TensorProto, base_dir: Path | None) -> str:
     """Name of an initializer holding ``weight`` transposed, added to ``model`` on first use."""
     name = f"{weight.name}_transposed"
     if not any(tensor.name == name for tensor in model.graph.initializer):
-        array = onnx.numpy_helper.to_array(weight).T
+        array = onnx.numpy_helper.to_array(weight, base_dir=str(base_dir or "")).T
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
     return name
 
 
-def save(model: onnx.ModelProto, folder: Path) -> None:
-    """Stage 4: write ``model.onnx``, moving weights to external data above protobuf's 2 GB limit."""
-    external = model.ByteSize() >= PROTOBUF_LIMIT
-    onnx.save_model(model, folder / MODEL_FILE, save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=EXTERNAL_DATA_FILE)
+def save(model: WorkModel, folder: Path) -> None:
+    """Stage 4: write ``model.onnx`` into ``folder``, its weights in ``model.onnx.data`` above
+    :data:`EXTERNAL_DATA_THRESHOLD` (streamed from the work folder), and check the saved file.
+
+    Raises:
+        ConversionError: ``onnx.checker`` rejects the model.
+    """
+    import onnx_ir as ir
+
+    saved = model.as_ir()
+    weights = sum(value.const_value.nbytes for value in saved.graph.initializers.values()
+                  if value.const_value is not None)
+    if weights >= EXTERNAL_DATA_THRESHOLD:
+        ir.save(saved, folder / MODEL_FILE, external_data=EXTERNAL_DATA_FILE)
+    else:
+        ir.save(ir.external_data.load_to_model(saved), folder / MODEL_FILE)
+    try:
+        onnx.checker.check_model(str(folder / MODEL_FILE))
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError("onnx checker", describe_exception(exc)) from exc
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -395,31 +476,36 @@ class OnnxExporter(Exporter):
 
     def _export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None,
                 simplify_graph: bool, fuse: bool) -> ExportResult:
-        model, info = capture(reference, opset=opset)
-        model = check(model)
-        passes = []
-        if simplify_graph:
-            model = simplify(model)
-            passes.append("onnxslim")
-        if fuse:
-            model, info["fusions"] = fuse_for_ort(model)
-            passes.append("optimize_for_ort")
-        if precision == "fp16":
-            model = to_fp16(model)
-            passes.append("float16(keep_io_types)")
-        if precision in WEIGHT_QUANTIZATION:
-            bits, block_size = WEIGHT_QUANTIZATION[precision]
-            model = quantize_weights(model, bits=bits, block_size=block_size)
-            passes.append(f"MatMulNBits(bits={bits}, block_size={block_size}, symmetric, accuracy_level=4)")
-        if precision == "int8":
-            model, applied = quantize_static(model, reference)
-            passes.append(applied)
-        save(model, folder)
+        captured, info = capture(reference, opset=opset)
+        # The work folder sits in the artifact's staging folder: on its disk, not in a /tmp that may be in memory.
+        with tempfile.TemporaryDirectory(prefix=".onnx-work-", dir=folder) as work:
+            model = infer_shapes(WorkModel.of(captured, Path(work)))
+            del captured
+            passes = []
+            if simplify_graph:
+                model = simplify(model)
+                passes.append("onnxslim")
+            if fuse:
+                model, info["fusions"] = fuse_for_ort(model)
+                passes.append("optimize_for_ort")
+            if precision == "fp16":
+                model = model.replaced(to_fp16(model.loaded()))
+                passes.append("float16(keep_io_types)")
+            if precision in WEIGHT_QUANTIZATION:
+                bits, block_size = WEIGHT_QUANTIZATION[precision]
+                model = model.replaced(quantize_weights(model.loaded(), bits=bits, block_size=block_size))
+                passes.append(f"MatMulNBits(bits={bits}, block_size={block_size}, symmetric, accuracy_level=4)")
+            if precision == "int8":
+                quantized, applied = quantize_static(model.loaded(), reference)
+                model = model.replaced(quantized)
+                passes.append(applied)
+            save(model, folder)
         if fuse:
             check_fused(folder, reference, self.tolerance(reference, precision))
         import torch
 
-        exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model), "passes": passes, **info}
+        exporter = {"name": "torch.onnx", "torch": torch.__version__, "opset": opset_of(model.graph), "passes": passes,
+                    **info}
         return ExportResult(model_file=MODEL_FILE, exporter=exporter)
 
 
