@@ -5,13 +5,13 @@ Stages (:attr:`OnnxExporter.stages`), each with its own error class:
   2. translate to ONNX with ``torch.onnx.export`` (:class:`ConversionError` naming the op and
      the PyTorch module that produced it). Strategies (dynamo, then TorchScript) are tried in
      order; the winner and the first failure are recorded in the manifest;
-  3. shape inference where the capture recorded none, optional onnxslim simplification,
+  3. ``onnx.checker`` on the captured model (:class:`ConversionError`) and shape inference where
+     the capture recorded none, then optional onnxslim simplification,
      onnxruntime contrib-op fusions (``optimize_for_ort``; fp32 and fp16, on by default, falling
      back to the unfused graph with the reason recorded) and fp16 weights/compute (onnxruntime's
      float16 converter, fp32 inputs/outputs kept), int8/int4 weights (MatMulNBits) or static
      int8 (QDQ, onnxruntime's quantizer calibrated on reference inputs);
-  4. save, the weights in ``model.onnx.data`` above :data:`EXTERNAL_DATA_THRESHOLD`, and
-     ``onnx.checker`` on the saved file (:class:`ConversionError`).
+  4. save, the weights in ``model.onnx.data`` above :data:`EXTERNAL_DATA_THRESHOLD`.
 
 Between the stages the weights stay out of memory: the capture streams them from the torch
 parameters into a data file of a work folder (:class:`WorkModel`), and the stages pass a graph
@@ -175,7 +175,9 @@ class WorkModel:
         import onnx_ir as ir
 
         ir.save(model, folder / MODEL_FILE, external_data=EXTERNAL_DATA_FILE, size_threshold_bytes=WORK_INLINE_BYTES)
-        return cls(onnx.load(folder / MODEL_FILE, load_external_data=False), folder)
+        work = cls(onnx.load(folder / MODEL_FILE, load_external_data=False), folder)
+        check(work)
+        return work
 
     def replaced(self, graph: onnx.ModelProto) -> WorkModel:
         return WorkModel(graph, self.folder)
@@ -412,11 +414,7 @@ def _transposed(model: onnx.ModelProto, weight: onnx.TensorProto, base_dir: Path
 
 def save(model: WorkModel, folder: Path) -> None:
     """Stage 4: write ``model.onnx`` into ``folder``, its weights in ``model.onnx.data`` above
-    :data:`EXTERNAL_DATA_THRESHOLD` (streamed from the work folder), and check the saved file.
-
-    Raises:
-        ConversionError: ``onnx.checker`` rejects the model.
-    """
+    :data:`EXTERNAL_DATA_THRESHOLD` (streamed from the work folder)."""
     import onnx_ir as ir
 
     saved = model.as_ir()
@@ -426,8 +424,20 @@ def save(model: WorkModel, folder: Path) -> None:
         ir.save(saved, folder / MODEL_FILE, external_data=EXTERNAL_DATA_FILE)
     else:
         ir.save(ir.external_data.load_to_model(saved), folder / MODEL_FILE)
+
+
+def check(model: WorkModel) -> None:
+    """Stage 3: ``onnx.checker`` on the captured model as the work folder holds it (the weights stay on disk).
+
+    It runs before the rewrites: onnxruntime's fusions add its contrib ops (``SimplifiedLayerNormalization``
+    in the default domain) and its fp16 converter appends input casts out of topological order, both of
+    which onnxruntime runs and the checker rejects.
+
+    Raises:
+        ConversionError: the checker rejects the model.
+    """
     try:
-        onnx.checker.check_model(str(folder / MODEL_FILE))
+        onnx.checker.check_model(str(model.folder / MODEL_FILE))
     except onnx.checker.ValidationError as exc:
         raise ConversionError("onnx checker", describe_exception(exc)) from exc
 
