@@ -188,6 +188,8 @@ def convert(
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
+    allow_random_head: Annotated[bool, typer.Option(
+        help="Convert a checkpoint that lacks the task's head (it is then random; the manifest says so).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
     target_options: dict[str, Any] | None = None,
     tolerance: dict[str, float] | None = None,
@@ -198,14 +200,14 @@ def convert(
 
     if precision == AUTO:
         _tune(model, target=target, task=task, preset=preset, output_dir=output, opset=opset, force=force,
-              simplify=simplify, allow_pickle=allow_pickle, tolerance=tolerance, target_options=target_options,
-              json_output=json_output)
+              simplify=simplify, allow_pickle=allow_pickle, allow_random_head=allow_random_head, tolerance=tolerance,
+              target_options=target_options, json_output=json_output)
         return
     with console.status("starting", spinner="dots") as status:
         result = run_convert(model, target=target, task=task, preset=preset, output_dir=output, precision=precision,
                              opset=opset, validate=validate, force=force, simplify=simplify,
-                             tolerance=tolerance,
-                             allow_pickle=allow_pickle, target_options=target_options,
+                             tolerance=tolerance, allow_pickle=allow_pickle, allow_random_head=allow_random_head,
+                             target_options=target_options,
                              progress=lambda message: status.update(message))
     _show_conversion(result, json_output)
 

@@ -69,7 +69,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             target: str = "onnx", output_dir: str | Path | None = None, task: str | None = None, preset: str = "tiny",
             precision: str | None = None, opset: int | None = None, validate: bool = True, force: bool = False,
             tolerance: Mapping[str, float] | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-            simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
+            simplify: bool = True, allow_pickle: bool = False, allow_random_head: bool = False, seed: int = 0,
             target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> ConversionResult:
     """Convert a model to an artifact folder for ``target`` and (by default) check its parity.
 
@@ -93,6 +93,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
         dynamic_axes: ``{input: {dim: axis}}`` for an ``nn.Module``.
         simplify: Simplify the graph (onnxslim) where the target supports it. Defaults to True.
         allow_pickle: Allow pickled weights in a model folder. Defaults to False.
+        allow_random_head: Convert a folder whose checkpoint lacks some of the task's parameters (a head on a
+            base model), which are then random; the manifest names them (``random_head``). Defaults to False.
         seed: Seed of zoo weights. Defaults to 0.
         target_options: Options of the target's exporter (``Exporter.options``; tensorrt: ``shapes``,
             ``workspace``; coreml: ``deployment_target``); None values are unset. Defaults to none.
@@ -109,7 +111,7 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     reference, folder, options = prepare(
         model, example_inputs, exporter, precision, output_dir=output_dir, task=task, preset=preset, opset=opset,
         force=force, tolerance=tolerance, dynamic_axes=dynamic_axes, simplify=simplify, allow_pickle=allow_pickle,
-        seed=seed, target_options=target_options, progress=progress)
+        allow_random_head=allow_random_head, seed=seed, target_options=target_options, progress=progress)
     return export_reference(reference, exporter, folder, options, precision=precision, validate=validate, force=force,
                             progress=progress)
 
@@ -118,8 +120,8 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             exporter: Exporter, precision: str, *, output_dir: str | Path | None, task: str | None, preset: str,
             opset: int | None, force: bool, tolerance: Mapping[str, float] | None,
             dynamic_axes: Mapping[str, Mapping[int, str]] | None, simplify: bool, allow_pickle: bool, seed: int,
-            target_options: Mapping[str, Any] | None,
-            progress: Progress | None) -> tuple[ReferenceModel | ReferenceBundle, Path, Export]:
+            target_options: Mapping[str, Any] | None, progress: Progress | None,
+            allow_random_head: bool = False) -> tuple[ReferenceModel | ReferenceBundle, Path, Export]:
     """Check a conversion's arguments (before torch is imported), then build its reference.
 
     Returns the reference, the artifact folder (``precision`` names the default one) and the
@@ -136,7 +138,7 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     exporter.check_available()
     (progress or (lambda _message: None))("building the PyTorch reference")
     reference = _reference(model, example_inputs, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
-                           dynamic_axes=dynamic_axes)
+                           allow_random_head=allow_random_head, dynamic_axes=dynamic_axes)
     folder = Path(output_dir or default_folder(reference.name, reference.task, exporter.target, precision))
     return reference, folder, options
 
@@ -227,7 +229,7 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
     fixed = getattr(reference, "fixed_shape_reason", "")  # a bundle (decoder with past) has none
     return {"name": reference.name, "task": reference.task, "preset": reference.preset, "seed": seed,
             "source": reference.source, "architecture": reference.architecture,
-            **({"fixed_shape": fixed} if fixed else {})}
+            **({"fixed_shape": fixed} if fixed else {}), **reference.details}
 
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, precision: str,
@@ -288,14 +290,15 @@ def _check_one(folder: Path, reference: ReferenceModel | ReferenceBundle | None,
 
 
 def _reference(model: Any, example_inputs: Any, *, task: str | None, preset: str, seed: int, allow_pickle: bool,
-               dynamic_axes: Any) -> ReferenceModel | ReferenceBundle:
+               allow_random_head: bool, dynamic_axes: Any) -> ReferenceModel | ReferenceBundle:
     packages.require_torch("converting")
     from edgeexport.reference import load_reference, reference_from_module
 
     if isinstance(model, (str, Path)):
         if example_inputs is not None:
             raise UsageError("example_inputs are only for nn.Module models; zoo and folder models make their own")
-        return load_reference(model, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle)
+        return load_reference(model, task=task, preset=preset, seed=seed, allow_pickle=allow_pickle,
+                              allow_random_head=allow_random_head)
     if example_inputs is None:
         raise UsageError(f"converting a {type(model).__name__} module needs example_inputs (tensors by forward() name)")
     return reference_from_module(model, example_inputs, dynamic_axes=dynamic_axes)

@@ -24,7 +24,7 @@ torch, so it does not live there).
 from __future__ import annotations
 
 import wave
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,8 @@ class Processing:
         blank: CTC blank (pad) token id.
         word_delimiter: CTC token that separates words (``|`` for Wav2Vec2), printed as a space.
         tokenizer: Artifact-relative path of the ``tokenizers`` JSON file of text models, if copied.
+        max_length: Longest text input in tokens; longer texts are truncated (a sentence-transformers
+            folder's ``max_seq_length``). None: the tokenizer file's own truncation.
         image_size: (height, width) images are resized to.
         image_mean, image_std: Per-channel normalization after rescaling to 0..1.
         sampling_rate: Audio samples per second the model expects.
@@ -67,6 +69,7 @@ class Processing:
     blank: int | None = None
     word_delimiter: str | None = None
     tokenizer: str | None = None
+    max_length: int | None = None
     image_size: list[int] = field(default_factory=list)
     image_mean: list[float] = field(default_factory=list)
     image_std: list[float] = field(default_factory=list)
@@ -81,6 +84,7 @@ class Processing:
         """Parse a manifest block; raise :class:`ArtifactError` naming what is malformed."""
         processing = cls(labels=_typed(data, "labels", list, str), blank=_typed(data, "blank", int),
                          word_delimiter=_typed(data, "word_delimiter", str), tokenizer=_typed(data, "tokenizer", str),
+                         max_length=_typed(data, "max_length", int),
                          image_size=_typed(data, "image_size", list, int),
                          image_mean=_typed(data, "image_mean", list, (int, float)),
                          image_std=_typed(data, "image_std", list, (int, float)),
@@ -102,7 +106,8 @@ class Processing:
         shown = ", ".join(self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
         parts = [f"{len(self.labels)} labels ({shown})" if self.labels else "",
                  f"blank {self.blank}" if self.blank is not None else "",
-                 f"tokenizer {self.tokenizer}" if self.tokenizer else "",
+                 f"tokenizer {self.tokenizer}{f' (at most {self.max_length} tokens)' if self.max_length else ''}"
+                 if self.tokenizer else "",
                  f"images {'x'.join(map(str, self.image_size))}, mean {self.image_mean}, std {self.image_std}"
                  if self.image_size else "",
                  f"audio {self.sampling_rate} Hz{', normalized' if self.normalize_audio else ''}"
@@ -151,6 +156,30 @@ def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str
         encoded.update(context=pair, context_mask=np.array([[i == 1 for i in encoding.sequence_ids]]),
                        context_offsets=np.array([encoding.offsets]))
     return encoded
+
+
+def text_batch(processing: Processing, artifact: Artifact, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` of several texts: each truncated to the artifact's
+    ``max_length``, right-padded to the longest (as sentence-transformers tokenizes a batch)."""
+    if processing.tokenizer is None:
+        raise InputSpecError("the artifact has no tokenizer (its source folder had no tokenizer.json); pass token "
+                             "ids with --inputs FILE.npz")
+    tokenizer = load_tokenizer(artifact, processing.tokenizer)
+    if processing.max_length:
+        tokenizer.enable_truncation(processing.max_length)
+    tokenizer.enable_padding(pad_id=tokenizer.padding["pad_id"] if tokenizer.padding else 0,
+                             pad_token=tokenizer.padding["pad_token"] if tokenizer.padding else "[PAD]")
+    encodings = tokenizer.encode_batch(list(texts))
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+
+
+def cosine_similarities(embeddings: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of ``(count, dim)`` embeddings, in float64."""
+    unit = embeddings.astype(np.float64)
+    unit /= np.maximum(np.linalg.norm(unit, axis=-1, keepdims=True), 1e-12)
+    return unit @ unit.T
 
 
 def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
@@ -300,6 +329,8 @@ def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing,
                 for d in outputs["predicted_depth"]]
     if task == "ctc":
         return ctc_transcripts(outputs["logits"], processing)
+    if task == "sentence-embedding":
+        return [row.tolist() for row in outputs["sentence_embedding"]]
     if task.endswith(("-lm", "-lm-with-past")):
         raise UsageError(f"task {task!r} generates text; convert with --task {task.removesuffix('-with-past')}-with-past "
                          "and run edgeexport generate ARTIFACT --prompt ...")
@@ -323,6 +354,8 @@ def describe(task: str, result: Any, processing: Processing) -> str:
         classes, counts = np.unique(np.asarray(result), return_counts=True)
         shares = sorted(zip(counts, classes), reverse=True)
         return f"{len(result)}x{len(result[0])} map: " + ", ".join(f"{processing.label(int(c))} {n / counts.sum():.1%}" for n, c in shares)
+    if task == "sentence-embedding":
+        return f"embedding of {len(result)} values, norm {float(np.linalg.norm(result)):.4f}"
     if task == "depth-estimation":
         return (f"depth {'x'.join(map(str, result['shape']))}: min {result['min']:.3g}, max {result['max']:.3g}, "
                 f"mean {result['mean']:.3g}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -28,7 +28,7 @@ import numpy as np
 from edgeexport import packages
 from edgeexport.artifact import Artifact, TensorSpec
 from edgeexport.bundle import Bundle, is_bundle
-from edgeexport.errors import ArtifactError, InputSpecError
+from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.plugins import plugin_module, plugin_names
 
 RUNTIMES = "edgeexport.runtimes"  # the package of built-in runtimes and the entry point group of others
@@ -105,6 +105,25 @@ class Runner(ABC):
         with self.timed():
             outputs = self._infer_impl(feed)
         return {spec.name: np.array(outputs[spec.name], copy=True) for spec in self.outputs}
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """``(len(texts), dim)`` sentence embeddings of a ``sentence-embedding`` artifact, the texts tokenized with
+        the artifact's own tokenizer in batches of ``batch_size`` (no torch, no transformers).
+
+        Raises:
+            UsageError: the artifact is of another task.
+        """
+        from edgeexport.processing import Processing, text_batch
+
+        task = self.artifact.manifest.model.get("task")
+        if task != "sentence-embedding":
+            raise UsageError(f"embed() needs a sentence-embedding artifact; this one is {task!r} (convert a "
+                             "sentence-transformers folder, whose default task is sentence-embedding)")
+        processing, names = Processing.of(self.artifact.manifest), self.artifact.manifest.input_names
+        rows = [self({name: feed[name] for name in names})["sentence_embedding"]
+                for start in range(0, len(texts), batch_size)
+                for feed in [text_batch(processing, self.artifact, texts[start:start + batch_size])]]
+        return np.concatenate(rows) if rows else np.zeros((0, self.outputs[0].shape[-1]), np.float32)
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:

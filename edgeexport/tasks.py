@@ -9,12 +9,17 @@ from edgeexport.errors import UsageError
 
 @dataclass(frozen=True)
 class TaskHead:
-    """A task's model class and its flat, named outputs (``logits`` get top-k agreement checks)."""
+    """A task's model class and its flat, named outputs (``logits`` get top-k agreement checks).
+
+    ``modality`` is empty for tasks of any modality (feature extraction): the model's spec says.
+    ``optional`` outputs are exported where the model returns them (a base model's pooler).
+    """
 
     auto_class: str
     outputs: tuple[str, ...]
     logits: tuple[str, ...]
     modality: str
+    optional: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskHead] = {
@@ -32,6 +37,11 @@ TASKS: dict[str, TaskHead] = {
     "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision"),
     "ctc": TaskHead("AutoModelForCTC", ("logits",), ("logits",), "audio"),
     "audio-classification": TaskHead("AutoModelForAudioClassification", ("logits",), ("logits",), "audio"),
+    # A base model with no head: its hidden states (and pooled output where it has a pooler).
+    "feature-extraction": TaskHead("AutoModel", ("last_hidden_state",), (), "", optional=("pooler_output",)),
+    # A sentence-transformers folder (modules.json): the transformer, its pooling and normalization in one graph
+    # (edgeexport.reference.sentence_embedding).
+    "sentence-embedding": TaskHead("AutoModel", ("sentence_embedding",), (), "text"),
     # Generation variants: the decoder with its KV cache as inputs and outputs (edgeexport.generation_spec);
     # edgeexport.reference.decoders_with_past adds the cache names to these outputs.
     "causal-lm-with-past": TaskHead("AutoModelForCausalLM", ("logits",), ("logits",), "text"),
@@ -71,10 +81,17 @@ def supported_tasks(tasks: tuple[str, ...]) -> list[str]:
 
 
 def task_from_architecture(architecture: str, main_input_name: str) -> str | None:
-    """Guess the task of a transformers class name such as ``BertForTokenClassification``."""
+    """Guess the task of a transformers class name such as ``BertForTokenClassification``; a base model
+    (``BertModel``: a ``...Model`` class with no head) is ``feature-extraction``."""
     for suffix, task in ARCHITECTURE_SUFFIXES:
         if architecture.endswith(suffix):
             if task == "sequence-classification" and main_input_name == "input_values":
                 return "audio-classification"
             return task
+    if architecture.endswith("Model") and not architecture.endswith("PreTrainedModel"):
+        return "feature-extraction"
     return None
+
+
+# The model input that tells a base model's modality (feature extraction has no modality of its own).
+MODALITY_BY_MAIN_INPUT = {"input_ids": "text", "pixel_values": "vision", "input_values": "audio"}

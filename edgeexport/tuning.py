@@ -103,7 +103,7 @@ def tune(source: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any]
          target: str | None = None, options: TuneOptions = TuneOptions(), output_dir: str | Path | None = None,
          task: str | None = None, preset: str = "tiny", opset: int | None = None, force: bool = False,
          tolerance: Mapping[str, float] | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-         simplify: bool = True, allow_pickle: bool = False, seed: int = 0,
+         simplify: bool = True, allow_pickle: bool = False, allow_random_head: bool = False, seed: int = 0,
          target_options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> TuningResult:
     """Convert ``source`` at every candidate precision and keep the fastest that passes parity here.
 
@@ -127,7 +127,7 @@ def tune(source: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any]
     reference, folder, export = prepare(
         source, example_inputs, exporter, AUTO, output_dir=output_dir, task=task, preset=preset, opset=opset,
         force=force, tolerance=tolerance, dynamic_axes=dynamic_axes, simplify=simplify, allow_pickle=allow_pickle,
-        seed=seed, target_options=target_options, progress=progress)
+        allow_random_head=allow_random_head, seed=seed, target_options=target_options, progress=progress)
     return tune_reference(reference, exporter, folder, export, options, force=force, progress=progress)
 
 

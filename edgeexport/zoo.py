@@ -50,6 +50,7 @@ class ModelSpec:
     axis_sizes: ClassVar[dict[str, dict[str, tuple[int, int]]]] = {}
     forward_kwargs: ClassVar[dict[str, Any]] = {}
     tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
+    modality: ClassVar[str] = ""  # the family's: text, text2text, vision or audio
     fixed_shape_reason: ClassVar[str] = ""  # why dims that could vary are fixed; the manifest and inspect show it
 
     def inputs(self, config: Any, task: str) -> list[InputSpec]:
@@ -70,6 +71,7 @@ class ModelSpec:
 class TextEncoderSpec(ModelSpec):
     """Encoder-only text models: input_ids + attention_mask over (batch, sequence)."""
 
+    modality = "text"
     axis_sizes = {"tiny": {"batch": (2, 3), "sequence": (8, 13)}, "full": {"batch": (1, 2), "sequence": (128, 64)}}
     uses_token_type_ids: ClassVar[bool] = False
 
@@ -90,6 +92,7 @@ class CausalLMSpec(TextEncoderSpec):
 class Seq2SeqSpec(ModelSpec):
     """Encoder-decoder text models, exported as one graph returning decoder logits."""
 
+    modality = "text2text"
     axis_sizes = {
         "tiny": {"batch": (2, 3), "sequence": (8, 13), "decoder_sequence": (5, 7)},
         "full": {"batch": (1, 2), "sequence": (128, 64), "decoder_sequence": (32, 16)},
@@ -110,6 +113,7 @@ class VisionSpec(ModelSpec):
     ``fixed_shape_reason``.
     """
 
+    modality = "vision"
     dynamic_image_size: ClassVar[bool] = True
     axis_sizes = {"tiny": {"batch": (2, 3), "height": (64, 96), "width": (64, 128)},
                   "full": {"batch": (1, 2), "height": (224, 256), "width": (224, 288)}}
@@ -125,6 +129,7 @@ class VisionSpec(ModelSpec):
 class AudioSpec(ModelSpec):
     """Raw-waveform audio models: input_values (batch, audio_length)."""
 
+    modality = "audio"
     axis_sizes = {"tiny": {"batch": (2, 3), "audio_length": (2000, 3200)},
                   "full": {"batch": (1, 2), "audio_length": (16000, 24000)}}
 
@@ -199,8 +204,15 @@ def zoo_task(spec: ModelSpec, task: str | None, preset: str) -> str:
 
 
 def weights_note(model: Mapping[str, Any]) -> str:
-    """``tiny preset, random weights`` for a manifest's ``model`` block of a zoo model; '' for any other."""
-    return f"{model.get('preset')} preset, random weights" if model.get("source") == "zoo" else ""
+    """What a manifest's ``model`` block says of random weights: ``tiny preset, random weights`` for a zoo model,
+    ``random head (classifier.bias, classifier.weight)`` for a checkpoint converted with parameters it lacked;
+    '' for any other."""
+    if model.get("source") == "zoo":
+        return f"{model.get('preset')} preset, random weights"
+    missing = model.get("random_head")
+    if isinstance(missing, list) and missing:
+        return f"random head ({', '.join(map(str, missing[:4]))}{', ...' if len(missing) > 4 else ''})"
+    return ""
 
 
 def spec_for_model_type(model_type: str) -> ModelSpec | None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from edgeexport.artifact import sha256_file
 from edgeexport.errors import ModelLoadError, UsageError
 from edgeexport.pipeline import convert
 from edgeexport.reference import load_reference
@@ -28,7 +29,9 @@ def test_save_pretrained_folder_round_trip(tmp_path: Path) -> None:
     result = convert(folder, output_dir=tmp_path / "out")
 
     assert result.reference.task == "token-classification"  # read from config.architectures
-    assert result.manifest.model["source"] == f"folder:{folder.resolve()}"
+    assert result.manifest.model["source"] == "folder:my-bert"  # the name, never a build-machine path
+    assert result.manifest.model["weights_sha256"] == sha256_file(folder / "model.safetensors")
+    assert str(tmp_path) not in (result.artifact / "manifest.json").read_text()
     assert result.report is not None and result.report.passed, result.report.failures()
     inputs = zoo.make_inputs()
     np.testing.assert_allclose(result.reference.run(inputs)["logits"], zoo.run(inputs)["logits"], atol=1e-6)

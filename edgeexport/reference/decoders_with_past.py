@@ -18,7 +18,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,6 +58,7 @@ class ReferenceBundle:
     source: str
     architecture: str
     components: dict[str, ReferenceModel]
+    details: dict[str, Any] = field(default_factory=dict)  # more of the manifest's model block (ReferenceModel's)
 
 
 class CausalLMWithPast(torch.nn.Module):

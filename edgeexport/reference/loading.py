@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +13,16 @@ import torch
 import transformers
 from safetensors import SafetensorError
 
-from edgeexport.artifact import Manifest, Tolerance
+from edgeexport.artifact import Manifest, Tolerance, sha256_file
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
 from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
-from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, flatten_outputs
+from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, TextSource, flatten_outputs
 from edgeexport.reference.processors import Processors, folder_processors, zoo_processors
-from edgeexport.tasks import TASKS, WITH_PAST, task_from_architecture, task_head
+from edgeexport.reference.sentence_embedding import (MODULES_FILE, SentenceEmbedding, SentenceModules,
+                                                     is_sentence_transformers, read_modules)
+from edgeexport.tasks import MODALITY_BY_MAIN_INPUT, TASKS, WITH_PAST, task_from_architecture, task_head
 from edgeexport.zoo import (FP32_TOLERANCE, SPECS, InputSpec, ModelSpec, generic_spec, model_kind, spec_for_model_type,
                             zoo_task)
 
@@ -29,7 +33,7 @@ TEXT_MODALITIES = ("text", "text2text")  # models that take a tokenizer's ids
 
 
 def load_reference(model: str | Path, *, task: str | None = None, preset: str = "tiny", seed: int = 0,
-                   allow_pickle: bool = False) -> ReferenceModel | ReferenceBundle:
+                   allow_pickle: bool = False, allow_random_head: bool = False) -> ReferenceModel | ReferenceBundle:
     """Build the reference model for a zoo name, a local ``save_pretrained`` folder or a hub id.
 
     The generation task ``seq2seq-lm-with-past`` gives a :class:`ReferenceBundle` (encoder and
@@ -41,18 +45,22 @@ def load_reference(model: str | Path, *, task: str | None = None, preset: str = 
         preset: ``tiny`` or ``full`` (zoo models only). Defaults to ``tiny``.
         seed: Seed of the random weights of zoo models. Defaults to 0.
         allow_pickle: Allow loading pickled ``.bin`` weights, which can run code. Defaults to False.
+        allow_random_head: Accept parameters the checkpoint lacks (newly initialised, such as a task head on a
+            base model); the manifest names them as ``random_head``. Defaults to False.
 
     Raises:
         UsageError: unknown model, task or preset.
-        ModelLoadError: the folder or hub id cannot be loaded.
+        ModelLoadError: the folder or hub id cannot be loaded, or loading it leaves parameters random.
     """
     text = str(model)
     kind = model_kind(text)
     if kind == "zoo":
         return _from_zoo(SPECS[text], task=task, preset=preset, seed=seed)
     if kind == "folder":
-        return _from_folder(Path(text), task=task, source=f"folder:{Path(text).resolve()}", allow_pickle=allow_pickle)
-    return _from_folder(_download(text), task=task, source=f"hub:{text}", allow_pickle=allow_pickle)
+        return _from_folder(Path(text), task=task, source="folder", allow_pickle=allow_pickle,
+                            allow_random_head=allow_random_head)
+    return _from_folder(_download(text), task=task, source=f"hub:{text}", allow_pickle=allow_pickle,
+                        allow_random_head=allow_random_head)
 
 
 def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> ReferenceModel | ReferenceBundle:
@@ -64,15 +72,65 @@ def _from_zoo(spec: ModelSpec, *, task: str | None, preset: str, seed: int) -> R
                       processors=zoo_processors(spec.name, config))
 
 
-def _from_folder(folder: Path, *, task: str | None, source: str,
-                 allow_pickle: bool) -> ReferenceModel | ReferenceBundle:
+def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: bool,
+                 allow_random_head: bool) -> ReferenceModel | ReferenceBundle:
+    """The reference of a ``save_pretrained`` or sentence-transformers folder. ``source`` is ``folder`` (recorded
+    as ``folder:<its name>``, never a path) or ``hub:<id>``."""
+    sentence = is_sentence_transformers(folder)
+    task = task or ("sentence-embedding" if sentence else None)
+    modules = _sentence_modules(folder, task, sentence)
+    weights_folder = modules.transformer if modules else folder
+    config = _config(weights_folder)
+    safe = _weights(weights_folder, allow_pickle)
+    architecture = (config.architectures or [""])[0]
+    task = task or _task_of(architecture, folder)
+    head = task_head(task)
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None or task_from_architecture(architecture, _main_input(model_class)) != task:
+        model_class = getattr(transformers, head.auto_class)
+    model, missing = _pretrained(model_class, weights_folder, safe)
+    if missing and not allow_random_head:
+        raise ModelLoadError(f"{str(folder)!r} has no weights for {_named(missing)} ({architecture or 'its model'} "
+                             f"with task {task!r}): they would be random; convert a folder with a trained "
+                             f"{task} head, or pass --allow-random-head to convert it with the random head")
+    spec = spec_for_model_type(config.model_type) or generic_spec(
+        head.modality or MODALITY_BY_MAIN_INPUT.get(_main_input(model_class), "text"), config.model_type,
+        causal=task == "causal-lm")
+    details = {"weights_sha256": weights_digest(folder), **({"random_head": missing} if missing else {})}
+    if modules is not None:
+        model = SentenceEmbedding(model, modules).eval()
+    reference = _reference(spec, model, task=task, preset=None, name=folder.name,
+                           source=f"folder:{folder.name}" if source == "folder" else source,
+                           processors=folder_processors(weights_folder), max_length=modules and modules.max_length,
+                           architecture=modules and f"{architecture} ({modules.describe()})")
+    reference.details.update(details)
+    if (head.modality or spec.modality) == "text" and task != "causal-lm" and TOKENIZER_FILE in reference.assets:
+        reference.text = TextSource(reference.assets[TOKENIZER_FILE])  # a trained encoder sees real sentences
+    return reference
+
+
+def _sentence_modules(folder: Path, task: str | None, sentence: bool) -> SentenceModules | None:
+    """The folder's sentence-transformers modules for the ``sentence-embedding`` task (None for other tasks)."""
+    if task != "sentence-embedding":
+        return None
+    if not sentence:
+        raise UsageError(f"task 'sentence-embedding' needs a sentence-transformers folder (with {MODULES_FILE}); "
+                         f"{str(folder)!r} has none, pass --task feature-extraction for its hidden states")
+    return read_modules(folder)
+
+
+def _config(folder: Path) -> Any:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"folder {str(folder)!r} has no config.json; save the model with save_pretrained()")
     try:
-        config = transformers.AutoConfig.from_pretrained(folder)
+        return transformers.AutoConfig.from_pretrained(folder)
     except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{str(config_path)!r} cannot be read as a transformers config: {_first_line(exc)}") from None
+
+
+def _weights(folder: Path, allow_pickle: bool) -> bool:
+    """Whether the folder holds safetensors weights (else pickled ones, when allowed)."""
     safe = [p for pattern in SAFE_WEIGHTS for p in folder.glob(pattern)]
     pickled = [p for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)]
     if not safe and not pickled:
@@ -80,24 +138,53 @@ def _from_folder(folder: Path, *, task: str | None, source: str,
     if not safe and not allow_pickle:
         raise ModelLoadError(f"folder {str(folder)!r} holds only pickled weights ({pickled[0].name}), and loading a pickle "
                              "can run code; convert them to safetensors or pass --allow-pickle if you trust the file")
-    architecture = (config.architectures or [""])[0]
-    task = task or _task_of(config, architecture, folder)
-    head = task_head(task)
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    if model_class is None or task_from_architecture(architecture, _main_input(model_class)) != task:
-        model_class = getattr(transformers, head.auto_class)
+    return bool(safe)
+
+
+def _pretrained(model_class: Any, folder: Path, safe: bool) -> tuple[torch.nn.Module, list[str]]:
+    """The loaded model and the parameters the checkpoint lacked (newly initialised), sorted; transformers'
+    load report and warnings are kept off the terminal (the caller says what matters in one line)."""
     try:
-        model = model_class.from_pretrained(folder, use_safetensors=bool(safe))
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(folder, use_safetensors=safe, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"weights in {str(folder)!r} cannot be loaded ({_first_line(exc)}); "
                              "the file is truncated or corrupt, save the model again") from None
-    spec = spec_for_model_type(config.model_type) or generic_spec(
-        head.modality, config.model_type, causal=task == "causal-lm")
-    return _reference(spec, model, task=task, preset=None, name=folder.name, source=source,
-                      processors=folder_processors(folder))
+    return model, sorted(info.get("missing_keys") or [])
 
 
-def _task_of(config: Any, architecture: str, folder: Path) -> str:
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' logging at errors only and no progress bars while loading (its load report, "you should
+    train" notes and weight-loading bar)."""
+    logging = transformers.utils.logging
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _named(names: Sequence[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of a model folder's weights: of the one weights file, or of the ``name sha256`` lines of all of them
+    (a sentence-transformers folder's sub-folders included), whatever the folder is called or where it lies."""
+    files = sorted(p for pattern in (*SAFE_WEIGHTS, *PICKLE_WEIGHTS) for p in folder.rglob(pattern))
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{p.relative_to(folder).as_posix()} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _task_of(architecture: str, folder: Path) -> str:
     model_class = getattr(transformers, architecture, None)
     task = task_from_architecture(architecture, _main_input(model_class)) if model_class else None
     if task is None:
@@ -124,26 +211,45 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: str | None, name: str,
-               source: str, processors: Processors) -> ReferenceModel | ReferenceBundle:
-    """The reference of a transformers model with the processors it ships (tokenizer, preprocessor settings)."""
+               source: str, processors: Processors, max_length: int | None = None,
+               architecture: str | None = None) -> ReferenceModel | ReferenceBundle:
+    """The reference of a transformers model with the processors it ships (tokenizer, preprocessor settings).
+
+    ``max_length`` is the longest input in tokens its processing truncates to (a sentence-transformers
+    folder's ``max_seq_length``); ``architecture`` names the model when its class does not say it all.
+    """
     tokenizer = processors.tokenizer
     if task in WITH_PAST:
         return with_past_reference(spec, model, task=task, preset=preset, name=name, source=source, tokenizer=tokenizer)
     head = task_head(task)
     config = model.config
+    modality = head.modality or spec.modality
     inputs = spec.inputs(config, task)
     wrapper = ExportWrapper(model, [i.name for i in inputs], head.outputs, spec.forward_kwargs).eval()
     sizes = spec.fit_sizes(_fit_positions(spec.sizes(preset or "full"), config), config)
     used_axes = {d for i in inputs for d in i.dims if isinstance(d, str)}
-    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and head.modality in TEXT_MODALITIES else {}
-    processing = _processing(config, task, inputs[0], sizes, processors, tokenized=bool(assets))
-    return ReferenceModel(
-        name=name, task=task, preset=preset, source=source, architecture=type(model).__name__,
+    assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None and modality in TEXT_MODALITIES else {}
+    processing = _processing(config, task, modality, inputs[0], sizes, processors, tokenized=bool(assets),
+                             max_length=max_length)
+    reference = ReferenceModel(
+        name=name, task=task, preset=preset, source=source, architecture=architecture or type(model).__name__,
         module=wrapper, inputs=inputs, output_names=list(head.outputs),
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(), fixed_shape_reason=spec.fixed_shape_reason,
     )
+    if head.optional:
+        wrapper.output_names = reference.output_names = _returned_outputs(reference, (*head.outputs, *head.optional))
+    return reference
+
+
+def _returned_outputs(reference: ReferenceModel, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` the model returns on its example inputs (a base model has a pooler or not)."""
+    inputs = {name: torch.from_numpy(value) for name, value in reference.make_inputs().items()}
+    wrapper = reference.module
+    with torch.inference_mode():
+        outputs = wrapper.model(**inputs, **wrapper.forward_kwargs, return_dict=True)
+    return [name for name in names if outputs.get(name) is not None]
 
 
 def _fit_positions(sizes: Mapping[str, tuple[int, int]], config: Any) -> dict[str, tuple[int, int]]:
@@ -162,15 +268,16 @@ def _fit_positions(sizes: Mapping[str, tuple[int, int]], config: Any) -> dict[st
     return fitted
 
 
-def _processing(config: Any, task: str, first_input: InputSpec, sizes: Mapping[str, tuple[int, int]],
-                processors: Processors, *, tokenized: bool) -> Processing:
+def _processing(config: Any, task: str, modality: str, first_input: InputSpec, sizes: Mapping[str, tuple[int, int]],
+                processors: Processors, *, tokenized: bool, max_length: int | None = None) -> Processing:
     """What pre- and post-processing need: class names or the CTC vocabulary, and the tokenizer, image
     or audio settings (the processors' ``preprocessor_config.json`` settings, defaults where they have none)."""
     saved = processors.preprocessor
-    modality = task_head(task).modality
     settings: dict[str, Any] = {}
     if modality in TEXT_MODALITIES and tokenized:
         settings["tokenizer"] = TOKENIZER_FILE
+        if max_length:
+            settings["max_length"] = max_length
     if modality == "vision":
         settings.update(image_size=_image_size(first_input, sizes, saved.get("size")),
                         image_mean=_per_channel(saved.get("image_mean"), IMAGENET_MEAN),
@@ -254,13 +361,27 @@ def reference_from_module(module: torch.nn.Module, example_inputs: Mapping[str, 
     )
 
 
+def _source_folder(info: Mapping[str, Any]) -> Path:
+    """The folder a folder model was converted from: the manifest keeps its name and weights digest, not its path
+    (artifacts travel), so it is looked for by name in the working directory and checked by digest."""
+    folder = Path(str(info["source"]).split(":", 1)[1])
+    digest = str(info.get("weights_sha256", ""))
+    if not folder.is_dir() or (digest and weights_digest(folder) != digest):
+        found = "is not in the working directory" if not folder.is_dir() else "here holds other weights"
+        raise ModelLoadError(f"the artifact was converted from folder {folder.name!r} (weights sha256 {digest[:12]}), "
+                             f"which {found}; run from the directory that holds that folder")
+    return folder
+
+
 def rebuild_reference(manifest: Manifest) -> ReferenceModel | ReferenceBundle:
     """The reference model an artifact was converted from, rebuilt from its manifest (needs torch)."""
     info = manifest.model
     source = str(info.get("source", ""))
     if source == "zoo":
         return load_reference(info["name"], task=info["task"], preset=info["preset"], seed=int(info.get("seed", 0)))
-    if source.startswith(("folder:", "hub:")):
-        return load_reference(source.split(":", 1)[1], task=info["task"])
+    if source.startswith("hub:"):
+        return load_reference(source.split(":", 1)[1], task=info["task"], allow_random_head="random_head" in info)
+    if source.startswith("folder:"):
+        return load_reference(_source_folder(info), task=info["task"], allow_random_head="random_head" in info)
     raise UsageError(f"the artifact was converted from a Python module ({info.get('name')}); --reference cannot "
                      "rebuild it, call edgeexport.check_parity(artifact, reference) from Python instead")

@@ -59,6 +59,33 @@ def flatten_outputs(result: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
     raise InputSpecError(f"the module returned {type(result).__name__}; return a tensor, a tuple or a dict of tensors")
 
 
+@dataclass(frozen=True)
+class TextSource:
+    """Realistic token ids: the built-in sentences (:mod:`edgeexport.reference.sentences`) through a model's own
+    tokenizer, with its special tokens, the sentences' natural lengths and right padding."""
+
+    tokenizer: Asset
+
+    def encode(self, split: str, batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
+        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of ``batch`` sentences of ``split`` (chosen by
+        ``seed``), each truncated to ``length`` tokens and padded to it."""
+        from tokenizers import Tokenizer
+
+        from edgeexport.reference.sentences import split as sentences
+
+        tokenizer = (Tokenizer.from_str(self.tokenizer.decode()) if isinstance(self.tokenizer, bytes)
+                     else Tokenizer.from_file(str(self.tokenizer)))
+        tokenizer.enable_truncation(length)
+        pad = tokenizer.padding or {}
+        tokenizer.enable_padding(length=length, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
+        pool = sentences(split)
+        texts = [pool[(seed * batch + row) % len(pool)][0] for row in range(batch)]
+        encodings = tokenizer.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in encodings], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
+
+
 @dataclass
 class ReferenceModel:
     """Everything the exporters and validation need from the PyTorch side.
@@ -70,7 +97,9 @@ class ReferenceModel:
     ``generation`` is the manifest's generation block (:mod:`edgeexport.generation_spec`),
     ``assets`` maps artifact-relative paths to files copied into the artifact or their content (a tokenizer) and
     ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`);
-    ``fixed_shape_reason`` says why dims that could vary are fixed (the manifest's model block keeps it).
+    ``fixed_shape_reason`` says why dims that could vary are fixed (the manifest's model block keeps it);
+    ``details`` holds more entries of that block (a folder's ``weights_sha256``, a ``random_head``);
+    ``text`` makes the inputs of a trained text encoder real sentences (:class:`TextSource`), not random ids.
     """
 
     name: str
@@ -91,6 +120,8 @@ class ReferenceModel:
     assets: dict[str, Asset] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
     fixed_shape_reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    text: TextSource | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -109,16 +140,23 @@ class ReferenceModel:
             cases.append(("alternate", alternate))
         return cases
 
-    def make_inputs(self, sizes: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs with the given dynamic-axis sizes (example sizes by default), seeded."""
+    def make_inputs(self, sizes: Mapping[str, int] | None = None, *, seed: int = 0,
+                    split: str = "golden") -> dict[str, np.ndarray]:
+        """Inputs with the given dynamic-axis sizes (example sizes by default), seeded: sentences of ``split``
+        through the model's tokenizer where the reference has :attr:`text`, else random values."""
         axes = {axis: s[0] for axis, s in self.sizes.items()} | dict(sizes or {})
         rng = np.random.default_rng(seed)
-        return {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
+        drawn = {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
+        if self.text is not None:
+            batch, length = drawn["input_ids"].shape
+            encoded = self.text.encode(split, batch, length, seed)
+            drawn.update({name: value.astype(drawn[name].dtype) for name, value in encoded.items() if name in drawn})
+        return drawn
 
     def calibration_inputs(self, count: int, sizes: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
         """``count`` seeded inputs for quantization calibration (example sizes by default), none equal
-        to a golden or fresh case."""
-        return [self.make_inputs(sizes, seed=CALIBRATION_SEED + i) for i in range(count)]
+        to a golden or fresh case (text references: sentences of the calibration split)."""
+        return [self.make_inputs(sizes, seed=CALIBRATION_SEED + i, split="calibration") for i in range(count)]
 
     def _draw(self, spec: InputSpec, axes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
         shape = tuple(axis_size(d, axes) if isinstance(d, str) else d for d in spec.dims)
