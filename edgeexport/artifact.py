@@ -245,7 +245,8 @@ class Manifest:
     artifacts, parsed by :class:`edgeexport.generation_spec.GenerationSpec`; ``processing``
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
     ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
-    precision (:mod:`edgeexport.tuning`).
+    precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts and reference task
+    outputs of the task-agreement check (:mod:`edgeexport.validation.agreement`).
     """
 
     model: dict[str, Any]
@@ -263,6 +264,7 @@ class Manifest:
     generation: dict[str, Any] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -295,6 +297,7 @@ class Manifest:
             **({"generation": self.generation} if self.generation else {}),
             **({"processing": self.processing} if self.processing else {}),
             **({"tuning": self.tuning} if self.tuning else {}),
+            **({"evaluation": self.evaluation} if self.evaluation else {}),
             "tool_versions": self.tool_versions,
             "files": self.files,
         }
@@ -347,9 +350,28 @@ class Manifest:
             generation=_field(data, "generation", dict, "") if "generation" in data else {},
             processing=_field(data, "processing", dict, "") if "processing" in data else {},
             tuning=_field(data, "tuning", dict, "") if "tuning" in data else {},
+            evaluation=_evaluation(data),
             tool_versions=_field(data, "tool_versions", dict, ""),
             files=files,
         )
+
+
+def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional ``evaluation`` block, its fields checked (its texts file, reference tensors and criteria)."""
+    if "evaluation" not in data:
+        return {}
+    block = _field(data, "evaluation", dict, "")
+    _field(block, "task", str, "evaluation")
+    _field(block, "texts", str, "evaluation")
+    GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
+    criteria = _field(block, "criteria", dict, "evaluation")
+    for key in ("min_agreement", "max_dp", "min_cosine"):
+        if key in criteria:
+            _number(criteria, key, "evaluation.criteria")
+    if set(criteria) - {"min_agreement", "max_dp", "min_cosine"} or "min_agreement" not in criteria:
+        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp and min_cosine; "
+                            "re-run convert")
+    return block
 
 
 def _field(data: Any, key: str, kind: type, where: str) -> Any:
@@ -593,6 +615,8 @@ class Artifact:
         manifest = Manifest.from_dict(read_json(manifest_path, kind="artifact"))
         artifact = cls(path=root, manifest=manifest)
         golden_files = [index.file for case in manifest.golden for index in (case.inputs, case.outputs)]
+        golden_files += [manifest.evaluation[key] if key == "texts" else manifest.evaluation[key]["file"]
+                         for key in ("texts", "reference") if manifest.evaluation]
         for relative in (manifest.model_file, *manifest.files, *golden_files):
             resolve_inside(root, relative)
         return artifact
@@ -616,9 +640,10 @@ class Artifact:
 
     def load_golden(self, case: GoldenCase) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Inputs and reference outputs of one golden case, each tensor checked against its index."""
-        return self._load_tensors(case.inputs), self._load_tensors(case.outputs)
+        return self.read_tensors(case.inputs), self.read_tensors(case.outputs)
 
-    def _load_tensors(self, index: GoldenFile) -> dict[str, np.ndarray]:
+    def read_tensors(self, index: GoldenFile) -> dict[str, np.ndarray]:
+        """The tensors of a ``.bin`` file the manifest indexes, each checked against its sha256."""
         try:
             data = bytearray(self.file(index.file).read_bytes())  # a bytearray, so the arrays are writable
         except OSError as exc:

@@ -532,8 +532,10 @@ def generate(
 @_one_line_errors
 def predict(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder of a task model (not a generation decoder).")],
-    text: Annotated[Optional[str], typer.Option(help="Text to classify (needs a tokenizer in the artifact); "
-                                                     "for question answering, the question.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(
+        help="Text to classify or embed (needs a tokenizer in the artifact); for question answering, the question. "
+             "Repeat it to embed several texts with a sentence-embedding artifact and print their cosine "
+             "similarities.")] = None,
     text_pair: Annotated[Optional[str], typer.Option(help="Second text: the context of a question.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="Image file (PNG, JPEG) for vision models (needs Pillow).")
                      ] = None,
@@ -552,10 +554,10 @@ def predict(
     prediction = run_predict(artifact, text=text, text_pair=text_pair, image=image, audio=audio, inputs=inputs,
                              case=case, top_k=top_k, threshold=threshold, threads=threads)
     if json_output:
-        _print_json(prediction.results)
+        _print_json(prediction.to_json())
         return
-    for row, line in enumerate(prediction.describe()):
-        console.print(f"[{row}] {line}", highlight=False, markup=False)
+    for line in prediction.describe():
+        console.print(line, highlight=False, markup=False)
 
 
 def main() -> None:

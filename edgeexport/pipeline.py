@@ -15,17 +15,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgeexport import packages
 from edgeexport.artifact import (Manifest, Tolerance, check_bound_keys, check_output_dir, load_npz, save_golden,
                                  staged_output, write_manifest)
 from edgeexport.bundle import component_folders, is_bundle, write_bundle
-from edgeexport.errors import InputSpecError, StageError, UsageError
+from edgeexport.errors import InputSpecError, ModelLoadError, StageError, UsageError
 from edgeexport.exporter import Exporter, get_exporter
 from edgeexport.generation_spec import GenerationSpec
-from edgeexport.processing import Processing, audio_inputs, decode, describe, image_inputs, text_inputs
+from edgeexport.processing import (Processing, audio_inputs, cosine_similarities, decode, describe, image_inputs,
+                                   text_inputs)
 from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
 from edgeexport.runner import load, open_artifact, runtime_module
 from edgeexport.tasks import task_head
+from edgeexport.validation.agreement import write_evaluation
 from edgeexport.validation.latency import LatencyStats, measure
 from edgeexport.validation.parity import ParityReport, check_artifact
 from edgeexport.zoo import SPECS, model_kind, weights_note, zoo_task
@@ -177,15 +181,17 @@ def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Expo
     components = getattr(reference, "components", {"": reference})
     for component in components.values():
         exporter.refuse(component, precision)
-    say("running the reference on the golden inputs")
+    say("running the reference on the golden inputs and the evaluation set")
     golden = {role: _golden(component) for role, component in components.items()}
+    evaluation = {role: _evaluation(component) for role, component in components.items()}
     with staged_output(folder, force=force) as stage:
         manifests = {}
         for role, component in components.items():
             say(f"exporting {role or 'the model'} to {target} ({precision})")
             (stage / role).mkdir(exist_ok=True)
             manifests[role] = _write_artifact(stage / role, component, golden[role], exporter, precision=precision,
-                                              options=options, tool_packages=tool_packages)
+                                              options=options, tool_packages=tool_packages,
+                                              evaluation=evaluation[role])
         if "" not in components:
             write_bundle(stage, list(components), _model_info(reference, options.seed))
     report = None
@@ -225,6 +231,25 @@ def _golden(reference: ReferenceModel) -> Golden:
     return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
 
 
+Evaluation = tuple[list[str], np.ndarray] | None
+
+
+def _evaluation(reference: ReferenceModel) -> Evaluation:
+    """The held-out sentences and the reference's task view of them (:mod:`edgeexport.validation.agreement`), for
+    a trained text model whose task has agreement criteria; None for any other."""
+    from edgeexport.validation.agreement import CRITERIA, evaluation_feed, task_view
+
+    text = getattr(reference, "text", None)  # a bundle's components have none
+    if text is None or reference.task not in CRITERIA:
+        return None
+    from edgeexport.reference.sentences import split
+
+    texts = [sentence for sentence, _ in split("evaluation")]
+    feed = evaluation_feed(Processing.from_dict(reference.processing), text.load(), texts, reference.input_names)
+    outputs = reference.run({name: feed[name] for name in reference.input_names})
+    return texts, task_view(reference.task, outputs, feed["attention_mask"])
+
+
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:
     fixed = getattr(reference, "fixed_shape_reason", "")  # a bundle (decoder with past) has none
     return {"name": reference.name, "task": reference.task, "preset": reference.preset, "seed": seed,
@@ -233,8 +258,8 @@ def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[
 
 
 def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, exporter: Exporter, *, precision: str,
-                    options: Export, tool_packages: Sequence[str]) -> Manifest:
-    """Export one reference into ``stage`` with its golden cases, assets and manifest."""
+                    options: Export, tool_packages: Sequence[str], evaluation: Evaluation = None) -> Manifest:
+    """Export one reference into ``stage`` with its golden cases, evaluation set, assets and manifest."""
     tolerance = exporter.tolerance(reference, precision).overridden(**options.bounds)
     try:
         result = exporter.export(reference, stage, precision=precision, opset=options.opset,
@@ -254,6 +279,7 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
         golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
         generation=reference.generation, processing=reference.processing,
+        evaluation=write_evaluation(stage, reference.task, *evaluation) if evaluation else {},
     )
     return write_manifest(stage, manifest, tool_packages)
 
@@ -474,7 +500,14 @@ def localize_divergence(artifact: Path, manifest: Manifest, reference: Reference
         if requested:
             raise UsageError(f"--explain: {problem}")
         return None
-    return explain(artifact, reference or rebuilt_reference(manifest, "--explain"), report)
+    if reference is None:
+        try:
+            reference = rebuilt_reference(manifest, "--explain")
+        except ModelLoadError:
+            if requested:
+                raise
+            return None  # the source folder is elsewhere: the verdict stands without localization
+    return explain(artifact, reference, report)
 
 
 def benchmark(artifact: str | Path, *, reference: bool = False, warmup: int = 3, iterations: int = 20, rounds: int = 2,
@@ -512,18 +545,29 @@ def _judged(command: str, artifact: str | Path, manifest: Manifest, gate: Gate |
 
 @dataclass
 class Prediction:
-    """What :func:`predict` found: the task, the artifact's processing block, one decoded result per row."""
+    """What :func:`predict` found: the task, the artifact's processing block, one decoded result per row, and
+    for several texts embedded together their pairwise cosine similarities."""
 
     task: str
     processing: Processing
     results: list[Any]
+    similarity: list[list[float]] | None = None
 
     def describe(self) -> list[str]:
-        """One line per row: labels, spans, boxes, maps or transcripts in words."""
-        return [describe(self.task, result, self.processing) for result in self.results]
+        """One line per row: labels, spans, boxes, maps or transcripts in words; then one per pair of embedded
+        texts: their cosine similarity."""
+        lines = [f"[{row}] {describe(self.task, result, self.processing)}" for row, result in enumerate(self.results)]
+        pairs = [(a, b) for a in range(len(self.similarity or [])) for b in range(a + 1, len(self.similarity or []))]
+        return lines + [f"cosine similarity [{a}] [{b}]: {self.similarity[a][b]:.4f}" for a, b in pairs]
+
+    def to_json(self) -> Any:
+        """The decoded rows, with the similarity matrix beside them when texts were embedded together."""
+        if self.similarity is None:
+            return self.results
+        return {"embeddings": self.results, "cosine_similarity": self.similarity}
 
 
-def predict(artifact: str | Path, *, text: str | None = None, text_pair: str | None = None,
+def predict(artifact: str | Path, *, text: str | Sequence[str] | None = None, text_pair: str | None = None,
             image: str | Path | None = None, audio: str | Path | None = None, inputs: str | Path | None = None,
             case: str = "example", top_k: int = 5, threshold: float = 0.5, threads: int = 0) -> Prediction:
     """Run an artifact on text, an image, audio or arrays (default: a golden case's inputs) and decode
@@ -531,7 +575,8 @@ def predict(artifact: str | Path, *, text: str | None = None, text_pair: str | N
 
     Args:
         artifact: The artifact folder of a task model.
-        text: Text to classify (with the artifact's tokenizer); for question answering, the question.
+        text: Text to classify or embed (with the artifact's tokenizer); for question answering, the question.
+            Several texts (sentence-embedding artifacts) are embedded together and compared.
         text_pair: Second text: the context of a question.
         image: Image file (PNG, JPEG; needs Pillow).
         audio: 16-bit PCM WAV file at the model's sampling rate.
@@ -542,16 +587,24 @@ def predict(artifact: str | Path, *, text: str | None = None, text_pair: str | N
         threads: Runtime threads (0 = the runtime's default). Defaults to 0.
 
     Raises:
-        UsageError: more than one input source; InputSpecError: inputs the artifact cannot take.
+        UsageError: more than one input source, or several texts for a task that takes one;
+            InputSpecError: inputs the artifact cannot take.
     """
-    sources = {"--text": text, "--image": image, "--audio": audio, "--inputs": inputs}
+    texts = [text] if isinstance(text, str) else list(text or [])
+    sources = {"--text": texts or None, "--image": image, "--audio": audio, "--inputs": inputs}
     given = [name for name, value in sources.items() if value is not None]
     if len(given) > 1:
         raise UsageError(f"{', '.join(given)} were given together; pass one input")
     with load(artifact, threads=threads) as runner:
         task, processing = runner.artifact.manifest.model.get("task", ""), Processing.of(runner.artifact.manifest)
-        feed, encoded = _predict_inputs(runner.artifact, processing, text=text, text_pair=text_pair, image=image,
-                                        audio=audio, inputs=inputs, case=case)
+        if task == "sentence-embedding" and texts:
+            results = decode(task, {"sentence_embedding": runner.embed(texts)}, processing)
+            return Prediction(task, processing, results, similarity=cosine_similarities(np.array(results)).tolist())
+        if len(texts) > 1:
+            raise UsageError(f"--text was given {len(texts)} times; a {task} artifact takes one text (several texts "
+                             "are for sentence-embedding artifacts)")
+        feed, encoded = _predict_inputs(runner.artifact, processing, text=texts[0] if texts else None,
+                                        text_pair=text_pair, image=image, audio=audio, inputs=inputs, case=case)
         results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold, text=encoded)
     return Prediction(task, processing, results)
 

@@ -159,16 +159,21 @@ def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str
 
 
 def text_batch(processing: Processing, artifact: Artifact, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` of several texts: each truncated to the artifact's
-    ``max_length``, right-padded to the longest (as sentence-transformers tokenizes a batch)."""
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` of several texts with the artifact's tokenizer
+    (:func:`encode_texts`)."""
     if processing.tokenizer is None:
         raise InputSpecError("the artifact has no tokenizer (its source folder had no tokenizer.json); pass token "
                              "ids with --inputs FILE.npz")
-    tokenizer = load_tokenizer(artifact, processing.tokenizer)
-    if processing.max_length:
-        tokenizer.enable_truncation(processing.max_length)
-    tokenizer.enable_padding(pad_id=tokenizer.padding["pad_id"] if tokenizer.padding else 0,
-                             pad_token=tokenizer.padding["pad_token"] if tokenizer.padding else "[PAD]")
+    return encode_texts(load_tokenizer(artifact, processing.tokenizer), texts, processing.max_length)
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> dict[str, np.ndarray]:
+    """Several texts through a ``tokenizers.Tokenizer``: each truncated to ``max_length`` (when given), all
+    right-padded to the longest, as sentence-transformers tokenizes a batch."""
+    if max_length:
+        tokenizer.enable_truncation(max_length)
+    pad = tokenizer.padding or {}
+    tokenizer.enable_padding(pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
     encodings = tokenizer.encode_batch(list(texts))
     return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),

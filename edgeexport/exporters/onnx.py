@@ -466,7 +466,7 @@ class OnnxExporter(Exporter):
                                     min_top1=0.9)}
     options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
                                        "on by default): --no-fusions keeps standard ONNX ops only."),)
-    fused_precisions = ("fp32", "fp16")
+    fused_precisions = ("fp32", "fp16", "int8")
     calibrated_precisions = ("int8",)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str, opset: int | None = None,

@@ -66,15 +66,20 @@ class TextSource:
 
     tokenizer: Asset
 
+    def load(self) -> Any:
+        """A fresh ``tokenizers.Tokenizer`` (callers change its padding and truncation)."""
+        from tokenizers import Tokenizer
+
+        if isinstance(self.tokenizer, bytes):
+            return Tokenizer.from_str(self.tokenizer.decode())
+        return Tokenizer.from_file(str(self.tokenizer))
+
     def encode(self, split: str, batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask`` and ``token_type_ids`` of ``batch`` sentences of ``split`` (chosen by
         ``seed``), each truncated to ``length`` tokens and padded to it."""
-        from tokenizers import Tokenizer
-
         from edgeexport.reference.sentences import split as sentences
 
-        tokenizer = (Tokenizer.from_str(self.tokenizer.decode()) if isinstance(self.tokenizer, bytes)
-                     else Tokenizer.from_file(str(self.tokenizer)))
+        tokenizer = self.load()
         tokenizer.enable_truncation(length)
         pad = tokenizer.padding or {}
         tokenizer.enable_padding(length=length, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeexport.artifact import Artifact, Tolerance
 from edgeexport.runner import Runner
+from edgeexport.validation.agreement import Agreement, check_evaluation
 from edgeexport.validation.metrics import OutputComparison, compare_output
 
 Outputs = Mapping[str, np.ndarray]
@@ -49,10 +50,11 @@ class ParityReport:
     precision: str
     tolerance: Tolerance
     cases: list[CaseResult] = field(default_factory=list)
+    agreement: Agreement | None = None  # task agreement on the artifact's evaluation set, where it has one
 
     @property
     def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
+        return bool(self.cases) and all(c.passed for c in self.cases) and (self.agreement is None or self.agreement.passed)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -60,12 +62,14 @@ class ParityReport:
     def failures(self) -> list[str]:
         """One line per failing output or case (one line when there was no case to check)."""
         lines = [] if self.cases else ["no cases were compared; the artifact has no golden cases"]
+        lines += self.agreement.failures() if self.agreement is not None else []
         return lines + [line for case in self.cases for line in case.failures()]
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "target": self.target, "runtime": self.runtime,
                 "precision": self.precision, "passed": self.passed, "tolerance": self.tolerance.to_dict(),
-                "cases": [c.to_dict() for c in self.cases]}
+                "cases": [c.to_dict() for c in self.cases],
+                **({"agreement": self.agreement.to_dict()} if self.agreement is not None else {})}
 
 
 def compare_outputs(case: str, source: str, axes: dict[str, int], target: Outputs, reference: Outputs, *,
@@ -85,7 +89,8 @@ def compare_outputs(case: str, source: str, axes: dict[str, int], target: Output
 
 def check_artifact(artifact: Artifact, runner: Runner, *, tolerance: Tolerance | None = None,
                    fresh: Iterable[tuple[str, dict[str, int], Callable[[], tuple[Outputs, Outputs]]]] = ()) -> ParityReport:
-    """Run the artifact on its golden cases (and optional fresh cases) and compare.
+    """Run the artifact on its golden cases (and optional fresh cases) and compare; then judge its task agreement
+    on its evaluation set, where it has one.
 
     Args:
         artifact: An opened artifact.
@@ -103,4 +108,5 @@ def check_artifact(artifact: Artifact, runner: Runner, *, tolerance: Tolerance |
         inputs, expected = make()
         report.cases.append(compare_outputs(name, source, axes, runner(inputs), expected, tolerance=tolerance,
                                             logits=manifest.logits_outputs))
+    report.agreement = check_evaluation(artifact, runner)
     return report

@@ -118,7 +118,7 @@ def _minimum_width(table: Table) -> int:
 
 def parity_summary(report: ParityReport) -> str:
     """``4 cases x 1 output of ART within bounds (onnx fp32 on onnxruntime)``, or ``1 of 4 cases x 1 output
-    of ART out of bounds (...)``."""
+    of ART out of bounds (...)``, then the task agreement where the artifact has an evaluation set."""
     where = f"({report.target} {report.precision} on {report.runtime})"
     if not report.cases:
         return f"no cases of {report.artifact} were compared {where}"
@@ -127,9 +127,11 @@ def parity_summary(report: ParityReport) -> str:
     checked = _plural(len(report.cases), "case") + (
         f" x {_plural(counts.pop(), 'output')}" if len(counts) == 1 else f", {_plural(outputs, 'output')}")
     failed = sum(not case.passed for case in report.cases)
+    agreement = report.agreement
+    task = "" if agreement is None else f"; {agreement.describe()}{'' if agreement.passed else ', below its criteria'}"
     if not failed:
-        return f"{checked} of {report.artifact} within bounds {where}"
-    return f"{failed} of {checked} of {report.artifact} out of bounds {where}"
+        return f"{checked} of {report.artifact} within bounds {where}{task}"
+    return f"{failed} of {checked} of {report.artifact} out of bounds {where}{task}"
 
 
 def verdict(report: ParityReport) -> str:
