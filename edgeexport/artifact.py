@@ -365,12 +365,12 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
     _field(block, "texts", str, "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
-    for key in ("min_agreement", "max_dp", "min_cosine"):
-        if key in criteria:
-            _number(criteria, key, "evaluation.criteria")
-    if set(criteria) - {"min_agreement", "max_dp", "min_cosine"} or "min_agreement" not in criteria:
-        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp and min_cosine; "
-                            "re-run convert")
+    keys = {"min_agreement", "max_dp", "max_mean_dp", "min_cosine"}
+    if set(criteria) - keys or "min_agreement" not in criteria:
+        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp and "
+                            "min_cosine; re-run convert")
+    for key in criteria:
+        _number(criteria, key, "evaluation.criteria")
     return block
 
 

@@ -37,29 +37,35 @@ EVALUATION_DIR = "evaluation"
 TEXTS_FILE = f"{EVALUATION_DIR}/texts.json"
 REFERENCE_FILE = f"{EVALUATION_DIR}/reference.bin"
 BATCH = 16  # sentences per runtime call
+EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
 
 
 @dataclass(frozen=True)
 class Criteria:
     """What a task's agreement must reach: ``min_agreement`` (labels, or nearest neighbours of embeddings),
-    ``max_dp`` (largest probability change; classification) and ``min_cosine`` (embeddings)."""
+    ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
+    examples; classification) and ``min_cosine`` (embeddings)."""
 
     min_agreement: float
     max_dp: float | None = None
+    max_mean_dp: float | None = None
     min_cosine: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-# Measured in docs/parity.md ("Task agreement"): every genuine precision of the trained MiniLM on ONNX and
-# OpenVINO stays inside these with room; a temperature of 1.3 or 0.7, two swapped labels and 30 % of the
-# embedding zeroed fall outside them.
+# Derived in docs/parity.md ("Task agreement") on the trained MiniLM: the passing quantized artifacts reach
+# mean |dp| 0.0097 and max |dp| 0.047 (bounds about 2x those), a temperature of 1.3 gives mean |dp| 0.042 and
+# 0.7 gives 0.077, two swapped labels change half the labels; embeddings: passing precisions keep cosine
+# >= 0.9983, int4 and OpenVINO int8 fall to 0.95-0.97, 30 % of the features zeroed to about 0.84.
 CRITERIA: dict[str, Criteria] = {
     "sentence-embedding": Criteria(min_agreement=0.97, min_cosine=0.98),
     "feature-extraction": Criteria(min_agreement=0.97, min_cosine=0.98),
-    "sequence-classification": Criteria(min_agreement=0.97, max_dp=0.05),
-    "token-classification": Criteria(min_agreement=0.97, max_dp=0.05),
+    "sequence-classification": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02),
+    # Hundreds of tokens: their largest change grows with their count (int8 weights: 0.098 over 448 tokens), so
+    # only the mean bounds the probabilities.
+    "token-classification": Criteria(min_agreement=0.97, max_mean_dp=0.02),
 }
 
 
@@ -112,7 +118,7 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         result.misses.append(f"outputs of shape {list(got.shape)} (finite: {bool(np.isfinite(got).all())}) "
                              f"cannot be compared with the reference's {list(want.shape)}")
         return result
-    if criteria.min_cosine is not None:
+    if task in EMBEDDING_TASKS:
         _embedding_measures(result, got, want)
     else:
         _label_measures(result, got, want, mask.astype(bool) if task == "token-classification" else None)
@@ -126,7 +132,7 @@ def _embedding_measures(result: Agreement, got: np.ndarray, want: np.ndarray) ->
     criteria = result.criteria
     if result.measures["agreement"] < criteria.min_agreement:
         result.misses.append(f"nearest-neighbour agreement {result.measures['agreement']:.3f} < {criteria.min_agreement:g}")
-    if result.measures["min_cosine"] < (criteria.min_cosine or 0.0):
+    if criteria.min_cosine is not None and result.measures["min_cosine"] < criteria.min_cosine:
         worst = int(cosines.argmin())
         result.misses.append(f"cosine with the reference {result.measures['min_cosine']:.5f} on sentence {worst} "
                              f"< {criteria.min_cosine:g}")
@@ -137,13 +143,15 @@ def _label_measures(result: Agreement, got: np.ndarray, want: np.ndarray, tokens
     change = np.abs(got - want).max(-1)
     if tokens is not None:  # token classification: real tokens only
         same, change = same[tokens], change[tokens]
-    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max())}
+    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max()), "mean_dp": float(change.mean())}
     criteria = result.criteria
     if result.measures["agreement"] < criteria.min_agreement:
         result.misses.append(f"label agreement {result.measures['agreement']:.3f} ({int((~same).sum())} of {same.size} "
                              f"labels changed) < {criteria.min_agreement:g}")
     if criteria.max_dp is not None and result.measures["max_dp"] > criteria.max_dp:
         result.misses.append(f"largest probability change {result.measures['max_dp']:.3f} > {criteria.max_dp:g}")
+    if criteria.max_mean_dp is not None and result.measures["mean_dp"] > criteria.max_mean_dp:
+        result.misses.append(f"mean probability change {result.measures['mean_dp']:.4f} > {criteria.max_mean_dp:g}")
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -1,0 +1,144 @@
+"""Task agreement (edgeexport.validation.agreement): verdicts in the user's terms on held-out sentences.
+
+Fixed plants, independent of the thresholds: a temperature of 1.3 and 0.7, two labels swapped, 30 % of an
+embedding's features zeroed (outlier features present), an unrelated output; each fails, the genuine output
+passes, and every criterion has a plant that only it catches. Then the trained MiniLM classifier (head trained
+here) end to end: its artifact passes, and a planted temperature or label swap dropped into it fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeexport.artifact import Artifact, write_manifest
+from edgeexport.cli import app
+from edgeexport.pipeline import convert
+from edgeexport.processing import softmax
+from edgeexport.validation.agreement import CRITERIA, Criteria, judge
+from trained import classifier_folder
+
+RNG = np.random.default_rng(7)
+LOGITS = RNG.normal(size=(32, 4)) * 3  # confident, as a trained 4-topic head (mean top probability ~0.8)
+# 16 pairs of near-identical sentences (cosine ~0.99 within a pair, ~0 across): every nearest neighbour is clear.
+EMBEDDINGS = np.repeat(RNG.normal(size=(16, 384)), 2, axis=0) + RNG.normal(scale=0.1, size=(32, 384))
+CLASSIFY, EMBED = CRITERIA["sequence-classification"], CRITERIA["sentence-embedding"]
+ONES = np.ones(32)
+
+
+def classified(logits: np.ndarray, criteria: Criteria = CLASSIFY) -> list[str]:
+    return judge("sequence-classification", softmax(logits), softmax(LOGITS), ONES, criteria).misses
+
+
+def embedded(embeddings: np.ndarray, criteria: Criteria = EMBED) -> list[str]:
+    return judge("sentence-embedding", embeddings, EMBEDDINGS, ONES, criteria).misses
+
+
+def swapped_top2(logits: np.ndarray) -> np.ndarray:
+    order = np.argsort(-logits, axis=-1)
+    out = logits.copy()
+    rows = np.arange(len(out))
+    out[rows, order[:, 0]], out[rows, order[:, 1]] = logits[rows, order[:, 1]], logits[rows, order[:, 0]]
+    return out
+
+
+def test_the_genuine_outputs_pass() -> None:
+    assert classified(LOGITS + RNG.normal(scale=0.01, size=LOGITS.shape)) == []
+    assert embedded(EMBEDDINGS + RNG.normal(scale=0.01, size=EMBEDDINGS.shape)) == []
+
+
+@pytest.mark.parametrize("plant", [LOGITS * 1.3, LOGITS * 0.7, swapped_top2(LOGITS), LOGITS[:, [1, 0, 2, 3]],
+                                   RNG.normal(size=LOGITS.shape) * 3],
+                         ids=["temperature-1.3", "temperature-0.7", "top1-top2-swapped", "labels-0-1-swapped",
+                              "unrelated"])
+def test_classification_plants_fail(plant: np.ndarray) -> None:
+    assert classified(plant)
+
+
+def test_zeroed_features_and_unrelated_embeddings_fail() -> None:
+    zeroed = EMBEDDINGS.copy()
+    zeroed[:, : int(0.3 * 384)] = 0  # 30 % of the features
+    assert embedded(zeroed)
+    assert embedded(RNG.normal(size=EMBEDDINGS.shape))
+
+
+def test_label_agreement_alone_catches_near_tie_flips() -> None:
+    """Two labels in near-tied rows flipped: probabilities barely move, only agreement sees it."""
+    logits = LOGITS.copy()
+    logits[:2] = [[1.0, 0.99, -3, -3], [-3, 1.0, 0.99, -3]]
+    planted = logits.copy()
+    planted[:2] = [[0.99, 1.0, -3, -3], [-3, 0.99, 1.0, -3]]
+    misses = judge("sequence-classification", softmax(planted), softmax(logits), ONES, CLASSIFY).misses
+    assert len(misses) == 1 and misses[0].startswith("label agreement 0.938")
+    off = replace(CLASSIFY, min_agreement=0.0)
+    assert judge("sequence-classification", softmax(planted), softmax(logits), ONES, off).misses == []
+
+
+def test_mean_dp_alone_catches_a_mild_temperature() -> None:
+    misses = classified(LOGITS * 1.2)
+    assert [m.split(" ")[0] for m in misses] == ["mean"], misses
+    assert classified(LOGITS * 1.2, replace(CLASSIFY, max_mean_dp=None)) == []
+
+
+def test_max_dp_alone_catches_one_sentence_moved() -> None:
+    planted = LOGITS.copy()
+    top = int(np.argmax(softmax(LOGITS).max(-1)))
+    planted[top] *= 0.15  # one confident sentence made unsure, its label kept
+    misses = classified(planted)
+    assert [m.split(" ")[0] for m in misses] == ["largest"], misses
+    assert classified(planted, replace(CLASSIFY, max_dp=None)) == []
+
+
+def test_cosine_alone_catches_one_embedding_bent() -> None:
+    planted = EMBEDDINGS.copy()
+    planted[5] += RNG.normal(size=384) * np.linalg.norm(planted[5]) * 0.012  # cosine ~0.93, neighbour unchanged
+    misses = embedded(planted)
+    assert [m.split(" ")[0] for m in misses] == ["cosine"], misses
+    assert embedded(planted, replace(EMBED, min_cosine=None)) == []
+
+
+def test_neighbour_agreement_alone_catches_swapped_neighbours() -> None:
+    """Sentence 0 sits between 1 and 2, a little nearer 1; the artifact leans it a little towards 2 (cosine
+    0.9999 with the reference): one of 32 nearest neighbours changes, and only agreement sees it."""
+    want = np.eye(32, 384)
+    want[0] = want[0] + 0.5 * want[1] + 0.49 * want[2]
+    got = want.copy()
+    got[0] = np.eye(32, 384)[0] + 0.49 * want[1] + 0.5 * want[2]
+    misses = judge("sentence-embedding", got, want, ONES, EMBED).misses
+    assert misses == ["nearest-neighbour agreement 0.969 < 0.97"]
+    assert judge("sentence-embedding", got, want, ONES, replace(EMBED, min_agreement=0.0)).misses == []
+
+
+# --------------------------------------------------------------------------- the trained classifier, end to end
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    return convert(classifier_folder(root / "minilm-topics"), output_dir=root / "onnx-fp32").artifact
+
+
+def test_the_trained_classifier_passes_with_its_evaluation_set(classifier: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", str(classifier)])
+    assert result.exit_code == 0, result.output
+    assert "task agreement (sequence-classification, 32 held-out sentences): agreement 100.0%" in result.output
+
+
+@pytest.mark.parametrize("plant", [{"temperature": 1.3}, {"swap": (0, 1)}], ids=["temperature-1.3", "labels-swapped"])
+def test_a_planted_head_dropped_into_the_artifact_fails(classifier: Path, tmp_path: Path, plant: dict) -> None:
+    planted = convert(classifier_folder(tmp_path / "planted-folder", **plant), output_dir=tmp_path / "planted",
+                      validate=False).artifact
+    dropped = tmp_path / "dropped"
+    shutil.copytree(classifier, dropped)
+    for name in ("model.onnx", "model.onnx.data"):
+        if (planted / name).exists():
+            shutil.copyfile(planted / name, dropped / name)
+    write_manifest(dropped, Artifact.open(dropped).manifest)  # re-hashed, as an attacker or a bad copy would
+    result = CliRunner().invoke(app, ["validate", str(dropped)])
+    assert result.exit_code == 1, result.output
+    assert "task agreement: " in result.output
