@@ -131,7 +131,7 @@ def test_predict_prints_the_labels_of_the_golden_outputs(bert_artifact: Conversi
                                                          ) -> None:
     artifact = Artifact.open(bert_artifact.artifact)
     _, golden = artifact.load_golden(artifact.manifest.golden[0])
-    result = cli_without_torch("predict", str(bert_artifact.artifact), "--json", "--top-k", "2")
+    result = cli_without_torch("predict", str(bert_artifact.artifact), "--json", "--classes", "2")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [row[0]["index"] for row in rows] == golden["logits"].argmax(-1).tolist()
@@ -237,7 +237,7 @@ def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(converted.reference.module(pixels)[0][0], -1)
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "out"), "--image", str(tmp_path / "photo.png"),
-                                      "--json", "--top-k", "1"])
+                                      "--json", "--classes", "1"])
     assert result.exit_code == 0, result.stderr
     (best,), = json.loads(result.stdout)
     assert best["label"] == config.id2label[int(expected.argmax())]
