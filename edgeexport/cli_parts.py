@@ -184,7 +184,8 @@ def one_line_errors(command: F) -> F:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            errors.print(Text.assemble(("interrupted", "red"), f": {str(exc) or 'nothing was written'}"), highlight=False)
+            errors.print(Text.assemble(("interrupted", "red"), f": {str(exc) or 'nothing was written'}"),
+                         highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -82,7 +82,8 @@ def test_unknown_task_name(tmp_path: Path) -> None:
                                                   "mean '--parity-margin'?); see 'edgeexport validate --help'"),
     (["bench", "qa", "--parity-margin", "1"], "error: no such option '--parity-margin' for 'bench' (did you mean "
                                               "'--latency-margin'?); see 'edgeexport bench --help'"),
-    (["predict", "qa", "--top-k", "2"], "error: no such option '--top-k' for 'predict'; see 'edgeexport predict --help'"),
+    (["predict", "qa", "--top-k", "2"],
+     "error: no such option '--top-k' for 'predict'; see 'edgeexport predict --help'"),
 ])
 def test_parser_mistakes_are_one_line_with_the_help_to_read(args: list[str], expected: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args, prog_name="edgeexport")
@@ -336,7 +337,8 @@ def test_predict_names_the_inputs_the_artifact_takes(bert_artifact: object, tmp_
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    assert_one_line(*run_cli("predict", str(bert_artifact.artifact), "--image", str(tmp_path / "x.png")),  # type: ignore[attr-defined]
+    artifact = str(bert_artifact.artifact)  # type: ignore[attr-defined]
+    assert_one_line(*run_cli("predict", artifact, "--image", str(tmp_path / "x.png")),
                     "error: the artifact does not take images; pass --text or --inputs FILE.npz")
 
 

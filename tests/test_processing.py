@@ -215,8 +215,11 @@ def test_image_inputs_match_the_vit_image_processor(tmp_path: Path) -> None:
                                               image_std=[0.2, 0.3, 0.25])(Image.open(tmp_path / "photo.png"),
                                                                           return_tensors="np").pixel_values
     np.testing.assert_allclose(image_inputs(processing, tmp_path / "photo.png")["pixel_values"], expected, atol=1e-5)
-    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --text, --audio or --inputs"):
+    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --inputs FILE\.npz$"):
         image_inputs(Processing(), tmp_path / "photo.png")
+    audio_model = Processing(sampling_rate=16000)
+    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --audio or --inputs FILE.npz$"):
+        image_inputs(audio_model, tmp_path / "photo.png")
 
 
 def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:

@@ -86,8 +86,8 @@ def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str,
     if not report.passed:
         first = report.errors[0]
         raise ConversionError("TensorRT preflight", f"{first.describe()} (errors in all: {len(report.errors)}). Next "
-                              "steps: convert with --target onnx and run 'edgeexport inspect --preflight tensorrt' on it "
-                              "to list every problem", model=reference.name)
+                              "steps: convert with --target onnx and run 'edgeexport inspect --preflight tensorrt' on "
+                              "it to list every problem", model=reference.name)
     return report
 
 
