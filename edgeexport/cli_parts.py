@@ -102,6 +102,8 @@ def _metavar(param: Any) -> str:
 
 
 def _type_name(param: Any) -> str:
+    if not hasattr(param, "bare_type"):  # typer before its own copy of click: click's type names it
+        return str(param.type.name).upper()
     return TYPE_NAMES.get(param.bare_type(), param.bare_type().upper())
 
 
