@@ -171,7 +171,7 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
         if names == ["all"] else [_model_task(name) for name in names]
     names = split_names(targets) if targets else [t for t in exporter.targets()
                                               if not exporter.get_exporter(t).missing_packages()]
-    chosen = {t: available(t).precisions for t in names}
+    chosen = {t: installed(t).precisions for t in names}
     wanted = split_names(precisions)
     if wanted == ["all"]:
         wanted = list(dict.fromkeys(precision for available in chosen.values() for precision in available))
@@ -191,11 +191,11 @@ def claimed(expected: Matrix) -> list[Combination]:
     """
     packages.require_torch("matrix")
     for target in dict.fromkeys(c.combination.target for c in expected.cells):
-        available(target)
+        installed(target)
     return [c.combination for c in expected.cells]
 
 
-def available(target: str) -> exporter.Exporter:
+def installed(target: str) -> exporter.Exporter:
     """The exporter of ``target``, whose packages must be installed: a matrix refuses in one line (exit 2) what
     would otherwise be a column of errors.
 
