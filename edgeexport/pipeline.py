@@ -101,6 +101,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     Raises:
         UsageError: bad model, task, target, precision, preset, inputs or output folder (before any work, and
             before torch is imported).
+        UnsupportedError: a combination the exporter knows to be broken (:meth:`Exporter.refuse`; before torch
+            is imported when the task is known from the arguments).
         CaptureError, ConversionError: export failed; nothing is written.
     """
     exporter = get_exporter(target)
