@@ -5,141 +5,37 @@ The decisions live in the library (:mod:`edgeexport.pipeline`, :mod:`edgeexport.
 :mod:`edgeexport.generator`), so Python callers get them too. Target-specific flags of
 ``convert`` come from the targets' own declarations (:attr:`edgeexport.exporter.Exporter.options`).
 
-Exit codes: 0 success, 1 parity failure, 2 usage error (bad model, task, target, input,
-output folder or artifact), 130 interrupted.
+The parser's and the commands' conventions (click's metavars, one ``error:`` line per mistake) and
+the flag groups several commands share live in :mod:`edgeexport.cli_parts`.
+
+Exit codes: 0 success; 1 parity failure or regression, a preflight error (``inspect --preflight``),
+or a matrix combination that erred; 2 usage error (bad model, task, target, flag, input, output
+folder or artifact, or a missing backend extra); 130 interrupted.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable, Iterable
-from inspect import Parameter, signature
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edgeexport import interrupts
-from edgeexport.errors import EdgeExportError, UsageError
-from edgeexport.exporter import Option, get_exporter, target_options
-from edgeexport.reporting.gate import DEFAULT_LATENCY_MARGIN_PCT, DEFAULT_PARITY_MARGIN
+from edgeexport import __version__
+from edgeexport.cli_parts import (App, add_flags, bound_flags, bounds, console, errors, gate, gate_flags,
+                                  one_line_errors, option_flag, target_option_values)
+from edgeexport.errors import UsageError
+from edgeexport.exporter import get_exporter, preflight_targets, target_options, targets
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Export PyTorch models to ONNX, OpenVINO, CoreML and TensorRT, and prove them right.")
-# Wide tables when piped (CI logs), the terminal's width otherwise.
-console = Console(width=None if sys.stdout.isatty() else 200)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-F = TypeVar("F", bound=Callable[..., Any])
+app = App(version=f"edgeexport {__version__}", add_completion=False, no_args_is_help=True,
+          pretty_exceptions_enable=False,
+          help="Export PyTorch models to ONNX, OpenVINO, CoreML and TensorRT, and prove them right.")
 Threads = Annotated[int, typer.Option(help="Runtime threads (0 = runtime default).")]
-
-
-def _one_line_errors(command: F) -> F:
-    """Turn deliberate errors into one ``error:`` line and their exit code; no traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with interrupts.recorded():
-                result = command(*args, **kwargs)
-                if interrupts.requested():  # its KeyboardInterrupt was swallowed (a __del__), the work went on
-                    raise KeyboardInterrupt("Ctrl-C came as the command finished; its output above is complete")
-                return result
-        except EdgeExportError as exc:
-            errors.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt as exc:
-            errors.print(Text.assemble(("interrupted", "red"), f": {str(exc) or 'nothing was written'}"), highlight=False)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _flags(parameters: Iterable[Parameter], collect: Callable[..., dict[str, Any]],
-           replaces: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Add keyword ``parameters`` (flags) to a command, and pass their values to it as the keyword
-    arguments ``collect(**values)`` returns. The command's parameters named in ``replaces`` (what
-    ``collect`` fills) and its ``**kwargs`` are hidden from typer."""
-    added = list(parameters)
-
-    def decorate(command: F) -> F:
-        declared = signature(command, eval_str=True)
-
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            values = {p.name: kwargs.pop(p.name) for p in added}
-            return command(*args, **kwargs, **collect(**values))
-
-        shown = [p for p in declared.parameters.values()
-                 if p.kind is not Parameter.VAR_KEYWORD and p.name not in replaces]
-        wrapper.__signature__ = declared.replace(parameters=[*shown, *added])  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-def _option_flag(option: Option) -> Parameter:
-    """The flag of a target option: ``--<name>`` (a bool option: ``--<name>/--no-<name>``), unset (None) by default."""
-    decl = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
-    return Parameter(option.name, Parameter.KEYWORD_ONLY, default=None,
-                     annotation=Annotated[Optional[option.type], typer.Option(decl, help=option.help)])
-
-
-def _gate_flags() -> list[Parameter]:
-    def flag(name: str, kind: Any, default: Any, *decls: str, help: str) -> Parameter:
-        return Parameter(name, Parameter.KEYWORD_ONLY, default=default,
-                         annotation=Annotated[kind, typer.Option(*decls, help=help)])
-
-    return [
-        flag("report_paths", Optional[list[Path]], None, "--report", help=(
-            "Write a report (repeatable); the suffix picks the format: .json (schema edgeexport.report.v2), .xml "
-            "(JUnit), .md (Markdown, e.g. a GitHub job summary), .html (one page with plots).")),
-        flag("fail_on", str, "any", help="Exit 1 on 'any' parity failure or regression against --baseline, or only "
-                                         "on a 'regression' against --baseline."),
-        flag("baseline", Optional[Path], None, help="JSON report of an earlier run (--report FILE.json) to compare "
-                                                    "against."),
-        flag("parity_margin", float, DEFAULT_PARITY_MARGIN, help="An output regresses when its RMS error exceeds "
-                                                                 "the baseline's by more than this times its bound."),
-        flag("latency_margin", float, DEFAULT_LATENCY_MARGIN_PCT, help="A backend regresses when its p50 latency is "
-                                                                       "more than this percentage slower than the "
-                                                                       "baseline's."),
-    ]
-
-
-def _gate(*, report_paths: list[Path] | None, fail_on: str, baseline: Path | None, parity_margin: float,
-          latency_margin: float) -> dict[str, Any]:
-    """``gate`` and ``reports`` of a validate or bench run, from their flags."""
-    from edgeexport.reporting import Gate
-
-    return {"gate": Gate.create(fail_on, baseline, parity_margin=parity_margin, latency_margin_pct=latency_margin),
-            "reports": report_paths or []}
-
-
-def _target_options(**values: Any) -> dict[str, Any]:
-    return {"target_options": values}
-BOUND_HELP = {
-    "atol": "absolute error floor (docs/parity.md).",
-    "rounding": "error floor relative to the output's RMS magnitude (the arithmetic's rounding).",
-    "max_error": "largest error, in spreads of the reference.",
-    "rms_error": "RMS error, in spreads of the reference.",
-    "scale_error": "|slope - 1| of target against reference.",
-    "min_top1": "least top-1 agreement of logits (near-ties count as agreeing).",
-}
-
-
-def _bound_flags() -> list[Parameter]:
-    """``--atol``, ``--rounding``, ... : one flag per parity bound, unset by default."""
-    return [Parameter(key, Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[float], typer.Option(help=f"Parity bound: {text}")]) for key, text in BOUND_HELP.items()]
-
-
-def _bounds(**given: float | None) -> dict[str, Any]:
-    """``tolerance``: the bounds given on the command line, by manifest key."""
-    return {"tolerance": {key: value for key, value in given.items() if value is not None}}
+TARGETS = ", ".join(targets())
 
 
 def _print_json(data: Any) -> None:
@@ -156,7 +52,7 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], **
 
 
 @app.command("list")
-@_one_line_errors
+@one_line_errors
 def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
     from edgeexport.inspection import models, target_entries
@@ -171,12 +67,12 @@ def list_command() -> None:
 
 
 @app.command()
-@_one_line_errors
-@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
-@_flags(map(_option_flag, target_options().values()), _target_options, replaces=("target_options",))
+@one_line_errors
+@add_flags(bound_flags(), bounds, replaces=("tolerance",))
+@add_flags(map(option_flag, target_options().values()), target_option_values, replaces=("target_options",))
 def convert(
     model: Annotated[str, typer.Argument(help="Zoo name (edgeexport list), save_pretrained folder, or hub id org/name.")],
-    target: Annotated[str, typer.Option(help="Target format.")] = "onnx",
+    target: Annotated[str, typer.Option(help=f"Target format: {TARGETS}.")] = "onnx",
     task: Annotated[Optional[str], typer.Option(help="Task; defaults to the model's first task.")] = None,
     preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size), zoo models only.")] = "tiny",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Artifact folder.")] = None,
@@ -227,13 +123,14 @@ def _show_conversion(result: Any, json_output: bool) -> None:
 
 
 @app.command()
-@_one_line_errors
-@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
-@_flags(map(_option_flag, target_options().values()), _target_options, replaces=("target_options",))
+@one_line_errors
+@add_flags(bound_flags(), bounds, replaces=("tolerance",))
+@add_flags(map(option_flag, target_options().values()), target_option_values, replaces=("target_options",))
 def tune(
     source: Annotated[str, typer.Argument(help="Zoo name, save_pretrained folder, hub id, or an artifact folder "
                                                "(tunes the model it was converted from).")],
-    target: Annotated[Optional[str], typer.Option(help="Target format (default: onnx, or the artifact's).")] = None,
+    target: Annotated[Optional[str], typer.Option(help=f"Target format: {TARGETS} (default: onnx, or the "
+                                                       "artifact's).")] = None,
     precisions: Annotated[Optional[list[str]], typer.Option(
         "--precisions", help="Candidates, repeatable or comma-separated (default: every precision of the target).")
     ] = None,
@@ -309,9 +206,9 @@ def _exit_on(what: str, failures: list[str], verdict: str = "") -> None:
 
 
 @app.command()
-@_one_line_errors
-@_flags(_bound_flags(), _bounds, replaces=("tolerance",))
-@_flags(_gate_flags(), _gate, replaces=("gate", "reports"))
+@one_line_errors
+@add_flags(bound_flags(), bounds, replaces=("tolerance",))
+@add_flags(gate_flags("parity"), gate, replaces=("gate", "reports"))
 def validate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also re-run PyTorch on fresh inputs (needs torch).")] = False,
@@ -339,7 +236,7 @@ def validate(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def sign(
     artifact: Annotated[Path, typer.Argument(help="Artifact or bundle folder.")],
     key: Annotated[Path, typer.Option(help="Elliptic-curve private key (PEM), e.g. from 'openssl ecparam -name "
@@ -353,8 +250,8 @@ def sign(
 
 
 @app.command()
-@_one_line_errors
-@_flags(_gate_flags(), _gate, replaces=("gate", "reports"))
+@one_line_errors
+@add_flags(gate_flags("latency"), gate, replaces=("gate", "reports"))
 def bench(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     reference: Annotated[bool, typer.Option(help="Also time PyTorch eager on the same inputs (needs torch).")] = False,
@@ -383,20 +280,22 @@ def bench(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def matrix(
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", help="Zoo models, name or name:task, repeatable or comma-separated, or all: every model "
                          "and task (default: every model, its default task).")] = None,
     targets: Annotated[Optional[list[str]], typer.Option(
-        "--targets", help="Targets, repeatable or comma-separated (default: every installed one).")] = None,
+        "--targets", help=f"Targets ({TARGETS}), repeatable or comma-separated (default: every installed one).")
+    ] = None,
     precisions: Annotated[Optional[list[str]], typer.Option(
         "--precisions", help="Precisions, repeatable or comma-separated, or all: every precision of each target "
                              "(default: fp32).")] = None,
     preset: Annotated[str, typer.Option(help="tiny (random, small) or full (published size).")] = "tiny",
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder of results/ and the matrix files.")] = Path("matrix"),
     jobs: Annotated[int, typer.Option(min=1, help="Combinations run in parallel processes.")] = 1,
-    strict: Annotated[bool, typer.Option(help="Exit 1 when any combination fails or errors.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any combination fails or is refused, not only when one "
+                                               "errs (an erred one runs again on the next run).")] = False,
     expect: Annotated[Optional[Path], typer.Option(help="A committed matrix.json (docs/matrix.json): run its "
                                                         "combinations and exit 1 when a status differs from it.")] = None,
 ) -> None:
@@ -419,26 +318,33 @@ def matrix(
     errors.print(f"wrote {output / 'matrix.md'}, matrix.html and matrix.json", highlight=False, markup=False)
     if expected is not None:
         _exit_on(f"matrix against {expect}", drift(expected, result))
-    _exit_on("matrix", result.failures() if strict else [])
+    _exit_on("matrix", result.failures() if strict else result.errors())
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def inspect(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    target: Annotated[Optional[str], typer.Option(help="Also preflight the ONNX graph for this target (tensorrt): "
-                                                       "unsupported ops, attributes, dtypes and known pitfalls.")] = None,
-    locate: Annotated[bool, typer.Option(help="With --target: name each problem's PyTorch module (needs torch; "
+    preflight: Annotated[Optional[str], typer.Option(
+        metavar="TARGET", help=f"Also check the ONNX graph against what TARGET ({', '.join(preflight_targets())}) "
+                               "supports: unsupported ops, attributes, dtypes and known pitfalls; exit 1 on an "
+                               "error.")] = None,
+    locate: Annotated[bool, typer.Option(help="With --preflight: name each problem's PyTorch module (needs torch; "
                                               "re-exports the model).")] = False,
 ) -> None:
     """Show ARTIFACT's manifest, op histogram, parameter count and size (of each component of a bundle)."""
     from edgeexport.inspection import inspect as run_inspect
 
-    inspected = run_inspect(artifact, target=target, locate=locate)
+    inspected = run_inspect(artifact, preflight=preflight, locate=locate)
     if json_output:
         _print_json(inspected.to_dict())
-        return
+    else:
+        _print_inspection(artifact, inspected)
+    _exit_on("preflight", inspected.failures())
+
+
+def _print_inspection(artifact: Path, inspected: Any) -> None:
     for role, component in inspected.components.items():
         console.print(_table(f"{artifact}" + (f" ({role})" if role else ""), ("field", "value"), component.summary(),
                              show_header=False))
@@ -462,8 +368,8 @@ def _print_preflight(report: Any) -> None:
 
 
 @app.command()
-@_one_line_errors
-@_flags(map(_option_flag, get_exporter("tensorrt").options), dict)
+@one_line_errors
+@add_flags(map(option_flag, get_exporter("tensorrt").options), dict)
 def build(
     artifact: Annotated[Path, typer.Argument(help="TensorRT artifact folder (from convert --target tensorrt).")],
     **options: Any,
@@ -479,7 +385,7 @@ def build(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def generate(
     artifact: Annotated[Path, typer.Argument(help="causal-lm-with-past artifact or seq2seq-lm-with-past bundle.")],
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs a tokenizer in the artifact).")] = None,
@@ -507,6 +413,8 @@ def generate(
                                                    show_default="artifact's config")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler.")] = None,
     threads: Threads = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the text, token ids and timings as JSON once "
+                                                             "generation ends (nothing streams).")] = False,
 ) -> None:
     """Generate from a prompt with ARTIFACT, streaming tokens to stdout (beam search: once it ends), then tokens/s to
     stderr. Options left out take the artifact's generation config (edgeexport inspect shows it)."""
@@ -522,14 +430,22 @@ def generate(
                                     early_stopping=early_stopping, repetition_penalty=repetition_penalty,
                                     no_repeat_ngram_size=no_repeat_ngram_size, do_sample=do_sample,
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    streamer=TextStreamer(generator, write))
-    write("\n")
-    errors.print(f"{output.tokens.size} tokens in {output.total_s:.2f} s: {output.tokens_per_s:.1f} tokens/s "
-                 f"(first token {output.first_token_s * 1e3:.1f} ms)", highlight=False, markup=False)
+                                    streamer=None if json_output else TextStreamer(generator, write))
+        if json_output:
+            _print_json({"text": generator.decode(output.tokens[0]), **output.to_dict()})
+    if not json_output:
+        write("\n")
+    if output.ended_at_once:
+        errors.print(Text.assemble(("note:", "yellow"), f" the model ended the sequence at once (its first new token "
+                                   f"is EOS, id {output.tokens[0, 0]}); --min-new-tokens N bans EOS for N tokens"),
+                     highlight=False)
+    errors.print(f"{output.tokens.size} token{'s' * (output.tokens.size != 1)} in {output.total_s:.2f} s: "
+                 f"{output.tokens_per_s:.1f} tokens/s (first token {output.first_token_s * 1e3:.1f} ms)",
+                 highlight=False, markup=False)
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def predict(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder of a task model (not a generation decoder).")],
     text: Annotated[Optional[list[str]], typer.Option(
@@ -542,7 +458,8 @@ def predict(
     audio: Annotated[Optional[Path], typer.Option(help="16-bit PCM WAV file at the model's sampling rate.")] = None,
     inputs: Annotated[Optional[Path], typer.Option(help="Model inputs as an .npz of named arrays.")] = None,
     case: Annotated[str, typer.Option(help="Golden case whose inputs to use when no input is given.")] = "example",
-    top_k: Annotated[int, typer.Option(min=1, help="Classes shown per row (classification tasks).")] = 5,
+    classes: Annotated[int, typer.Option(min=1, help="Classes shown per row, most likely first (classification "
+                                                     "tasks).")] = 5,
     threshold: Annotated[float, typer.Option(help="Lowest score of a kept detection (object detection).")] = 0.5,
     threads: Threads = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the decoded results as JSON.")] = False,
@@ -552,7 +469,7 @@ def predict(
     from edgeexport.pipeline import predict as run_predict
 
     prediction = run_predict(artifact, text=text, text_pair=text_pair, image=image, audio=audio, inputs=inputs,
-                             case=case, top_k=top_k, threshold=threshold, threads=threads)
+                             case=case, classes=classes, threshold=threshold, threads=threads)
     if json_output:
         _print_json(prediction.to_json())
         return

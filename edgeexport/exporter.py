@@ -28,12 +28,13 @@ from edgeexport import packages
 from edgeexport.artifact import Tolerance
 from edgeexport.errors import UnsupportedError, UsageError
 from edgeexport.plugins import plugin_module, plugin_names
+from edgeexport.tasks import WITH_PAST
 
 if TYPE_CHECKING:
     from edgeexport.artifact import Artifact
     from edgeexport.reference.model import ReferenceModel
 
-__all__ = ["ExportResult", "Exporter", "Option", "get_exporter", "target_options", "targets"]
+__all__ = ["ExportResult", "Exporter", "Option", "get_exporter", "preflight_targets", "target_options", "targets"]
 
 TARGETS = "edgeexport.exporters"  # the package of built-in targets and the entry point group of others
 # Calibrated (static int8) precisions: samples at the example sizes (ReferenceModel.calibration_inputs), and the
@@ -89,7 +90,7 @@ class Exporter(ABC):
         tool_packages: Distributions whose versions the manifest records.
         stages: Its stages in order, as the errors of each stage name them.
         calibrated_precisions: Precisions whose activation ranges are calibrated on reference inputs
-            (static int8); :meth:`refuse` refuses them for decoders with a cache.
+            (static int8); :meth:`refuse` refuses them for decoders with a cache (``-with-past`` tasks).
     """
 
     target: ClassVar[str]
@@ -137,17 +138,18 @@ class Exporter(ABC):
         """Parity tolerance of an artifact: the precision's own, else the reference model's."""
         return self.precisions[precision] or reference.tolerance
 
-    def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        """Refuse a model this target is known not to convert correctly at ``precision``, before any
-        component is exported (docs/parity.md, "Known failures"). By default, a calibrated precision for a
-        decoder with a cache: calibration sees first steps (an empty cache), and the decode steps then
-        run outside those ranges (GPT-2 tiny on OpenVINO int8: 0.66 spreads RMS on the decode step).
+    def refuse(self, model: str, task: str, precision: str) -> None:
+        """Refuse a model this target is known not to convert correctly at ``precision``, from its name and task
+        alone: before torch is imported and any work is done (docs/parity.md, "Known failures"). By default, a
+        calibrated precision for a decoder with a cache (a ``-with-past`` task): calibration sees first steps (an
+        empty cache), and the decode steps then run outside those ranges (GPT-2 tiny on OpenVINO int8: 0.66
+        spreads RMS on the decode step).
 
         Raises:
             UnsupportedError: the combination is known to be broken; the message says why and what to use.
         """
-        if precision in self.calibrated_precisions and reference.generation.get("cache", {}).get("past"):
-            raise UnsupportedError(f"--precision {precision} breaks the decode steps of {reference.name!r} (a decoder "
+        if precision in self.calibrated_precisions and task in WITH_PAST:
+            raise UnsupportedError(f"--precision {precision} breaks the decode steps of {model!r} (a decoder "
                                    "with a cache: activation ranges are calibrated on the first step only); use "
                                    "--precision int8-weights")
 
@@ -160,20 +162,32 @@ class Exporter(ABC):
         """
 
     def preflight(self, artifact: Artifact, *, locate: bool = False) -> Any:
-        """Check an artifact's graph against what the target supports (``inspect --target``); a
+        """Check an artifact's graph against what the target supports (``inspect --preflight``); a
         report with ``summary()``, ``source``, ``findings`` and ``to_dict()``.
 
         Raises:
             UsageError: the target has no preflight.
         """
-        having = [t for t in targets() if type(get_exporter(t)).preflight is not Exporter.preflight]
-        raise UsageError(f"preflight exists for target {', '.join(map(repr, having)) or 'none'} only, "
+        raise UsageError(f"preflight exists for target {', '.join(map(repr, preflight_targets())) or 'none'} only, "
                          f"not {self.target!r}")
 
 
 def targets() -> list[str]:
     """Names of all targets this edgeexport knows: built in and from installed packages (installed or not)."""
     return plugin_names(TARGETS)
+
+
+def preflight_targets() -> list[str]:
+    """The targets whose exporter checks an artifact's graph (:meth:`Exporter.preflight`, ``inspect --preflight``);
+    targets whose module cannot be imported are left out."""
+    having = []
+    for target in targets():
+        try:
+            if type(get_exporter(target)).preflight is not Exporter.preflight:
+                having.append(target)
+        except UsageError:
+            continue
+    return having
 
 
 def get_exporter(target: str) -> Exporter:

@@ -58,18 +58,32 @@ class GenerationOutput:
 
     ``logits`` holds the raw next-token logits of every step: ``(batch, vocab)``, or
     ``(batch * num_beams, vocab)`` for the running beams of beam search; ``first_token_s``
-    (the first step) includes the encoder and the prompt's forward pass.
+    (the first step) includes the encoder and the prompt's forward pass; ``eos`` the ids that
+    ended rows.
     """
 
     tokens: np.ndarray
     logits: list[np.ndarray]
     first_token_s: float
     total_s: float
+    eos: tuple[int, ...] = ()
 
     @property
     def tokens_per_s(self) -> float:
         """Generated tokens of all rows per second, prompt processing included."""
         return self.tokens.size / self.total_s if self.total_s else float("inf")
+
+    @property
+    def ended_at_once(self) -> bool:
+        """Every row's first new token is EOS: the model ended the sequences at once (``min_new_tokens``
+        bans EOS for a number of tokens)."""
+        return bool(self.eos) and bool(np.isin(self.tokens[:, 0], self.eos).all())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Token ids by row, their count, the timings and whether the model ended the sequences at once."""
+        return {"token_ids": self.tokens.tolist(), "tokens": int(self.tokens.size), "seconds": round(self.total_s, 4),
+                "first_token_ms": round(self.first_token_s * 1e3, 2), "tokens_per_s": round(self.tokens_per_s, 2),
+                "ended_at_once": self.ended_at_once}
 
 
 @dataclass
@@ -205,7 +219,8 @@ class Generator:
             if streamer is not None:
                 streamer(step.tokens)
         return GenerationOutput(tokens=np.stack([s.tokens for s in steps], axis=1), logits=[s.logits for s in steps],
-                                first_token_s=steps[0].elapsed_s, total_s=steps[-1].elapsed_s)
+                                first_token_s=steps[0].elapsed_s, total_s=steps[-1].elapsed_s,
+                                eos=self._eos(eos_token_id))
 
     def stream(self, input_ids: np.ndarray | Sequence[Sequence[int]], attention_mask: np.ndarray | None = None, *,
                eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
@@ -271,7 +286,7 @@ class Generator:
             feed = self._next_feed(feed, kept, search.tokens)
             outputs = self.decoder.step(feed)
         return GenerationOutput(tokens=search.best(), logits=logits_per_step, first_token_s=first_token_s,
-                                total_s=time.perf_counter() - start)
+                                total_s=time.perf_counter() - start, eos=call.eos)
 
     def _prepare(self, input_ids: Any, attention_mask: Any, config: GenerationConfig, eos_token_id: Any, *,
                  rows_per_prompt: int = 1) -> _Call:

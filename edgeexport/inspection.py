@@ -12,7 +12,8 @@ from typing import Any
 
 from edgeexport.artifact import Manifest
 from edgeexport.bundle import Bundle, component_folders
-from edgeexport.exporter import get_exporter, targets
+from edgeexport.errors import UsageError
+from edgeexport.exporter import get_exporter, preflight_targets, targets
 from edgeexport.generation_spec import GenerationSpec
 from edgeexport.processing import Processing
 from edgeexport.runner import open_artifact, runtime_module
@@ -115,23 +116,33 @@ class Inspection:
         data = {role: component.to_dict() for role, component in self.components.items()}
         return data[""] if self.bundle is None else {"bundle": self.bundle.to_dict(), "components": data}
 
+    def failures(self) -> list[str]:
+        """One line per component whose preflight found errors: ``<role>: <summary>`` (empty when none did)."""
+        return [f"{role or self.path}: {c.preflight.summary()}" for role, c in self.components.items()
+                if c.preflight is not None and not c.preflight.passed]
 
-def inspect(artifact: str | Path, *, target: str | None = None, locate: bool = False) -> Inspection:
+
+def inspect(artifact: str | Path, *, preflight: str | None = None, locate: bool = False) -> Inspection:
     """Open (and hash-check) an artifact or bundle and describe each component.
 
     Args:
         artifact: The artifact or bundle folder.
-        target: Also preflight each component's graph for this target (tensorrt). Defaults to none.
-        locate: With ``target``: name each problem's PyTorch module (needs torch; re-exports).
+        preflight: Also check each component's graph against what this target supports (tensorrt);
+            :meth:`Inspection.failures` lists the components with errors. Defaults to none.
+        locate: With ``preflight``: name each problem's PyTorch module (needs torch; re-exports).
             Defaults to False.
 
     Raises:
-        UsageError: a target without a preflight, an artifact it cannot check, or a broken artifact.
+        UsageError: ``locate`` without ``preflight``, a target without a preflight, an artifact it cannot
+            check, or a broken artifact.
     """
+    if locate and preflight is None:
+        raise UsageError("--locate names the PyTorch module of each preflight problem; add --preflight "
+                         + " or --preflight ".join(preflight_targets()))
     folders = component_folders(artifact)
     components = {role: _component(folder) for role, folder in folders.items()}
-    if target is not None:
-        exporter = get_exporter(target)
+    if preflight is not None:
+        exporter = get_exporter(preflight)
         for role, folder in folders.items():
             components[role].preflight = exporter.preflight(open_artifact(folder), locate=locate)
     return Inspection(Path(artifact), components, None if "" in folders else Bundle.open(artifact))

@@ -4,7 +4,8 @@ Each combination's result is one JSON file in ``<folder>/results/`` (written ato
 a run that stops resumes where it left off, and the matrix of a folder is every result in
 it: per-job folders of a CI job matrix merge by copying their ``results/`` files together
 and running :func:`write_matrix` (``edgeexport matrix -o FOLDER`` with nothing left to run).
-A combination that fails is recorded with its one-line error; nothing stops the matrix.
+A combination that fails is recorded with its one-line error; nothing stops the matrix. One
+that erred (neither a verdict nor a refusal) runs again on the next run.
 
 ``<folder>/matrix.json`` (schema ``edgeexport.matrix.v2``, see docs/reports.md),
 ``matrix.md`` and ``matrix.html`` hold the whole matrix; the README's table is rendered
@@ -112,8 +113,13 @@ class Matrix:
         return sorted({(c.combination.model, c.combination.task, c.combination.preset) for c in self.cells})
 
     def failures(self) -> list[str]:
-        """Keys of the combinations that did not pass (failed or errored)."""
+        """Keys of the combinations that did not pass (failed, refused or errored)."""
         return [c.combination.key for c in self.cells if c.status != "passed"]
+
+    def errors(self) -> list[str]:
+        """``<key> erred (<error>)`` for each combination that erred: it has no verdict, and runs again on the next
+        run."""
+        return [f"{c.combination.key} erred ({c.error})" for c in self.cells if c.status == "error"]
 
     def cell(self, row: tuple[str, str, str], column: tuple[str, str]) -> CellResult | None:
         """The result of one row and column, or None when that combination was not run."""
@@ -155,7 +161,7 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
 
     Raises:
         UsageError: an unknown model, task, target or preset, or a precision no chosen target has.
-        MissingBackendError: torch is not installed (every combination converts).
+        MissingBackendError: torch is not installed (every combination converts), or a named target's extra.
     """
     packages.require_torch("matrix")
     if preset not in PRESETS:
@@ -165,7 +171,7 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
         if names == ["all"] else [_model_task(name) for name in names]
     names = split_names(targets) if targets else [t for t in exporter.targets()
                                               if not exporter.get_exporter(t).missing_packages()]
-    chosen = {t: exporter.get_exporter(t).precisions for t in names}
+    chosen = {t: installed(t).precisions for t in names}
     wanted = split_names(precisions)
     if wanted == ["all"]:
         wanted = list(dict.fromkeys(precision for available in chosen.values() for precision in available))
@@ -178,8 +184,27 @@ def plan(models: Iterable[str] | None = None, targets: Iterable[str] | None = No
 
 
 def claimed(expected: Matrix) -> list[Combination]:
-    """The combinations of a committed matrix, to run again (``edgeexport matrix --expect``)."""
+    """The combinations of a committed matrix, to run again (``edgeexport matrix --expect``).
+
+    Raises:
+        MissingBackendError: torch, or the extra of one of its targets, is not installed.
+    """
+    packages.require_torch("matrix")
+    for target in dict.fromkeys(c.combination.target for c in expected.cells):
+        installed(target)
     return [c.combination for c in expected.cells]
+
+
+def installed(target: str) -> exporter.Exporter:
+    """The exporter of ``target``, whose packages must be installed: a matrix refuses in one line (exit 2) what
+    would otherwise be a column of errors.
+
+    Raises:
+        UsageError: an unknown target; MissingBackendError: its packages are missing.
+    """
+    found = exporter.get_exporter(target)
+    found.check_available()
+    return found
 
 
 def drift(expected: Matrix, observed: Matrix, *, failures_may_pass: bool = False) -> list[str]:
@@ -253,7 +278,8 @@ def _one_line(exc: BaseException) -> str:
 
 def run_matrix(folder: str | Path, combinations: Sequence[Combination], *, jobs: int = 1,
                progress: Progress | None = None) -> Matrix:
-    """Run every combination without a result in ``folder``, then write and return the folder's matrix.
+    """Run every combination without a result in ``folder`` (or whose result is an error), then write and return
+    the folder's matrix.
 
     Args:
         folder: Output folder; results go to ``<folder>/results/<combination>.json``.
@@ -265,7 +291,7 @@ def run_matrix(folder: str | Path, combinations: Sequence[Combination], *, jobs:
     say = progress or (lambda _done, _total, _message: None)
     results = Path(folder) / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in combinations if _load(results / f"{c.key}.json") is None]
+    todo = [c for c in combinations if (saved := _load(results / f"{c.key}.json")) is None or saved.status == "error"]
     done = len(combinations) - len(todo)
     say(done, len(combinations), f"{done} already in {folder}" if done else "starting")
     for result in _results(todo, jobs):

@@ -107,6 +107,8 @@ def convert(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
     Raises:
         UsageError: bad model, task, target, precision, preset, inputs or output folder (before any work, and
             before torch is imported).
+        UnsupportedError: a combination the exporter knows to be broken (:meth:`Exporter.refuse`; before torch
+            is imported when the task is known from the arguments).
         CaptureError, ConversionError: export failed; nothing is written.
     """
     exporter = get_exporter(target)
@@ -126,7 +128,8 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
             dynamic_axes: Mapping[str, Mapping[int, str]] | None, simplify: bool, allow_pickle: bool, seed: int,
             target_options: Mapping[str, Any] | None, progress: Progress | None,
             allow_random_head: bool = False) -> tuple[ReferenceModel | ReferenceBundle, Path, Export]:
-    """Check a conversion's arguments (before torch is imported), then build its reference.
+    """Check a conversion's arguments and refuse a known broken combination (before torch is imported), then
+    build its reference.
 
     Returns the reference, the artifact folder (``precision`` names the default one) and the
     options every export of it shares. Raises :class:`UsageError` as :func:`convert` documents.
@@ -135,6 +138,8 @@ def prepare(model: str | Path | torch.nn.Module, example_inputs: Mapping[str, An
                             target_options=target_options)
     exporter.check_options(target_options or {})
     zoo_model_task = _checked_zoo_task(model, task, preset)
+    if zoo_model_task or task:  # a known broken combination is refused before torch is imported
+        exporter.refuse(str(model), zoo_model_task or task, precision)
     if output_dir is None and zoo_model_task is not None:
         output_dir = default_folder(str(model), zoo_model_task, exporter.target, precision, preset=preset)
     if output_dir is not None:
@@ -178,9 +183,8 @@ def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Expo
     say = progress or (lambda _message: None)
     target = exporter.target
     tool_packages = (*exporter.tool_packages, *runtime_module(exporter.runtime).RUNNER.tool_packages)
+    exporter.refuse(reference.name, reference.task, precision)
     components = getattr(reference, "components", {"": reference})
-    for component in components.values():
-        exporter.refuse(component, precision)
     say("running the reference on the golden inputs and the evaluation set")
     golden = {role: _golden(component) for role, component in components.items()}
     evaluation = {role: _evaluation(component) for role, component in components.items()}
@@ -569,7 +573,7 @@ class Prediction:
 
 def predict(artifact: str | Path, *, text: str | Sequence[str] | None = None, text_pair: str | None = None,
             image: str | Path | None = None, audio: str | Path | None = None, inputs: str | Path | None = None,
-            case: str = "example", top_k: int = 5, threshold: float = 0.5, threads: int = 0) -> Prediction:
+            case: str = "example", classes: int = 5, threshold: float = 0.5, threads: int = 0) -> Prediction:
     """Run an artifact on text, an image, audio or arrays (default: a golden case's inputs) and decode
     what its outputs mean (:func:`edgeexport.processing.decode`). Needs no torch.
 
@@ -582,7 +586,7 @@ def predict(artifact: str | Path, *, text: str | Sequence[str] | None = None, te
         audio: 16-bit PCM WAV file at the model's sampling rate.
         inputs: An ``.npz`` of named model inputs.
         case: Golden case whose inputs to use when no input is given. Defaults to ``example``.
-        top_k: Classes per row (classification). Defaults to 5.
+        classes: Classes per row, most likely first (classification). Defaults to 5.
         threshold: Lowest score of a kept detection (object detection). Defaults to 0.5.
         threads: Runtime threads (0 = the runtime's default). Defaults to 0.
 
@@ -605,7 +609,7 @@ def predict(artifact: str | Path, *, text: str | Sequence[str] | None = None, te
                              "are for sentence-embedding artifacts)")
         feed, encoded = _predict_inputs(runner.artifact, processing, text=texts[0] if texts else None,
                                         text_pair=text_pair, image=image, audio=audio, inputs=inputs, case=case)
-        results = decode(task, runner(feed), processing, top_k=top_k, threshold=threshold, text=encoded)
+        results = decode(task, runner(feed), processing, top_k=classes, threshold=threshold, text=encoded)
     return Prediction(task, processing, results)
 
 

@@ -114,6 +114,13 @@ class Processing:
                  if self.sampling_rate else ""]
         return "; ".join(part for part in parts if part)
 
+    def accepted(self) -> str:
+        """The ``predict`` inputs the artifact takes, for a message: ``--text or --inputs FILE.npz`` (a tokenizer's
+        text, an image size's images, a sampling rate's audio, and always arrays)."""
+        flags = [flag for flag, taken in (("--text", self.tokenizer), ("--image", self.image_size),
+                                          ("--audio", self.sampling_rate)) if taken]
+        return ", ".join(flags) + (" or " if flags else "") + "--inputs FILE.npz"
+
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 
@@ -190,7 +197,7 @@ def cosine_similarities(embeddings: np.ndarray) -> np.ndarray:
 def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
     """``pixel_values`` (1, 3, height, width): RGB, bilinear resize, 0..1, normalized per channel."""
     if not processing.image_size:
-        raise InputSpecError("the artifact does not take images; pass --text, --audio or --inputs FILE.npz")
+        raise InputSpecError(f"the artifact does not take images; pass {processing.accepted()}")
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -209,7 +216,7 @@ def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
 def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
     """``input_values`` (1, samples) from a mono or multi-channel 16-bit PCM WAV at the model's rate."""
     if processing.sampling_rate is None:
-        raise InputSpecError("the artifact does not take audio; pass --text, --image or --inputs FILE.npz")
+        raise InputSpecError(f"the artifact does not take audio; pass {processing.accepted()}")
     try:
         with wave.open(str(path), "rb") as audio:
             rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()

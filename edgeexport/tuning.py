@@ -169,8 +169,9 @@ def check_tunable(exporter: Exporter) -> None:
     runs_here = runtime_module(exporter.runtime).RUNNER.runs_here()
     if runs_here != "yes":
         raise UsageError(f"--precision auto times every candidate on this machine, and {exporter.target} artifacts "
-                         f"run here as: {runs_here}; tune on the machine that runs them, or choose --precision "
-                         f"({', '.join(exporter.precisions)})")
+                         f"run here as: {runs_here}; tune on the machine that runs them, or convert at one precision "
+                         f"(edgeexport convert --target {exporter.target} --precision P, P one of: "
+                         f"{', '.join(exporter.precisions)})")
 
 
 def check_candidates(exporter: Exporter, precisions: Sequence[str]) -> list[str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import edgeexport
 from edgeexport.cli import app
+from edgeexport.exporter import targets
 from edgeexport.pipeline import ConversionResult
 
 runner = CliRunner()
@@ -51,7 +53,8 @@ def test_convert_prints_parity_table_and_writes_artifact(tmp_path: Path, monkeyp
 
 def test_a_typo_is_refused_before_torch_is_imported(
         tmp_path: Path, cli_without_torch: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    """Where importing torch fails, the names and the output folder are still checked: they come first."""
+    """Where importing torch fails, the names, known broken combinations and the output folder are still checked:
+    they come first."""
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     cases = {("gtp2",): "error: unknown model 'gtp2'; choose one of: gpt2, bert, bart, t5, vit, convnext, detr, "
@@ -60,13 +63,41 @@ def test_a_typo_is_refused_before_torch_is_imported(
              ("bert", "--task", "causal-lm"): "error: model 'bert' does not support task 'causal-lm'; its tasks: "
                                               "sequence-classification, token-classification, question-answering",
              ("bert", "-o", str(tmp_path / "taken")): f"error: output folder '{tmp_path / 'taken'}' is not empty; "
-                                                      "choose another -o or pass --force to replace it"}
+                                                      "choose another -o or pass --force to replace it",
+             # A combination known to be broken is refused from its names, not after building the model.
+             ("gpt2", "--task", "causal-lm-with-past", "--precision", "int8"):
+                 "error: --precision int8 breaks the decode steps of 'gpt2' (a decoder with a cache: activation ranges "
+                 "are calibrated on the first step only); use --precision int8-weights"}
     for args, expected in cases.items():
         result = cli_without_torch("convert", *args)
         assert result.returncode == 2 and result.stderr.strip() == expected, result.stderr
     # The planted failure: a valid request gets as far as needing torch, and says so.
     result = cli_without_torch("convert", "bert", "-o", str(tmp_path / "new"))
     assert result.returncode == 2 and result.stderr.startswith("error: target 'onnx' needs torch"), result.stderr
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"edgeexport {edgeexport.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["convert", "tune", "inspect", "generate", "predict", "validate", "bench"])
+def test_help_reads_as_click_help_at_80_columns(command: str) -> None:
+    """Usage names arguments in capitals, flags carry no type, values click's type names, no flag is cut short."""
+    result = runner.invoke(app, [command, "--help"], prog_name="edgeexport", env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    usage = next(line.strip() for line in lines if line.strip().startswith("Usage:"))
+    assert usage in (f"Usage: edgeexport {command} [OPTIONS] MODEL", f"Usage: edgeexport {command} [OPTIONS] SOURCE",
+                     f"Usage: edgeexport {command} [OPTIONS] ARTIFACT")
+    assert max(map(len, lines)) <= 80 and "…" not in result.stdout
+    assert "<" not in result.stdout.replace("<=", "")  # no <bool>, <str>, <path> labels
+    rows = {line.split()[1]: line.split()[2:] for line in lines if line.startswith("│ --")}
+    assert rows["--help"][0] == "Show" and rows["--json"][0] == "Print"  # flags have no type; every command --json
+    assert rows.get("--threads", ["INTEGER"])[0] == "INTEGER"
+    if command in ("convert", "tune"):
+        assert rows["--target"][0] == "TEXT"
+        assert f"Target format: {', '.join(targets())}" in " ".join(line.strip("│ ") for line in lines)
 
 
 def test_convert_fp16_keeps_fp32_io(tmp_path: Path) -> None:
@@ -112,6 +143,15 @@ def test_inspect_shows_ops_and_parameters(bert_artifact: ConversionResult) -> No
     assert data["parameters"] > 30_000
     code, out, _ = invoke("inspect", str(bert_artifact.artifact))
     assert code == 0 and "BertForSequenceClassification" not in out and "sequence-classification" in out
+
+
+def test_inspect_preflight_errors_exit_1(bert_artifact: ConversionResult) -> None:
+    """The fused BERT's onnxruntime contrib ops have no TensorRT importer: a CI script sees exit 1."""
+    for extra in ((), ("--json",)):
+        code, out, err = invoke("inspect", str(bert_artifact.artifact), "--preflight", "tensorrt", *extra)
+        assert code == 1 and "SkipLayerNormalization" in out
+        assert err.strip() == (f"preflight FAILED: {bert_artifact.artifact}: TensorRT 10.1 preflight: 54 nodes, 6 "
+                               "errors, 0 warnings")
 
 
 def test_validate_runs_without_torch(bert_artifact: ConversionResult,

@@ -68,6 +68,29 @@ def test_unknown_task_name(tmp_path: Path) -> None:
     assert_one_line(code, out, err, "error: unknown task 'dancing'; choose one of: " + ", ".join(TASKS))
 
 
+# --------------------------------------------------------------------------- the parser
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["convert", "bert", "--jsn"],
+     "error: no such option '--jsn' for 'convert' (did you mean '--json'?); see 'edgeexport convert --help'"),
+    (["convrt", "bert"], "error: no such command 'convrt' (did you mean 'convert'?); see 'edgeexport --help'"),
+    (["convert"], "error: missing argument 'MODEL'; see 'edgeexport convert --help'"),
+    (["convert", "bert", "--target"], "error: option '--target' requires an argument; see 'edgeexport convert --help'"),
+    # Each flag means one thing: validate measures no latency, bench no parity, predict shows classes.
+    (["validate", "qa", "--latency-margin", "5"], "error: no such option '--latency-margin' for 'validate' (did you "
+                                                  "mean '--parity-margin'?); see 'edgeexport validate --help'"),
+    (["bench", "qa", "--parity-margin", "1"], "error: no such option '--parity-margin' for 'bench' (did you mean "
+                                              "'--latency-margin'?); see 'edgeexport bench --help'"),
+    (["predict", "qa", "--top-k", "2"],
+     "error: no such option '--top-k' for 'predict'; see 'edgeexport predict --help'"),
+])
+def test_parser_mistakes_are_one_line_with_the_help_to_read(args: list[str], expected: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, args, prog_name="edgeexport")
+    assert_one_line(result.exit_code, result.stdout, result.stderr, expected)
+    assert result.stdout == ""
+
+
 def saved_bert(folder: Path) -> Path:
     load_reference("bert").module.model.save_pretrained(folder)
     return folder
@@ -304,6 +327,21 @@ def test_nan_output_is_a_parity_failure_naming_the_output(artifact_copy: Path) -
     assert "parity FAILED: example/logits: 6 NaN/Inf values in the target output" in err
 
 
+def test_inspect_locate_without_a_preflight_is_refused(bert_artifact: object) -> None:
+    assert_one_line(*run_cli("inspect", str(bert_artifact.artifact), "--locate"),  # type: ignore[attr-defined]
+                    "error: --locate names the PyTorch module of each preflight problem; add --preflight tensorrt")
+
+
+def test_predict_names_the_inputs_the_artifact_takes(bert_artifact: object, tmp_path: Path) -> None:
+    """A text model asked for an image is told what it does take (its tokenizer's text), not audio."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    artifact = str(bert_artifact.artifact)  # type: ignore[attr-defined]
+    assert_one_line(*run_cli("predict", artifact, "--image", str(tmp_path / "x.png")),
+                    "error: the artifact does not take images; pass --text or --inputs FILE.npz")
+
+
 # --------------------------------------------------------------------------- a device without torch
 
 
@@ -318,7 +356,7 @@ def test_commands_that_need_torch_name_the_export_extra(bert_artifact: object, t
         (["bench", artifact, "--reference"], f"error: --reference needs torch, transformers; {EXPORT_INSTALL}"),
         (["validate", artifact, "--explain"],
          f"error: --explain: divergence localization needs torch, transformers; {EXPORT_INSTALL}"),
-        (["inspect", artifact, "--target", "tensorrt", "--locate"],
+        (["inspect", artifact, "--preflight", "tensorrt", "--locate"],
          f"error: locating PyTorch modules needs torch, transformers; {EXPORT_INSTALL}"),
         (["matrix", "-o", str(tmp_path / "m")], f"error: matrix needs torch, transformers; {EXPORT_INSTALL}"),
     ]

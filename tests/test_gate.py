@@ -100,6 +100,14 @@ def test_gate_option_errors(args: tuple[str, None], message: str) -> None:
     assert str(info.value) == message
 
 
+def test_a_negative_margin_names_its_own_flag() -> None:
+    """validate has only --parity-margin and bench only --latency-margin: the error names the one given."""
+    with pytest.raises(UsageError, match=r"^--latency-margin must be zero or more, not -5$"):
+        Gate.create(latency_margin_pct=-5)
+    with pytest.raises(UsageError, match=r"^--parity-margin must be zero or more, not -0.5$"):
+        Gate.create(parity_margin=-0.5)
+
+
 def test_baseline_of_another_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"passed": True}))

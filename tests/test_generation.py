@@ -469,6 +469,28 @@ def test_cli_generate_streams_text_with_the_artifact_tokenizer(converted: Callab
     assert "tokens/s (first token" in result.stderr
 
 
+def test_cli_generate_says_when_the_model_ends_the_sequence_at_once(converted: Callable[..., Converted],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted: the EOS id is the token the model picks first (as a random BART does), so it ends at once; the note
+    says so and names --min-new-tokens, which then gets the tokens asked for."""
+    artifact = str(converted("gpt2").artifact)
+    first = cli.invoke(app, ["generate", artifact, "--prompt-ids", "5,6", "--max-new-tokens", "1", "--json"])
+    assert first.exit_code == 0, first.stderr
+    token = json.loads(first.stdout)["token_ids"][0][0]
+    monkeypatch.setattr(Generator, "_eos", lambda self, eos_token_id: (token,))
+    result = cli.invoke(app, ["generate", artifact, "--prompt-ids", "5,6"])
+    assert result.exit_code == 0, result.stderr
+    note, count = result.stderr.strip().splitlines()
+    assert note == (f"note: the model ended the sequence at once (its first new token is EOS, id {token}); "
+                    "--min-new-tokens N bans EOS for N tokens")
+    assert count.startswith("1 token in ")
+    more = cli.invoke(app, ["generate", artifact, "--prompt-ids", "5,6", "--min-new-tokens", "3", "--max-new-tokens",
+                            "3", "--json"])
+    data = json.loads(more.stdout)
+    assert data["tokens"] == 3 and not data["ended_at_once"] and "note:" not in more.stderr
+    assert data["text"] == " ".join(f"w{i}" for i in data["token_ids"][0])  # the word tokenizer: id i is w<i>
+
+
 def test_cli_generate_bundle_needs_ids_without_tokenizer(converted: Callable[..., Converted]) -> None:
     bundle = str(converted("bart").artifact)
     result = cli.invoke(app, ["generate", bundle, "--prompt", "hello"])

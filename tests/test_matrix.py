@@ -36,8 +36,11 @@ def fake_convert(bert_artifact: ConversionResult, monkeypatch: pytest.MonkeyPatc
 
 
 def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: Path) -> None:
+    """A combination that erred has no verdict: the run exits 1 naming it, and the next run tries it again."""
     result = runner.invoke(app, ["matrix", "--models", "bert,vit", "--targets", "onnx", "-o", str(tmp_path)])
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == ("matrix FAILED: vit-image-classification-tiny-onnx-fp32 erred "
+                                                      "(RuntimeError: exporter exploded second line)")
     assert fake_convert == ["bert", "vit"]
     data = json.loads((tmp_path / "matrix.json").read_text())
     assert data["schema"] == "edgeexport.matrix.v2"
@@ -53,8 +56,30 @@ def test_matrix_records_failures_and_resumes(fake_convert: list[str], tmp_path: 
     assert "error [1]" in result.stdout
 
     again = runner.invoke(app, ["matrix", "--models", "bert,vit", "--targets", "onnx", "-o", str(tmp_path), "--strict"])
-    assert fake_convert == ["bert", "vit"]  # nothing ran again
+    assert fake_convert == ["bert", "vit", "vit"]  # the verdict is kept, the error runs again
     assert again.exit_code == 1 and "matrix FAILED: vit-image-classification-tiny-onnx-fp32" in again.stderr
+
+
+def test_an_erred_combination_passes_once_its_cause_is_fixed(fake_convert: list[str], bert_artifact: ConversionResult,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As after installing a missing extra: the re-run replaces the stale error, and exits 0."""
+    assert runner.invoke(app, ["matrix", "--models", "vit", "--targets", "onnx", "-o", str(tmp_path)]).exit_code == 1
+    monkeypatch.setattr(edgeexport.pipeline, "convert", lambda model, **_options: bert_artifact)
+    result = runner.invoke(app, ["matrix", "--models", "vit", "--targets", "onnx", "-o", str(tmp_path), "--strict"])
+    assert result.exit_code == 0, result.stderr
+    assert [c["status"] for c in json.loads((tmp_path / "matrix.json").read_text())["cells"]] == ["passed"]
+
+
+def test_a_named_target_without_its_extra_is_refused_before_any_work(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeexport.exporters.onnx import EXPORTER
+
+    monkeypatch.setattr(type(EXPORTER), "requires", ("onnx", "edgeexport_missing_backend"))
+    result = runner.invoke(app, ["matrix", "--models", "bert", "--targets", "onnx", "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: target 'onnx' needs edgeexport_missing_backend; install it with: "
+                                     "pip install 'edgeexport[export]'")
+    assert not (tmp_path / "m").exists()
 
 
 def test_expect_runs_the_committed_cells_and_fails_on_drift(fake_convert: list[str], tmp_path: Path) -> None:

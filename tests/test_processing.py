@@ -131,7 +131,7 @@ def test_predict_prints_the_labels_of_the_golden_outputs(bert_artifact: Conversi
                                                          ) -> None:
     artifact = Artifact.open(bert_artifact.artifact)
     _, golden = artifact.load_golden(artifact.manifest.golden[0])
-    result = cli_without_torch("predict", str(bert_artifact.artifact), "--json", "--top-k", "2")
+    result = cli_without_torch("predict", str(bert_artifact.artifact), "--json", "--classes", "2")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [row[0]["index"] for row in rows] == golden["logits"].argmax(-1).tolist()
@@ -215,8 +215,11 @@ def test_image_inputs_match_the_vit_image_processor(tmp_path: Path) -> None:
                                               image_std=[0.2, 0.3, 0.25])(Image.open(tmp_path / "photo.png"),
                                                                           return_tensors="np").pixel_values
     np.testing.assert_allclose(image_inputs(processing, tmp_path / "photo.png")["pixel_values"], expected, atol=1e-5)
-    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --text, --audio or --inputs"):
+    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --inputs FILE\.npz$"):
         image_inputs(Processing(), tmp_path / "photo.png")
+    audio_model = Processing(sampling_rate=16000)
+    with pytest.raises(InputSpecError, match=r"^the artifact does not take images; pass --audio or --inputs FILE.npz$"):
+        image_inputs(audio_model, tmp_path / "photo.png")
 
 
 def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:
@@ -237,7 +240,7 @@ def test_vit_folder_model_classifies_an_image_file(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(converted.reference.module(pixels)[0][0], -1)
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "out"), "--image", str(tmp_path / "photo.png"),
-                                      "--json", "--top-k", "1"])
+                                      "--json", "--classes", "1"])
     assert result.exit_code == 0, result.stderr
     (best,), = json.loads(result.stdout)
     assert best["label"] == config.id2label[int(expected.argmax())]

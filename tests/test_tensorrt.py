@@ -439,14 +439,14 @@ def test_build_without_tensorrt_is_one_line_and_leaves_the_artifact(ready: tuple
 
 def test_inspect_shows_the_preflight(ready: tuple[Path, str]) -> None:
     folder, _ = ready
-    result = cli.invoke(app, ["inspect", str(folder), "--target", "tensorrt", "--json"])
+    result = cli.invoke(app, ["inspect", str(folder), "--preflight", "tensorrt", "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["preflight"]["passed"] and data["build"]["precision"] == "int8" and data["ops"]
 
-    result = cli.invoke(app, ["inspect", str(folder), "--target", "tensorrt"])
+    result = cli.invoke(app, ["inspect", str(folder), "--preflight", "tensorrt"])
     assert result.exit_code == 0 and "preflight: 130 nodes, 0 errors" in result.stdout.replace("\n", " ")
-    result = cli.invoke(app, ["inspect", str(folder), "--target", "openvino"])
+    result = cli.invoke(app, ["inspect", str(folder), "--preflight", "openvino"])
     assert result.exit_code == 2 and "error: preflight exists for target 'tensorrt' only" in result.stderr
 
 

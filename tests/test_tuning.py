@@ -58,7 +58,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     impossible = Tolerance(atol=0, rounding=0, max_error=1e-9, rms_error=1e-9, scale_error=1e-9)
     patch.setitem(OnnxExporter.precisions, "int8-weights", impossible)
 
-    def refuse(self: OnnxExporter, reference: object, precision: str) -> None:
+    def refuse(self: OnnxExporter, model: str, task: str, precision: str) -> None:
         if precision == "fp16":
             raise UnsupportedError("fp16 planted refusal")
 
@@ -122,7 +122,9 @@ def test_a_bundle_is_tuned_on_its_decode_step(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--target", "coreml"), "error: --precision auto times every candidate on this machine, and coreml artifacts "
-                             "run here as: MIL reference interpreter (Core ML needs macOS)"),
+                             "run here as: MIL reference interpreter (Core ML needs macOS); tune on the machine that "
+                             "runs them, or convert at one precision (edgeexport convert --target coreml --precision "
+                             "P, P one of: fp16, fp32, int8, palettize6, palettize4)"),
     (("--precisions", "fp8"), "error: target 'onnx' does not support precision 'fp8'; choose one of: fp32, fp16"),
 ])
 def test_untunable_requests_are_refused_in_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:

@@ -186,7 +186,7 @@ def test_predict_image_equals_pytorch_on_the_processor_pixels(name: str, tmp_pat
         assert [d["index"] for d in result[0]] == probabilities[:, :-1].argmax(-1)[kept].tolist() and kept.any()
         np.testing.assert_allclose([d["score"] for d in result[0]], best[kept], atol=1e-5)
     else:
-        result = _run_json("predict", str(converted.artifact), "--image", str(tmp_path / "photo.png"), "--top-k", "3")
+        result = _run_json("predict", str(converted.artifact), "--image", str(tmp_path / "photo.png"), "--classes", "3")
         expected = probabilities.topk(3)
         assert [c["index"] for c in result[0]] == expected.indices.tolist()
         np.testing.assert_allclose([c["score"] for c in result[0]], expected.values, atol=1e-5)

@@ -272,17 +272,17 @@ def _node(reference: ReferenceModel, source: Any, name: str) -> tuple[str, NodeO
     return None
 
 
-def refuse_cache(reference: ReferenceModel) -> None:
-    """Refuse a decoder with a cache (:meth:`CoreMLExporter.refuse`).
+def refuse_cache(model: str, task: str) -> None:
+    """Refuse a decoder with a cache, a ``-with-past`` task (:meth:`CoreMLExporter.refuse`).
 
     Its first step feeds an empty cache (a zero-length past axis) and Core ML has no zero-size
     tensors (a flexible dimension's lower bound is 1), so the exported model cannot take the step
     every generation starts with.
     """
-    if reference.generation.get("cache", {}).get("past"):
+    if task in WITH_PAST:
         raise UnsupportedError(f"Core ML cannot take the empty cache of the first decoding step (no zero-size tensors), "
-                         f"so {reference.name!r} with a cache does not convert to coreml; use --task "
-                         f"{WITH_PAST.get(reference.task, reference.task)} for Core ML, or --target onnx or openvino")
+                         f"so {model!r} with a cache does not convert to coreml; use --task "
+                         f"{WITH_PAST[task]} for Core ML, or --target onnx or openvino")
 
 
 def _mil_name(name: str) -> str:
@@ -330,8 +330,8 @@ class CoreMLExporter(Exporter):
         "palettize4": Tolerance(atol=1e-7, rounding=2e-3, max_error=2.0, rms_error=0.7, scale_error=0.3, min_top1=0.9),
     }
 
-    def refuse(self, reference: ReferenceModel, precision: str) -> None:
-        refuse_cache(reference)
+    def refuse(self, model: str, task: str, precision: str) -> None:
+        refuse_cache(model, task)
 
     def export(self, reference: ReferenceModel, folder: Path, *, precision: str,
                deployment_target: str | None = None, **options: Any) -> ExportResult:

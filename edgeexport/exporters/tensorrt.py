@@ -14,7 +14,7 @@ Stages (:attr:`TensorrtExporter.stages`):
      TensorRT-ready: ``edgeexport build ARTIFACT`` builds the engine on the device, and the
      manifest's ``exporter.note`` says so.
 
-The preflight of an existing artifact (``inspect --target tensorrt``) is :meth:`TensorrtExporter.preflight`;
+The preflight of an existing artifact (``inspect --preflight tensorrt``) is :meth:`TensorrtExporter.preflight`;
 with ``locate`` it re-exports the reference to name each problem's PyTorch module (needs torch).
 torch is imported where it is used, so this module imports without it.
 """
@@ -86,8 +86,8 @@ def check_graph(reference: ReferenceModel, model_path: Path, exporter: dict[str,
     if not report.passed:
         first = report.errors[0]
         raise ConversionError("TensorRT preflight", f"{first.describe()} (errors in all: {len(report.errors)}). Next "
-                              "steps: convert with --target onnx and run 'edgeexport inspect --target tensorrt' on it "
-                              "to list every problem", model=reference.name)
+                              "steps: convert with --target onnx and run 'edgeexport inspect --preflight tensorrt' on "
+                              "it to list every problem", model=reference.name)
     return report
 
 

@@ -83,8 +83,9 @@ class Gate:
             raise UsageError(f"unknown --fail-on {fail_on!r}; choose one of: {', '.join(FAIL_ON)}")
         if fail_on == "regression" and baseline is None:
             raise UsageError("--fail-on regression needs --baseline FILE.json (a report written with --report FILE.json)")
-        if parity_margin < 0 or latency_margin_pct < 0:
-            raise UsageError("--parity-margin and --latency-margin must be zero or more")
+        for flag, margin in (("--parity-margin", parity_margin), ("--latency-margin", latency_margin_pct)):
+            if margin < 0:
+                raise UsageError(f"{flag} must be zero or more, not {margin:g}")
         loaded = load_report(Path(baseline)) if baseline is not None else None
         return cls(fail_on, loaded, str(baseline or ""), parity_margin, latency_margin_pct)
 

@@ -58,7 +58,7 @@ def build_engine(folder: Path, onnx_file: str, plan: BuildPlan) -> EngineInfo:
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(folder / onnx_file)):
-        raise ConversionError(STAGES[0], f"{parser_errors(parser)}. Next steps: run 'edgeexport inspect --target "
+        raise ConversionError(STAGES[0], f"{parser_errors(parser)}. Next steps: run 'edgeexport inspect --preflight "
                               "tensorrt ARTIFACT' to see unsupported nodes")
     config = builder.create_builder_config()
     configure(trt, builder, config, plan)
