@@ -85,7 +85,8 @@ def convert(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph (onnxslim).")] = True,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled .bin weights (they can run code).")] = False,
     allow_random_head: Annotated[bool, typer.Option(
-        help="Convert a checkpoint that lacks the task's head (it is then random; the manifest says so).")] = False,
+        "--allow-random-head", help="Convert a checkpoint that lacks the task's head (random; the manifest says so).")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the parity report as JSON.")] = False,
     target_options: dict[str, Any] | None = None,
     tolerance: dict[str, float] | None = None,
