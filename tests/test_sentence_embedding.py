@@ -255,3 +255,16 @@ def test_missing_modules_file_entries_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"names no Transformer and Pooling module; pass --task "
                                              r"feature-extraction"):
         convert(folder, output_dir=tmp_path / "out")
+
+
+def test_corrupt_evaluation_texts_are_one_line(embedder: ConversionResult, tmp_path: Path) -> None:
+    from edgeexport.artifact import Artifact, write_manifest
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(embedder.artifact, copy)
+    (copy / "evaluation" / "texts.json").write_text('{"not": "a list"}')
+    write_manifest(copy, Artifact.open(copy).manifest)
+    result = CliRunner().invoke(app, ["validate", str(copy)])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: evaluation texts 'evaluation/texts.json' must be a non-empty JSON list of "
+                                     "strings; re-run convert")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeexport.artifact import GoldenFile, save_tensors
+from edgeexport.errors import ArtifactError
 from edgeexport.processing import Processing, cosine_similarities, encode_texts, load_tokenizer, softmax
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     if not block:
         return None
     processing = Processing.of(artifact.manifest)
-    texts = json.loads(artifact.file(block["texts"]).read_text())
+    texts = _texts(artifact, block["texts"])
     want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))["reference"]
     feed = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
                            artifact.manifest.input_names)
@@ -198,3 +199,15 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     views = [task_view(block["task"], runner({name: feed[name][start:start + BATCH] for name in names}),
                        mask[start:start + BATCH]) for start in range(0, len(texts), BATCH)]
     return judge(block["task"], np.concatenate(views), want, mask, Criteria(**block["criteria"]))
+
+
+def _texts(artifact: Artifact, relative: str) -> list[str]:
+    """The evaluation texts, a JSON list of strings; anything else is a corrupt artifact (one line)."""
+    try:
+        texts = json.loads(artifact.file(relative).read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"evaluation texts {relative!r} cannot be read ({type(exc).__name__}); the artifact is "
+                            "corrupt, re-run convert") from None
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings; re-run convert")
+    return texts
