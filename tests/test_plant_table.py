@@ -205,3 +205,20 @@ def test_noise_explains_top1_flips_only_as_often_as_it_flips_rows() -> None:
     assert result.top1 < 0.8 and result, (result.top1, result.reason)
     swapped = compare_output("logits", swap_top2(noisy, reference), reference, bounds, logits=True)
     assert swapped.failed == ["top-1"], swapped.reason
+
+
+def test_more_flips_than_the_noise_makes_are_not_excused() -> None:
+    """Every row's best two classes 0.2 spreads apart, noise of 0.1: each flip alone is a near-tie
+    (within 4 sqrt(2) x 0.1 = 0.57), and noise flips a row with chance ~0.1 or more (the third
+    class is close too): the genuine output passes; with top-1 and top-2 swapped 26 rows flip,
+    only 13 are counted as noise, and it fails."""
+    reference = gaussian_logits()
+    order = np.argsort(-reference, axis=-1)
+    best = np.take_along_axis(reference, order[..., :1], -1)
+    np.put_along_axis(reference, order[..., 1:2], best - 0.2, -1)
+    bounds = Bounds(atol=1e-7, rounding=3e-7, max_error=3.0, rms_error=0.7, scale_error=0.1, min_top1=0.9)
+    noisy = reference + np.random.default_rng(11).normal(0, 0.1, reference.shape)
+    result = compare_output("logits", noisy, reference, bounds, logits=True)
+    assert result and result.top1 < 1, (result.top1, result.reason)
+    swapped = compare_output("logits", swap_top2(noisy, reference), reference, bounds, logits=True)
+    assert swapped.failed == ["top-1"] and swapped.top1_near_ties == 13 / 32, (swapped.top1, swapped.reason)
