@@ -27,6 +27,7 @@ SLOPE_Z = 3.0  # standard errors of the slope that noise may explain
 MIN_SCALE_DOF = 2  # one degree of freedom (one row of two logits): the slope is the error itself
 FEATURE_QUANTILE = 0.75  # features judged by their own slope: all but the worst quarter
 MIN_FEATURE_ELEMENTS = 8  # elements a feature needs for its own slope
+MIN_SLICE_VARIATION = 0.1  # a slice that varies by less than this share of its RMS value has no slope to judge
 FLIP_Z = 4.0  # standard deviations of the top-1 flips that noise may explain
 
 
@@ -148,11 +149,13 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, bounds:
 
 @dataclass(frozen=True)
 class _Errors:
-    """The compared values of one output: the error ``d``, the centred reference ``rc``, the
+    """The compared values of one output: the error ``d``, the centred reference ``rc`` (``rc +
+    level`` is the reference compared: each logits row centred, any other output as it is), the
     element-wise floor ``f``, the spread ``s`` and the degrees of freedom of the centred values."""
 
     d: np.ndarray
     rc: np.ndarray
+    level: float
     f: np.ndarray
     s: float
     dof: int
@@ -175,7 +178,7 @@ def _measure(result: OutputComparison, got: np.ndarray, want: np.ndarray, bounds
     result.magnitude = spread if rows else float(np.sqrt(np.mean(want ** 2)))
     floor = bounds.atol + bounds.rounding * np.maximum(np.abs(want), result.magnitude)
     dof = want.size - (want.size // want.shape[-1] if rows else 1)
-    errors = _Errors(error, want_c, floor, spread, dof)
+    errors = _Errors(error, want_c, 0.0 if rows else float(want.mean()), floor, spread, dof)
     worst = np.unravel_index(int(np.argmax(np.abs(error) - floor)), error.shape)
     max_dev, rms_dev = float(np.abs(error).max()), float(np.sqrt(np.mean(error ** 2)))
     result.spread = spread
@@ -259,28 +262,31 @@ def _slice_scales(result: OutputComparison, errors: _Errors, noise: float | None
     last = errors.rc.shape[-1]
     d, f, rc = (a.reshape(-1, last) for a in (errors.d, errors.f, errors.rc))
     if noise is None:
-        excess = _slice_excess(d, f, rc)
+        excess = _slice_excess(d, f, rc + errors.level)
         if excess is not None:
             result.feature_scale = float(np.quantile(excess, FEATURE_QUANTILE))
             result.worst_feature = int(np.argmax(excess))
         return
-    for kind, excess in (("class", _slice_excess(d, f, rc, noise=noise)),
+    for kind, excess in (("class", _slice_excess(d, f, rc, noise=noise)),  # rows centred: level 0
                          ("row", _slice_excess(d.T, f.T, rc.T, noise=noise))):
         if excess is not None:
             setattr(result, f"{kind}_scale", float(excess.max()))
             setattr(result, f"worst_{kind}", int(np.argmax(excess)))
 
 
-def _slice_excess(d: np.ndarray, f: np.ndarray, rc: np.ndarray, *, noise: float | None = None) -> np.ndarray | None:
-    """Per column of ``(elements, slices)`` arrays, each centred by itself: how far its slope is off
-    1 beyond its noise (:func:`_slopes`; with ``noise`` None, its own residual's); 0 for a constant
-    column, which the global checks judge. None with one column or fewer than
+def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *, noise: float | None = None) -> np.ndarray | None:
+    """Per column of ``(elements, slices)`` arrays (``r`` the reference compared), each centred by itself: how far its slope is off
+    1 beyond its noise (:func:`_slopes`; with ``noise`` None, its own residual's). 0 for a column
+    that varies by less than :data:`MIN_SLICE_VARIATION` of its RMS value: its information is its
+    level, which the global checks judge (a random DETR's boxes are 0.5 +- 5e-5, and quantization
+    noise tilts such a column's slope at will). None with one column or fewer than
     :data:`MIN_FEATURE_ELEMENTS` rows."""
-    elements, slices = rc.shape
+    elements, slices = r.shape
     if slices < 2 or elements < MIN_FEATURE_ELEMENTS:
         return None
-    d, rc = d - d.mean(axis=0), rc - rc.mean(axis=0)
-    live = np.any(rc != 0, axis=0)
+    magnitude = np.sqrt(np.mean(r ** 2, axis=0))
+    d, rc = d - d.mean(axis=0), r - r.mean(axis=0)
+    live = np.sqrt(np.mean(rc ** 2, axis=0)) > MIN_SLICE_VARIATION * magnitude
     off, allowance = _slopes(d[:, live], f[:, live], rc[:, live], dof=elements - 2, noise=noise)
     excess = np.zeros(slices)
     excess[live] = np.maximum(np.abs(off) - allowance, 0.0)
