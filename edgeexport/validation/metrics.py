@@ -122,11 +122,13 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, bounds:
     """
     result = OutputComparison(name=name, shape=list(reference.shape), passed=False, bounds=bounds)
     if target.shape != reference.shape:
+        result.failed = ["shape"]
         result.reason = f"shape {list(target.shape)} differs from the reference's {list(reference.shape)}"
         return result
     got, want = target.astype(np.float64), reference.astype(np.float64)
     bad = ~np.isfinite(got)
     if bad.any():
+        result.failed = ["NaN/Inf"]
         result.reason = f"{int(bad.sum())} NaN/Inf values in the target output"
         return result
     if got.size == 0:
