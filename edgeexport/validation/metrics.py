@@ -22,7 +22,7 @@ SAMPLE_SIZE = 2048
 TOP_K = 5
 # The criterion's constants, each with its measurements in docs/parity.md ("Noise-aware checks").
 SCALE_CAP = 0.1  # the most a slope may be off 1 beyond its noise, whatever the precision's scale_error
-SLICE_CAP = 0.3  # the same for the worst single class or row of logits
+SLICE_CAP = 0.5  # the same for the worst single class or row of logits
 SLOPE_Z = 3.0  # standard errors of the slope that noise may explain
 MIN_SCALE_DOF = 2  # one degree of freedom (one row of two logits): the slope is the error itself
 FEATURE_QUANTILE = 0.75  # features judged by their own slope: all but the worst quarter
