@@ -99,7 +99,8 @@ class Gate:
 
     def failures(self, parity: ParityReport | None, checks: list[BaselineCheck] | None) -> list[str]:
         """One line per finding that fails the run under ``fail_on``."""
-        regressions = [c.reason if c.metric == "compared" else f"regression: {c.reason}" for c in checks or [] if not c]
+        regressions = [c.reason if c.metric == "compared" else f"regression: {c.reason}"
+                       for c in checks or [] if not c]
         return [*(parity.failures() if parity is not None and self.fail_on == "any" else []), *regressions]
 
     def compared(self, parity: ParityReport) -> tuple[int, int]:
@@ -126,7 +127,8 @@ class Gate:
             return [_nothing_compared("parity", f"baseline {self.baseline_path} shares no case or output with this "
                                                 f"run (baseline cases {sorted(map(str, cases))}, this run's {run}); "
                                                 "pass a report of a validate run of the same model and cases")]
-        return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
+        return [check for case in parity.cases if case.case in cases
+                for check in self._case_checks(case, cases[case.case])]
 
     def _case_checks(self, case: CaseResult, base: dict[str, Any]) -> list[BaselineCheck]:
         """A status check when the case or an output newly fails, else an RMS-error check where the baseline has one."""

@@ -277,12 +277,12 @@ def _slice_scales(result: OutputComparison, errors: _Errors, noise: float | None
 
 
 def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *, noise: float | None = None) -> np.ndarray | None:
-    """Per column of ``(elements, slices)`` arrays (``r`` the reference compared), each centred by itself: how far its slope is off
-    1 beyond its noise (:func:`_slopes`; with ``noise`` None, its own residual's). 0 for a column
-    that varies by less than :data:`MIN_SLICE_VARIATION` of its RMS value: its information is its
-    level, which the global checks judge (a random DETR's boxes are 0.5 +- 5e-5, and quantization
-    noise tilts such a column's slope at will). None with one column or fewer than
-    :data:`MIN_FEATURE_ELEMENTS` rows."""
+    """Per column of ``(elements, slices)`` arrays (``r`` the reference compared), each centred by
+    itself: how far its slope is off 1 beyond its noise (:func:`_slopes`; with ``noise`` None, its
+    own residual's). 0 for a column that varies by less than :data:`MIN_SLICE_VARIATION` of its
+    RMS value: its information is its level, which the global checks judge (a random DETR's boxes
+    are 0.5 +- 5e-5, and quantization noise tilts such a column's slope at will). None with one
+    column or fewer than :data:`MIN_FEATURE_ELEMENTS` rows."""
     elements, slices = r.shape
     if slices < 2 or elements < MIN_FEATURE_ELEMENTS:
         return None
