@@ -222,3 +222,33 @@ def test_more_flips_than_the_noise_makes_are_not_excused() -> None:
     assert result and result.top1 < 1, (result.top1, result.reason)
     swapped = compare_output("logits", swap_top2(noisy, reference), reference, bounds, logits=True)
     assert swapped.failed == ["top-1"] and swapped.top1_near_ties == 13 / 32, (swapped.top1, swapped.reason)
+
+
+def swap_rows(reference: np.ndarray) -> np.ndarray:
+    """Two of 32 batch rows swapped."""
+    planted = reference.copy()
+    planted[0, [2, 9]] = planted[0, [9, 2]]
+    return planted
+
+
+def zero_all_but_outliers(reference: np.ndarray) -> np.ndarray:
+    planted = np.zeros_like(reference)
+    planted[..., [7, 500]] = reference[..., [7, 500]]
+    return planted
+
+
+ISSUE_CASES: dict[str, tuple[Plant, Callable[[], np.ndarray], bool]] = {
+    "top-1 and top-2 swapped on Gaussian logits": (swap_top2, gaussian_logits, True),
+    "two batch rows swapped": (lambda t, r: swap_rows(t), gaussian_logits, True),
+    "all but the outlier features zeroed": (lambda t, r: zero_all_but_outliers(t), hidden_reference, False),
+}
+
+
+@pytest.mark.parametrize("case", ISSUE_CASES)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_issues_planted_references_fail(precision: str, case: str) -> None:
+    """Issue #24's findings, planted on the reference as it measured them: each passed some 4- or
+    8-bit precision (top-1/top-2 swapped every int8/int4 one) and now fails every precision."""
+    plant, make, logits = ISSUE_CASES[case]
+    reference = make()
+    assert not judge(plant(reference, reference), reference, precision, logits=logits)
