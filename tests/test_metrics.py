@@ -207,3 +207,22 @@ def test_slices_that_barely_vary_are_judged_by_their_level_alone() -> None:
     assert result and result.feature_scale == 0.0, result.reason
     varying = reference - 0.5  # the same variation around 0: the slope is the information
     assert compare_output("y", varying + (target - reference), varying, bounds).failed == ["feature scale"]
+
+
+def test_a_class_small_beside_the_others_is_judged_by_the_output_spread() -> None:
+    """The tiny DETR's fresh-example logits (20 queries x 6 classes): one class varies over the
+    queries by 0.017 of the logits' spread, and ONNX int8 gave it a gain of 3.2 (slope off 1 by 2.2)
+    while its error stayed 0.04 spreads. A class whose spread is below half the median class's is
+    judged by the output's max and RMS errors; a class of ordinary spread swapped for another
+    still fails on its own slope."""
+    rng = np.random.default_rng(8)
+    small = 0.2 + 0.05 * rng.standard_normal(20)  # varies by 0.25 of its value: not a level-only class
+    reference = np.column_stack([rng.standard_normal((20, 4)), small, rng.standard_normal(20)])
+    reference[:, [0, 1, 2, 3, 5]] -= reference.sum(axis=1, keepdims=True) / 5  # rows centred: class 4 as it is
+    target = reference.copy()
+    target[:, 4] = small.mean() + 3.2 * (small - small.mean())
+    bounds = get_exporter("onnx").precisions["int8"]
+    assert compare_output("logits", target, reference, bounds, logits=True)
+    swapped = reference.copy()
+    swapped[:, [0, 3]] = swapped[:, [3, 0]]
+    assert "class scale" in compare_output("logits", swapped, reference, bounds, logits=True).failed

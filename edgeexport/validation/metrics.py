@@ -28,6 +28,7 @@ MIN_SCALE_DOF = 2  # one degree of freedom (one row of two logits): the slope is
 FEATURE_QUANTILE = 0.75  # features judged by their own slope: all but the worst quarter
 MIN_FEATURE_ELEMENTS = 8  # elements a feature needs for its own slope
 MIN_SLICE_VARIATION = 0.1  # a slice that varies by less than this share of its RMS value has no slope to judge
+MIN_SLICE_SPREAD = 0.5  # nor does one whose spread is below this share of the median slice's
 FLIP_Z = 4.0  # standard deviations of the top-1 flips that noise may explain
 
 
@@ -280,15 +281,18 @@ def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *, noise: float |
     """Per column of ``(elements, slices)`` arrays (``r`` the reference compared), each centred by
     itself: how far its slope is off 1 beyond its noise (:func:`_slopes`; with ``noise`` None, its
     own residual's). 0 for a column that varies by less than :data:`MIN_SLICE_VARIATION` of its
-    RMS value: its information is its level, which the global checks judge (a random DETR's boxes
-    are 0.5 +- 5e-5, and quantization noise tilts such a column's slope at will). None with one
+    RMS value or whose spread is below :data:`MIN_SLICE_SPREAD` of the median column's: its
+    information is its level, or it is small beside the others, and the global checks judge it
+    (a random DETR's boxes are 0.5 +- 5e-5; one of its classes varies over the queries by 0.017
+    of the logits' spread; quantization noise tilts such a column's slope at will). None with one
     column or fewer than :data:`MIN_FEATURE_ELEMENTS` rows."""
     elements, slices = r.shape
     if slices < 2 or elements < MIN_FEATURE_ELEMENTS:
         return None
     magnitude = np.sqrt(np.mean(r ** 2, axis=0))
     d, rc = d - d.mean(axis=0), r - r.mean(axis=0)
-    live = np.sqrt(np.mean(rc ** 2, axis=0)) > MIN_SLICE_VARIATION * magnitude
+    spread = np.sqrt(np.mean(rc ** 2, axis=0))
+    live = (spread > MIN_SLICE_VARIATION * magnitude) & (spread >= MIN_SLICE_SPREAD * np.median(spread))
     off, allowance = _slopes(d[:, live], f[:, live], rc[:, live], dof=elements - 2, noise=noise)
     excess = np.zeros(slices)
     excess[live] = np.maximum(np.abs(off) - allowance, 0.0)
