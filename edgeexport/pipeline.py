@@ -530,7 +530,7 @@ def predict(artifact: str | Path, *, text: str | None = None, text_pair: str | N
         artifact: The artifact folder of a task model.
         text: Text to classify (with the artifact's tokenizer); for question answering, the question.
         text_pair: Second text: the context of a question.
-        image: Image file (PNG, JPEG; needs Pillow).
+        image: Image file (PNG, JPEG).
         audio: 16-bit PCM WAV file at the model's sampling rate.
         inputs: An ``.npz`` of named model inputs.
         case: Golden case whose inputs to use when no input is given. Defaults to ``example``.
