@@ -7,13 +7,12 @@ tell ``sigmoid(-1e-4)`` from 0.5: Mask2Former's mask threshold flipped on 2 of 1
 entries at one of its four parity cases, and its logits moved by 0.5 spreads (docs/parity.md).
 
 :func:`threshold_feeders` finds, in any graph, each comparison of float values and every op on its
-float inputs' paths back to the nearest contraction (a matrix product or a convolution, which is
-kept too: its accumulation is where the compared value is made). The ONNX and Core ML exporters
-keep those ops in fp32 and convert the rest. In Mask2Former that is one chain per decoder layer
-(einsum of mask embeddings and pixel embeddings, bilinear resize, sigmoid, reshapes, the
-comparison): 10 of 591 ONNX nodes at the tiny preset.
+float inputs' paths back to the nearest contraction (a matrix product or a convolution, which stays
+fp16: measured, keeping it in fp32 too changed nothing, and onnxruntime could then not load the
+fused Mask2Former). The ONNX and Core ML exporters keep those ops in fp32 and convert the rest. In
+Mask2Former that is one chain per decoder layer (bilinear resize of the mask logits, sigmoid,
+reshapes, the comparison): 6 of 528 fused ONNX nodes at the tiny preset.
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ CONTRACTIONS = frozenset({"MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose", "
 
 def threshold_feeders(ops: Iterable[Op], *, op_type: Callable[[Op], str],
                       float_parents: Callable[[Op], Iterable[Op]]) -> list[Op]:
-    """The float comparisons among ``ops`` and the ops feeding them back to the nearest contraction.
+    """The float comparisons among ``ops`` and the ops feeding them, back to the nearest contractions.
 
     Args:
         ops: Every op of a graph.
@@ -39,15 +38,13 @@ def threshold_feeders(ops: Iterable[Op], *, op_type: Callable[[Op], str],
             for a graph input or a constant).
 
     Returns:
-        The comparisons and their feeders; a contraction is included but not walked past.
+        The comparisons and their feeders, up to (without) the contractions.
     """
     kept: dict[int, Op] = {}
     stack = [op for op in ops if op_type(op) in COMPARISONS]
     while stack:
         op = stack.pop()
-        if id(op) in kept:
-            continue
-        kept[id(op)] = op
-        if op_type(op) not in CONTRACTIONS:
+        if id(op) not in kept and op_type(op) not in CONTRACTIONS:
+            kept[id(op)] = op
             stack.extend(float_parents(op))
     return list(kept.values())

@@ -170,17 +170,19 @@ def _threshold_model() -> onnx.ModelProto:
 
 
 def test_fp16_keeps_the_threshold_and_its_feeders_in_fp32() -> None:
-    """-1.0 + 0.9999 = -1e-4 is below the threshold in fp32 but 0 in fp16 (0.9999 rounds to 1), and
-    sigmoid(-1e-4) = 0.499975 rounds to 0.5 (Mask2Former's masked attention flipped so): the MatMul, Sigmoid
-    and Less feeding the threshold stay fp32, with no fp16 round trip between them or from the input, and
-    the rest of the graph is fp16."""
+    """sigmoid(-1e-4) = 0.499975 is below 0.5 in fp32 but rounds to 0.5 in fp16 (Mask2Former's masked attention
+    flipped so): the Sigmoid and Less after the MatMul run in fp32, with no fp16 round trip between them, and the
+    rest of the graph (both MatMuls) is fp16."""
     model = _threshold_model()
     converted = onnx_exporter.to_fp16(onnx.ModelProto.FromString(model.SerializeToString()))
-    inputs = {"x": np.array([[-1.0, 0.9999]], np.float32)}
+    inputs = {"x": np.array([[-1e-4, 0.0]], np.float32)}
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
     got = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
     assert expected[0].item() == 1.0 and got[0].item() == 1.0
-    assert sorted(onnx_exporter.threshold_nodes(model.graph)) == ["below", "logit", "prob"]
-    types = {t.name: t.data_type for t in converted.graph.initializer}
-    assert types["w"] == TensorProto.FLOAT and types["v"] == TensorProto.FLOAT16
-    assert abs(got[1].item() - expected[1].item()) < 5e-3
+    assert sorted(onnx_exporter.threshold_nodes(model.graph)) == ["below", "prob"]
+    producers = {output: node for node in converted.graph.node for output in node.output}
+    sigmoid = producers[producers["below"].input[0]]
+    assert sigmoid.op_type == "Sigmoid" and producers[sigmoid.input[0]].op_type == "Cast"  # fp32 from the fp16 MatMul
+    assert {t.name: t.data_type for t in converted.graph.initializer if t.name in ("w", "v")} == {
+        "w": TensorProto.FLOAT16, "v": TensorProto.FLOAT16}
+    assert abs(got[1].item() - expected[1].item()) < 1e-6
