@@ -210,7 +210,8 @@ def test_unsupported_attribute_values_are_errors(node: Any, text: str) -> None:
      "mode='cubic' resizes axes [1, 2, 3]; TensorRT resizes only the 2 innermost in this mode"),
     (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2]), [1, 3, 4], None, ""),
     (helper.make_node("TopK", ["x", "k"], ["y", "i"], name="n", sorted=0), [1, 3, 4], None, ""),
-], ids=["cubic-2d", "cubic-3d", "linear-3d", "linear-4d", "cubic-sizes-2d", "cubic-sizes-3d", "pool-1d", "topk-unsorted"])
+], ids=["cubic-2d", "cubic-3d", "linear-3d", "linear-4d", "cubic-sizes-2d", "cubic-sizes-3d", "pool-1d",
+        "topk-unsorted"])
 def test_attributes_follow_the_importer(node: Any, shape: list[int], scales: list[float] | None, error: str) -> None:
     """Where onnx-tensorrt's importer differs from its operator matrix, the importer is followed: cubic resizes
     (ViT's position table) on the 2 innermost axes, a 1-D pool on a rank-3 input, TopK with sorted=0."""

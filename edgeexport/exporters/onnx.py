@@ -337,10 +337,10 @@ def skip_fp16_round_trips(model: onnx.ModelProto, kept: list[str]) -> onnx.Model
     """Feed fp32 nodes the fp32 outputs of the fp32 nodes before them.
 
     onnxruntime's converter casts every output of a blocked node (and every graph input) to fp16 and
-    back to fp32 at the next blocked node, so a chain of fp32 nodes still passes fp16 values (Mask2Former's sigmoid output,
-    rounded to fp16 between the sigmoid and its threshold, flipped it as if it ran in fp16). Such a
-    ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)`` pair is bypassed; the fp16 cast stays only where fp16
-    nodes read it.
+    back to fp32 at the next blocked node, so a chain of fp32 nodes still passes fp16 values
+    (Mask2Former's sigmoid output, rounded to fp16 between the sigmoid and its threshold, flipped it
+    as if it ran in fp16). Such a ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)`` pair is bypassed; the
+    fp16 cast stays only where fp16 nodes read it.
     """
     graph, names = model.graph, set(kept)
     outputs = {output.name for output in graph.output}

@@ -292,13 +292,15 @@ def _check_inputs(node: Any, spec: Mapping[str, Any], scope: _Scope) -> Iterator
         yield ("error", "shape", "input must have static dimensions")
 
 
-def _check_resized(node: Any, spec: Mapping[str, Any], scope: _Scope, shape: list[int | None] | None) -> Iterator[Problem]:
+def _check_resized(node: Any, spec: Mapping[str, Any], scope: _Scope,
+                   shape: list[int | None] | None) -> Iterator[Problem]:
     """A resize that changes more innermost dimensions than its mode allows (constant scales or sizes)."""
     import onnx
 
-    modes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    mode = modes.get("mode", b"nearest").decode()
-    innermost = spec.get("resized_innermost", {}).get(mode)
+    if "resized_innermost" not in spec:
+        return
+    mode = next((onnx.helper.get_attribute_value(a).decode() for a in node.attribute if a.name == "mode"), "nearest")
+    innermost = spec["resized_innermost"].get(mode)
     scales = _constant(scope, node.input[2]) if innermost and len(node.input) > 2 and node.input[2] else None
     sizes = _constant(scope, node.input[3]) if innermost and len(node.input) > 3 and node.input[3] else None
     if scales is not None and scales.size:
