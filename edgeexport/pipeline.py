@@ -582,7 +582,7 @@ def predict(artifact: str | Path, *, text: str | Sequence[str] | None = None, te
         text: Text to classify or embed (with the artifact's tokenizer); for question answering, the question.
             Several texts (sentence-embedding artifacts) are embedded together and compared.
         text_pair: Second text: the context of a question.
-        image: Image file (PNG, JPEG; needs Pillow).
+        image: Image file (PNG, JPEG).
         audio: 16-bit PCM WAV file at the model's sampling rate.
         inputs: An ``.npz`` of named model inputs.
         case: Golden case whose inputs to use when no input is given. Defaults to ``example``.

@@ -198,10 +198,7 @@ def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
     """``pixel_values`` (1, 3, height, width): RGB, bilinear resize, 0..1, normalized per channel."""
     if not processing.image_size:
         raise InputSpecError(f"the artifact does not take images; pass {processing.accepted()}")
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise MissingBackendError("reading images needs Pillow; install it with: pip install pillow") from None
+    from PIL import Image, UnidentifiedImageError
     height, width = processing.image_size
     try:
         with Image.open(path) as image:

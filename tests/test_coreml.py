@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,13 @@ from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, Un
 from edgeexport.pipeline import bench, convert
 from edgeexport.zoo import FP32_TOLERANCE, SPECS
 
-pytest.importorskip("coremltools")
+ct = pytest.importorskip("coremltools")
 
 from edgeexport.cli import app  # noqa: E402 - after the skip
 from edgeexport.exporters import coreml as coreml_target  # noqa: E402
 from edgeexport.runner import load  # noqa: E402
 from edgeexport.runtimes.coreml import describe  # noqa: E402
 
-# Mask2Former's masked attention thresholds mask logits (sigmoid < 0.5): fp16 flips the mask bits of
-# logits within ~5e-4 of 0, and on the tiny preset's 2x2 level one flip changes a query's whole
-# attention (measured: 6 of 80 random images off by 0.24-1.2 spreads at fp16; PyTorch itself moves
-# as much under 5e-4 noise on those logits alone). fp32 converts it exactly.
-FP32_PAIRS = {("mask2former", "segmentation")}
 cli = CliRunner()
 
 
@@ -56,18 +52,17 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                             pytest.param("mask2former", "segmentation", marks=pytest.mark.slow)])
 def test_a_converted_package_says_how_it_was_made(name: str, task: str, tmp_path: Path) -> None:
     """Every pair's parity at every precision is re-proved by tests/test_support_matrix.py; this checks the
-    manifest, and Mask2Former's rank-5 patches and fixed size."""
-    precision = "fp32" if (name, task) in FP32_PAIRS else "fp16"
-    result = convert(name, task=task, target="coreml", precision=precision, output_dir=tmp_path / "artifact")
+    manifest, and Mask2Former's rank-5 patches and fixed size, at the default precision (fp16; Mask2Former's
+    mask threshold in fp32, see test_fp16_keeps_the_threshold_and_its_feeders_in_fp32)."""
+    result = convert(name, task=task, target="coreml", output_dir=tmp_path / "artifact")
 
     assert result.report is not None and result.report.passed, result.report.failures()
     assert {c.source for c in result.report.cases} == {"golden", "reference"}
     manifest = result.manifest
-    assert manifest.precision == precision and manifest.model_file == "model.mlpackage"
-    assert manifest.exporter["strategy"] == "torch.jit.trace" and manifest.exporter["compute_precision"] == precision
+    assert manifest.precision == "fp16" and manifest.model_file == "model.mlpackage"
+    assert manifest.exporter["strategy"] == "torch.jit.trace" and manifest.exporter["compute_precision"] == "fp16"
     assert manifest.output_names == [spec.name for spec in manifest.outputs]
-    assert result.manifest.tolerance == (coreml_target.EXPORTER.precisions["fp16"] if precision == "fp16"
-                                         else FP32_TOLERANCE)
+    assert result.manifest.tolerance == coreml_target.EXPORTER.precisions["fp16"]
     if name == "mask2former":  # Swin's windows and the deformable attention, rewritten to rank <= 5
         assert len(manifest.exporter["module_patches"]) == 3
         assert manifest.model["fixed_shape"] == SPECS[name].fixed_shape_reason  # inspect says why the size is fixed
@@ -199,6 +194,37 @@ def test_fp32_matches_pytorch_closely_and_the_deployment_target_is_honoured(tmp_
     assert result.manifest.tolerance == FP32_TOLERANCE
     assert result.manifest.exporter["deployment_target"] == "iOS17"
     assert describe(Artifact.open(result.artifact))["specification_version"] == 8
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["thresholds-fp32", "all-fp16"])
+def test_fp16_keeps_the_threshold_and_its_feeders_in_fp32(kept: bool, tmp_path: Path) -> None:
+    """sigmoid(-1e-4) = 0.499975 is below 0.5 in fp32 but rounds to 0.5 in fp16 (Mask2Former's masked attention
+    flipped so): the sigmoid and the comparison after the matmul stay fp32, the rest of the program is fp16
+    (planted: plain fp16 flips the gate)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from edgeexport.mil.interpreter import MilInterpreter
+
+    ones = np.ones((2, 1), np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2), dtype=types.fp32)], opset_version=ct.target.iOS16)
+    def program(x: Any) -> Any:
+        below = mb.less(x=mb.sigmoid(x=mb.matmul(x=x, y=ones)), y=np.float32(0.5))
+        return (mb.select(cond=below, a=np.float32(1.0), b=np.float32(-1.0)),
+                mb.mul(x=mb.matmul(x=x, y=ones), y=np.float32(3.0)))
+
+    precision = coreml_target.fp16_compute() if kept else ct.precision.FLOAT16
+    ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+               compute_precision=precision).save(str(tmp_path / "t.mlpackage"))
+    interpreter = MilInterpreter(tmp_path / "t.mlpackage")
+    gated, plain = interpreter({next(iter(interpreter.function.inputs)): np.array([[-1e-4, 0.0]], np.float32)}).values()
+    dtypes = {op.op_type: op.outputs[0].dtype for op in interpreter.function.operations}
+    assert dtypes["mul"] == types.fp16 and dtypes["sigmoid"] == (types.fp32 if kept else types.fp16)
+    if kept:
+        assert gated.item() == 1.0
+    else:
+        assert gated.item() == -1.0  # the flip this guards against
 
 
 def test_unknown_deployment_target_and_option_are_usage_errors(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the full install and copied over, as an embedded team would."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ ARTIFACTS = {
     "classifier-onnx": ("bert", "sequence-classification", "onnx"),
     "classifier-openvino": ("bert", "sequence-classification", "openvino"),
     "qa-onnx": ("bert", "question-answering", "onnx"),
+    "image-classifier-onnx": ("vit", "image-classification", "onnx"),
     "decoder-onnx": ("gpt2", "causal-lm-with-past", "onnx"),
     "decoder-openvino": ("gpt2", "causal-lm-with-past", "openvino"),
     "bundle-onnx": ("t5", "seq2seq-lm-with-past", "onnx"),
@@ -85,6 +87,24 @@ def test_predict(device: Path, copied: Path, name: str) -> None:
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows and all(rows)
+
+
+def test_predict_an_image_and_the_readme_snippet(device: Path, copied: Path, tmp_path: Path) -> None:
+    """``predict --image`` and the README's device snippet decode an image with the device install alone."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(tmp_path / "photo.jpg")
+    result = run(device, "predict", str(copied / "image-classifier-onnx"), "--image", str(tmp_path / "photo.jpg"),
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    assert [len(row) for row in json.loads(result.stdout)] == [5]  # one image, the top 5 labels
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"On a device, the same in Python:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    shutil.copytree(copied / "image-classifier-onnx", tmp_path / "vit-artifact")
+    result = subprocess.run([device / "python", "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("'label': ") == 3 and result.stdout.count("'score': ") == 3, result.stdout
 
 
 @pytest.mark.parametrize("name", ["decoder-onnx", "decoder-openvino", "bundle-onnx"])

@@ -152,3 +152,37 @@ def test_weights_as_matmul_keeps_the_function() -> None:
     assert len(matmuls) == 2 and all(node.input[1] in weights for node in matmuls)
     assert "Gemm" not in [node.op_type for node in rewritten.graph.node]
     np.testing.assert_allclose(_run(rewritten, feed), expected, rtol=1e-6, atol=1e-6)
+
+
+def _threshold_model() -> onnx.ModelProto:
+    """``where(sigmoid(x @ w) < 0.5, 1, -1)`` (the threshold) and ``x @ v`` (plain compute)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logit"], name="logit"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="prob"),
+             helper.make_node("Less", ["prob", "half"], ["below"], name="below"),
+             helper.make_node("Where", ["below", "one", "minus_one"], ["gated"], name="gated"),
+             helper.make_node("MatMul", ["x", "v"], ["plain"], name="plain")]
+    inits = [numpy_helper.from_array(np.array(a, np.float32), name) for name, a in
+             [("w", [[1.0], [1.0]]), ("v", [[1.0], [2.0]]), ("half", 0.5), ("one", 1.0), ("minus_one", -1.0)]]
+    graph = helper.make_graph(nodes, "threshold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1]) for n in ("gated", "plain")],
+                              inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_fp16_keeps_the_threshold_and_its_feeders_in_fp32() -> None:
+    """sigmoid(-1e-4) = 0.499975 is below 0.5 in fp32 but rounds to 0.5 in fp16 (Mask2Former's masked attention
+    flipped so): the Sigmoid and Less after the MatMul run in fp32, with no fp16 round trip between them, and the
+    rest of the graph (both MatMuls) is fp16."""
+    model = _threshold_model()
+    converted = onnx_exporter.to_fp16(onnx.ModelProto.FromString(model.SerializeToString()))
+    inputs = {"x": np.array([[-1e-4, 0.0]], np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+    got = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+    assert expected[0].item() == 1.0 and got[0].item() == 1.0
+    assert sorted(onnx_exporter.threshold_nodes(model.graph)) == ["below", "prob"]
+    producers = {output: node for node in converted.graph.node for output in node.output}
+    sigmoid = producers[producers["below"].input[0]]
+    assert sigmoid.op_type == "Sigmoid" and producers[sigmoid.input[0]].op_type == "Cast"  # fp32 from the fp16 MatMul
+    assert {t.name: t.data_type for t in converted.graph.initializer if t.name in ("w", "v")} == {
+        "w": TensorProto.FLOAT16, "v": TensorProto.FLOAT16}
+    assert abs(got[1].item() - expected[1].item()) < 1e-6

@@ -33,7 +33,7 @@ def readme_commands() -> list[list[str]]:
     """Every ``edgeexport`` command the README shows, in the order a reader runs them: the main job, the
     tour, then generation."""
     main_job = _fenced("Set up", "bash")[0].rsplit("&& ", 1)[1]
-    tour = [line for line in _fenced("Command line", "bash") if line.strip()]
+    tour = [line for line in _fenced("Command line", "bash")[1:] if line.strip()]  # after its cd to a scratch folder
     generation = re.findall(r"`(edgeexport (?:convert|generate) [^`]+)`", _section("Generation with a KV cache"))
     return [shlex.split(line, comments=True) for line in (main_job, *tour, *generation)]
 
@@ -45,6 +45,19 @@ def test_the_readme_lists_the_commands_this_test_runs() -> None:
     assert ["edgeexport", "predict", "qa", "--text", "Who?", "--text-pair", "..."] in commands
     assert ["edgeexport", "generate", "gpt2-gen", "--prompt", "Hello"] in commands
     assert len(commands) >= 18 and all(command[0] == "edgeexport" for command in commands)
+
+
+def test_the_readme_writes_nothing_git_would_add() -> None:
+    """The tour runs in a scratch folder; the main job's artifact and the device venv, made in the working copy,
+    are ignored."""
+    assert _fenced("Command line", "bash")[0].startswith('cd "$(mktemp -d)"')
+    device_venv = _fenced("On the device", "bash")[0].split()[3]
+    main_job = f"{readme_commands()[0][2]}-causal-lm-onnx-fp32-tiny-random"
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", f"{device_venv}/", f"{main_job}/"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert ignored.stdout.split() == [f"{device_venv}/", f"{main_job}/"], ignored.stderr
 
 
 def test_the_models_table_names_each_published_checkpoint() -> None:

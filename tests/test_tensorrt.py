@@ -184,11 +184,11 @@ def test_opset_outside_the_parser_range(opset: int, severity: str) -> None:
 
 @pytest.mark.parametrize(("node", "text"), [
     (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2, 2], dilations=[2, 2]), "dilations=[2, 2]"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2]), "kernel_shape=[2]"),
-    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="cubic"), "mode='cubic'"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2, 2, 2, 2]), "kernel_shape=[2, 2, 2, 2]"),
     (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", antialias=1), "antialias=1"),
-    (helper.make_node("ScatterND", ["x", "i", "x"], ["y"], name="n", reduction="add"), "reduction='add'"),
-], ids=["pool-dilations", "pool-1d", "resize-cubic", "resize-antialias", "scatternd-reduction"])
+    (helper.make_node("ScatterND", ["x", "i", "x"], ["y"], name="n", reduction="add"), "'reduction'"),
+    (helper.make_node("ScatterND", ["x", "i", "x"], ["y"], name="n", reduction="none"), "'reduction'"),
+], ids=["pool-dilations", "pool-4d", "resize-antialias", "scatternd-reduction", "scatternd-reduction-none"])
 def test_unsupported_attribute_values_are_errors(node: Any, text: str) -> None:
     inits = [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2]), _int64("i", [0])]
     model = _model([node], [_tensor("x", shape=[1, 1, 4, 4])], [_tensor("y")], inits)
@@ -196,6 +196,32 @@ def test_unsupported_attribute_values_are_errors(node: Any, text: str) -> None:
     report = preflight(model)
     assert ("error", "attribute", "n") in _findings(model)
     assert any(text in f.message for f in report.errors)
+
+
+@pytest.mark.parametrize(("node", "shape", "scales", "error"), [
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="cubic"), [1, 3, 4, 4], [1, 1, 2, 2], ""),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="cubic"), [1, 3, 4, 4], [1, 2, 2, 2],
+     "mode='cubic' resizes axes [1, 2, 3]; TensorRT resizes only the 2 innermost in this mode"),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="linear"), [1, 3, 4, 4], [1, 2, 2, 2], ""),
+    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="n", mode="linear"), [1, 3, 4, 4], [2, 2, 2, 2],
+     "mode='linear' resizes axes [0, 1, 2, 3]; TensorRT resizes only the 3 innermost in this mode"),
+    (helper.make_node("Resize", ["x", "", "", "s"], ["y"], name="n", mode="cubic"), [1, 3, 4, 4], [1, 3, 8, 8], ""),
+    (helper.make_node("Resize", ["x", "", "", "s"], ["y"], name="n", mode="cubic"), [1, 3, 4, 4], [1, 6, 8, 8],
+     "mode='cubic' resizes axes [1, 2, 3]; TensorRT resizes only the 2 innermost in this mode"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[2]), [1, 3, 4], None, ""),
+    (helper.make_node("TopK", ["x", "k"], ["y", "i"], name="n", sorted=0), [1, 3, 4], None, ""),
+], ids=["cubic-2d", "cubic-3d", "linear-3d", "linear-4d", "cubic-sizes-2d", "cubic-sizes-3d", "pool-1d",
+        "topk-unsorted"])
+def test_attributes_follow_the_importer(node: Any, shape: list[int], scales: list[float] | None, error: str) -> None:
+    """Where onnx-tensorrt's importer differs from its operator matrix, the importer is followed: cubic resizes
+    (ViT's position table) on the 2 innermost axes, a 1-D pool on a rank-3 input, TopK with sorted=0."""
+    inits = [_int64("k", [2])]
+    if scales is not None:
+        sized = len(node.input) == 4
+        inits.append(_int64("s", scales) if sized else helper.make_tensor("s", TensorProto.FLOAT, [4], scales))
+    model = _model([node], [_tensor("x", shape=shape)], [_tensor(n) for n in node.output], inits)
+
+    assert [f.message for f in preflight(model).errors] == ([error] if error else [])
 
 
 def test_constant_with_a_string_value_is_refused() -> None:
@@ -319,15 +345,11 @@ def zoo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return get
 
 
-# Known limitation: ViT's dynamic image size interpolates its position table bicubically (as transformers does),
-# which exports to Resize mode='cubic', outside what TensorRT's ONNX parser supports.
-KNOWN_FINDINGS = {("vit", "image-classification"): ["attribute mode='cubic' is not supported (needs one of "
-                                                    "['nearest', 'linear'])"]}
 
 
 def _check_zoo_pair(zoo_onnx: Any, name: str, task: str) -> None:
     report = preflight_artifact(zoo_onnx(name, task))
-    assert [f.message for f in report.errors] == KNOWN_FINDINGS.get((name, task), []), [f.describe() for f in report.errors]
+    assert report.errors == [], [f.describe() for f in report.errors]
     assert report.nodes > 10
 
 

@@ -7,7 +7,8 @@ Stages, each with its own error class:
      rank-5 equivalents while capturing (:mod:`edgeexport.mil.module_patches`);
   2. convert with ``coremltools.convert`` to an ML Program (:class:`ConversionError` naming the op
      and the PyTorch module it came from): our input and output names, flexible input shapes
-     from the dynamic axes (:func:`shape_mode`), fp16 or fp32 compute precision and a minimum
+     from the dynamic axes (:func:`shape_mode`), fp16 (thresholds and the ops feeding them in fp32,
+     :func:`fp16_compute`) or fp32 compute precision and a minimum
      deployment target (iOS16/macOS13 by default). Converter fixes live in
      :mod:`edgeexport.mil.converter_fixes`;
   3. compress weights for ``int8`` (linear quantization) or ``palettize4``/``palettize6``
@@ -43,6 +44,7 @@ from edgeexport.capture import (
 from edgeexport.errors import CaptureError, ConversionError, UnsupportedError, UsageError
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import quiet
+from edgeexport.mixed_precision import threshold_feeders
 from edgeexport.tasks import WITH_PAST
 from edgeexport.zoo import SPATIAL_AXES
 
@@ -200,9 +202,34 @@ def convert(reference: ReferenceModel, source: Any, args: tuple[torch.Tensor, ..
         source, source="pytorch", convert_to="mlprogram",
         inputs=input_types(reference, args, options.shapes),
         outputs=[ct.TensorType(name=name) for name in reference.output_names],
-        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else ct.precision.FLOAT16,
+        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else fp16_compute(),
         minimum_deployment_target=getattr(ct.target, options.deployment_target))
     return compress(model, options.precision)
+
+
+def fp16_compute() -> ct.transform.FP16ComputePrecision:
+    """fp16 compute but for the thresholds and the ops feeding them
+    (:func:`edgeexport.mixed_precision.threshold_feeders`), which stay fp32."""
+    import coremltools as ct
+
+    kept: dict[int, set[int]] = {}
+
+    def to_fp16(op: Any) -> bool:
+        block = op.enclosing_block
+        if id(block) not in kept:  # the first op the pass visits in a block, before it inserts any cast
+            kept[id(block)] = {id(o) for o in threshold_feeders(block.operations, op_type=lambda o: o.op_type,
+                                                                 float_parents=_float_parents)}
+        return id(op) not in kept[id(block)]
+
+    return ct.transform.FP16ComputePrecision(op_selector=to_fp16)
+
+
+def _float_parents(op: Any) -> list[Any]:
+    """The ops producing a MIL op's fp32 inputs."""
+    from coremltools.converters.mil.mil import types
+
+    values = [v for value in op.inputs.values() for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return [v.op for v in values if v.op is not None and types.builtin_to_string(v.dtype) == "fp32"]
 
 
 def compress(model: ct.models.MLModel, precision: str) -> ct.models.MLModel:

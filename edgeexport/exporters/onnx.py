@@ -52,6 +52,7 @@ from edgeexport.capture import (
 from edgeexport.errors import CaptureError, ConversionError
 from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS, Exporter, ExportResult, Option
 from edgeexport.logs import logger_levels
+from edgeexport.mixed_precision import threshold_feeders
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -303,11 +304,67 @@ def check_fused(folder: Path, reference: ReferenceModel, tolerance: Tolerance) -
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O."""
+    """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O and the
+    thresholds in fp32 (:func:`threshold_nodes`)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    kept = threshold_nodes(model.graph)
     with quiet():
-        return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept,
+                                             disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
+    return skip_fp16_round_trips(converted, kept)
+
+
+def threshold_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes :func:`edgeexport.mixed_precision.threshold_feeders` keeps in fp32.
+
+    A node's float inputs are those the graph types FLOAT (inputs of unknown type count as float),
+    so shape and index computations are not followed.
+    """
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update((t.name, t.data_type) for t in graph.initializer)
+    producers = {output: node for node in graph.node for output in node.output}
+
+    def float_parents(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [producers[name] for name in node.input
+                if name in producers and types.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
+
+    kept = threshold_feeders(graph.node, op_type=lambda node: node.op_type, float_parents=float_parents)
+    return [node.name for node in kept]
+
+
+def skip_fp16_round_trips(model: onnx.ModelProto, kept: list[str]) -> onnx.ModelProto:
+    """Feed fp32 nodes the fp32 outputs of the fp32 nodes before them.
+
+    onnxruntime's converter casts every output of a blocked node (and every graph input) to fp16 and
+    back to fp32 at the next blocked node, so a chain of fp32 nodes still passes fp16 values
+    (Mask2Former's sigmoid output, rounded to fp16 between the sigmoid and its threshold, flipped it
+    as if it ran in fp16). Such a ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)`` pair is bypassed; the
+    fp16 cast stays only where fp16 nodes read it.
+    """
+    graph, names = model.graph, set(kept)
+    outputs = {output.name for output in graph.output}
+    fp32 = {output for node in graph.node if node.name in names for output in node.output}
+    fp32 |= {value.name for value in graph.input}  # kept fp32 by keep_io_types
+    producers = {output: node for node in graph.node for output in node.output}
+    pairs = [(producers[node.input[0]], node) for node in graph.node
+             if node.op_type == "Cast" and _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in producers]
+    pairs = [(parent, node) for parent, node in pairs if parent.op_type == "Cast" and parent.input[0] in fp32
+             and _cast_to(parent) == onnx.TensorProto.FLOAT16 and node.output[0] not in outputs]
+    bypassed = {node.output[0]: parent.input[0] for parent, node in pairs}
+    for _, node in pairs:
+        graph.node.remove(node)
+    for node in graph.node:
+        node.input[:] = [bypassed.get(name, name) for name in node.input]
+    used = {name for node in graph.node for name in node.input} | outputs
+    for parent in {id(parent): parent for parent, _ in pairs}.values():
+        if parent.output[0] not in used:
+            graph.node.remove(parent)
+    return model
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next(attribute.i for attribute in node.attribute if attribute.name == "to")
 
 
 def quantize_weights(model: onnx.ModelProto, *, bits: int, block_size: int) -> onnx.ModelProto:

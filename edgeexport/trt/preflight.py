@@ -2,7 +2,8 @@
 
 Runs anywhere (onnx only; no GPU, no tensorrt). The support table is data, ``ops.json``
 beside this module, transcribed from onnx-tensorrt's ``docs/operators.md`` (its ``source``
-block names the commit). Per op it holds the supported types of the op's data tensor and
+block names the commit) and checked against that commit's importer source, which wins where the two
+differ (``source.importer`` says where). Per op it holds the supported types of the op's data tensor and
 these rules:
 
 - ``typed``: which tensor carries the data type (``input:<i>`` or ``output:<i>``; default ``input:0``);
@@ -12,6 +13,8 @@ these rules:
 - ``zero_inputs``: ``{index: name}`` inputs that must be constant zeros when given;
 - ``constant_below``: ``{index: [name, limit]}`` constant inputs that must stay below ``limit``;
 - ``max_outputs``, ``input_rank``, ``static_input_shape``: restrictions on outputs and input shapes;
+- ``resized_innermost``: ``{mode: n}`` a resize in that mode may change only the ``n`` innermost
+  dimensions (checked where the scales or sizes are constants);
 - ``data_dependent_shape``: the op's output shape depends on input values.
 
 Besides the table: the default-domain opset must be in ``opsets``; ops of other domains need a
@@ -282,10 +285,34 @@ def _check_inputs(node: Any, spec: Mapping[str, Any], scope: _Scope) -> Iterator
         if value is not None and np.any(value >= limit):
             yield ("error", "attribute", f"input {label!r} is {value.tolist()}; TensorRT needs it below {limit}")
     shape = scope.shapes.get(node.input[0]) if node.input else None
+    yield from _check_resized(node, spec, scope, shape)
     if shape is not None and spec.get("input_rank") and len(shape) != spec["input_rank"]:
         yield ("error", "shape", f"input has rank {len(shape)}; TensorRT supports rank {spec['input_rank']} only")
     if shape is not None and spec.get("static_input_shape") and None in shape:
         yield ("error", "shape", "input must have static dimensions")
+
+
+def _check_resized(node: Any, spec: Mapping[str, Any], scope: _Scope,
+                   shape: list[int | None] | None) -> Iterator[Problem]:
+    """A resize that changes more innermost dimensions than its mode allows (constant scales or sizes)."""
+    import onnx
+
+    if "resized_innermost" not in spec:
+        return
+    mode = next((onnx.helper.get_attribute_value(a).decode() for a in node.attribute if a.name == "mode"), "nearest")
+    innermost = spec["resized_innermost"].get(mode)
+    scales = _constant(scope, node.input[2]) if innermost and len(node.input) > 2 and node.input[2] else None
+    sizes = _constant(scope, node.input[3]) if innermost and len(node.input) > 3 and node.input[3] else None
+    if scales is not None and scales.size:
+        changed, rank = [axis for axis, scale in enumerate(scales.ravel()) if scale != 1], scales.size
+    elif sizes is not None and shape is not None and len(shape) == sizes.size:
+        changed, rank = [axis for axis, (old, new) in enumerate(zip(shape, sizes.ravel()))
+                         if old is not None and old != new], sizes.size
+    else:
+        return
+    if any(axis < rank - innermost for axis in changed):
+        yield ("error", "attribute", f"mode={mode!r} resizes axes {changed}; TensorRT resizes only the {innermost} "
+                                     f"innermost in this mode")
 
 
 def _check_outputs(node: Any, spec: Mapping[str, Any], scope: _Scope) -> Iterator[Problem]:
