@@ -69,15 +69,16 @@ GENERATION_PRECISIONS = ("onnx:int8-weights", "onnx:int4-weights", "openvino:fp3
                          "openvino:int4-weights", "openvino:bf16")
 
 
-def ensure_venv(venv: Path = VENV, requirements: Sequence[str] = REQUIREMENTS, probe: str = "optimum.intel",
-                no_deps: Sequence[str] = ()) -> None:
-    """Re-run the running script in ``venv`` unless ``probe`` imports here.
+def ensure_venv(venv: Path = VENV, requirements: Sequence[str] = REQUIREMENTS,
+                probes: Sequence[str] = ("optimum.intel",), no_deps: Sequence[str] = ()) -> None:
+    """Re-run the running script in ``venv`` unless every module of ``probes`` imports here.
 
     The venv is built on first use: edgeexport (export and openvino extras) with constraints.txt and
     ``requirements``, then ``no_deps`` without their declared dependencies, torchvision removed.
     """
     try:
-        importlib.import_module(probe)
+        for probe in probes:
+            importlib.import_module(probe)
         return
     except ImportError:
         pass

@@ -355,7 +355,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "vs_sentence_transformers.json")
     args = parser.parse_args()
-    ensure_venv(VENV, REQUIREMENTS, "sentence_transformers", NO_DEPS)
+    ensure_venv(VENV, REQUIREMENTS, ("sentence_transformers", "optimum.intel"), NO_DEPS)
     from sentence_transformers import SentenceTransformer
 
     from edgeexport.validation.agreement import CRITERIA
