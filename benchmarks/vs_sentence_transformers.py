@@ -27,7 +27,7 @@ Backends, each exported once from the same folder before any timing:
   from (its transformers, as vs_optimum.py does), run by ``edgeexport.load``.
 
 Sentences: the :data:`MEASURED` splits of edgeexport's built-in English sentences
-(:mod:`edgeexport.reference.sentences`: natural lengths, 10-18 tokens here; the evaluation split is the
+(:mod:`edgeexport.reference.sentences`: natural lengths, 9-20 tokens here; the evaluation split is the
 one edgeexport's own task check uses, and neither tool calibrates on them), at batch 1 one by one and at
 batch 32 in full batches, each padded to its longest sentence by sentence-transformers' tokenizer.
 Every backend is timed at the same boundary: the tokenized batch as numpy int64 arrays
