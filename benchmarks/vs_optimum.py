@@ -39,6 +39,7 @@ ratios, not lone times: the machines are shared.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -46,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +69,32 @@ GENERATION_PRECISIONS = ("onnx:int8-weights", "onnx:int4-weights", "openvino:fp3
                          "openvino:int4-weights", "openvino:bf16")
 
 
-def ensure_venv() -> None:
-    """Re-run this script in :data:`VENV` (built on first use) unless optimum-intel imports here."""
+def ensure_venv(venv: Path = VENV, requirements: Sequence[str] = REQUIREMENTS,
+                probes: Sequence[str] = ("optimum.intel",), no_deps: Sequence[str] = ()) -> None:
+    """Re-run the running script in ``venv`` unless every module of ``probes`` imports here.
+
+    The venv is built on first use: edgeexport (export and openvino extras) with constraints.txt and
+    ``requirements``, then ``no_deps`` without their declared dependencies, torchvision removed.
+    """
     try:
-        import optimum.intel  # noqa: F401
+        for probe in probes:
+            importlib.import_module(probe)
         return
     except ImportError:
         pass
-    python = VENV / "bin" / "python"
+    python = venv / "bin" / "python"
     if not python.exists():
-        print(f"building {VENV} (optimum-intel beside edgeexport)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        print(f"building {venv} ({' '.join(requirements)} beside edgeexport)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[export,openvino]", *REQUIREMENTS],
+        subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[export,openvino]", *requirements],
                        check=True)
+        if no_deps:
+            subprocess.run([*pip, "--no-deps", *no_deps], check=True)
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=True)
     launching_cli = Path(sys.executable).parent / "edgeexport"
-    if launching_cli.exists():
+    if launching_cli.exists() and EXPORTER_CLI not in os.environ:
         os.environ[EXPORTER_CLI] = str(launching_cli)
     os.execv(str(python), [str(python), *sys.argv])
 

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 MIN_SAMPLE_S = 2e-3  # each timed sample lasts at least this long
 MAX_DISPERSION = 0.5  # a median is trusted when its p10..p90 band spans at most this share of it
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -124,8 +125,9 @@ def speedup(baseline: LatencyStats, other: LatencyStats) -> Speedup:
     return Speedup(baseline.p50_ms / other.p50_ms)
 
 
-def isolated(target: Callable[..., LatencyStats], *args: Any) -> LatencyStats:
-    """Run ``target(*args)`` in a fresh (spawned) process and return its :class:`LatencyStats`.
+def isolated(target: Callable[..., Result], *args: Any) -> Result:
+    """Run ``target(*args)`` in a fresh (spawned) process and return its result (a :class:`LatencyStats`,
+    or whatever else a measurement returns beside it).
 
     ``target`` must be a module-level function and its arguments picklable. A failure in the child
     is raised here with its message.
