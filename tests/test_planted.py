@@ -133,9 +133,11 @@ def test_planted_regression_fails_and_the_genuine_artifact_passes(
 
 def test_scaled_attention_weight_in_model_onnx_fails_validate(folders: dict[str, Path],
                                                               artifacts: dict[tuple[str, str], Path],
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's fp32 case: layer 1's value projection x1.5 inside model.onnx, manifest re-hashed.
-    The logits move by ~4e-5 (their spread is ~1e-2): far above float noise (~1e-7 spreads)."""
+    The logits move by ~4e-5 (their spread is ~1e-2): far above float noise (~1e-7 spreads). The localization
+    rebuilds the reference from the source folder, found by name in the working directory."""
+    monkeypatch.chdir(folders["genuine"].parent)
     folder = shutil.copytree(_artifact(artifacts, folders, tmp_path, "onnx", "fp32"), tmp_path / "corrupt")
     weight = load_reference(folders["genuine"]).module.model.get_parameter(WRONG_WEIGHT).detach().numpy()
     model = onnx.load(str(folder / "model.onnx"))
