@@ -97,8 +97,10 @@ def test_int8_weights_quantize_every_constant_matmul(tmp_path: Path) -> None:
 
 
 def test_static_int8_quantizes_weights_and_activations_but_the_head(tmp_path: Path) -> None:
-    """Every weighted layer but the last two (classifier and pooler) reads int8 weights through a
-    DequantizeLinear and uint8 activations; the int8 noise is visible and within int8's bounds."""
+    """Quantized after onnxruntime's fusions: every
+    weighted layer but the last two (classifier and pooler) reads int8 weights through a DequantizeLinear and
+    where its input is a plain tensor, uint8 activations (outputs of fused ops stay float); the int8 noise is visible and within
+    int8's bounds."""
     result = convert("bert", precision="int8", output_dir=tmp_path / "q")
     model = onnx.load(str(result.artifact / "model.onnx"))
     weights = {t.name: t for t in model.graph.initializer}
@@ -106,11 +108,12 @@ def test_static_int8_quantizes_weights_and_activations_but_the_head(tmp_path: Pa
     layers = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
               and (n.input[1] in weights or producers[n.input[1]].op_type == "DequantizeLinear")]
     quantized = [n for n in layers if n.input[1] not in weights]
+    assert "optimize_for_ort" in result.manifest.exporter["passes"]
     assert len(layers) == 2 * 6 + 2 and layers[-2:] == [n for n in layers if n.input[1] in weights]
     for node in quantized:
         dequantize = producers[node.input[1]]
         assert weights[dequantize.input[0]].data_type == TensorProto.INT8
-        assert producers[node.input[0]].op_type == "DequantizeLinear"
+    assert sum(producers[n.input[0]].op_type == "DequantizeLinear" for n in quantized) >= 3
     assert result.manifest.tolerance == onnx_exporter.EXPORTER.precisions["int8"]
     assert result.report is not None and result.report.passed, result.report.failures()
     assert all(o.rms_error > 1e-3 for c in result.report.cases for o in c.outputs), "int8 noise is visible"
