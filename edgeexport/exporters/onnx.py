@@ -521,7 +521,7 @@ class OnnxExporter(Exporter):
                                             min_top1=0.9),
                   "int8": Tolerance(atol=1e-7, rounding=3e-7, max_error=1.5, rms_error=0.7, scale_error=0.2,
                                     min_top1=0.9)}
-    options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32 and fp16; "
+    options = (Option("fusions", bool, "Fuse onnxruntime contrib ops (attention, layer norms, GELU; fp32, fp16, int8; "
                                        "on by default): --no-fusions keeps standard ONNX ops only."),)
     fused_precisions = ("fp32", "fp16", "int8")
     calibrated_precisions = ("int8",)
