@@ -71,6 +71,13 @@ ATTENTION_OPS = frozenset({"Softmax", "ScaledDotProductAttention"})
 WEIGHTED_OPS = frozenset({"MatMul", "Convolution", "GroupConvolution"})
 FRONTEND_OP = re.compile(r"\b(?:aten|prim|quantized|torchvision)::\w+")
 IGNORED_OPS = frozenset({"prim::Constant"})  # reported beside the real culprit, never the cause
+# OpenVINO 2026.4's CPU plugin computes some int8 convolutions wrongly on AMX CPUs (AVX-512 VNNI and AVX2 give
+# the right result for the same IR): measured on a grid of single FakeQuantize -> convolution graphs
+# (tests/test_openvino.py), every wrong one had 4 to 31 input channels per group and a kernel of 8 taps or more
+# (wav2vec2's positional convolution, 16 channels per group x 16 taps: scale 0.59 against PyTorch). Such layers
+# stay in float on every machine, since an artifact built on one CPU runs on another.
+AMX_INT8_FAULT_CHANNELS = range(4, 32)
+AMX_INT8_FAULT_MIN_TAPS = 8
 
 
 @contextlib.contextmanager
@@ -265,8 +272,8 @@ def describe_weight_types(model: ov.Model) -> str:
 def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]:
     """int8 weights and activations with nncf post-training quantization on reference inputs.
 
-    The task head (the last :data:`FLOAT_HEAD_LAYERS` weighted layers) stays in float, and
-    weights use 7 bits (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels
+    The task head (the last :data:`FLOAT_HEAD_LAYERS` weighted layers) and the convolutions that the
+    CPU plugin gets wrong on AMX (:func:`amx_int8_faults`) stay in float, and weights use 7 bits (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels
     accumulate pairs in int16, do not saturate. Layers fed by activation ranges that nncf set per
     position along a dynamic axis (:func:`fed_by_positional_ranges`) stay in float too: a second
     pass quantizes without them.
@@ -276,13 +283,15 @@ def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]
     model_type = nncf.ModelType.TRANSFORMER if is_transformer(model) else None
     samples = reference.calibration_inputs(CALIBRATION_SAMPLES)  # one shape: nncf stacks statistics across samples
     head = weighted_layers(model)[-FLOAT_HEAD_LAYERS:]
-    quantized = _nncf_quantize(model, samples, model_type, head)
+    faults = [name for name in amx_int8_faults(model) if name not in head]
+    quantized = _nncf_quantize(model, samples, model_type, head + faults)
     positional = fed_by_positional_ranges(quantized)
     if positional:
-        quantized = _nncf_quantize(model, samples, model_type, head + positional)
+        quantized = _nncf_quantize(model, samples, model_type, head + faults + positional)
     kind = "transformer" if model_type else "default"
     return quantized, (f"nncf.quantize({kind}, {len(samples)} calibration samples, overflow_fix, "
                        f"{len(head)} head layers in float"
+                       + (f", {len(faults)} convolutions in float (wrong in int8 on AMX)" if faults else "")
                        + (f", {len(positional)} layers fed by per-position ranges in float" if positional else "") + ")")
 
 
@@ -294,6 +303,23 @@ def _nncf_quantize(model: ov.Model, samples: list[dict[str, np.ndarray]], model_
     return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), model_type=model_type,
                          ignored_scope=nncf.IgnoredScope(names=ignored),
                          advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+
+
+def amx_int8_faults(model: ov.Model) -> list[str]:
+    """Names of the convolutions whose int8 kernel is wrong on AMX CPUs (see :data:`AMX_INT8_FAULT_CHANNELS`)."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "GroupConvolution")
+            and amx_int8_fault(op.get_type_name(), op.input_value(1).get_partial_shape().to_shape())]
+
+
+def amx_int8_fault(op_type: str, weight_shape: Sequence[int]) -> bool:
+    """Whether a convolution of this type and weight shape falls in the measured AMX int8 fault region.
+
+    Weights are ``[out, in, *kernel]``, or ``[groups, out, in, *kernel]`` for a ``GroupConvolution``.
+    """
+    in_channels, kernel = (weight_shape[2], weight_shape[3:]) if op_type == "GroupConvolution" \
+        else (weight_shape[1], weight_shape[2:])
+    return in_channels in AMX_INT8_FAULT_CHANNELS and int(np.prod(kernel)) >= AMX_INT8_FAULT_MIN_TAPS
 
 
 def fed_by_positional_ranges(model: ov.Model) -> list[str]:
