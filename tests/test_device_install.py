@@ -1,6 +1,6 @@
 """The device install: a venv with ``pip install edgeexport`` (no extra) and the OpenVINO runtime, and no
-torch or transformers, runs list, validate, bench, inspect, predict and generate on artifacts made by
-the full install and copied over, as an embedded team would."""
+torch or transformers, runs list, validate, bench, inspect, predict, generate and ``load(path).embed`` on
+artifacts made by the full install and copied over, as an embedded team would."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgeexport.pipeline import convert
+from trained import minilm_folder
 
 ROOT = Path(__file__).parents[1]
 # What each artifact is, how it is converted, and what the device runs on it.
@@ -26,7 +27,11 @@ ARTIFACTS = {
     "decoder-onnx": ("gpt2", "causal-lm-with-past", "onnx"),
     "decoder-openvino": ("gpt2", "causal-lm-with-past", "openvino"),
     "bundle-onnx": ("t5", "seq2seq-lm-with-past", "onnx"),
+    "embedder-onnx": ("all-MiniLM-L6-v2", "sentence-embedding", "onnx"),
 }
+# Sources that are trained checkpoints rather than zoo names (their artifacts carry an evaluation set).
+TRAINED = {"all-MiniLM-L6-v2": minilm_folder}
+SENTENCES = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."]
 BLOCKED = ("torch", "transformers", "onnxscript", "onnxslim", "nncf")
 
 
@@ -45,7 +50,8 @@ def copied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Artifacts converted by this (full) install, then copied to a folder of their own, as to a device."""
     built, shipped = tmp_path_factory.mktemp("built"), tmp_path_factory.mktemp("shipped")
     for name, (model, task, target) in ARTIFACTS.items():
-        convert(model, task=task, target=target, output_dir=built / name, validate=False)
+        source = str(TRAINED[model]()) if model in TRAINED else model
+        convert(source, task=task, target=target, output_dir=built / name, validate=False)
         shutil.copytree(built / name, shipped / name)
     return shipped
 
@@ -105,6 +111,28 @@ def test_predict_an_image_and_the_readme_snippet(device: Path, copied: Path, tmp
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("'label': ") == 3 and result.stdout.count("'score': ") == 3, result.stdout
+
+
+def test_embed_and_predict_text_match_sentence_transformers(device: Path, copied: Path) -> None:
+    """``load(path).embed`` on the device (the artifact's tokenizer, no torch) gives sentence-transformers'
+    ``encode`` embeddings to 1e-5, and ``predict --text`` prints their cosine similarities."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    expected = SentenceTransformer(str(minilm_folder()), device="cpu").encode(SENTENCES)
+    script = ("import json, sys; from edgeexport import load; "
+              "print(json.dumps(load(sys.argv[1]).embed(json.loads(sys.argv[2])).tolist()))")
+    result = subprocess.run([device / "python", "-c", script, str(copied / "embedder-onnx"), json.dumps(SENTENCES)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    embedded = np.array(json.loads(result.stdout))
+    assert embedded.shape == expected.shape and np.abs(embedded - expected).max() < 1e-5
+    args = [arg for sentence in SENTENCES for arg in ("--text", sentence)]
+    result = run(device, "predict", str(copied / "embedder-onnx"), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    similarity = np.array(json.loads(result.stdout)["cosine_similarity"])
+    assert np.abs(similarity - expected @ expected.T).max() < 1e-5
+    assert similarity[0, 1] > 0.5 > similarity[0, 2]  # the two cat sentences, not the markets
 
 
 @pytest.mark.parametrize("name", ["decoder-onnx", "decoder-openvino", "bundle-onnx"])
