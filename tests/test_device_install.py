@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeexport.pipeline import convert
+from edgeexport.conversion import convert
 
 ROOT = Path(__file__).parents[1]
 # What each artifact is, how it is converted, and what the device runs on it.

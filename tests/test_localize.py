@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
-from edgeexport.pipeline import ConversionResult, explain
+from edgeexport.conversion import ConversionResult
+from edgeexport.pipeline import explain
 
 
 def plant_wrong_weight(folder: Path, index: int) -> onnx.NodeProto:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import Artifact, Tolerance
+from edgeexport.artifact import Artifact
 from edgeexport.errors import UsageError
+from edgeexport.manifest import Tolerance
 from edgeexport.validation.metrics import OutputComparison, compare_output
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str,
     import onnx
 
     from edgeexport.capture import node_origin
-    from edgeexport.exporters.onnx import decomposed_program
+    from edgeexport.onnxtools.capture import decomposed_program
 
     program = decomposed_program(reference, opset=artifact.manifest.exporter.get("opset"))
     expected = _torch_values(program, reference, inputs)
