@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeexport import packages
 from edgeexport.artifact import load_npz
-from edgeexport.bundle import component_folders, is_bundle
+from edgeexport.bundle import open_components
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
 from edgeexport.generation_spec import GenerationSpec
 from edgeexport.manifest import Manifest
@@ -28,7 +28,7 @@ from edgeexport.processing import (Processing, audio_inputs, cosine_similarities
 from edgeexport.reporting import Gate, RunReport, check_report_paths, write_reports
 from edgeexport.runner import load, open_artifact, runtime_module
 from edgeexport.validation.latency import LatencyStats, measure
-from edgeexport.validation.parity import ParityReport, check_parity
+from edgeexport.validation.parity import ParityReport, check_components
 
 if TYPE_CHECKING:
     from edgeexport.artifact import Artifact
@@ -127,18 +127,6 @@ def _batch(inputs: Mapping[str, Any]) -> int:
     return int(next(iter(inputs.values())).shape[0]) if inputs else 1
 
 
-def explain(folder: str | Path, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:
-    """Localise the first diverging operation of an ONNX artifact on its first failing golden case
-    (the example case when none failed)."""
-    from edgeexport.validation.localize import localize
-
-    artifact = open_artifact(folder)
-    failed = {c.case for c in (report.cases if report else []) if not c.passed}
-    case = next((g for g in artifact.manifest.golden if g.name in failed), artifact.manifest.golden[0])
-    inputs, _ = artifact.load_golden(case)
-    return localize(artifact, reference, inputs, case=case.name, tolerance=report.tolerance if report else None)
-
-
 def rebuilt_reference(manifest: Manifest, needed_by: str) -> ReferenceModel | ReferenceBundle:
     """The reference an artifact was converted from (:func:`edgeexport.reference.rebuild_reference`).
 
@@ -180,20 +168,22 @@ def validate(artifact: str | Path, *, reference: bool = False, tolerance: Mappin
 
         verify(artifact, verify_key)
     paths = check_report_paths(reports)
-    opened = open_artifact(next(iter(component_folders(artifact).values())))
-    bounds = opened.manifest.tolerance.overridden(**tolerance) if tolerance else None
-    ref = rebuilt_reference(opened.manifest, "--reference") if reference else None
-    report = check_parity(artifact, ref, tolerance=bounds, threads=threads)
+    components = open_components(artifact)  # opened and hash-checked once; passed on to the checks below
+    manifest = next(iter(components.values())).manifest
+    bounds = manifest.tolerance.overridden(**tolerance) if tolerance else None
+    ref = rebuilt_reference(manifest, "--reference") if reference else None
+    report = check_components(components, str(artifact), ref, tolerance=bounds, threads=threads)
     localization = None
     if explain or not report.passed:
-        localization = localize_divergence(Path(artifact), opened.manifest, ref, report, requested=explain)
-    return _judged("validate", artifact, opened.manifest, gate, paths, parity=report, localization=localization)
+        localization = localize_divergence(Path(artifact), components, ref, report, requested=explain)
+    return _judged("validate", artifact, manifest, gate, paths, parity=report, localization=localization)
 
 
-def localize_divergence(artifact: Path, manifest: Manifest, reference: ReferenceModel | None, report: ParityReport, *,
-                        requested: bool) -> Localization | None:
-    """:func:`explain` where it can run: on one ONNX artifact, with torch. Otherwise None, or when
-    ``requested`` a one-line error saying why."""
+def localize_divergence(folder: Path, components: Mapping[str, Artifact], reference: ReferenceModel | None,
+                        report: ParityReport, *, requested: bool) -> Localization | None:
+    """:func:`edgeexport.validation.localize.explain` where it can run: on one ONNX artifact, with torch.
+    Otherwise None, or when ``requested`` a one-line error saying why."""
+    manifest = next(iter(components.values())).manifest
     problem = ""
     if manifest.target != "onnx":
         problem = "divergence localization works on ONNX artifacts"
@@ -201,8 +191,8 @@ def localize_divergence(artifact: Path, manifest: Manifest, reference: Reference
         if requested:
             packages.require_torch("--explain: divergence localization")
         return None
-    elif is_bundle(artifact):
-        problem = f"divergence localization works on one artifact; pass a component such as {artifact / 'decoder'}"
+    elif "" not in components:
+        problem = f"divergence localization works on one artifact; pass a component such as {folder / 'decoder'}"
     if problem:
         if requested:
             raise UsageError(f"--explain: {problem}")
@@ -214,7 +204,9 @@ def localize_divergence(artifact: Path, manifest: Manifest, reference: Reference
             if requested:
                 raise
             return None  # the source folder is elsewhere: the verdict stands without localization
-    return explain(artifact, reference, report)
+    from edgeexport.validation.localize import explain
+
+    return explain(components[""], reference, report)
 
 
 def benchmark(artifact: str | Path, *, reference: bool = False, warmup: int = 3, iterations: int = 20, rounds: int = 2,

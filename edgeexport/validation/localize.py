@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import onnx
 
     from edgeexport.reference.model import ReferenceModel
+    from edgeexport.validation.parity import ParityReport
 
 CHUNK = 256
 
@@ -77,6 +78,15 @@ class Localization:
             first = {k: v for k, v in asdict(self.first).items() if k != "comparison"}
             first["comparison"] = self.first.comparison.to_dict()
         return {"case": self.case, "compared": self.compared, "first": first}
+
+
+def explain(artifact: Artifact, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:
+    """Localise the first diverging operation of an opened ONNX artifact
+    (:func:`edgeexport.runner.open_artifact`) on its first failing golden case (the example case when none failed)."""
+    failed = {c.case for c in (report.cases if report else []) if not c.passed}
+    case = next((g for g in artifact.manifest.golden if g.name in failed), artifact.manifest.golden[0])
+    inputs, _ = artifact.load_golden(case)
+    return localize(artifact, reference, inputs, case=case.name, tolerance=report.tolerance if report else None)
 
 
 def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str, np.ndarray], *, case: str = "example",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeexport.artifact import Artifact
-from edgeexport.bundle import component_folders
+from edgeexport.bundle import open_components
 from edgeexport.generation_spec import GenerationSpec
 from edgeexport.manifest import Tolerance
 from edgeexport.runner import Runner, load
@@ -132,18 +132,26 @@ def check_parity(folder: str | Path, reference: ReferenceModel | ReferenceBundle
 
     A bundle is checked component by component; the report's cases are named ``<role>/<case>``.
     """
-    reports = {role: _check_one(path, reference, tolerance, runner_options)
-               for role, path in component_folders(folder).items()}
+    return check_components(open_components(folder), str(folder), reference, tolerance=tolerance, **runner_options)
+
+
+def check_components(components: Mapping[str, Artifact], name: str,
+                     reference: ReferenceModel | ReferenceBundle | None = None, *, tolerance: Tolerance | None = None,
+                     **runner_options: Any) -> ParityReport:
+    """:func:`check_parity` of artifacts already opened and hash-checked
+    (:func:`edgeexport.bundle.open_components`); ``name`` is a bundle's folder, as the report names it."""
+    reports = {role: _check_one(artifact, reference, tolerance, runner_options)
+               for role, artifact in components.items()}
     if "" in reports:
         return reports[""]
     first = next(iter(reports.values()))
     cases = [replace(case, case=f"{role}/{case.case}") for role, report in reports.items() for case in report.cases]
-    return replace(first, artifact=str(folder), cases=cases)
+    return replace(first, artifact=name, cases=cases)
 
 
-def _check_one(folder: Path, reference: ReferenceModel | ReferenceBundle | None, tolerance: Tolerance | None,
+def _check_one(artifact: Artifact, reference: ReferenceModel | ReferenceBundle | None, tolerance: Tolerance | None,
                runner_options: dict[str, Any]) -> ParityReport:
-    runner = load(folder, **runner_options)
+    runner = load(artifact, verify=False, **runner_options)  # open_components hash-checked it
     if reference is not None and hasattr(reference, "components"):
         reference = reference.components[GenerationSpec.of(runner.artifact.manifest).role]
     fresh = []
