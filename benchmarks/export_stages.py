@@ -20,13 +20,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeexport import pipeline
+from edgeexport import conversion
 from edgeexport.exporters import onnx as onnx_target
+from edgeexport.onnxtools import capture as onnx_capture
+from edgeexport.onnxtools import passes as onnx_passes
+from edgeexport.validation import parity
 
 STEPS: list[tuple[ModuleType, str]] = [
-    (pipeline, "_reference"), (pipeline, "_golden"), (onnx_target, "capture"), (onnx_target, "infer_shapes"),
-    (onnx_target, "simplify"), (onnx_target, "fuse_for_ort"), (onnx_target, "save"), (onnx_target, "check_fused"),
-    (pipeline, "_check_one")]
+    (conversion, "_reference"), (conversion, "_golden"), (onnx_capture, "capture"), (onnx_passes, "infer_shapes"),
+    (onnx_passes, "simplify"), (onnx_passes, "fuse_for_ort"), (onnx_passes, "save"), (onnx_target, "check_fused"),
+    (parity, "_check_one")]
 
 
 def peak_rss_mb() -> float:
@@ -55,7 +58,7 @@ def main() -> None:
         setattr(module, name, timed(getattr(module, name), rows))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        pipeline.convert(args.model, preset=args.preset, output_dir=args.out or Path(tmp) / "artifact", force=True)
+        conversion.convert(args.model, preset=args.preset, output_dir=args.out or Path(tmp) / "artifact", force=True)
         total = time.perf_counter() - start
     print(f"{'step':<16}{'seconds':>9}{'peak RSS so far (MB)':>22}")
     for name, seconds, rss in rows:

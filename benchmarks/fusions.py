@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from int4_blocks import memoize_capture  # noqa: E402
 from latency import SIZES  # noqa: E402
 
-from edgeexport.pipeline import compare_latency, convert  # noqa: E402
+from edgeexport.conversion import convert  # noqa: E402
+from edgeexport.pipeline import compare_latency  # noqa: E402
 from edgeexport.validation.machine import describe_machine, machine_info  # noqa: E402
 
 

@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers.generation.streamers import BaseStreamer
 
+from edgeexport.conversion import convert
 from edgeexport.generator import Generator
-from edgeexport.pipeline import convert
 from edgeexport.validation.machine import machine_info
 
 

@@ -28,15 +28,16 @@ from generation import time_ours  # noqa: E402
 from parity_errors import LOOSE, measure  # noqa: E402
 
 from edgeexport.artifact import Artifact  # noqa: E402
-from edgeexport.exporters import onnx as onnx_target  # noqa: E402
+from edgeexport.conversion import convert  # noqa: E402
 from edgeexport.generator import Generator  # noqa: E402
-from edgeexport.pipeline import convert  # noqa: E402
+from edgeexport.onnxtools import capture as onnx_capture  # noqa: E402
+from edgeexport.onnxtools import passes as onnx_passes  # noqa: E402
 from edgeexport.runner import load  # noqa: E402
 
 
 def memoize_capture() -> None:
     """Capture each graph once for every conversion of this process."""
-    capture, memo = onnx_target.capture, {}
+    capture, memo = onnx_capture.capture, {}
 
     def memoized(reference: Any, *, opset: int | None) -> Any:
         graph = (tuple(reference.input_names), tuple(reference.output_names), opset)
@@ -47,7 +48,7 @@ def memoize_capture() -> None:
 
         return onnx.load_from_string(memo[graph][0]), dict(memo[graph][1])
 
-    onnx_target.capture = memoized
+    onnx_capture.capture = memoized
 
 
 def errors(result: Any) -> dict[str, float]:
@@ -73,7 +74,7 @@ def run(*, blocks: list[int], preset: str, new_tokens: int, repeats: int, thread
         for block in [0, *blocks]:
             label = f"int4 block {block}" if block else "fp32"
             if block:
-                onnx_target.WEIGHT_QUANTIZATION["int4-weights"] = (4, block)
+                onnx_passes.WEIGHT_QUANTIZATION["int4-weights"] = (4, block)
             result = convert("gpt2", task="causal-lm-with-past", preset=preset, target="onnx",
                              precision="int4-weights" if block else "fp32", output_dir=Path(tmp) / label,
                              validate=False, tolerance=LOOSE)

@@ -18,7 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgeexport.pipeline import bench, convert
+from edgeexport.conversion import convert
+from edgeexport.pipeline import bench
 from edgeexport.validation.latency import speedup
 from edgeexport.validation.machine import describe_machine, machine_info
 

@@ -26,7 +26,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgeexport.pipeline import compare_latency, convert
+from edgeexport.conversion import convert
+from edgeexport.pipeline import compare_latency
 from edgeexport.validation.latency import speedup
 from edgeexport.validation.machine import describe_machine, machine_info
 

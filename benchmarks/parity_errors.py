@@ -97,8 +97,9 @@ def holdout_folder(name: str, preset: str, seed: int, cache: Path) -> Path:
 def run_job(job: dict[str, Any], out: Path, cache: Path) -> None:
     """Convert, run every case, and write the job's measurements to ``out``."""
     from edgeexport.artifact import Artifact
-    from edgeexport.pipeline import FRESH_SEED, convert
+    from edgeexport.conversion import convert
     from edgeexport.runner import load
+    from edgeexport.validation.parity import FRESH_SEED
 
     started = time.perf_counter()
     model: Any = job["model"]
@@ -131,7 +132,7 @@ def run_job(job: dict[str, Any], out: Path, cache: Path) -> None:
 
 def measure(target: np.ndarray, reference: np.ndarray, logits: bool) -> dict[str, Any]:
     """The metrics of docs/parity.md (with unbounded bounds) plus the flip gaps of logits, in spreads."""
-    from edgeexport.artifact import Bounds
+    from edgeexport.manifest import Bounds
     from edgeexport.validation.metrics import compare_output
 
     result = compare_output("y", target, reference, Bounds(**LOOSE), logits=logits)
@@ -179,9 +180,9 @@ GROUP = ("kind", "model", "task", "preset", "seed")  # jobs of one group share a
 
 def _child(group_jobs: list[dict[str, Any]], out: Path, cache: Path) -> None:
     """Run a model's jobs in one process, capturing its ONNX graph once for every ONNX precision."""
-    from edgeexport.exporters import onnx as onnx_target
+    from edgeexport.onnxtools import capture as onnx_capture
 
-    capture = onnx_target.capture
+    capture = onnx_capture.capture
 
     memo: dict[Any, Any] = {}
 
@@ -195,7 +196,7 @@ def _child(group_jobs: list[dict[str, Any]], out: Path, cache: Path) -> None:
 
         return onnx.load_from_string(data), dict(info)
 
-    onnx_target.capture = memoized
+    onnx_capture.capture = memoized
     for job in group_jobs:
         print(f"    {key(job)}", flush=True)
         try:

@@ -191,9 +191,9 @@ def optimum_parity(folder: Path, optimum_class: str, reference: Any, tolerance: 
 def bench_latency(name: str, folder: Path, work: Path, *, iterations: int, rounds: int, threads: int) -> dict:
     """Every edgeexport precision and both optimum variants of ``name``, timed side by side."""
     from edgeexport.exporter import get_exporter
-    from edgeexport.pipeline import check_parity
     from edgeexport.reference import load_reference
     from edgeexport.validation.latency import isolated, speedup, time_artifact
+    from edgeexport.validation.parity import check_parity
 
     _, _, _, task, optimum_class = MODELS[name]
     reference = load_reference(folder, task=task)
@@ -246,8 +246,8 @@ def bench_generation(folder: Path, work: Path, *, threads: int, repeats: int, pr
 
     from edgeexport.exporter import get_exporter
     from edgeexport.generator import Generator
-    from edgeexport.pipeline import check_parity
     from edgeexport.reference import load_reference
+    from edgeexport.validation.parity import check_parity
 
     torch.set_num_threads(threads)
     reference = load_reference(folder, task="causal-lm-with-past")

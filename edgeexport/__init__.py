@@ -14,15 +14,15 @@ __all__ = ["__version__", "check_parity", "convert", "load"]
 
 
 def convert(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`edgeexport.pipeline.convert`."""
-    from edgeexport.pipeline import convert as _convert
+    """See :func:`edgeexport.conversion.convert`."""
+    from edgeexport.conversion import convert as _convert
 
     return _convert(*args, **kwargs)
 
 
 def check_parity(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`edgeexport.pipeline.check_parity`."""
-    from edgeexport.pipeline import check_parity as _check_parity
+    """See :func:`edgeexport.validation.parity.check_parity`."""
+    from edgeexport.validation.parity import check_parity as _check_parity
 
     return _check_parity(*args, **kwargs)
 

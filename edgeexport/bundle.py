@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeexport.artifact import MANIFEST_NAME, read_json, resolve_inside, sha256_file
+from edgeexport.artifact import MANIFEST_NAME, Artifact, read_json, resolve_inside, sha256_file
 from edgeexport.errors import ArtifactError
 
 BUNDLE_NAME = "bundle.json"
@@ -108,3 +108,16 @@ def component_folders(path: str | Path) -> dict[str, Path]:
     bundle = Bundle.open(path)
     bundle.verify()
     return {role: bundle.folder(role) for role in bundle.components}
+
+
+def open_components(path: str | Path) -> dict[str, Artifact]:
+    """``{role: artifact}`` of a bundle (its manifests verified), or ``{"": artifact}`` for a single artifact:
+    each opened and every file hash-checked, once, so the callers pass the opened artifacts on.
+
+    Raises:
+        ArtifactError: not an artifact or bundle, or a file that does not match its manifest.
+    """
+    opened = {role: Artifact.open(folder) for role, folder in component_folders(path).items()}
+    for artifact in opened.values():
+        artifact.verify()
+    return opened

@@ -1,12 +1,14 @@
 """The ``edgeexport`` command line (typer + rich). Each command parses its flags, calls one library
 function with keyword arguments of the same names, and prints what it returns.
 
-The decisions live in the library (:mod:`edgeexport.pipeline`, :mod:`edgeexport.inspection`,
-:mod:`edgeexport.generator`), so Python callers get them too. Target-specific flags of
-``convert`` come from the targets' own declarations (:attr:`edgeexport.exporter.Exporter.options`).
+The decisions live in the library (:mod:`edgeexport.conversion`, :mod:`edgeexport.pipeline`,
+:mod:`edgeexport.inspection`, :mod:`edgeexport.generator`), so Python callers get them too.
+Target-specific flags of ``convert`` come from the targets' own declarations
+(:attr:`edgeexport.exporter.Exporter.options`).
 
 The parser's and the commands' conventions (click's metavars, one ``error:`` line per mistake) and
-the flag groups several commands share live in :mod:`edgeexport.cli_parts`.
+the flag groups several commands share live in :mod:`edgeexport.cli_parts`. What the commands print
+(tables, JSON, the parity verdict, exit 1 on failures) is :mod:`edgeexport.cli_output`.
 
 Exit codes: 0 success; 1 parity failure or regression, a preflight error (``inspect --preflight``),
 or a matrix combination that erred; 2 usage error (bad model, task, target, flag, input, output
@@ -15,17 +17,16 @@ folder or artifact, or a missing backend extra); 130 interrupted.
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from edgeexport import __version__
+from edgeexport.cli_output import (exit_on, print_inspection, print_json, say_written, show_conversion, show_parity,
+                                   show_tuning, table)
 from edgeexport.cli_parts import (App, add_flags, bound_flags, bounds, console, errors, gate, gate_flags,
                                   one_line_errors, option_flag, target_option_values)
 from edgeexport.errors import UsageError
@@ -38,29 +39,16 @@ Threads = Annotated[int, typer.Option(help="Runtime threads (0 = runtime default
 TARGETS = ", ".join(targets())
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], **options: Any) -> Table:
-    table = Table(title=title, **options)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
 @app.command("list")
 @one_line_errors
 def list_command() -> None:
     """List the zoo's models, tasks and presets, and the targets with their install state."""
     from edgeexport.inspection import models, target_entries
 
-    console.print(_table("models (random weights; full is the size of the published checkpoint)",
+    console.print(table("models (random weights; full is the size of the published checkpoint)",
                          ("model", "tasks (default first)", "presets", "published checkpoint"),
                          ((m.name, ", ".join(m.tasks), ", ".join(m.presets), m.checkpoint) for m in models())))
-    console.print(_table("targets", ("target", "runtime", "precisions", "converts here", "runs here"), (
+    console.print(table("targets", ("target", "runtime", "precisions", "converts here", "runs here"), (
         (t.target, t.runtime, ", ".join(t.precisions),
          Text("yes", "green") if t.converts_here else Text.assemble(("no", "yellow"), f" ({t.install})"),
          Text(t.runs_here, "green" if t.runs_here == "yes" else "yellow")) for t in target_entries())))
@@ -92,7 +80,7 @@ def convert(
     tolerance: dict[str, float] | None = None,
 ) -> None:
     """Convert MODEL to an artifact folder for TARGET and check its parity against PyTorch."""
-    from edgeexport.pipeline import convert as run_convert
+    from edgeexport.conversion import convert as run_convert
     from edgeexport.tuning import AUTO
 
     if precision == AUTO:
@@ -106,21 +94,7 @@ def convert(
                              tolerance=tolerance, allow_pickle=allow_pickle, allow_random_head=allow_random_head,
                              target_options=target_options,
                              progress=lambda message: status.update(message))
-    _show_conversion(result, json_output)
-
-
-def _show_conversion(result: Any, json_output: bool) -> None:
-    """``wrote ...`` and the exporter's notes, then the parity table and verdict (exit 1 on failure)."""
-    exporter = result.manifest.exporter
-    errors.print(f"wrote {result.describe()}", highlight=False, markup=False, soft_wrap=True)
-    for label, note in (("first strategy failed: ", exporter.get("fallback_reason")), ("", exporter.get("note"))):
-        if note:
-            errors.print(Text.assemble(("note:", "yellow"), f" {label}{note}"), highlight=False)
-    if result.report is not None:
-        from edgeexport.validation.report import verdict
-
-        _show_parity(result.report, json_output)
-        _exit_on("parity", result.report.failures(), verdict(result.report))
+    show_conversion(result, json_output)
 
 
 @app.command()
@@ -165,45 +139,8 @@ def _tune(source: str, *, json_output: bool, precisions: tuple[str, ...] = (), i
     options = TuneOptions(precisions=precisions, iterations=iterations, rounds=rounds, threads=threads)
     with console.status("starting", spinner="dots") as status:
         result = run_tune(source, options=options, progress=lambda message: status.update(message), **convert_options)
-    _show_tuning(result.tuning.to_dict())
-    _show_conversion(result.conversion, json_output)
-
-
-def _show_tuning(tuning: dict[str, Any]) -> None:
-    from edgeexport.tuning import describe
-
-    columns, rows, footer = describe(tuning)
-    console.print(_table(f"candidates (* kept: {tuning['chosen']}, the fastest at parity)", columns, rows))
-    errors.print(footer, highlight=False, markup=False, soft_wrap=True)
-
-
-def _show_parity(report: Any, json_output: bool, localization: Any = None) -> None:
-    from edgeexport.validation.report import parity_table
-
-    if json_output:
-        _print_json({**report.to_dict(), **({"localization": localization.to_dict()} if localization else {})})
-    else:
-        console.print(parity_table(report, width=console.width))
-    if localization is not None:
-        errors.print(Text.assemble(("explain", "cyan"), ": " + localization.describe()), highlight=False)
-
-
-def _say_written(paths: list[Path]) -> None:
-    if paths:
-        errors.print(f"wrote {', '.join(map(str, paths))}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _exit_on(what: str, failures: list[str], verdict: str = "") -> None:
-    """Print ``<what> FAILED: ...`` when there are failures, then the ``verdict`` line (PASS/FAIL: ...); exit 1 on
-    failures."""
-    if failures:
-        errors.print(Text.assemble((f"{what} FAILED", "red"), ": " + "; ".join(failures)), highlight=False)
-    if verdict:
-        word, rest = verdict.split(":", 1)
-        errors.print(Text.assemble((word, "green" if word == "PASS" else "red"), f":{rest}"), highlight=False,
-                     soft_wrap=True)
-    if failures:
-        raise typer.Exit(1)
+    show_tuning(result.tuning.to_dict())
+    show_conversion(result.conversion, json_output)
 
 
 @app.command()
@@ -231,9 +168,9 @@ def validate(
                        threads=threads, explain=explain, gate=gate, reports=reports, verify_key=verify)
     if verify is not None:
         errors.print(f"signature of {artifact} verified with {verify}", highlight=False, markup=False)
-    _show_parity(run.parity, json_output, run.localization)
-    _say_written(reports)
-    _exit_on("parity", run.failures, run.verdict())
+    show_parity(run.parity, json_output, run.localization)
+    say_written(reports)
+    exit_on("parity", run.failures, run.verdict())
 
 
 @app.command()
@@ -272,12 +209,12 @@ def bench(
     run = benchmark(artifact, reference=reference, warmup=warmup, iterations=iterations, rounds=rounds, threads=threads,
                     gate=gate, reports=reports)
     if json_output:
-        _print_json([s.to_dict() for s in run.latency])
+        print_json([s.to_dict() for s in run.latency])
     else:
         console.print(latency_table(run.latency))
         errors.print(f"measured on {describe_machine(run.machine)}", highlight=False, markup=False)
-    _say_written(reports)
-    _exit_on("latency", run.failures)
+    say_written(reports)
+    exit_on("latency", run.failures)
 
 
 @app.command()
@@ -318,8 +255,8 @@ def matrix(
     console.print(console_view(result))
     errors.print(f"wrote {output / 'matrix.md'}, matrix.html and matrix.json", highlight=False, markup=False)
     if expected is not None:
-        _exit_on(f"matrix against {expect}", drift(expected, result))
-    _exit_on("matrix", result.failures() if strict else result.errors())
+        exit_on(f"matrix against {expect}", drift(expected, result))
+    exit_on("matrix", result.failures() if strict else result.errors())
 
 
 @app.command()
@@ -339,33 +276,10 @@ def inspect(
 
     inspected = run_inspect(artifact, preflight=preflight, locate=locate)
     if json_output:
-        _print_json(inspected.to_dict())
+        print_json(inspected.to_dict())
     else:
-        _print_inspection(artifact, inspected)
-    _exit_on("preflight", inspected.failures())
-
-
-def _print_inspection(artifact: Path, inspected: Any) -> None:
-    for role, component in inspected.components.items():
-        console.print(_table(f"{artifact}" + (f" ({role})" if role else ""), ("field", "value"), component.summary(),
-                             show_header=False))
-        if component.manifest.tuning:
-            _show_tuning(component.manifest.tuning)
-        if component.details.get("ops"):
-            console.print(_table(f"ops ({component.details.get('nodes')} nodes)", ("op", "count"),
-                                 ((op, str(count)) for op, count in component.details["ops"].items())))
-        if component.preflight is not None:
-            _print_preflight(component.preflight)
-
-
-def _print_preflight(report: Any) -> None:
-    title = f"{report.summary()} (table: {report.source})"
-    if not report.findings:
-        console.print(title, highlight=False)
-        return
-    console.print(_table(title, ("severity", "node", "op", "module", "problem"), (
-        (Text(f.severity, "red" if f.severity == "error" else "yellow"), f.node or "-", f.op_type or "-",
-         f.module or "-", f.message) for f in report.findings)))
+        print_inspection(artifact, inspected)
+    exit_on("preflight", inspected.failures())
 
 
 @app.command()
@@ -433,7 +347,7 @@ def generate(
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     streamer=None if json_output else TextStreamer(generator, write))
         if json_output:
-            _print_json({"text": generator.decode(output.tokens[0]), **output.to_dict()})
+            print_json({"text": generator.decode(output.tokens[0]), **output.to_dict()})
     if not json_output:
         write("\n")
     if output.ended_at_once:
@@ -472,7 +386,7 @@ def predict(
     prediction = run_predict(artifact, text=text, text_pair=text_pair, image=image, audio=audio, inputs=inputs,
                              case=case, classes=classes, threshold=threshold, threads=threads)
     if json_output:
-        _print_json(prediction.to_json())
+        print_json(prediction.to_json())
         return
     for line in prediction.describe():
         console.print(line, highlight=False, markup=False)

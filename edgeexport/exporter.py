@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgeexport import packages
-from edgeexport.artifact import Tolerance
 from edgeexport.errors import UnsupportedError, UsageError
+from edgeexport.manifest import Tolerance
 from edgeexport.plugins import plugin_module, plugin_names
 from edgeexport.tasks import WITH_PAST
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from edgeexport.errors import ArtifactError, UsageError
 
 if TYPE_CHECKING:
-    from edgeexport.artifact import Manifest
+    from edgeexport.manifest import Manifest
 
 ROLES = ("decoder", "encoder")
 KINDS = ("key", "value")

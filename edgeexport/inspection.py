@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeexport.artifact import Manifest
 from edgeexport.bundle import Bundle, component_folders
 from edgeexport.errors import UsageError
 from edgeexport.exporter import get_exporter, preflight_targets, targets
 from edgeexport.generation_spec import GenerationSpec
+from edgeexport.manifest import Manifest
 from edgeexport.processing import Processing
 from edgeexport.runner import open_artifact, runtime_module
 from edgeexport.tasks import supported_tasks

@@ -248,7 +248,7 @@ def run_combination(combination: Combination) -> CellResult:
 
     Every exception is caught on purpose: one broken combination must not stop the matrix.
     """
-    from edgeexport.pipeline import convert
+    from edgeexport.conversion import convert
     from edgeexport.reporting import Gate, RunReport
 
     start = time.perf_counter()

@@ -34,7 +34,8 @@ import numpy as np
 from edgeexport.errors import ArtifactError, InputSpecError, MissingBackendError, UsageError
 
 if TYPE_CHECKING:
-    from edgeexport.artifact import Artifact, Manifest
+    from edgeexport.artifact import Artifact
+    from edgeexport.manifest import Manifest
 
 # Tasks whose outputs index the config's id2label classes.
 CLASSIFICATION_TASKS = frozenset({"sequence-classification", "image-classification", "audio-classification"})

@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeexport import packages
-from edgeexport.artifact import Artifact, TensorSpec
+from edgeexport.artifact import Artifact
 from edgeexport.bundle import Bundle, is_bundle
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
+from edgeexport.manifest import TensorSpec
 from edgeexport.plugins import plugin_module, plugin_names
 
 RUNTIMES = "edgeexport.runtimes"  # the package of built-in runtimes and the entry point group of others

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from edgeexport.artifact import MANIFEST_NAME, check_output_dir, staged_output, write_manifest
 from edgeexport.bundle import Bundle, component_folders, is_bundle, write_bundle
+from edgeexport.conversion import Export, default_folder, export_reference, prepare
 from edgeexport.errors import StageError, TuningError, UnsupportedError, UsageError
 from edgeexport.exporter import Exporter, get_exporter
-from edgeexport.pipeline import Export, compare_latency, default_folder, export_reference, prepare, rebuilt_reference
+from edgeexport.pipeline import compare_latency, rebuilt_reference
 from edgeexport.runner import open_artifact, runtime_module
 from edgeexport.validation.latency import LatencyStats, speedup
 from edgeexport.validation.machine import describe_machine, machine_info
@@ -36,7 +37,7 @@ from edgeexport.validation.machine import describe_machine, machine_info
 if TYPE_CHECKING:
     import torch
 
-    from edgeexport.pipeline import ConversionResult, Progress
+    from edgeexport.conversion import ConversionResult, Progress
     from edgeexport.reference.decoders_with_past import ReferenceBundle
     from edgeexport.reference.model import ReferenceModel
 
@@ -108,13 +109,13 @@ def tune(source: str | Path | torch.nn.Module, example_inputs: Mapping[str, Any]
     """Convert ``source`` at every candidate precision and keep the fastest that passes parity here.
 
     Args:
-        source: What :func:`edgeexport.pipeline.convert` takes, or an artifact folder: the model it was
+        source: What :func:`edgeexport.conversion.convert` takes, or an artifact folder: the model it was
             converted from is rebuilt (zoo model, folder or hub id) and tuned, for its target unless
             ``target`` is given.
         target: Target name. Defaults to ``onnx`` (an artifact's own target for an artifact).
         options: Candidates and timing (:class:`TuneOptions`). Defaults to every precision of the target.
         output_dir: Folder of the kept artifact. Defaults to ``convert``'s, with ``auto`` for the precision.
-        The others: as :func:`edgeexport.pipeline.convert` (an artifact keeps its own task, preset and seed).
+        The others: as :func:`edgeexport.conversion.convert` (an artifact keeps its own task, preset and seed).
 
     Raises:
         UsageError: as ``convert``, or a target whose artifacts do not run natively here (before any work).

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from edgeexport.artifact import Tolerance
 from edgeexport.errors import ModelLoadError, UsageError
+from edgeexport.manifest import Tolerance
 from edgeexport.tasks import WITH_PAST, supported_tasks, task_head
 
 PRESETS = ("tiny", "full")

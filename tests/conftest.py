@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeexport.pipeline import ConversionResult, convert
+from edgeexport.conversion import ConversionResult, convert
 
 
 @pytest.fixture(scope="session")

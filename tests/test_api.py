@@ -24,7 +24,7 @@ class TwoHeads(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def module_artifact(tmp_path_factory: pytest.TempPathFactory) -> edgeexport.pipeline.ConversionResult:
+def module_artifact(tmp_path_factory: pytest.TempPathFactory) -> edgeexport.conversion.ConversionResult:
     torch.manual_seed(0)
     example = {"tokens": torch.randint(0, 50, (2, 7)), "scale": torch.rand(2)}
     return edgeexport.convert(TwoHeads(), example, output_dir=tmp_path_factory.mktemp("m") / "two-heads",

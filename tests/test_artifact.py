@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from edgeexport import interrupts
-from edgeexport.artifact import SCHEMA_VERSION, Artifact, staged_output, write_manifest
+from edgeexport.artifact import Artifact, staged_output, write_manifest
+from edgeexport.conversion import ConversionResult
 from edgeexport.errors import ArtifactError, OutputDirError
+from edgeexport.manifest import SCHEMA_VERSION
 from edgeexport.zoo import FP32_TOLERANCE
-from edgeexport.pipeline import ConversionResult
 
 
 def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: ConversionResult) -> None:
@@ -228,7 +229,7 @@ def test_corrupt_manifest_json(artifact_copy: Path) -> None:
 
 
 def test_converting_twice_gives_byte_identical_files(bert_artifact: ConversionResult, tmp_path: Path) -> None:
-    from edgeexport.pipeline import convert
+    from edgeexport.conversion import convert
 
     again = convert("bert", output_dir=tmp_path / "again", validate=False)
     assert again.manifest.files == bert_artifact.manifest.files

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 import edgeexport
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult
 from edgeexport.exporter import targets
-from edgeexport.pipeline import ConversionResult
 
 runner = CliRunner()
 

@@ -23,8 +23,9 @@ import torch
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact
+from edgeexport.conversion import convert
 from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, UnsupportedError, UsageError
-from edgeexport.pipeline import bench, convert
+from edgeexport.pipeline import bench
 from edgeexport.zoo import FP32_TOLERANCE, SPECS
 
 ct = pytest.importorskip("coremltools")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeexport.pipeline import convert
+from edgeexport.conversion import convert
 
 pytest.importorskip("coremltools")
 

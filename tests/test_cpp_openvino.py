@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeexport.artifact import Bounds, save_tensors, sha256_file
+from edgeexport.artifact import save_tensors, sha256_file
+from edgeexport.manifest import Bounds
 from edgeexport.validation.metrics import compare_output
 
 openvino = pytest.importorskip("openvino")
@@ -73,7 +74,7 @@ def check_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _converted(tmp_path_factory: pytest.TempPathFactory, model: str) -> Converted:
     """An OpenVINO artifact of ``model`` with :data:`TOLERANCE`, and its outputs by case from OpenVINO's Python API."""
-    from edgeexport.pipeline import convert
+    from edgeexport.conversion import convert
 
     def make(folder: Path) -> None:
         convert(model, target="openvino", output_dir=folder / "artifact", validate=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeexport.pipeline import convert
+from edgeexport.conversion import convert
 from trained import minilm_folder
 
 ROOT = Path(__file__).parents[1]

@@ -19,10 +19,11 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import edgeexport
-from edgeexport.artifact import SCHEMA_VERSION, Artifact, write_manifest
+from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.errors import InputSpecError
 from edgeexport.exporter import targets
+from edgeexport.manifest import SCHEMA_VERSION
 from edgeexport.reference import load_reference
 from edgeexport.tasks import TASKS
 
@@ -208,7 +209,7 @@ def test_ctrl_c_during_the_parity_check_says_the_artifact_was_written(tmp_path: 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("edgeexport.pipeline.check_parity", interrupted)
+    monkeypatch.setattr("edgeexport.conversion.check_parity", interrupted)
     code, _, err = run_cli("convert", "bert", "-o", str(tmp_path / "out"))
     assert code == 130
     assert err.strip().splitlines() == [f"interrupted: '{tmp_path / 'out'}' was written; its parity was not checked"]
@@ -218,13 +219,13 @@ def test_ctrl_c_during_the_parity_check_says_the_artifact_was_written(tmp_path: 
 def test_swallowed_ctrl_c_still_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           swallowed_ctrl_c: Callable[[], None]) -> None:
     """Ctrl-C lost inside a finalizer during the parity check: the work finishes, the exit code still tells."""
-    from edgeexport.pipeline import check_parity
+    from edgeexport.validation.parity import check_parity
 
     def parity_with_a_lost_interrupt(*args: object) -> object:
         swallowed_ctrl_c()
         return check_parity(*args)
 
-    monkeypatch.setattr("edgeexport.pipeline.check_parity", parity_with_a_lost_interrupt)
+    monkeypatch.setattr("edgeexport.conversion.check_parity", parity_with_a_lost_interrupt)
     code, out, err = run_cli("convert", "bert", "-o", str(tmp_path / "out"))
     assert code == 130 and "PASS" in out
     assert err.strip().splitlines()[-1] == "interrupted: Ctrl-C came as the command finished; its output above is complete"

@@ -11,8 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeexport.artifact import Artifact, Manifest
+from edgeexport.artifact import Artifact
 from edgeexport.errors import ArtifactError
+from edgeexport.manifest import Manifest
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

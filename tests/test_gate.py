@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Tolerance
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult
 from edgeexport.errors import UsageError
-from edgeexport.pipeline import ConversionResult
+from edgeexport.manifest import Tolerance
 from edgeexport.reporting import SCHEMA, Gate, RunReport
 from edgeexport.validation.latency import LatencyStats
 from edgeexport.validation.parity import ParityReport, compare_outputs

@@ -21,18 +21,20 @@ import torch
 import transformers
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Artifact, Manifest
+from edgeexport.artifact import Artifact
 from edgeexport.bundle import BUNDLE_NAME, Bundle
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.decoding import ban_repeated_ngrams, penalize_repetitions
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE, GenerationConfig, GenerationSpec, past_names, present_names
 from edgeexport.generator import Generator, sample
-from edgeexport.pipeline import ConversionResult, check_parity, convert
+from edgeexport.manifest import Manifest
 from edgeexport.reference import ReferenceBundle, ReferenceModel, load_reference
 from edgeexport.runner import load
 from edgeexport.tasks import task_head
 from edgeexport.validation.metrics import compare_output
+from edgeexport.validation.parity import check_parity
 from edgeexport.zoo import get_spec
 
 NEW_TOKENS = 32

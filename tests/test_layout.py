@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import re
 import subprocess
 import sys
 import tomllib
@@ -119,6 +120,28 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: Path) -> Non
     assert find_cycle(import_graph(package)) == []
 
 
+def layout_section(readme: str) -> str:
+    """README's Layout section: from its heading to the next ``## `` heading."""
+    return readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def unnamed_modules(root: Path, layout: str) -> list[str]:
+    """The package's modules (``name.py``) and subpackages (``name/``) that the Layout section does not name."""
+    names = [f"{path.name}/" for path in sorted(root.iterdir()) if (path / "__init__.py").is_file()]
+    names += [path.name for path in sorted(root.glob("*.py")) if path.name not in ("__init__.py", "__main__.py")]
+    return [name for name in names if not re.search(rf"(?<![\w/]){re.escape(name)}(?!\w)", layout)]
+
+
+def test_readme_layout_names_every_module(tmp_path: Path) -> None:
+    layout = layout_section((ROOT / "README.md").read_text())
+    assert unnamed_modules(PACKAGE, layout) == []
+    # The planted failure: a module and a subpackage the map does not show.
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    for name in ("pkg/__init__.py", "pkg/sub/__init__.py", "pkg/named.py", "pkg/hidden.py", "pkg/__main__.py"):
+        (tmp_path / name).write_text("")
+    assert unnamed_modules(tmp_path / "pkg", "  named.py   shown\n  unhidden.py\n") == ["sub/", "hidden.py"]
+
+
 # --------------------------------------------------------------------------- device side without torch
 
 DEVICE_MODULES = [
@@ -126,7 +149,8 @@ DEVICE_MODULES = [
     "edgeexport.generation_spec", "edgeexport.processing", "edgeexport.zoo", "edgeexport.tasks",
     "edgeexport.generator", "edgeexport.decoding", "edgeexport.validation.metrics", "edgeexport.validation.parity",
     "edgeexport.validation.latency", "edgeexport.validation.report", "edgeexport.reporting", "edgeexport.cli",
-    "edgeexport.pipeline", "edgeexport.inspection", "edgeexport.runner", "edgeexport.exporter",
+    "edgeexport.pipeline", "edgeexport.conversion", "edgeexport.onnxtools.capture", "edgeexport.onnxtools.passes",
+    "edgeexport.inspection", "edgeexport.runner", "edgeexport.exporter",
     *(f"edgeexport.runtimes.{name}" for name in runtimes()), *(f"edgeexport.exporters.{name}" for name in targets()),
 ]
 BLOCKED = ("torch", "transformers")

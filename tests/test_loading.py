@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from edgeexport.artifact import sha256_file
+from edgeexport.conversion import convert
 from edgeexport.errors import ModelLoadError, UsageError
-from edgeexport.pipeline import convert
 from edgeexport.reference import load_reference
 
 

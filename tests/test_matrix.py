@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import edgeexport.pipeline
+import edgeexport.conversion
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult
 from edgeexport.errors import UsageError
 from edgeexport.matrix import Combination, Matrix, markdown, plan, run_combination, run_matrix
 from edgeexport.matrix_readme import END, START, load_matrix, main, readme_with_matrix
-from edgeexport.pipeline import ConversionResult
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -31,7 +31,7 @@ def fake_convert(bert_artifact: ConversionResult, monkeypatch: pytest.MonkeyPatc
             return bert_artifact
         raise RuntimeError("exporter exploded\nsecond line")
 
-    monkeypatch.setattr(edgeexport.pipeline, "convert", convert)
+    monkeypatch.setattr(edgeexport.conversion, "convert", convert)
     return calls
 
 
@@ -64,7 +64,7 @@ def test_an_erred_combination_passes_once_its_cause_is_fixed(fake_convert: list[
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As after installing a missing extra: the re-run replaces the stale error, and exits 0."""
     assert runner.invoke(app, ["matrix", "--models", "vit", "--targets", "onnx", "-o", str(tmp_path)]).exit_code == 1
-    monkeypatch.setattr(edgeexport.pipeline, "convert", lambda model, **_options: bert_artifact)
+    monkeypatch.setattr(edgeexport.conversion, "convert", lambda model, **_options: bert_artifact)
     result = runner.invoke(app, ["matrix", "--models", "vit", "--targets", "onnx", "-o", str(tmp_path), "--strict"])
     assert result.exit_code == 0, result.stderr
     assert [c["status"] for c in json.loads((tmp_path / "matrix.json").read_text())["cells"]] == ["passed"]

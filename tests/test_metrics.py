@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeexport.artifact import Bounds, Tolerance
+from edgeexport.manifest import Bounds, Tolerance
 from edgeexport.validation.metrics import compare_output
 from edgeexport.validation.parity import ParityReport, compare_outputs
 

@@ -12,9 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeexport.conversion import convert
 from edgeexport.errors import ConversionError, UnsupportedError
 from edgeexport.exporters import onnx as onnx_exporter
-from edgeexport.pipeline import convert
+from edgeexport.onnxtools import capture as onnx_capture
+from edgeexport.onnxtools import passes as onnx_passes
 
 
 def test_opset_option_is_honoured(tmp_path: Path) -> None:
@@ -31,8 +33,8 @@ def test_weights_move_to_external_data_above_the_threshold(name: str, precision:
     """Full-size weights: every stage reads them from the work folder's data file (onnxslim's folds, GPT-2's tied
     head transposed for the fusions, the fp16 and quantization rewrites) and the artifact keeps them in
     model.onnx.data, named in the manifest; it passes its parity check."""
-    monkeypatch.setattr(onnx_exporter, "WORK_INLINE_BYTES", 1024)  # stand-in for 1 MiB
-    monkeypatch.setattr(onnx_exporter, "EXTERNAL_DATA_THRESHOLD", 10_000)  # stand-in for 64 MiB
+    monkeypatch.setattr(onnx_passes, "WORK_INLINE_BYTES", 1024)  # stand-in for 1 MiB
+    monkeypatch.setattr(onnx_passes, "EXTERNAL_DATA_THRESHOLD", 10_000)  # stand-in for 64 MiB
     result = convert(name, precision=precision, output_dir=tmp_path / "ext")
     assert "model.onnx.data" in result.manifest.files
     graph_size = (result.artifact / "model.onnx").stat().st_size
@@ -71,13 +73,13 @@ def test_small_models_stay_one_file(tmp_path: Path) -> None:
 
 
 def test_fallback_strategy_is_recorded_with_the_first_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Broken(onnx_exporter.CaptureStrategy):
+    class Broken(onnx_capture.CaptureStrategy):
         name = "broken"
 
         def _capture(self, reference, args, opset):  # noqa: ANN001, ANN202
             raise RuntimeError("capture refused on purpose")
 
-    monkeypatch.setattr(onnx_exporter, "CAPTURE_STRATEGIES", (Broken(), onnx_exporter.TorchScriptStrategy()))
+    monkeypatch.setattr(onnx_capture, "CAPTURE_STRATEGIES", (Broken(), onnx_capture.TorchScriptStrategy()))
     result = convert("vit", output_dir=tmp_path / "fb")
     assert result.manifest.exporter["strategy"] == "torchscript"
     assert result.manifest.exporter["fallback_reason"] == "RuntimeError: capture refused on purpose"
@@ -148,7 +150,7 @@ def test_weights_as_matmul_keeps_the_function() -> None:
     feed = {"x": rng.standard_normal((3, 4)).astype(np.float32), "ids": np.array([0, 1, 2])}
     expected = _run(model, feed)
 
-    rewritten = onnx_exporter.weights_as_matmul(model)
+    rewritten = onnx_passes.weights_as_matmul(model)
     onnx.checker.check_model(rewritten)
     matmuls = [node for node in rewritten.graph.node if node.op_type == "MatMul"]
     weights = {tensor.name for tensor in rewritten.graph.initializer}
@@ -177,12 +179,12 @@ def test_fp16_keeps_the_threshold_and_its_feeders_in_fp32() -> None:
     flipped so): the Sigmoid and Less after the MatMul run in fp32, with no fp16 round trip between them, and the
     rest of the graph (both MatMuls) is fp16."""
     model = _threshold_model()
-    converted = onnx_exporter.to_fp16(onnx.ModelProto.FromString(model.SerializeToString()))
+    converted = onnx_passes.to_fp16(onnx.ModelProto.FromString(model.SerializeToString()))
     inputs = {"x": np.array([[-1e-4, 0.0]], np.float32)}
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
     got = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
     assert expected[0].item() == 1.0 and got[0].item() == 1.0
-    assert sorted(onnx_exporter.threshold_nodes(model.graph)) == ["below", "prob"]
+    assert sorted(onnx_passes.threshold_nodes(model.graph)) == ["below", "prob"]
     producers = {output: node for node in converted.graph.node for output in node.output}
     sigmoid = producers[producers["below"].input[0]]
     assert sigmoid.op_type == "Sigmoid" and producers[sigmoid.input[0]].op_type == "Cast"  # fp32 from the fp16 MatMul

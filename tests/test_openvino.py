@@ -16,12 +16,14 @@ import torch
 
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Artifact, Bounds, Tolerance
+from edgeexport.artifact import Artifact
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.errors import ConversionError, UnsupportedError, UsageError
-from edgeexport.pipeline import ConversionResult, check_parity, convert
+from edgeexport.manifest import Bounds, Tolerance
 from edgeexport.reference import load_reference
 from edgeexport.validation.metrics import compare_output
+from edgeexport.validation.parity import check_parity
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")

@@ -13,8 +13,8 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
-from edgeexport.exporters import onnx as onnx_exporter
-from edgeexport.pipeline import convert
+from edgeexport.conversion import convert
+from edgeexport.onnxtools import passes as onnx_passes
 
 
 def _domains(artifact: Path) -> set[str]:
@@ -57,14 +57,14 @@ def _planted_fusion(monkeypatch: pytest.MonkeyPatch, folder: Path,
                     plant: Callable[[onnx.ModelProto], object]) -> str:
     """Convert tiny BERT with ``plant`` applied to the fused graph; the fallback reason (the unfused graph
     kept, and passing)."""
-    fuse = onnx_exporter.fuse_for_ort
+    fuse = onnx_passes.fuse_for_ort
 
-    def planted(model: onnx_exporter.WorkModel) -> tuple[onnx_exporter.WorkModel, dict[str, int]]:
+    def planted(model: onnx_passes.WorkModel) -> tuple[onnx_passes.WorkModel, dict[str, int]]:
         fused, counts = fuse(model)
         plant(fused.graph)
         return fused, counts
 
-    monkeypatch.setattr(onnx_exporter, "fuse_for_ort", planted)
+    monkeypatch.setattr(onnx_passes, "fuse_for_ort", planted)
     result = convert("bert", output_dir=folder)
     assert "com.microsoft" not in _domains(result.artifact)
     assert result.report is not None and result.report.passed, result.report.failures()

@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from edgeexport.artifact import MANIFEST_NAME, Artifact, sha256_file
 from edgeexport.cli import app
-from edgeexport.pipeline import check_parity, convert
+from edgeexport.conversion import convert
 from edgeexport.reference import load_reference
-from edgeexport.validation.parity import compare_outputs
+from edgeexport.validation.parity import check_parity, compare_outputs
 
 CONFIG = {"hidden_size": 36, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
           "vocab_size": 1000, "max_position_embeddings": 66, "num_labels": 10}

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import zlib
 
-from edgeexport.artifact import Tolerance
 from edgeexport.errors import UsageError
 from edgeexport.exporter import Exporter, ExportResult, Option
+from edgeexport.manifest import Tolerance
 
 
 def check_level(level):
@@ -47,9 +47,9 @@ class ToyExporter(Exporter):
         import onnx
         import onnx_ir as ir
 
-        from edgeexport.exporters import onnx as onnx_target
+        from edgeexport.onnxtools import capture as onnx_capture
 
-        model, info = onnx_target.capture(reference, opset=opset)
+        model, info = onnx_capture.capture(reference, opset=opset)
         proto = ir.serde.serialize_model(model)
         onnx.checker.check_model(proto)
         (folder / "model.toy").write_bytes(zlib.compress(proto.SerializeToString(), level))

@@ -18,14 +18,15 @@ import transformers
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Artifact, Manifest
+from edgeexport.artifact import Artifact
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE
-from edgeexport.pipeline import ConversionResult, convert
-from edgeexport.reference import load_reference
+from edgeexport.manifest import Manifest
 from edgeexport.processing import (Processing, answer_spans, audio_inputs, ctc_transcripts, decode, detections,
                                    image_inputs, semantic_maps, top_classes)
+from edgeexport.reference import load_reference
 
 RNG = np.random.default_rng(0)
 LETTERS = Processing(labels=[f"L{i}" for i in range(7)])

@@ -15,12 +15,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Tolerance
 from edgeexport.cli import app
-from edgeexport.pipeline import ConversionResult, bench, check_parity
+from edgeexport.conversion import ConversionResult
+from edgeexport.manifest import Tolerance
+from edgeexport.pipeline import bench
 from edgeexport.reporting import SCHEMA, Gate, RunReport, render
 from edgeexport.validation.metrics import SAMPLE_SIZE, compare_output
-from edgeexport.validation.parity import ParityReport, compare_outputs
+from edgeexport.validation.parity import ParityReport, check_parity, compare_outputs
 from edgeexport.validation.report import PARITY_COLUMNS, parity_rows, parity_table, verdict
 
 runner = CliRunner()

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from edgeexport.artifact import sha256_file
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.errors import ModelLoadError, UnsupportedError, UsageError
-from edgeexport.pipeline import ConversionResult, convert
 from edgeexport.runner import load
 from trained import FOLDER_NAME, minilm_folder
 
@@ -75,7 +75,8 @@ def test_openvino_fp32_passes_the_task_check(tmp_path: Path) -> None:
 
 def test_a_planted_embedding_fails_the_task_check(embedder: ConversionResult, tmp_path: Path) -> None:
     """30 % of the features zeroed in the evaluation reference: tensor cases pass, the task check fails."""
-    from edgeexport.artifact import Artifact, GoldenFile, save_tensors, write_manifest
+    from edgeexport.artifact import Artifact, save_tensors, write_manifest
+    from edgeexport.manifest import GoldenFile
 
     copy = tmp_path / "planted"
     shutil.copytree(embedder.artifact, copy)

@@ -22,8 +22,8 @@ import edgeexport  # noqa: E402
 from edgeexport.artifact import SIGNATURE_NAME, Artifact, write_manifest  # noqa: E402
 from edgeexport.bundle import write_bundle  # noqa: E402
 from edgeexport.cli import app  # noqa: E402
+from edgeexport.conversion import ConversionResult  # noqa: E402
 from edgeexport.errors import ArtifactError, MissingBackendError  # noqa: E402
-from edgeexport.pipeline import ConversionResult  # noqa: E402
 from edgeexport.signing import sign, verify  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
-from edgeexport.pipeline import convert
+from edgeexport.conversion import convert
 from edgeexport.processing import softmax
 from edgeexport.validation.agreement import CRITERIA, Criteria, judge
 from trained import classifier_folder

@@ -25,11 +25,12 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Artifact, TensorSpec, write_manifest
+from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.errors import ArtifactError, ConversionError, InputSpecError, MissingBackendError, UsageError
 from edgeexport.inspection import preflight_artifact
-from edgeexport.pipeline import ConversionResult, check_parity, convert
+from edgeexport.manifest import TensorSpec
 from edgeexport.runner import load
 from edgeexport.trt.plan import (
     MAX_FACTOR,
@@ -44,6 +45,7 @@ from edgeexport.trt.plan import (
     parse_size,
 )
 from edgeexport.trt.preflight import preflight, support_table, with_modules
+from edgeexport.validation.parity import check_parity
 from edgeexport.zoo import SPECS
 
 PAIRS = [(name, task) for name, spec in SPECS.items() for task in spec.tasks]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgeexport.artifact import Tolerance
 from edgeexport.bundle import component_folders
 from edgeexport.cli import app
 from edgeexport.errors import UnsupportedError
 from edgeexport.exporters.onnx import OnnxExporter
+from edgeexport.manifest import Tolerance
 from edgeexport.pipeline import validate
 from edgeexport.tuning import Candidate, TuneOptions, choose, tune
 

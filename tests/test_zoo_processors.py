@@ -22,9 +22,9 @@ from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from edgeexport.cli import app
+from edgeexport.conversion import ConversionResult, convert
 from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.generator import Generator
-from edgeexport.pipeline import ConversionResult, convert
 from edgeexport.processing import Processing, answer_spans
 from edgeexport.reference import load_reference
 from edgeexport.reference.processors import CTC_VOCABULARY, zoo_tokenizer

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import Tolerance
 from edgeexport.capture import (
     CaptureStrategy,
     NodeOrigin,
@@ -44,6 +43,7 @@ from edgeexport.capture import (
 from edgeexport.errors import CaptureError, ConversionError, UnsupportedError, UsageError
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import quiet
+from edgeexport.manifest import Tolerance
 from edgeexport.mixed_precision import threshold_feeders
 from edgeexport.tasks import WITH_PAST
 from edgeexport.zoo import SPATIAL_AXES

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import Tolerance
 from edgeexport.capture import (
     CaptureStrategy,
     Result,
@@ -43,8 +42,10 @@ from edgeexport.capture import (
 )
 from edgeexport.errors import ConversionError, StageError
 from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS, Exporter, ExportResult
-from edgeexport.exporters import onnx as onnx_target
 from edgeexport.logs import logger_levels
+from edgeexport.manifest import Tolerance
+from edgeexport.onnxtools import capture as onnx_capture
+from edgeexport.onnxtools import passes as onnx_passes
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -141,13 +142,13 @@ class OnnxStrategy(ConvertStrategy):
                  opset: int | None) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
-        captured, info = onnx_target.capture(reference, opset=opset)
+        captured, info = onnx_capture.capture(reference, opset=opset)
         with tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as work, \
                 tempfile.TemporaryDirectory(prefix="edgeexport-onnx-") as folder:
-            model = onnx_target.infer_shapes(onnx_target.WorkModel.of(captured, Path(work)))
-            onnx_target.save(model, Path(folder))
-            converted = ov.convert_model(Path(folder) / onnx_target.MODEL_FILE)
-        return converted, {"onnx_capture": info["strategy"], "opset": onnx_target.opset_of(model.graph)}
+            model = onnx_passes.infer_shapes(onnx_passes.WorkModel.of(captured, Path(work)))
+            onnx_passes.save(model, Path(folder))
+            converted = ov.convert_model(Path(folder) / onnx_passes.MODEL_FILE)
+        return converted, {"onnx_capture": info["strategy"], "opset": onnx_passes.opset_of(model.graph)}
 
 
 CONVERT_STRATEGIES: tuple[CaptureStrategy, ...] = (PyTorchStrategy(), ExportedProgramStrategy(), OnnxStrategy())

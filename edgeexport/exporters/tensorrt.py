@@ -28,18 +28,21 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from edgeexport import packages
-from edgeexport.artifact import Tolerance, save_npz
+from edgeexport.artifact import save_npz
 from edgeexport.capture import node_origin
 from edgeexport.errors import ConversionError, EdgeExportError
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.exporters import onnx as onnx_target
+from edgeexport.manifest import Tolerance
+from edgeexport.onnxtools.capture import decomposed_program
 from edgeexport.trt import build
 from edgeexport.trt.cuda import unavailable_reason
 from edgeexport.trt.plan import CALIBRATION_DIR, BuildPlan, TensorrtOptions, parse_shapes, parse_size
 from edgeexport.trt.preflight import PreflightReport, onnx_file, preflight, with_modules
 
 if TYPE_CHECKING:
-    from edgeexport.artifact import Artifact, Manifest
+    from edgeexport.artifact import Artifact
+    from edgeexport.manifest import Manifest
     from edgeexport.reference.model import ReferenceModel
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ def module_origins(reference: ReferenceModel, *, opset: int | None = None) -> di
     an empty map when the dynamo exporter cannot capture it.
     """
     try:
-        program = onnx_target.decomposed_program(reference, opset=opset)
+        program = decomposed_program(reference, opset=opset)
     except EdgeExportError:
         logger.debug("cannot locate modules of %s: the dynamo exporter fails on it", reference.name, exc_info=True)
         return {}

@@ -13,9 +13,10 @@ import torch
 import transformers
 from safetensors import SafetensorError
 
-from edgeexport.artifact import Manifest, Tolerance, sha256_file
+from edgeexport.artifact import sha256_file
 from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE
+from edgeexport.manifest import Manifest, Tolerance
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
 from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
 from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, TextSource, flatten_outputs

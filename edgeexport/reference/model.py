@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeexport.artifact import TensorSpec, Tolerance, axis_size
 from edgeexport.errors import InputSpecError
+from edgeexport.manifest import TensorSpec, Tolerance, axis_size
 from edgeexport.zoo import InputSpec
 
 CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeexport.artifact import Manifest, load_npz, staged_output, write_manifest
+from edgeexport.artifact import load_npz, staged_output, write_manifest
 from edgeexport.errors import ConversionError, StageError
+from edgeexport.manifest import Manifest
 from edgeexport.runner import open_artifact
 from edgeexport.trt import cuda
 from edgeexport.trt.plan import ENGINE_FILE, BuildPlan, EngineInfo, TensorrtOptions

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from edgeexport.artifact import Manifest, TensorSpec, axis_size
 from edgeexport.errors import ArtifactError, UsageError
+from edgeexport.manifest import Manifest, TensorSpec, axis_size
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import GoldenFile, save_tensors
+from edgeexport.artifact import save_tensors
 from edgeexport.errors import ArtifactError
+from edgeexport.manifest import GoldenFile
 from edgeexport.processing import Processing, cosine_similarities, encode_texts, load_tokenizer, softmax
 
 if TYPE_CHECKING:

@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import Artifact, Tolerance
+from edgeexport.artifact import Artifact
 from edgeexport.errors import UsageError
+from edgeexport.manifest import Tolerance
 from edgeexport.validation.metrics import OutputComparison, compare_output
 
 if TYPE_CHECKING:
     import onnx
 
     from edgeexport.reference.model import ReferenceModel
+    from edgeexport.validation.parity import ParityReport
 
 CHUNK = 256
 
@@ -78,6 +80,15 @@ class Localization:
         return {"case": self.case, "compared": self.compared, "first": first}
 
 
+def explain(artifact: Artifact, reference: ReferenceModel, report: ParityReport | None = None) -> Localization:
+    """Localise the first diverging operation of an opened ONNX artifact
+    (:func:`edgeexport.runner.open_artifact`) on its first failing golden case (the example case when none failed)."""
+    failed = {c.case for c in (report.cases if report else []) if not c.passed}
+    case = next((g for g in artifact.manifest.golden if g.name in failed), artifact.manifest.golden[0])
+    inputs, _ = artifact.load_golden(case)
+    return localize(artifact, reference, inputs, case=case.name, tolerance=report.tolerance if report else None)
+
+
 def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str, np.ndarray], *, case: str = "example",
              tolerance: Tolerance | None = None, chunk: int = CHUNK) -> Localization:
     """Find the first ONNX value that diverges from PyTorch on ``inputs``.
@@ -90,7 +101,7 @@ def localize(artifact: Artifact, reference: ReferenceModel, inputs: Mapping[str,
     import onnx
 
     from edgeexport.capture import node_origin
-    from edgeexport.exporters.onnx import decomposed_program
+    from edgeexport.onnxtools.capture import decomposed_program
 
     program = decomposed_program(reference, opset=artifact.manifest.exporter.get("opset"))
     expected = _torch_values(program, reference, inputs)

@@ -1,19 +1,33 @@
-"""Parity checks of an artifact: golden cases (no torch needed) and fresh reference inputs."""
+"""Parity checks of an artifact: golden cases (no torch needed) and fresh reference inputs.
+
+:func:`check_parity` checks an artifact or bundle folder (each component with its runner);
+:func:`check_artifact` one opened artifact with a runner. The reference, when given, is the
+caller's: it is built once (by the conversion, or rebuilt from the manifest) and passed in.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeexport.artifact import Artifact, Tolerance
-from edgeexport.runner import Runner
+from edgeexport.artifact import Artifact
+from edgeexport.bundle import open_components
+from edgeexport.generation_spec import GenerationSpec
+from edgeexport.manifest import Tolerance
+from edgeexport.runner import Runner, load
 from edgeexport.validation.agreement import Agreement, check_evaluation
 from edgeexport.validation.metrics import OutputComparison, compare_output
 
+if TYPE_CHECKING:
+    from edgeexport.reference.decoders_with_past import ReferenceBundle
+    from edgeexport.reference.model import ReferenceModel
+
 Outputs = Mapping[str, np.ndarray]
+FRESH_SEED = 1000
 
 
 @dataclass
@@ -110,3 +124,42 @@ def check_artifact(artifact: Artifact, runner: Runner, *, tolerance: Tolerance |
                                             logits=manifest.logits_outputs))
     report.agreement = check_evaluation(artifact, runner)
     return report
+
+
+def check_parity(folder: str | Path, reference: ReferenceModel | ReferenceBundle | None = None, *,
+                 tolerance: Tolerance | None = None, **runner_options: Any) -> ParityReport:
+    """Golden cases, plus fresh inputs at every shape case when a reference model is given.
+
+    A bundle is checked component by component; the report's cases are named ``<role>/<case>``.
+    """
+    return check_components(open_components(folder), str(folder), reference, tolerance=tolerance, **runner_options)
+
+
+def check_components(components: Mapping[str, Artifact], name: str,
+                     reference: ReferenceModel | ReferenceBundle | None = None, *, tolerance: Tolerance | None = None,
+                     **runner_options: Any) -> ParityReport:
+    """:func:`check_parity` of artifacts already opened and hash-checked
+    (:func:`edgeexport.bundle.open_components`); ``name`` is a bundle's folder, as the report names it."""
+    reports = {role: _check_one(artifact, reference, tolerance, runner_options)
+               for role, artifact in components.items()}
+    if "" in reports:
+        return reports[""]
+    first = next(iter(reports.values()))
+    cases = [replace(case, case=f"{role}/{case.case}") for role, report in reports.items() for case in report.cases]
+    return replace(first, artifact=name, cases=cases)
+
+
+def _check_one(artifact: Artifact, reference: ReferenceModel | ReferenceBundle | None, tolerance: Tolerance | None,
+               runner_options: dict[str, Any]) -> ParityReport:
+    runner = load(artifact, verify=False, **runner_options)  # open_components hash-checked it
+    if reference is not None and hasattr(reference, "components"):
+        reference = reference.components[GenerationSpec.of(runner.artifact.manifest).role]
+    fresh = []
+    if reference is not None:
+        for i, (name, sizes) in enumerate(reference.shape_cases()):
+            def make(sizes: dict[str, int] = sizes, seed: int = FRESH_SEED + i) -> tuple[Any, Any]:
+                inputs = reference.make_inputs(sizes, seed=seed)
+                return inputs, reference.run(inputs)
+            fresh.append((f"fresh-{name}", sizes, make))
+    with runner:
+        return check_artifact(runner.artifact, runner, tolerance=tolerance, fresh=fresh)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import atheris
 
-from edgeexport.artifact import Artifact, Manifest
+from edgeexport.artifact import Artifact
 from edgeexport.errors import ArtifactError
+from edgeexport.manifest import Manifest
 
 FOLDER = Path(tempfile.mkdtemp(prefix="edgeexport-fuzz-"))
 GOLDEN = Path(__file__).parent / "golden"
