@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import edgeexport
@@ -160,3 +162,35 @@ def test_validate_runs_without_torch(bert_artifact: ConversionResult,
     result = cli_without_torch("validate", str(bert_artifact.artifact))
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout
+
+
+README_COMMAND = re.compile(r"(?<![\w/-])edgeexport ([a-z]+)((?: +(?:[^\s#|&`'\"]+|\"[^\"]*\"))*)")
+
+
+def readme_options() -> dict[str, set[str]]:
+    """Every ``--option`` and ``-o``-style flag the README gives each command, from its command lines."""
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    found: dict[str, set[str]] = {}
+    for command, rest in README_COMMAND.findall(text):
+        found.setdefault(command, set()).update(re.findall(r"(?<!\S)(--?[a-z][a-z0-9-]*)", rest))
+    return found
+
+
+def help_options(command: str) -> set[str]:
+    result = runner.invoke(app, [command, "--help"], prog_name="edgeexport", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", result.stdout))
+
+
+def test_every_option_the_readme_gives_a_command_is_in_its_help() -> None:
+    """README and --help agree: a flag the README shows for a command that its help lacks fails here (planted: a
+    README line with a flag no command has is caught by the same check)."""
+    commands = set(typer.main.get_command(app).commands)
+    options = {command: flags for command, flags in readme_options().items() if command in commands}
+    assert {"convert", "validate", "predict", "generate", "matrix", "tune", "inspect", "sign"} <= set(options)
+    assert sum(map(len, options.values())) >= 30
+    missing = {command: sorted(flags - help_options(command)) for command, flags in options.items()
+               if flags - help_options(command)}
+    assert missing == {}
+    planted = README_COMMAND.findall("edgeexport validate qa --fail-on regression --no-such-flag")
+    assert planted and "--no-such-flag" not in help_options(planted[0][0])
