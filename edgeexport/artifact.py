@@ -87,10 +87,12 @@ class Bounds:
     """Parity bounds of one output, relative to the reference's spread (see docs/parity.md).
 
     With ``d`` the error, ``s`` the reference's RMS deviation (per row for logits), ``m`` its RMS
-    magnitude and the floor ``f = atol + rounding * m`` (what the arithmetic cannot resolve):
-    ``max|d| <= f + max_error * s``, ``rms(d) <= f + rms_error * s``, ``|slope - 1| <= scale_error
-    + f / s``, and for logits, when ``min_top1`` is set, top-1 agreement counting near-ties of at
-    least ``min_top1``.
+    magnitude and the element-wise floor ``f_i = atol + rounding * max(|r_i|, m)`` (what the
+    arithmetic cannot resolve): ``max(|d_i| - f_i) <= max_error * s``, ``rms(d) <= rms(f) +
+    rms_error * s``, ``|slope - 1|`` beyond its measured noise at most ``scale_error`` (and at most
+    0.1; per class, row or feature too), and for logits, when ``min_top1`` is set, top-1 agreement
+    counting the flips the measured noise explains of at least ``min_top1``
+    (:mod:`edgeexport.validation.metrics`).
     """
 
     atol: float

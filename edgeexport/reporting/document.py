@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeexport.errors import UsageError
 from edgeexport.validation.machine import machine_info
-from edgeexport.validation.report import parity_summary, verdict
+from edgeexport.validation.report import parity_summary, plural, verdict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -89,16 +89,21 @@ class RunReport:
 
     def verdict(self) -> str:
         """The line closing a validate run: the :func:`~edgeexport.validation.report.verdict` of its parity, or,
-        where the gate's baseline decides otherwise, PASS/FAIL by the gate with the parity summary."""
+        where the gate's baseline decides otherwise, PASS/FAIL by the gate with the parity summary; with a
+        baseline, the line names it and how many cases and outputs were compared with it."""
         if self.parity is None:
             raise ValueError(f"a {self.command} run has no parity verdict")
-        if self.passed == self.parity.passed:
+        if self.checks is None:
             return verdict(self.parity)
+        regressions = sum(not check for check in self.checks if check.metric != "compared")
+        against = self.gate.describe(self.parity)
+        if self.passed == self.parity.passed:
+            return f"{verdict(self.parity)}; {plural(regressions, 'regression')} against {against}"
         if self.passed:  # failures the baseline already had (--fail-on regression)
-            return f"PASS: no regression against {self.gate.baseline_path}; {parity_summary(self.parity)}"
-        regressions = sum(not check for check in self.checks or [])
-        return (f"FAIL: {regressions} regression{'' if regressions == 1 else 's'} against {self.gate.baseline_path}; "
-                f"{parity_summary(self.parity)}")
+            return f"PASS: no regression against {against}; {parity_summary(self.parity)}"
+        if not regressions:  # the baseline compared nothing
+            return f"FAIL: nothing compared against {against}; {parity_summary(self.parity)}"
+        return f"FAIL: {plural(regressions, 'regression')} against {against}; {parity_summary(self.parity)}"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``edgeexport.report.v2`` JSON document (latency samples rounded to 0.1 µs)."""
