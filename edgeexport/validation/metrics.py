@@ -30,6 +30,13 @@ MIN_FEATURE_ELEMENTS = 8  # elements a feature needs for its own slope
 MIN_SLICE_VARIATION = 0.1  # a slice that varies by less than this share of its RMS value has no slope to judge
 MIN_SLICE_SPREAD = 0.5  # nor does one whose spread is below this share of the median slice's
 FLIP_Z = 4.0  # standard deviations of the top-1 flips that noise may explain
+# The constants above as convert writes them into the manifest's ``criterion`` block, which
+# examples/cpp-openvino/check.cpp reads: the device check judges by the numbers this module used.
+CRITERION: dict[str, float] = {
+    "scale_cap": SCALE_CAP, "slice_cap": SLICE_CAP, "slope_z": SLOPE_Z, "min_scale_dof": MIN_SCALE_DOF,
+    "feature_quantile": FEATURE_QUANTILE, "min_feature_elements": MIN_FEATURE_ELEMENTS,
+    "min_slice_variation": MIN_SLICE_VARIATION, "min_slice_spread": MIN_SLICE_SPREAD, "flip_z": FLIP_Z,
+}
 
 
 @dataclass(frozen=True)
