@@ -1,21 +1,19 @@
-"""The run report: what one ``validate`` or ``bench`` run found, the gate's verdict, and its JSON form.
+"""The run report: what one ``validate`` or ``bench`` run found, the gate's verdict, and its JSON form
+(schema :data:`~edgeexport.reporting.schema.SCHEMA`; docs/reports.md documents every field).
 
-The JSON form carries ``"schema": "edgeexport.report.v2"``; docs/reports.md documents every
-field. Within a version fields are only ever added, never renamed or removed; a change that
-breaks readers bumps the version (v2: spread-relative parity metrics, latency dispersion, the
-machine a run came from).
+The report is judged by a :class:`~edgeexport.reporting.gate.Gate` and holds its checks; the gate
+never imports this module (it reads a baseline through :mod:`edgeexport.reporting.schema`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeexport.errors import UsageError
+from edgeexport.reporting.schema import SCHEMA
 from edgeexport.validation.machine import machine_info
 from edgeexport.validation.report import parity_summary, plural, verdict
 
@@ -27,9 +25,6 @@ if TYPE_CHECKING:
     from edgeexport.validation.latency import LatencyStats
     from edgeexport.validation.localize import Localization
     from edgeexport.validation.parity import ParityReport
-
-SCHEMA = "edgeexport.report.v2"  # v2: spread-relative parity metrics and bounds, latency dispersion, machine
-
 
 @dataclass
 class RunReport:
@@ -118,21 +113,3 @@ class RunReport:
             "baseline_checks": [c.to_dict() for c in self.checks] if self.checks is not None else None,
             "machine": self.machine,
         }
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """A JSON report written by ``--report FILE.json``.
-
-    Raises:
-        UsageError: the file is missing, not JSON, or not an edgeexport report of a known schema.
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise UsageError(f"cannot read baseline {path}: {reason}; pass a file written with --report FILE.json") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise UsageError(f"baseline {path} is not an edgeexport report (schema {found!r}, expected {SCHEMA!r}); "
-                         "write one with --report FILE.json")
-    return data

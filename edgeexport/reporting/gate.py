@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeexport.errors import UsageError
-from edgeexport.reporting.document import load_report
+from edgeexport.reporting.schema import load_report
 from edgeexport.validation.metrics import json_ready
 from edgeexport.validation.report import Row, format_number, plural
 
