@@ -480,7 +480,11 @@ Measured measure(Comparison& result, const std::vector<double>& reference, const
 // metrics._slopes for one slice: the slope's offset from 1, sum(d rc) / sum(rc^2), and how far noise
 // alone moves it: the floor's worst-case tilt sum(f |rc|) / sum(rc^2) plus slope_z standard errors, from
 // `noise` per element or else from the residual d - off rc with `dof` degrees of freedom.
-std::pair<double, double> slope(const std::vector<double>& d, const std::vector<double>& f,
+struct Slope {
+  double off, allowance;
+};
+
+Slope slope(const std::vector<double>& d, const std::vector<double>& f,
                                 const std::vector<double>& rc, double dof, std::optional<double> noise,
                                 const Criterion& criterion) {
   double squares = 0, cross = 0, tilt = 0;
@@ -528,8 +532,8 @@ std::optional<std::vector<double>> slice_excess(const Errors& e, const Slicing& 
   for (std::size_t j = 0; j < by.slices; ++j) {
     if (!(spread[j] > criterion.min_slice_variation * magnitude[j] && spread[j] >= criterion.min_slice_spread * median))
       continue;
-    const auto [off, allowance] = slope(d[j], f[j], rc[j], static_cast<double>(by.elements) - 2, noise, criterion);
-    excess[j] = std::max(std::abs(off) - allowance, 0.0);
+    const Slope own = slope(d[j], f[j], rc[j], static_cast<double>(by.elements) - 2, noise, criterion);
+    excess[j] = std::max(std::abs(own.off) - own.allowance, 0.0);
   }
   return excess;
 }
@@ -561,6 +565,7 @@ double ndtr(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
 // ceil(E + flip_z sqrt(V)) count (E = sum p_j, V = sum p_j (1 - p_j)).
 double explained_flips(const std::vector<double>& reference, const std::vector<double>& target, std::size_t columns,
                        double noise, const Criterion& criterion) {
+  if (noise <= 0) return 0;
   const std::size_t rows = reference.size() / columns;
   const double width = std::sqrt(2.0) * noise;
   std::size_t flips = 0, explainable = 0;
@@ -579,7 +584,7 @@ double explained_flips(const std::vector<double>& reference, const std::vector<d
     const double p = std::min(chance, 1.0);
     expected += p, variance += p * (1 - p);
   }
-  if (flips == 0 || noise <= 0) return 0;
+  if (flips == 0) return 0;
   const double most = std::ceil(expected + criterion.flip_z * std::sqrt(variance));
   return std::min(static_cast<double>(explainable), most) / static_cast<double>(rows);
 }
@@ -635,7 +640,7 @@ void check_scale(Comparison& result, const Measured& m, const Tolerance& toleran
   const Errors& e = m.errors;
   if (!(e.s > 0) || e.dof < criterion.min_scale_dof) return;
   const double limit =
-      systematic_scale(tolerance, criterion) + slope(e.d, e.f, e.rc, e.dof - 1, std::nullopt, criterion).second;
+      systematic_scale(tolerance, criterion) + slope(e.d, e.f, e.rc, e.dof - 1, std::nullopt, criterion).allowance;
   if (std::abs(result.scale - 1) > limit)
     result.failures.push_back(format("scale %.6g is off 1 by more than %.3g", result.scale, limit));
 }
