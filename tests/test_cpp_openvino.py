@@ -302,7 +302,7 @@ def test_the_criterions_constants_come_from_the_manifest(check_program: Path, tm
     """The program judges by the manifest's ``criterion`` (metrics.CRITERION as convert wrote it): with no
     slope allowed beyond the floor's tilt (``scale_cap`` and ``slope_z`` 0), the genuine output of the scale
     plant's artifact fails on its scale, in C++ reading the manifest as in Python with those constants."""
-    plant, make, logits, precision = ONLY["scale"]
+    _, make, logits, precision = ONLY["scale"]
     reference = make().astype(np.float32)
     genuine_target = genuine(reference.astype(np.float64), precision).astype(np.float32)
     targets = identity_artifact(tmp_path, {"genuine": (genuine_target, reference)}, PRECISIONS[precision],
