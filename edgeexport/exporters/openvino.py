@@ -274,8 +274,9 @@ def quantize(model: ov.Model, reference: ReferenceModel) -> tuple[ov.Model, str]
     """int8 weights and activations with nncf post-training quantization on reference inputs.
 
     The task head (the last :data:`FLOAT_HEAD_LAYERS` weighted layers) and the convolutions that the
-    CPU plugin gets wrong on AMX (:func:`amx_int8_faults`) stay in float, and weights use 7 bits (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels
-    accumulate pairs in int16, do not saturate. Layers fed by activation ranges that nncf set per
+    CPU plugin gets wrong on AMX (:func:`amx_int8_faults`) stay in float, and weights use 7 bits
+    (nncf's overflow fix) so that CPUs without VNNI, whose int8 kernels accumulate pairs in int16,
+    do not saturate. Layers fed by activation ranges that nncf set per
     position along a dynamic axis (:func:`fed_by_positional_ranges`) stay in float too: a second
     pass quantizes without them.
     """
