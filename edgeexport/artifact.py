@@ -38,7 +38,6 @@ from edgeexport.errors import ArtifactError, OutputDirError, UsageError
 from edgeexport.manifest import (
     GOLDEN_ALIGNMENT,
     GOLDEN_DTYPES,
-    Bounds,  # noqa: F401 - validation/metrics.py and report.py import it from here until branch verdicts2 lands
     GoldenCase,
     GoldenFile,
     GoldenTensor,

@@ -264,11 +264,13 @@ def target_option_values(**values: Any) -> dict[str, Any]:
 
 BOUND_HELP = {
     "atol": "absolute error floor (docs/parity.md).",
-    "rounding": "error floor relative to the output's RMS magnitude (the arithmetic's rounding).",
-    "max_error": "largest error, in spreads of the reference.",
-    "rms_error": "RMS error, in spreads of the reference.",
-    "scale_error": "|slope - 1| of target against reference.",
-    "min_top1": "least top-1 agreement of logits (near-ties count as agreeing).",
+    "rounding": "error floor relative to each value's magnitude, at least the output's RMS (the arithmetic's "
+                "rounding).",
+    "max_error": "largest error beyond its element's floor, in spreads of the reference.",
+    "rms_error": "RMS error beyond the floor's RMS, in spreads of the reference.",
+    "scale_error": "|slope - 1| of target against reference beyond its measured noise (capped; per class, row and "
+                   "feature too).",
+    "min_top1": "least top-1 agreement of logits, counting the flips the case's measured noise explains.",
 }
 
 

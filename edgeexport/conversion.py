@@ -26,6 +26,7 @@ from edgeexport.processing import Processing
 from edgeexport.runner import runtime_module
 from edgeexport.tasks import task_head
 from edgeexport.validation.agreement import write_evaluation
+from edgeexport.validation.metrics import CRITERION
 from edgeexport.validation.parity import ParityReport, check_parity
 from edgeexport.zoo import SPECS, model_kind, weights_note, zoo_task
 
@@ -276,6 +277,7 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
         generation=reference.generation, processing=reference.processing,
         evaluation=write_evaluation(stage, reference.task, *evaluation) if evaluation else {},
+        criterion=dict(CRITERION),
     )
     return write_manifest(stage, manifest, tool_packages)
 

@@ -65,10 +65,12 @@ class Bounds:
     """Parity bounds of one output, relative to the reference's spread (see docs/parity.md).
 
     With ``d`` the error, ``s`` the reference's RMS deviation (per row for logits), ``m`` its RMS
-    magnitude and the floor ``f = atol + rounding * m`` (what the arithmetic cannot resolve):
-    ``max|d| <= f + max_error * s``, ``rms(d) <= f + rms_error * s``, ``|slope - 1| <= scale_error
-    + f / s``, and for logits, when ``min_top1`` is set, top-1 agreement counting near-ties of at
-    least ``min_top1``.
+    magnitude and the element-wise floor ``f_i = atol + rounding * max(|r_i|, m)`` (what the
+    arithmetic cannot resolve): ``max(|d_i| - f_i) <= max_error * s``, ``rms(d) <= rms(f) +
+    rms_error * s``, ``|slope - 1|`` beyond its measured noise at most ``scale_error`` (and at most
+    0.1; per class, row or feature too), and for logits, when ``min_top1`` is set, top-1 agreement
+    counting the flips the measured noise explains of at least ``min_top1``
+    (:mod:`edgeexport.validation.metrics`).
     """
 
     atol: float
@@ -224,7 +226,9 @@ class Manifest:
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
     ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
     precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts and reference task
-    outputs of the task-agreement check (:mod:`edgeexport.validation.agreement`).
+    outputs of the task-agreement check (:mod:`edgeexport.validation.agreement`); ``criterion`` the
+    constants of the parity criterion the artifact was judged by (``metrics.CRITERION``), for checks
+    on the device that reimplement it (examples/cpp-openvino).
     """
 
     model: dict[str, Any]
@@ -243,6 +247,7 @@ class Manifest:
     processing: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    criterion: dict[str, float] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -276,6 +281,7 @@ class Manifest:
             **({"processing": self.processing} if self.processing else {}),
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"evaluation": self.evaluation} if self.evaluation else {}),
+            **({"criterion": self.criterion} if self.criterion else {}),
             "tool_versions": self.tool_versions,
             "files": self.files,
         }
@@ -329,6 +335,7 @@ class Manifest:
             processing=_field(data, "processing", dict, "") if "processing" in data else {},
             tuning=_field(data, "tuning", dict, "") if "tuning" in data else {},
             evaluation=_evaluation(data),
+            criterion=_criterion(data),
             tool_versions=_field(data, "tool_versions", dict, ""),
             files=files,
         )
@@ -350,6 +357,14 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
     for key in criteria:
         _number(criteria, key, "evaluation.criteria")
     return block
+
+
+def _criterion(data: Mapping[str, Any]) -> dict[str, float]:
+    """The optional ``criterion`` block: the parity criterion's constants by name, each a non-negative number."""
+    if "criterion" not in data:
+        return {}
+    block = _field(data, "criterion", dict, "")
+    return {key: _number(block, key, "criterion") for key in block}
 
 
 def _field(data: Any, key: str, kind: type, where: str) -> Any:

@@ -16,6 +16,7 @@ from edgeexport.artifact import Artifact, staged_output, write_manifest
 from edgeexport.conversion import ConversionResult
 from edgeexport.errors import ArtifactError, OutputDirError
 from edgeexport.manifest import SCHEMA_VERSION
+from edgeexport.validation.metrics import CRITERION
 from edgeexport.zoo import FP32_TOLERANCE
 
 
@@ -31,6 +32,7 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
     assert data["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 3],
                                 "dynamic_axes": {"0": "batch"}}]
     assert data["tolerance"] == {**FP32_TOLERANCE.to_dict(), "per_output": {}}
+    assert data["criterion"] == CRITERION  # the constants examples/cpp-openvino judges by
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["tool_versions"])
     assert set(data["files"]) == {"model.onnx", "golden/example_inputs.bin", "golden/example_outputs.bin",
                                   "golden/alternate_inputs.bin", "golden/alternate_outputs.bin",
@@ -213,6 +215,12 @@ def test_schema_1_with_npz_golden_files_is_refused(artifact_copy: Path) -> None:
 def test_manifest_field_of_wrong_type_is_refused(artifact_copy: Path) -> None:
     _edit_manifest(artifact_copy, inputs="input_ids")
     with pytest.raises(ArtifactError, match="manifest field 'inputs' must be list, got str"):
+        Artifact.open(artifact_copy)
+
+
+def test_a_criterion_constant_that_is_not_a_number_is_refused(artifact_copy: Path) -> None:
+    _edit_manifest(artifact_copy, criterion={**CRITERION, "slope_z": "3"})
+    with pytest.raises(ArtifactError, match="^manifest field 'criterion.slope_z' must be a non-negative number$"):
         Artifact.open(artifact_copy)
 
 

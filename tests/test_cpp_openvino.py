@@ -1,6 +1,8 @@
 """examples/cpp-openvino: the C++ device check, built against the openvino wheel's CMake config, runs
-converted BERT and ViT artifacts and judges every output as docs/parity.md says, with the same numbers
-as the Python reference implementation below; planted corruptions fail on the criterion they break."""
+converted BERT and ViT artifacts and judges every output as docs/parity.md says, with the numbers, the
+verdict and the words of edgeexport's own ``compare_output``; planted corruptions fail on the criterion
+they break, and each criterion's plant of tests/test_plant_table.py (which only it catches there) fails
+on that criterion alone here too."""
 
 from __future__ import annotations
 
@@ -17,16 +19,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeexport.artifact import save_tensors, sha256_file
-from edgeexport.manifest import Bounds
-from edgeexport.validation.metrics import compare_output
+from edgeexport.artifact import save_golden, save_tensors, sha256_file, write_manifest
+from edgeexport.manifest import Bounds, Manifest, TensorSpec, Tolerance
+from edgeexport.validation import metrics
+from edgeexport.validation.metrics import CRITERION, compare_output
+from test_plant_table import ONLY, PRECISIONS, genuine  # pytest puts tests/ on sys.path
 
 openvino = pytest.importorskip("openvino")
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "cpp-openvino"
 # The manifest tolerance of docs/parity.md, written into the test artifacts (convert writes its own).
 TOLERANCE = {"atol": 1e-5, "rounding": 1e-6, "max_error": 1e-3, "rms_error": 1e-4, "scale_error": 1e-3, "min_top1": 1.0, "per_output": {}}
-CRITERIA = ("max error", "rms error", "scale", "top-1")
 Converted = tuple[Path, dict[str, dict[str, np.ndarray]]]  # an artifact and OpenVINO's outputs by case and name
 
 
@@ -129,14 +132,15 @@ def add_golden_cases(folder: Path, outputs: dict[str, dict[str, np.ndarray]]) ->
 
 
 def criterion(reference: np.ndarray, target: np.ndarray, *, logits: bool,
-              tolerance: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """edgeexport's own verdict (validation.metrics): the reported numbers and the criteria that fail."""
+              tolerance: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]]:
+    """edgeexport's own verdict (validation.metrics): the reported numbers, the program's verdict column
+    as Python words it, and the checks that fail by name."""
     bounds = Bounds(**{k: v for k, v in tolerance.items() if k != "per_output"})
     result = compare_output("y", target, reference, bounds, logits=logits)
-    failed = {name for name in CRITERIA if any(reason.startswith(name) for reason in result.reason.split("; "))}
-    return {"max err": result.max_error, "rms err": result.rms_error, "scale": result.scale,
-            "top-1": None if result.top1 is None or bounds.min_top1 is None
-            else result.top1 + (result.top1_near_ties or 0.0)}, failed
+    numbers = {"max err": result.max_error, "rms err": result.rms_error, "scale": result.scale,
+               "top-1": None if result.top1 is None or bounds.min_top1 is None
+               else result.top1 + (result.top1_near_ties or 0.0)}
+    return numbers, "PASS" if result else f"FAIL {result.reason}", result.failed
 
 
 def run_check(program: Path, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -158,16 +162,10 @@ def rows(stdout: str) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
     return table
 
 
-def failed_criteria(verdict: str) -> set[str]:
-    if verdict == "PASS":
-        return set()
-    assert verdict.startswith("FAIL "), verdict
-    return {next(c for c in CRITERIA if reason.startswith(c)) for reason in verdict[5:].split("; ")}
-
-
 def assert_agrees_with_the_reference(result: subprocess.CompletedProcess[str], folder: Path,
                                      targets: dict[str, dict[str, np.ndarray]]) -> dict[str, set[str]]:
-    """Every row's numbers within 1e-6 (relative) and verdict equal to :func:`criterion`'s; the failures by case."""
+    """Every row's numbers within 1e-6 (relative) and its verdict, word for word, :func:`criterion`'s; the
+    checks failed by case."""
     manifest = json.loads((folder / "manifest.json").read_text())
     tolerance = manifest["tolerance"]
     table = rows(result.stdout)
@@ -176,15 +174,15 @@ def assert_agrees_with_the_reference(result: subprocess.CompletedProcess[str], f
     failures = {}
     for (case, output), (numbers, verdict) in table.items():
         own = {**tolerance, **tolerance["per_output"].get(output, {})}
-        target = targets.get(case, targets["example"])[output]  # added cases run on the example inputs
-        want, want_failed = criterion(golden_tensors(folder, case, "outputs")[output], target,
-                                      logits=output in manifest["logits_outputs"], tolerance=own)
+        target = targets[case if case in targets else "example"][output]  # added cases run on the example inputs
+        want, want_verdict, want_failed = criterion(golden_tensors(folder, case, "outputs")[output], target,
+                                                    logits=output in manifest["logits_outputs"], tolerance=own)
         top1, want_top1 = numbers.pop("top-1"), want.pop("top-1")
         assert numbers == pytest.approx(want, rel=1e-6), (case, output, result.stdout)
         want_top1 = None if want_top1 is None else pytest.approx(want_top1, rel=1e-6)
         assert top1 == want_top1, (case, output, result.stdout)
-        assert failed_criteria(verdict) == want_failed, (case, output, result.stdout)
-        failures[case] = want_failed
+        assert verdict == want_verdict, (case, output, result.stdout)
+        failures[case] = set(want_failed)
     return failures
 
 
@@ -260,6 +258,63 @@ def test_per_output_overrides_apply_and_a_rescaled_output_fails_on_scale_alone(c
     assert result.returncode == 1 and failures["rescaled"] == {"scale"} and "top-1" not in failures["top1-flipped"]
 
 
+def identity_artifact(folder: Path, outputs: dict[str, tuple[np.ndarray, np.ndarray]], tolerance: Tolerance, *,
+                      logits: bool) -> dict[str, dict[str, np.ndarray]]:
+    """An OpenVINO artifact of ``y = x * 1`` (float32) whose golden cases feed each ``(target, reference)``'s
+    target as ``x`` with its reference as ``y``: the program then judges the target itself. The targets by case."""
+    import openvino.opset13 as ops
+
+    shape = next(iter(outputs.values()))[1].shape
+    x = ops.parameter(shape, np.float32, name="x")
+    y = ops.multiply(x, ops.constant(np.float32(1)))
+    x.output(0).set_names({"x"})
+    y.output(0).set_names({"y"})
+    openvino.save_model(openvino.Model([y], [x], "identity"), str(folder / "model.xml"))
+    spec = [TensorSpec(name, "float32", tuple(shape)) for name in ("x", "y")]
+    write_manifest(folder, Manifest(
+        model={"name": "identity"}, target="openvino", runtime="openvino", precision="fp32", model_file="model.xml",
+        exporter={}, inputs=spec[:1], outputs=spec[1:], tolerance=tolerance, logits_outputs=["y"] if logits else [],
+        golden=[save_golden(folder, case, {}, {"x": target}, {"y": reference})
+                for case, (target, reference) in outputs.items()],
+        runtime_options={"inference_precision": "f32"}, criterion=dict(CRITERION)))
+    return {case: {"y": target} for case, (target, _) in outputs.items()}
+
+
+@pytest.mark.parametrize("name", ONLY)
+def test_each_criterions_own_plant_fails_on_it_alone(check_program: Path, tmp_path: Path, name: str) -> None:
+    """tests/test_plant_table.py's plant that only criterion ``name`` catches, at the precision's own bounds
+    (a fixed corruption, not sized from them), in float32: it fails on ``name`` alone and the genuine output
+    (the reference plus noise of half the RMS bound) passes, in C++ as in Python. Switching the
+    criterion off in check.cpp fails this test."""
+    plant, make, logits, precision = ONLY[name]
+    reference = make().astype(np.float32).astype(np.float64)
+    cases = {"genuine": genuine(reference, precision), "planted": plant(reference)}
+    targets = identity_artifact(tmp_path, {case: (target.astype(np.float32), reference.astype(np.float32))
+                                           for case, target in cases.items()}, PRECISIONS[precision], logits=logits)
+    result = run_check(check_program, tmp_path)
+    assert result.returncode == 1 and result.stderr == "", result.stdout + result.stderr
+    assert assert_agrees_with_the_reference(result, tmp_path, targets) == {"genuine": set(), "planted": {name}}
+    assert "FAIL: 1 of 2 outputs beyond tolerance: planted/y" in result.stdout
+
+
+def test_the_criterions_constants_come_from_the_manifest(check_program: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program judges by the manifest's ``criterion`` (metrics.CRITERION as convert wrote it): with no
+    slope allowed beyond the floor's tilt (``scale_cap`` and ``slope_z`` 0), the genuine output of the scale
+    plant's artifact fails on its scale, in C++ reading the manifest as in Python with those constants."""
+    _, make, logits, precision = ONLY["scale"]
+    reference = make().astype(np.float32)
+    genuine_target = genuine(reference.astype(np.float64), precision).astype(np.float32)
+    targets = identity_artifact(tmp_path, {"genuine": (genuine_target, reference)}, PRECISIONS[precision],
+                                logits=logits)
+    edit_manifest(tmp_path, criterion={**CRITERION, "scale_cap": 0, "slope_z": 0})
+    monkeypatch.setattr(metrics, "SCALE_CAP", 0.0)
+    monkeypatch.setattr(metrics, "SLOPE_Z", 0.0)
+    result = run_check(check_program, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert assert_agrees_with_the_reference(result, tmp_path, targets) == {"genuine": {"scale"}}
+
+
 def _flip_golden_byte(folder: Path) -> None:
     path = folder / "golden" / "example_outputs.bin"
     data = bytearray(path.read_bytes())
@@ -286,6 +341,9 @@ def _flip_golden_byte(folder: Path) -> None:
       "the artifact is corrupt")),
     (lambda f: edit_manifest(f, tolerance={"atol": 1e-5}), (),
      "error: manifest is missing field 'tolerance.rounding'; the artifact is incomplete, re-run convert"),
+    (lambda f: (f / "manifest.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((f / "manifest.json").read_text()).items() if k != "criterion"})), (),
+     "error: manifest is missing field 'criterion'; the artifact is incomplete, re-run convert"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(check_program: Path, bert: Converted, tmp_path: Path,
                                                 damage: Any, args: tuple[str, ...], expected: str) -> None:

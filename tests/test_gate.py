@@ -127,8 +127,8 @@ def test_cli_gate_on_parity_regression(bert_artifact: ConversionResult, tmp_path
     assert "parity FAILED: regression: example/logits: rms error" in err
     lines = err.strip().splitlines()
     assert f"wrote {report}" in lines
-    assert lines[-1] == (f"FAIL: 1 regression against {path}; 2 cases x 1 output of {bert_artifact.artifact} within "
-                         "bounds (onnx fp32 on onnxruntime)")
+    assert lines[-1] == (f"FAIL: 1 regression against {path} (1 case, 1 output compared); 2 cases x 1 output of "
+                         f"{bert_artifact.artifact} within bounds (onnx fp32 on onnxruntime)")
     data = json.loads(report.read_text())
     assert not data["passed"] and [c["passed"] for c in data["baseline_checks"]] == [False]
 
@@ -149,10 +149,57 @@ def test_the_verdict_follows_the_gate(tmp_path: Path) -> None:
     """A known failure passes a regression gate and the verdict says why; the default gate fails it."""
     current = parity({"a": 0.5})
     path = baseline(tmp_path, outputs={"a": (False, 0.5)})
-    for gate, expected in ((Gate.create("regression", path), f"PASS: no regression against {path}; 1 of 1 case x 1 "
-                                                             "output of a out of bounds (onnx fp32 on onnxruntime)"),
+    for gate, expected in ((Gate.create("regression", path), f"PASS: no regression against {path} (1 case, 1 output "
+                                                             "compared); 1 of 1 case x 1 output of a out of bounds "
+                                                             "(onnx fp32 on onnxruntime)"),
                            (Gate(), "FAIL: 1 of 1 case x 1 output of a out of bounds (onnx fp32 on onnxruntime)")):
         checks = gate.checks(current, [])
         run = RunReport("validate", "a", {}, "onnx", "onnxruntime", "fp32", gate, parity=current, checks=checks,
                         failures=gate.failures(current, checks))
         assert run.verdict() == expected
+
+
+def test_a_baseline_that_shares_nothing_fails_in_one_line(tmp_path: Path) -> None:
+    """A baseline of other outputs (or a bench report) compares nothing: that fails, naming both sides."""
+    path = baseline(tmp_path, outputs={"logits": (True, 0.0)})
+    current = parity({"a": 0.0})
+    gate = Gate.create("regression", path)
+    checks = gate.checks(current, [])
+    assert gate.failures(current, checks) == [
+        f"baseline {path} shares no case or output with this run (baseline cases ['example'], this run's "
+        "['example']); pass a report of a validate run of the same model and cases"]
+    run = RunReport("validate", "a", {}, "onnx", "onnxruntime", "fp32", gate, parity=current, checks=checks,
+                    failures=gate.failures(current, checks))
+    assert run.verdict() == (f"FAIL: nothing compared against {path} (1 case, 0 outputs compared); 1 case x 1 output "
+                             "of a within bounds (onnx fp32 on onnxruntime)")
+    bench = baseline(tmp_path, latency={"onnx": 1.0})
+    assert gate.failures(current, Gate.create("regression", bench).checks(current, []))[0].startswith(
+        f"baseline {bench} shares no case or output with this run (baseline cases [], this run's ['example'])")
+    latency = Gate.create("regression", bench).checks(None, [stats("openvino", 1.0)])
+    assert [c.reason for c in latency] == [
+        f"baseline {bench} shares no backend with this run (baseline ['onnx'], this run's ['openvino']); pass a report "
+        "of a bench run of the same backends"]
+
+
+def test_a_passing_run_names_its_baseline_and_what_was_compared(tmp_path: Path) -> None:
+    path = baseline(tmp_path, outputs={"a": (True, 0.0), "gone": (True, 0.0)})
+    current = parity({"a": 0.0, "b": 0.0})
+    gate = Gate.create("regression", path)
+    checks = gate.checks(current, [])
+    run = RunReport("validate", "a", {}, "onnx", "onnxruntime", "fp32", gate, parity=current, checks=checks,
+                    failures=gate.failures(current, checks))
+    assert run.verdict() == (f"PASS: 1 case x 2 outputs of a within bounds (onnx fp32 on onnxruntime); 0 regressions "
+                             f"against {path} (1 case, 1 output compared)")
+
+
+def test_cli_baseline_of_other_outputs_fails(bert_artifact: ConversionResult, tmp_path: Path) -> None:
+    """The issue's case: validate --fail-on regression with a baseline of other outputs exited 0."""
+    path = baseline(tmp_path, outputs={"last_hidden_state": (True, 0.0)})
+    code, _, err = invoke("validate", str(bert_artifact.artifact), "--fail-on", "regression", "--baseline", str(path))
+    assert code == 1
+    *failure, last = err.strip().splitlines()
+    assert "".join("".join(failure).split()) == "".join((  # one line, wrapped to the terminal's width
+        f"parity FAILED: baseline {path} shares no case or output with this run (baseline cases ['example'], this "
+        "run's ['alternate', 'example']); pass a report of a validate run of the same model and cases").split())
+    assert last == (f"FAIL: nothing compared against {path} (1 case, 0 outputs compared); 2 cases x 1 output of "
+                         f"{bert_artifact.artifact} within bounds (onnx fp32 on onnxruntime)")

@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeexport.exporter import get_exporter
 from edgeexport.manifest import Bounds, Tolerance
 from edgeexport.validation.metrics import compare_output
 from edgeexport.validation.parity import ParityReport, compare_outputs
+from edgeexport.zoo import FP32_TOLERANCE
 
-# The looser quantized bounds of this project (OpenVINO int8): the planted outputs must fail even these.
-LOOSE = Bounds(atol=1e-4, rounding=0, max_error=2.0, rms_error=0.3, scale_error=0.05, min_top1=0.8)
+# The loosest real tables (docs/parity.md): the planted outputs must fail even these.
+LOOSE = {f"{target} {precision}": get_exporter(target).precisions[precision]
+         for target, precision in (("openvino", "int8"), ("openvino", "int4-weights"), ("onnx", "int4-weights"),
+                                   ("coreml", "palettize4"))}
 FP32 = Bounds(atol=1e-6, rounding=0, max_error=1e-3, rms_error=1e-4, scale_error=1e-3)
 
 
@@ -48,23 +52,41 @@ def test_verdict_is_invariant_to_a_common_offset_and_scale() -> None:
     assert len(verdicts) == 1
 
 
+@pytest.mark.parametrize("bounds", LOOSE)
 @pytest.mark.parametrize("logits", [True, False])
-@pytest.mark.parametrize("planted", ["unrelated", "shuffled", "scaled 1.1", "constant"])
-def test_outputs_without_the_references_information_fail(planted: str, logits: bool) -> None:
+@pytest.mark.parametrize("planted", ["unrelated", "shuffled", "scaled 1.3", "scaled 0.7", "constant"])
+def test_outputs_without_the_references_information_fail(planted: str, logits: bool, bounds: str) -> None:
     reference = offset_logits(0)
+    centred = reference - reference.mean(axis=-1, keepdims=True)
     target = {"unrelated": offset_logits(1), "shuffled": np.random.default_rng(2).permuted(reference, axis=1),
-              "scaled 1.1": reference * 1.1, "constant": np.full_like(reference, reference.mean())}[planted]
-    result = compare_output("logits", target, reference, LOOSE, logits=logits)
+              "scaled 1.3": reference + 0.3 * centred, "scaled 0.7": reference - 0.3 * centred,
+              "constant": np.full_like(reference, reference.mean())}[planted]
+    result = compare_output("logits", target, reference, LOOSE[bounds], logits=logits)
     assert not result, planted
     assert result.reason
 
 
 def test_scaled_logits_fail_on_scale_even_inside_the_noise_allowance() -> None:
+    """x1.3 is within OpenVINO int4-weights' max, RMS and scale bounds (5, 0.7, 0.7): the scale is
+    judged beyond its noise against at most 0.1 (a temperature change moves every probability)."""
     reference = offset_logits(0)
     centred = reference - reference.mean(axis=-1, keepdims=True)
-    result = compare_output("logits", reference + 0.1 * centred, reference, LOOSE, logits=True)  # rms 0.1 < 0.3
+    result = compare_output("logits", reference + 0.3 * centred, reference, LOOSE["openvino int4-weights"], logits=True)
     assert not result
-    assert result.reason == "scale 1.1 is off 1 by more than 0.0501"
+    assert result.reason == "scale 1.3 is off 1 by more than 0.1"
+
+
+def test_one_degree_of_freedom_has_no_scale_check() -> None:
+    """One row of two logits: the slope is the error itself (1 + d / the gap), so a slope of
+    1.00001 from fp32 arithmetic (the fused BERT-base of README's vs_optimum table) is judged by the
+    max and RMS bounds alone; with two rows the slope is checked."""
+    reference = np.array([[-0.731, 0.698]])
+    target = reference + np.array([[-7.2e-6, 7.2e-6]])  # slope 1.00001, 1e-5 spreads
+    result = compare_output("logits", target, reference, FP32_TOLERANCE, logits=True)
+    assert result and result.scale == pytest.approx(1.00001, abs=1e-7), result.reason
+    two = np.vstack([reference, reference[:, ::-1] * 2])
+    result = compare_output("logits", two * 1.00001, two, FP32_TOLERANCE, logits=True)
+    assert result.failed == ["scale"], result.reason
 
 
 def test_per_row_offset_of_logits_is_allowed_but_of_other_outputs_is_an_error() -> None:
@@ -74,21 +96,22 @@ def test_per_row_offset_of_logits_is_allowed_but_of_other_outputs_is_an_error() 
     assert not compare_output("boxes", shifted, reference, FP32)
 
 
-def test_quantization_like_noise_passes_the_loose_bounds() -> None:
+@pytest.mark.parametrize("bounds", LOOSE)
+def test_quantization_like_noise_passes_the_loose_bounds(bounds: str) -> None:
     reference = offset_logits(0)
     target = reference + np.random.default_rng(3).normal(0, 0.1, reference.shape)
-    result = compare_output("logits", target, reference, LOOSE, logits=True)
+    result = compare_output("logits", target, reference, LOOSE[bounds], logits=True)
     assert result, result.reason
 
 
 def test_nan_and_inf_fail_naming_the_output() -> None:
     target = np.array([1.0, np.nan, np.inf])
-    result = compare_output("logits", target, np.ones(3), LOOSE)
+    result = compare_output("logits", target, np.ones(3), LOOSE["openvino int8"])
     assert not result and result.reason == "2 NaN/Inf values in the target output"
 
 
 def test_shape_mismatch_fails() -> None:
-    result = compare_output("y", np.zeros((2, 3)), np.zeros((2, 4)), LOOSE)
+    result = compare_output("y", np.zeros((2, 3)), np.zeros((2, 4)), LOOSE["openvino int8"])
     assert not result and result.reason == "shape [2, 3] differs from the reference's [2, 4]"
 
 
@@ -103,26 +126,30 @@ def test_top1_and_top5_agreement() -> None:
     reference = np.eye(6)[None] * 10  # 6 rows, argmax = row index
     target = reference.copy()
     target[0, 0] = [-1.0, 1.0, 0.9, 0.8, 0.7, 0.6]  # row 0: class 0 drops to last place
-    result = compare_output("logits", target, reference, LOOSE, logits=True)
+    result = compare_output("logits", target, reference, LOOSE["openvino int8"], logits=True)
     assert result.top1 == 5 / 6 and result.top5 == 5 / 6
     assert not result
 
 
-def test_top1_forgives_flips_between_near_tied_classes_only() -> None:
+def test_top1_forgives_flips_the_measured_noise_explains_only() -> None:
+    """20 rows where class 0 wins by 10, four of them with class 1 0.01 behind; noise of 0.02 per
+    element flips such a near-tie about a third of the time. The flips the noise explains count as
+    agreeing; a flip to a class 10 behind does not."""
     rng = np.random.default_rng(0)
     reference = rng.standard_normal((20, 50))
-    reference[:, 0] = 10.0  # class 0 wins clearly on every row...
-    reference[:4, 1] = 9.99  # ...except 4 rows where class 1 is within the noise the bounds allow
+    reference[:, 0] = 10.0
+    reference[:4, 1] = 9.99
     bounds = Bounds(atol=1e-4, rounding=0, max_error=1.0, rms_error=0.05, scale_error=0.05, min_top1=1.0)
-    target = reference + rng.normal(0, 0.005, reference.shape)
-    target[:4, 1] = 10.02  # the 4 near-ties flip
+    target = reference + rng.normal(0, 0.02, reference.shape)
+    flipped = target[:, 1] > target[:, 0]
+    assert flipped[:4].sum() == 2 and not flipped[4:].any()  # two of the four near-ties flip
     result = compare_output("logits", target, reference, bounds, logits=True)
-    assert result.top1 == 0.8 and result.top1_near_ties == 0.2
-    assert result, result.reason
-    target[4, 2] = 10.5  # a flip to a class the reference scores far below (about 0 vs 10)
-    result = compare_output("logits", target, reference, bounds, logits=True)
-    assert not result and result.top1 == 0.75 and result.top1_near_ties == 0.2
-    assert result.reason.endswith("top-1 agreement 0.750 (0.950 counting near-ties) < 1")
+    assert result.top1 == 0.9 and result.top1_near_ties == 0.1 and result, result.reason
+    far = target.copy()
+    far[4, 2] = 10.5  # a flip to a class the reference scores far below (about 0 vs 10)
+    result = compare_output("logits", far, reference, bounds, logits=True)
+    assert not result and result.top1 == 0.85 and result.top1_near_ties == 0.1
+    assert result.reason.endswith("top-1 agreement 0.850 (0.950 counting the flips its noise explains) < 1")
 
 
 def test_outputs_are_matched_by_exact_name() -> None:
@@ -164,3 +191,38 @@ def test_rounding_floor_covers_what_the_arithmetic_cannot_resolve() -> None:
     assert not compare_output("boxes", half, reference, FP32)
     logits = offset_logits(0)
     assert not compare_output("logits", offset_logits(1), logits, fp16, logits=True)
+
+
+def test_slices_that_barely_vary_are_judged_by_their_level_alone() -> None:
+    """A random DETR's boxes: 4 coordinates near 0.5 that vary by 5e-5 over 20 queries. ONNX
+    int4-weights turned such a coordinate's variation around (slope -2.3, measured on the tiny
+    zoo DETR) while moving no box by more than 4e-4: a slice varying by less than a tenth of its
+    RMS value is judged by the max and RMS errors, not by its own slope."""
+    rng = np.random.default_rng(6)
+    reference = 0.5 + np.array([0.0, 3e-4, -3e-4, 1.5e-4]) + 5e-5 * rng.standard_normal((2, 10, 4))
+    target = reference.copy()
+    target[..., 2] = reference[..., 2].mean() - 2.3 * (reference[..., 2] - reference[..., 2].mean())
+    bounds = get_exporter("onnx").precisions["int4-weights"]
+    result = compare_output("pred_boxes", target, reference, bounds)
+    assert result and result.feature_scale == 0.0, result.reason
+    varying = reference - 0.5  # the same variation around 0: the slope is the information
+    assert compare_output("y", varying + (target - reference), varying, bounds).failed == ["feature scale"]
+
+
+def test_a_class_small_beside_the_others_is_judged_by_the_output_spread() -> None:
+    """The tiny DETR's fresh-example logits (20 queries x 6 classes): one class varies over the
+    queries by 0.017 of the logits' spread, and ONNX int8 gave it a gain of 3.2 (slope off 1 by 2.2)
+    while its error stayed 0.04 spreads. A class whose spread is below half the median class's is
+    judged by the output's max and RMS errors; a class of ordinary spread swapped for another
+    still fails on its own slope."""
+    rng = np.random.default_rng(8)
+    small = 0.2 + 0.05 * rng.standard_normal(20)  # varies by 0.25 of its value: not a level-only class
+    reference = np.column_stack([rng.standard_normal((20, 4)), small, rng.standard_normal(20)])
+    reference[:, [0, 1, 2, 3, 5]] -= reference.sum(axis=1, keepdims=True) / 5  # rows centred: class 4 as it is
+    target = reference.copy()
+    target[:, 4] = small.mean() + 3.2 * (small - small.mean())
+    bounds = get_exporter("onnx").precisions["int8"]
+    assert compare_output("logits", target, reference, bounds, logits=True)
+    swapped = reference.copy()
+    swapped[:, [0, 3]] = swapped[:, [3, 0]]
+    assert "class scale" in compare_output("logits", swapped, reference, bounds, logits=True).failed

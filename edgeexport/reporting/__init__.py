@@ -13,8 +13,9 @@ from pathlib import Path
 
 from edgeexport.errors import UsageError
 from edgeexport.reporting import html, junit, markdown
-from edgeexport.reporting.document import SCHEMA, RunReport, load_report
+from edgeexport.reporting.document import RunReport
 from edgeexport.reporting.gate import FAIL_ON, BaselineCheck, Gate
+from edgeexport.reporting.schema import SCHEMA, load_report
 
 __all__ = ["FAIL_ON", "FORMATS", "SCHEMA", "BaselineCheck", "Gate", "RunReport", "check_report_paths", "load_report",
            "render", "write_reports"]

@@ -1,35 +1,30 @@
-"""The run report: what one ``validate`` or ``bench`` run found, the gate's verdict, and its JSON form.
+"""The run report: what one ``validate`` or ``bench`` run found, the gate's verdict, and its JSON form
+(schema :data:`~edgeexport.reporting.schema.SCHEMA`; docs/reports.md documents every field).
 
-The JSON form carries ``"schema": "edgeexport.report.v2"``; docs/reports.md documents every
-field. Within a version fields are only ever added, never renamed or removed; a change that
-breaks readers bumps the version (v2: spread-relative parity metrics, latency dispersion, the
-machine a run came from).
+The report is judged by a :class:`~edgeexport.reporting.gate.Gate` and holds its checks; the gate
+never imports this module (it reads a baseline through :mod:`edgeexport.reporting.schema`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeexport.errors import UsageError
+from edgeexport.reporting.schema import SCHEMA
 from edgeexport.validation.machine import machine_info
-from edgeexport.validation.report import parity_summary, verdict
+from edgeexport.validation.report import parity_summary, plural, verdict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from edgeexport.artifact import Manifest
+    from edgeexport.manifest import Manifest
     from edgeexport.reporting.gate import BaselineCheck, Gate
     from edgeexport.validation.latency import LatencyStats
     from edgeexport.validation.localize import Localization
     from edgeexport.validation.parity import ParityReport
-
-SCHEMA = "edgeexport.report.v2"  # v2: spread-relative parity metrics and bounds, latency dispersion, machine
-
 
 @dataclass
 class RunReport:
@@ -89,16 +84,21 @@ class RunReport:
 
     def verdict(self) -> str:
         """The line closing a validate run: the :func:`~edgeexport.validation.report.verdict` of its parity, or,
-        where the gate's baseline decides otherwise, PASS/FAIL by the gate with the parity summary."""
+        where the gate's baseline decides otherwise, PASS/FAIL by the gate with the parity summary; with a
+        baseline, the line names it and how many cases and outputs were compared with it."""
         if self.parity is None:
             raise ValueError(f"a {self.command} run has no parity verdict")
-        if self.passed == self.parity.passed:
+        if self.checks is None:
             return verdict(self.parity)
+        regressions = sum(not check for check in self.checks if check.metric != "compared")
+        against = self.gate.describe(self.parity)
+        if self.passed == self.parity.passed:
+            return f"{verdict(self.parity)}; {plural(regressions, 'regression')} against {against}"
         if self.passed:  # failures the baseline already had (--fail-on regression)
-            return f"PASS: no regression against {self.gate.baseline_path}; {parity_summary(self.parity)}"
-        regressions = sum(not check for check in self.checks or [])
-        return (f"FAIL: {regressions} regression{'' if regressions == 1 else 's'} against {self.gate.baseline_path}; "
-                f"{parity_summary(self.parity)}")
+            return f"PASS: no regression against {against}; {parity_summary(self.parity)}"
+        if not regressions:  # the baseline compared nothing
+            return f"FAIL: nothing compared against {against}; {parity_summary(self.parity)}"
+        return f"FAIL: {plural(regressions, 'regression')} against {against}; {parity_summary(self.parity)}"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``edgeexport.report.v2`` JSON document (latency samples rounded to 0.1 µs)."""
@@ -113,21 +113,3 @@ class RunReport:
             "baseline_checks": [c.to_dict() for c in self.checks] if self.checks is not None else None,
             "machine": self.machine,
         }
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """A JSON report written by ``--report FILE.json``.
-
-    Raises:
-        UsageError: the file is missing, not JSON, or not an edgeexport report of a known schema.
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise UsageError(f"cannot read baseline {path}: {reason}; pass a file written with --report FILE.json") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise UsageError(f"baseline {path} is not an edgeexport report (schema {found!r}, expected {SCHEMA!r}); "
-                         "write one with --report FILE.json")
-    return data

@@ -4,7 +4,9 @@
 (when one is given); ``fail_on="regression"`` fails only on regressions, so known failures
 recorded in the baseline do not block a release. A baseline is a JSON report written earlier
 with ``--report FILE.json``; items are matched by name (parity: case and output, latency:
-backend label) and items missing on either side are not compared.
+backend label) and items missing on either side are not compared. A baseline that shares no
+item with the run compares nothing and fails the run (``metric="compared"``): it is the wrong
+file, and passing would prove nothing.
 
 An output regresses when it fails now but passed in the baseline, or when its RMS error (in
 spreads of the reference) exceeds the baseline's by more than ``parity_margin`` times its RMS
@@ -21,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeexport.errors import UsageError
-from edgeexport.reporting.document import load_report
+from edgeexport.reporting.schema import load_report
 from edgeexport.validation.metrics import json_ready
-from edgeexport.validation.report import Row, format_number
+from edgeexport.validation.report import Row, format_number, plural
 
 if TYPE_CHECKING:
     from edgeexport.validation.latency import LatencyStats
@@ -38,8 +40,9 @@ DEFAULT_LATENCY_MARGIN_PCT = 10.0
 class BaselineCheck:
     """One comparison against the baseline; truthy when it did not regress.
 
-    ``metric`` is ``status`` (pass/fail), ``rms_error`` or ``p50_ms``; ``limit`` is the largest
-    value that still passes (NaN for ``status``).
+    ``metric`` is ``status`` (pass/fail), ``rms_error``, ``p50_ms`` or ``compared`` (the baseline
+    shares no item with the run: ``current`` is 0 items compared); ``limit`` is the largest value
+    that still passes (NaN for ``status`` and ``compared``).
     """
 
     kind: str
@@ -97,14 +100,36 @@ class Gate:
 
     def failures(self, parity: ParityReport | None, checks: list[BaselineCheck] | None) -> list[str]:
         """One line per finding that fails the run under ``fail_on``."""
-        regressions = [f"regression: {c.reason}" for c in checks or [] if not c]
+        regressions = [c.reason if c.metric == "compared" else f"regression: {c.reason}"
+                       for c in checks or [] if not c]
         return [*(parity.failures() if parity is not None and self.fail_on == "any" else []), *regressions]
 
+    def compared(self, parity: ParityReport) -> tuple[int, int]:
+        """How many of the run's cases, and outputs of those cases, the baseline also has (by name)."""
+        if self.baseline is None:
+            return 0, 0
+        cases = _baseline_cases(self.baseline)
+        shared = [case for case in parity.cases if case.case in cases]
+        outputs = sum(o.name in {b.get("name") for b in cases[case.case].get("outputs") or []}
+                      for case in shared for o in case.outputs)
+        return len(shared), outputs
+
+    def describe(self, parity: ParityReport) -> str:
+        """``BASELINE (2 cases, 2 outputs compared)``, for the verdict line."""
+        cases, outputs = self.compared(parity)
+        return f"{self.baseline_path} ({plural(cases, 'case')}, {plural(outputs, 'output')} compared)"
+
     def _parity_checks(self, parity: ParityReport | None) -> list[BaselineCheck]:
-        if parity is None or not self.baseline.get("parity"):
+        if parity is None or not parity.cases:
             return []
-        cases = {c.get("case"): c for c in self.baseline["parity"].get("cases") or []}
-        return [check for case in parity.cases if case.case in cases for check in self._case_checks(case, cases[case.case])]
+        cases = _baseline_cases(self.baseline)
+        if not self.compared(parity)[1] and not any(c.error for c in parity.cases if c.case in cases):
+            run = sorted(c.case for c in parity.cases)
+            return [_nothing_compared("parity", f"baseline {self.baseline_path} shares no case or output with this "
+                                                f"run (baseline cases {sorted(map(str, cases))}, this run's {run}); "
+                                                "pass a report of a validate run of the same model and cases")]
+        return [check for case in parity.cases if case.case in cases
+                for check in self._case_checks(case, cases[case.case])]
 
     def _case_checks(self, case: CaseResult, base: dict[str, Any]) -> list[BaselineCheck]:
         """A status check when the case or an output newly fails, else an RMS-error check where the baseline has one."""
@@ -127,6 +152,11 @@ class Gate:
 
     def _latency_checks(self, latency: list[LatencyStats]) -> list[BaselineCheck]:
         base = {row.get("label"): row.get("p50_ms") for row in self.baseline.get("latency") or []}
+        if latency and not any(isinstance(base.get(stats.label), (int, float)) for stats in latency):
+            return [_nothing_compared("latency", f"baseline {self.baseline_path} shares no backend with this run "
+                                                 f"(baseline {sorted(map(str, base))}, this run's "
+                                                 f"{sorted(s.label for s in latency)}); pass a report of a bench run "
+                                                 "of the same backends")]
         checks = []
         for stats in latency:
             if not isinstance(base.get(stats.label), (int, float)):
@@ -143,6 +173,16 @@ class Gate:
         """The gate's settings (without the baseline's contents)."""
         return {"fail_on": self.fail_on, "baseline": self.baseline_path or None, "parity_margin": self.parity_margin,
                 "latency_margin_pct": self.latency_margin_pct}
+
+
+def _baseline_cases(baseline: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+    """The baseline's parity cases by name (none for a report without parity)."""
+    return {c.get("case"): c for c in (baseline.get("parity") or {}).get("cases") or []}
+
+
+def _nothing_compared(kind: str, reason: str) -> BaselineCheck:
+    """A baseline with no item in common with the run: nothing was compared, which proves nothing."""
+    return BaselineCheck(kind, "baseline", "compared", math.nan, 0.0, math.nan, False, reason)
 
 
 def _status_check(item: str, reason: str) -> BaselineCheck:
@@ -164,4 +204,6 @@ def _values(check: BaselineCheck) -> tuple[str, str, str]:
     """Baseline, current and limit as text (``passed``/``failed`` for a status check)."""
     if check.metric == "status":
         return "passed", "failed", "-"
+    if check.metric == "compared":
+        return "-", "nothing", "-"
     return format_number(check.baseline, ".3g"), format_number(check.current, ".3g"), format_number(check.limit, ".3g")

@@ -14,7 +14,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from edgeexport.artifact import Bounds
+from edgeexport.manifest import Bounds
 from edgeexport.validation.latency import LatencyStats, speedup
 from edgeexport.validation.parity import ParityReport
 
@@ -124,8 +124,8 @@ def parity_summary(report: ParityReport) -> str:
         return f"no cases of {report.artifact} were compared {where}"
     counts = {len(case.outputs) for case in report.cases}
     outputs = sum(len(case.outputs) for case in report.cases)
-    checked = _plural(len(report.cases), "case") + (
-        f" x {_plural(counts.pop(), 'output')}" if len(counts) == 1 else f", {_plural(outputs, 'output')}")
+    checked = plural(len(report.cases), "case") + (
+        f" x {plural(counts.pop(), 'output')}" if len(counts) == 1 else f", {plural(outputs, 'output')}")
     failed = sum(not case.passed for case in report.cases)
     agreement = report.agreement
     task = "" if agreement is None else f"; {agreement.describe()}{'' if agreement.passed else ', below its criteria'}"
@@ -139,7 +139,8 @@ def verdict(report: ParityReport) -> str:
     return f"{'PASS' if report.passed else 'FAIL'}: {parity_summary(report)}"
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
+    """``1 case``, ``2 cases``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 

@@ -2,8 +2,9 @@
 //
 // Reads ARTIFACT/manifest.json (schema 2), checks the sha256 of every file it lists and of every
 // golden tensor, compiles model.xml with the OpenVINO runtime and the manifest's inference precision
-// hint, runs every golden case, compares each output with PyTorch's at the manifest's tolerance (the
-// criterion of docs/parity.md), prints one row per output and the latency of the example case.
+// hint, runs every golden case, compares each output with PyTorch's at the manifest's tolerance and
+// criterion constants (the criterion of docs/parity.md, as edgeexport/validation/metrics.py judges it),
+// prints one row per output and the latency of the example case.
 // Exit codes: 0 every output passes, 1 a mismatch, 2 a usage or I/O error (one "error:" line).
 
 #include <algorithm>
@@ -318,6 +319,8 @@ std::vector<double> as_doubles(const ov::element::Type& type, const void* data, 
 }
 
 // ------------------------------------------------------------------ the parity criterion (docs/parity.md)
+// A port of edgeexport/validation/metrics.py: each function names the Python one it mirrors, and
+// each failure reads word for word as Python's (tests/test_cpp_openvino.py compares them).
 
 struct Tolerance {
   double atol = 0, rounding = 0, max_error = 0, rms_error = 0, scale_error = 0;
@@ -334,7 +337,7 @@ void apply_tolerance(const json& values, const std::string& where, Tolerance& to
     tolerance.min_top1 = number(values, "min_top1", where);
 }
 
-// The manifest's tolerance, with the per_output overrides of `output` applied.
+// The manifest's tolerance, with the per_output overrides of `output` applied (Tolerance.for_output).
 Tolerance tolerance_for(const json& manifest, const std::string& output) {
   const json& values = object(manifest, "tolerance", "");
   for (const char* required : {"atol", "rounding", "max_error", "rms_error", "scale_error"})
@@ -347,17 +350,43 @@ Tolerance tolerance_for(const json& manifest, const std::string& output) {
   return tolerance;
 }
 
+// The criterion's constants (metrics.CRITERION), from the manifest's `criterion` block that convert writes:
+// this program judges by the numbers of the edgeexport that wrote the artifact.
+struct Criterion {
+  double scale_cap = 0, slice_cap = 0, slope_z = 0, min_scale_dof = 0, feature_quantile = 0,
+         min_feature_elements = 0, min_slice_variation = 0, min_slice_spread = 0, flip_z = 0;
+};
+
+Criterion criterion_of(const json& manifest) {
+  const json& values = object(manifest, "criterion", "");
+  Criterion c;
+  for (auto [key, slot] :
+       {std::pair{"scale_cap", &c.scale_cap}, std::pair{"slice_cap", &c.slice_cap}, std::pair{"slope_z", &c.slope_z},
+        std::pair{"min_scale_dof", &c.min_scale_dof}, std::pair{"feature_quantile", &c.feature_quantile},
+        std::pair{"min_feature_elements", &c.min_feature_elements},
+        std::pair{"min_slice_variation", &c.min_slice_variation},
+        std::pair{"min_slice_spread", &c.min_slice_spread}, std::pair{"flip_z", &c.flip_z}})
+    *slot = number(values, key, "criterion");
+  return c;
+}
+
+// The worst slope of one kind of slice (class, row or feature) beyond its noise, and which slice.
+struct SliceScale {
+  double off;
+  std::size_t worst;
+};
+
 struct Comparison {
   Comparison(std::string case_name_, std::string output_)
       : case_name(std::move(case_name_)), output(std::move(output_)) {}
   std::string case_name, output;
   double max_err = std::nan(""), rms_err = std::nan(""), scale = std::nan("");  // errors in spreads; the slope
-  std::optional<double> top1;  // agreement counting near-ties, where it is checked
+  std::optional<double> top1;  // agreement counting the flips noise explains, where min_top1 is set
   std::vector<std::string> failures;
   bool passed() const { return failures.empty(); }
 };
 
-std::string shape_text(const ov::Shape& shape) {
+std::string shape_text(const std::vector<std::size_t>& shape) {
   std::string result = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) result += (i ? ", " : "") + std::to_string(shape[i]);
   return result + "]";
@@ -368,24 +397,285 @@ double in_spreads(double error, double spread) {
   return spread > 0 ? error / spread : std::numeric_limits<double>::infinity();
 }
 
-// Top-1 agreement over rows of `columns` classes, near-ties counted as agreeing (step 5).
-double top1_agreement(const std::vector<double>& reference, const std::vector<double>& target, std::size_t columns,
-                      double gap) {
+double mean_of(const std::vector<double>& values) {
+  double sum = 0;
+  for (double v : values) sum += v;
+  return sum / static_cast<double>(values.size());
+}
+
+double rms_of(const std::vector<double>& values) {
+  double squares = 0;
+  for (double v : values) squares += v * v;
+  return std::sqrt(squares / static_cast<double>(values.size()));
+}
+
+// numpy.quantile's default (linear interpolation between the closest ranks); numpy.median is q = 0.5.
+double quantile(std::vector<double> values, double q) {
+  std::sort(values.begin(), values.end());
+  const double rank = q * static_cast<double>(values.size() - 1);
+  const auto below = static_cast<std::size_t>(std::floor(rank));
+  const std::size_t above = std::min(below + 1, values.size() - 1);
+  return values[below] + (rank - static_cast<double>(below)) * (values[above] - values[below]);
+}
+
+// The first index of the largest value (numpy.argmax).
+std::size_t argmax(const std::vector<double>& values, std::size_t start = 0, std::size_t size = 0) {
+  const auto first = values.begin() + static_cast<std::ptrdiff_t>(start);
+  const auto last = size ? first + static_cast<std::ptrdiff_t>(size) : values.end();
+  return static_cast<std::size_t>(std::max_element(first, last) - first);
+}
+
+// The compared values of one output (metrics._Errors): the error d, the centred reference rc (rc + level is
+// the reference compared), the element-wise floor f, the spread s and the centred values' degrees of freedom.
+struct Errors {
+  std::vector<double> d, rc, f;
+  double level = 0, s = 0;
+  double dof = 0;
+};
+
+// One output's numbers before the checks (metrics._measure): spread, floor, errors in spreads, slope, worst index.
+struct Measured {
+  Errors errors;
+  double floor = 0;  // rms of the element-wise floor
+  std::size_t worst = 0;  // flat index of the largest error beyond its floor
+};
+
+Measured measure(Comparison& result, const std::vector<double>& reference, const std::vector<double>& target,
+                 std::size_t columns, bool rows, const Tolerance& tolerance) {
+  const std::size_t n = reference.size();
+  const std::size_t width = rows ? columns : n;  // logits are centred per row, any other output as a whole
+  Measured m;
+  Errors& e = m.errors;
+  e.d.resize(n), e.rc.resize(n), e.f.resize(n);
+  double cross = 0, squares = 0;
+  for (std::size_t start = 0; start < n; start += width) {
+    double r_mean = 0, t_mean = 0;
+    for (std::size_t i = start; i < start + width; ++i) r_mean += reference[i], t_mean += target[i];
+    r_mean /= static_cast<double>(width), t_mean /= static_cast<double>(width);
+    for (std::size_t i = start; i < start + width; ++i) {
+      const double tc = target[i] - t_mean;
+      e.rc[i] = reference[i] - r_mean;
+      e.d[i] = rows ? tc - e.rc[i] : target[i] - reference[i];
+      cross += tc * e.rc[i], squares += e.rc[i] * e.rc[i];
+    }
+    if (!rows) e.level = r_mean;
+  }
+  e.s = std::sqrt(squares / static_cast<double>(n));
+  // The floor follows each value the precision stores, and is at least rounding x the output's RMS
+  // (of the centred rows for logits: a per-row offset widens nothing).
+  const double magnitude = rows ? e.s : rms_of(reference);
+  double max_d = 0, worst_excess = -std::numeric_limits<double>::infinity();
+  for (std::size_t i = 0; i < n; ++i) {
+    e.f[i] = tolerance.atol + tolerance.rounding * std::max(std::abs(reference[i]), magnitude);
+    max_d = std::max(max_d, std::abs(e.d[i]));
+    if (std::abs(e.d[i]) - e.f[i] > worst_excess) worst_excess = std::abs(e.d[i]) - e.f[i], m.worst = i;
+  }
+  e.dof = static_cast<double>(n - (rows ? n / columns : 1));
+  m.floor = rms_of(e.f);
+  result.max_err = in_spreads(max_d, e.s), result.rms_err = in_spreads(rms_of(e.d), e.s);
+  result.scale = e.s > 0 ? cross / squares : std::nan("");
+  return m;
+}
+
+// metrics._slopes for one slice: the slope's offset from 1, sum(d rc) / sum(rc^2), and how far noise
+// alone moves it: the floor's worst-case tilt sum(f |rc|) / sum(rc^2) plus slope_z standard errors, from
+// `noise` per element or else from the residual d - off rc with `dof` degrees of freedom.
+struct Slope {
+  double off, allowance;
+};
+
+Slope slope(const std::vector<double>& d, const std::vector<double>& f,
+                                const std::vector<double>& rc, double dof, std::optional<double> noise,
+                                const Criterion& criterion) {
+  double squares = 0, cross = 0, tilt = 0;
+  for (std::size_t i = 0; i < rc.size(); ++i)
+    squares += rc[i] * rc[i], cross += d[i] * rc[i], tilt += f[i] * std::abs(rc[i]);
+  const double off = cross / squares;
+  double variance = 0;
+  if (noise) {
+    variance = *noise * *noise;
+  } else {
+    for (std::size_t i = 0; i < rc.size(); ++i) variance += (d[i] - off * rc[i]) * (d[i] - off * rc[i]);
+    variance /= dof;
+  }
+  return {off, tilt / squares + criterion.slope_z * std::sqrt(variance / squares)};
+}
+
+// One slice of an output seen as (elements, slices): element i of slice j is values[at(i, j)].
+struct Slicing {
+  std::size_t elements, slices, last;
+  bool transposed;  // slices are the rows of the output's last axis (else its columns)
+  std::size_t at(std::size_t i, std::size_t j) const { return transposed ? j * last + i : i * last + j; }
+};
+
+// metrics._slice_excess: per slice, centred by itself, how far its slope is off 1 beyond its noise; 0 for a
+// slice that varies by less than min_slice_variation of its RMS value or whose spread is below min_slice_spread
+// of the median slice's. None with one slice or fewer than min_feature_elements elements per slice.
+std::optional<std::vector<double>> slice_excess(const Errors& e, const Slicing& by, std::optional<double> noise,
+                                                const Criterion& criterion) {
+  if (by.slices < 2 || static_cast<double>(by.elements) < criterion.min_feature_elements) return std::nullopt;
+  std::vector<std::vector<double>> d(by.slices), f(by.slices), rc(by.slices);
+  std::vector<double> magnitude(by.slices), spread(by.slices);
+  for (std::size_t j = 0; j < by.slices; ++j) {
+    d[j].resize(by.elements), f[j].resize(by.elements), rc[j].resize(by.elements);
+    for (std::size_t i = 0; i < by.elements; ++i) {
+      const std::size_t k = by.at(i, j);
+      d[j][i] = e.d[k], f[j][i] = e.f[k], rc[j][i] = e.rc[k] + e.level;
+    }
+    magnitude[j] = rms_of(rc[j]);
+    const double d_mean = mean_of(d[j]), r_mean = mean_of(rc[j]);
+    for (std::size_t i = 0; i < by.elements; ++i) d[j][i] -= d_mean, rc[j][i] -= r_mean;
+    spread[j] = rms_of(rc[j]);
+  }
+  const double median = quantile(spread, 0.5);
+  std::vector<double> excess(by.slices, 0.0);
+  for (std::size_t j = 0; j < by.slices; ++j) {
+    if (!(spread[j] > criterion.min_slice_variation * magnitude[j] && spread[j] >= criterion.min_slice_spread * median))
+      continue;
+    const Slope own = slope(d[j], f[j], rc[j], static_cast<double>(by.elements) - 2, noise, criterion);
+    excess[j] = std::max(std::abs(own.off) - own.allowance, 0.0);
+  }
+  return excess;
+}
+
+// metrics._noise: the case's noise per element, 1.4826 x median |d| combined with the floor's RMS, at most
+// what the bounds allow (floor + rms_error x spread).
+double noise_of(const Errors& e, double floor, const Tolerance& tolerance) {
+  std::vector<double> magnitudes(e.d.size());
+  std::transform(e.d.begin(), e.d.end(), magnitudes.begin(), [](double v) { return std::abs(v); });
+  const double robust = 1.4826 * quantile(magnitudes, 0.5);
+  return std::min(std::hypot(robust, floor), floor + tolerance.rms_error * e.s);
+}
+
+// The top-1 half of metrics._topk_agreement: the fraction of rows whose argmax is the reference's.
+double top1_agreement(const std::vector<double>& reference, const std::vector<double>& target, std::size_t columns) {
   const std::size_t rows = reference.size() / columns;
   std::size_t agreeing = 0;
-  for (std::size_t row = 0; row < rows; ++row) {
-    const auto r = reference.begin() + static_cast<std::ptrdiff_t>(row * columns);
-    const auto t = target.begin() + static_cast<std::ptrdiff_t>(row * columns);
-    const auto a = std::max_element(r, r + static_cast<std::ptrdiff_t>(columns)) - r;
-    const auto b = std::max_element(t, t + static_cast<std::ptrdiff_t>(columns)) - t;
-    agreeing += a == b || r[a] - r[b] <= gap;
-  }
+  for (std::size_t row = 0; row < rows; ++row)
+    agreeing += argmax(reference, row * columns, columns) == argmax(target, row * columns, columns);
   return static_cast<double>(agreeing) / static_cast<double>(rows);
 }
 
-Comparison compare(Comparison result, const std::vector<double>& reference, const ov::Shape& reference_shape,
-                   const std::vector<double>& target, const ov::Shape& target_shape, bool logits_listed,
-                   const Tolerance& tolerance) {
+// The standard normal CDF (scipy.special.ndtr).
+double ndtr(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
+
+// metrics.explained_flips: the fraction of rows whose top-1 moved in a way the case's noise explains. A flip
+// from a to b is explainable when r[a] - r[b] <= flip_z sqrt(2) noise; noise flips row j with probability
+// p_j = min(1, sum_c Phi(-(r[a] - r[c]) / (sqrt(2) noise))), and of the explainable flips at most
+// ceil(E + flip_z sqrt(V)) count (E = sum p_j, V = sum p_j (1 - p_j)).
+double explained_flips(const std::vector<double>& reference, const std::vector<double>& target, std::size_t columns,
+                       double noise, const Criterion& criterion) {
+  if (noise <= 0) return 0;
+  const std::size_t rows = reference.size() / columns;
+  const double width = std::sqrt(2.0) * noise;
+  std::size_t flips = 0, explainable = 0;
+  double expected = 0, variance = 0;
+  for (std::size_t row = 0; row < rows; ++row) {
+    const std::size_t start = row * columns;
+    const std::size_t theirs = argmax(reference, start, columns), ours = argmax(target, start, columns);
+    const double best = reference[start + theirs];
+    if (ours != theirs) {
+      ++flips;
+      explainable += best - reference[start + ours] <= criterion.flip_z * width;
+    }
+    double chance = 0;
+    for (std::size_t c = 0; c < columns; ++c)
+      if (c != theirs) chance += ndtr(-(best - reference[start + c]) / width);
+    const double p = std::min(chance, 1.0);
+    expected += p, variance += p * (1 - p);
+  }
+  if (flips == 0) return 0;
+  const double most = std::ceil(expected + criterion.flip_z * std::sqrt(variance));
+  return std::min(static_cast<double>(explainable), most) / static_cast<double>(rows);
+}
+
+// metrics._slice_scales, logits: the worst class (over the rows) and the worst row (over the classes), each
+// judged with the case's noise.
+std::pair<std::optional<SliceScale>, std::optional<SliceScale>> class_and_row_scales(
+    const Errors& e, std::size_t columns, double noise, const Criterion& criterion) {
+  const std::size_t rows = e.d.size() / columns;
+  std::optional<SliceScale> by_class, by_row;
+  if (const auto excess = slice_excess(e, {rows, columns, columns, false}, noise, criterion))
+    by_class = SliceScale{*std::max_element(excess->begin(), excess->end()), argmax(*excess)};
+  if (const auto excess = slice_excess(e, {columns, rows, columns, true}, noise, criterion))
+    by_row = SliceScale{*std::max_element(excess->begin(), excess->end()), argmax(*excess)};
+  return {by_class, by_row};
+}
+
+// metrics._slice_scales, other outputs: the feature_quantile quantile over the features of the last axis
+// of their slopes beyond their own noise, and the worst feature.
+std::optional<SliceScale> feature_scale(const Errors& e, std::size_t columns, const Criterion& criterion) {
+  const auto excess = slice_excess(e, {e.d.size() / columns, columns, columns, false}, std::nullopt, criterion);
+  if (!excess) return std::nullopt;
+  return SliceScale{quantile(*excess, criterion.feature_quantile), argmax(*excess)};
+}
+
+// The checks of metrics._misses, in its order and words. Each appends its failure, if any, to `result`.
+
+void check_max_error(Comparison& result, const Measured& m, const std::vector<std::size_t>& shape,
+                     const Tolerance& tolerance) {
+  const Errors& e = m.errors;
+  const double d = std::abs(e.d[m.worst]);
+  if (std::max(d - e.f[m.worst], 0.0) <= tolerance.max_error * e.s) return;
+  std::vector<std::size_t> index(shape.size());
+  for (std::size_t axis = shape.size(), rest = m.worst; axis-- > 0; rest /= shape[axis])
+    index[axis] = rest % shape[axis];  // numpy.unravel_index
+  result.failures.push_back(format("max error %.3g spreads at index %s exceeds %g (+ floor %.2g; spread %.3g)",
+                                   e.s > 0 ? d / e.s : std::numeric_limits<double>::infinity(),
+                                   shape_text(index).c_str(), tolerance.max_error, e.f[m.worst], e.s));
+}
+
+void check_rms_error(Comparison& result, const Measured& m, const Tolerance& tolerance) {
+  if (rms_of(m.errors.d) <= m.floor + tolerance.rms_error * m.errors.s) return;
+  result.failures.push_back(format("rms error %.3g spreads exceeds %g (+ floor %.2g; spread %.3g)", result.rms_err,
+                                   tolerance.rms_error, m.floor, m.errors.s));
+}
+
+// metrics.systematic_scale: the slope deviation an output may carry beyond its noise.
+double systematic_scale(const Tolerance& tolerance, const Criterion& criterion) {
+  return std::min(tolerance.scale_error, criterion.scale_cap);
+}
+
+void check_scale(Comparison& result, const Measured& m, const Tolerance& tolerance, const Criterion& criterion) {
+  const Errors& e = m.errors;
+  if (!(e.s > 0) || e.dof < criterion.min_scale_dof) return;
+  const double limit =
+      systematic_scale(tolerance, criterion) + slope(e.d, e.f, e.rc, e.dof - 1, std::nullopt, criterion).allowance;
+  if (std::abs(result.scale - 1) > limit)
+    result.failures.push_back(format("scale %.6g is off 1 by more than %.3g", result.scale, limit));
+}
+
+void check_feature_scale(Comparison& result, const std::optional<SliceScale>& features, std::size_t columns,
+                         const Tolerance& tolerance, const Criterion& criterion) {
+  const double allowed = systematic_scale(tolerance, criterion);
+  if (!features || features->off <= allowed) return;
+  result.failures.push_back(format(
+      "feature scale: %.0f%% of the %zu features have slopes off 1 by %.3g or more beyond their noise, more than "
+      "%.3g (worst: feature %zu)",
+      100 * (1 - criterion.feature_quantile), columns, features->off, allowed, features->worst));
+}
+
+void check_slice_scale(Comparison& result, const char* kind, const std::optional<SliceScale>& slices,
+                       const Tolerance& tolerance, const Criterion& criterion) {
+  const double allowed = std::min(tolerance.scale_error, criterion.slice_cap);
+  if (!slices || slices->off <= allowed) return;
+  result.failures.push_back(format("%s scale: %s %zu's slope is off 1 by %.3g beyond the noise, more than %g", kind,
+                                   kind, slices->worst, slices->off, allowed));
+}
+
+void check_top1(Comparison& result, double top1, double near_ties, const Tolerance& tolerance) {
+  if (!tolerance.min_top1) return;
+  result.top1 = top1 + near_ties;
+  if (*result.top1 < *tolerance.min_top1)
+    result.failures.push_back(format("top-1 agreement %.3f (%.3f counting the flips its noise explains) < %g", top1,
+                                     *result.top1, *tolerance.min_top1));
+}
+
+// metrics.compare_output: one output against its bounds.
+Comparison compare(Comparison result, const std::vector<double>& reference,
+                   const std::vector<std::size_t>& reference_shape, const std::vector<double>& target,
+                   const std::vector<std::size_t>& target_shape, bool logits_listed, const Tolerance& tolerance,
+                   const Criterion& criterion) {
   if (target_shape != reference_shape) {
     result.failures.push_back("shape " + shape_text(target_shape) + " differs from the reference's " +
                               shape_text(reference_shape));
@@ -396,53 +686,34 @@ Comparison compare(Comparison result, const std::vector<double>& reference, cons
     result.failures.push_back(format("%td NaN/Inf values in the target output", bad));
     return result;
   }
-  const std::size_t n = reference.size();
-  if (n == 0) {
+  if (reference.empty()) {
     result.max_err = result.rms_err = 0;
     return result;
   }
-  // Step 1: logits are centred per row over the last axis, with the error between the centred outputs;
-  // any other output is centred by its own mean, its error the raw difference.
-  const bool logits = logits_listed && !reference_shape.empty() && reference_shape.back() > 1;
-  const std::size_t columns = logits ? reference_shape.back() : n;
-  std::vector<double> rc(n), tc(n), d(n);
-  for (std::size_t start = 0; start < n; start += columns) {
-    double r_mean = 0, t_mean = 0;
-    for (std::size_t i = start; i < start + columns; ++i) r_mean += reference[i], t_mean += target[i];
-    r_mean /= static_cast<double>(columns), t_mean /= static_cast<double>(columns);
-    for (std::size_t i = start; i < start + columns; ++i) {
-      rc[i] = reference[i] - r_mean, tc[i] = target[i] - t_mean;
-      d[i] = logits ? tc[i] - rc[i] : target[i] - reference[i];
-    }
+  const bool rows = logits_listed && !reference_shape.empty() && reference_shape.back() > 1;
+  const std::size_t columns = reference_shape.empty() ? 1 : reference_shape.back();
+  const Measured m = measure(result, reference, target, columns, rows, tolerance);
+  std::optional<double> noise;
+  double top1 = 0, near_ties = 0;
+  if (rows) {
+    noise = noise_of(m.errors, m.floor, tolerance);
+    top1 = top1_agreement(reference, target, columns);
+    near_ties = explained_flips(reference, target, columns, *noise, criterion);
   }
-  // Steps 2-4: spread and floor (over the centred rows for logits), errors, scale.
-  double rc_squares = 0, r_squares = 0, d_squares = 0, max_d = 0, cross = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    rc_squares += rc[i] * rc[i], r_squares += reference[i] * reference[i], d_squares += d[i] * d[i];
-    cross += tc[i] * rc[i];
-    max_d = std::max(max_d, std::abs(d[i]));
+  std::optional<SliceScale> features, classes, row_slices;
+  if (reference_shape.size() >= 2) {
+    if (rows)
+      std::tie(classes, row_slices) = class_and_row_scales(m.errors, columns, *noise, criterion);
+    else
+      features = feature_scale(m.errors, columns, criterion);
   }
-  const double spread = std::sqrt(rc_squares / static_cast<double>(n));
-  const double floor = tolerance.atol + tolerance.rounding * std::sqrt((logits ? rc_squares : r_squares) / static_cast<double>(n));
-  const double rms_d = std::sqrt(d_squares / static_cast<double>(n));
-  result.max_err = in_spreads(max_d, spread), result.rms_err = in_spreads(rms_d, spread);
-  result.scale = rc_squares > 0 ? cross / rc_squares : std::nan("");
-  if (max_d > floor + tolerance.max_error * spread)
-    result.failures.push_back(
-        format("max error %.3g exceeds floor %.2g + %g x spread %.3g", max_d, floor, tolerance.max_error, spread));
-  if (rms_d > floor + tolerance.rms_error * spread)
-    result.failures.push_back(
-        format("rms error %.3g exceeds floor %.2g + %g x spread %.3g", rms_d, floor, tolerance.rms_error, spread));
-  if (spread > 0 && std::abs(result.scale - 1) > tolerance.scale_error + floor / spread)
-    result.failures.push_back(
-        format("scale %.6g is off 1 by more than %.3g", result.scale, tolerance.scale_error + floor / spread));
-  // Step 5: top-1 of logits, where the manifest sets min_top1.
-  if (logits && tolerance.min_top1) {
-    result.top1 = top1_agreement(reference, target, columns, 2 * (floor + tolerance.rms_error * spread));
-    if (*result.top1 < *tolerance.min_top1)
-      result.failures.push_back(
-          format("top-1 agreement %.3f (near-ties counted) is below %g", *result.top1, *tolerance.min_top1));
-  }
+  check_max_error(result, m, reference_shape, tolerance);
+  check_rms_error(result, m, tolerance);
+  check_scale(result, m, tolerance, criterion);
+  check_feature_scale(result, features, columns, tolerance, criterion);
+  check_slice_scale(result, "class", classes, tolerance, criterion);
+  check_slice_scale(result, "row", row_slices, tolerance, criterion);
+  if (rows) check_top1(result, top1, near_ties, tolerance);
   return result;
 }
 
@@ -520,7 +791,7 @@ void set_inputs(ov::InferRequest& request, const ov::CompiledModel& compiled, Go
 // One comparison per golden output, plus a failing one per model output without a reference.
 std::vector<Comparison> run_case(ov::InferRequest& request, const ov::CompiledModel& compiled, GoldenCase& golden,
                                  const std::map<std::string, Tolerance>& tolerances,
-                                 const std::vector<std::string>& logits_outputs) {
+                                 const std::vector<std::string>& logits_outputs, const Criterion& criterion) {
   set_inputs(request, compiled, golden);
   request.infer();
   std::vector<Comparison> results;
@@ -538,7 +809,7 @@ std::vector<Comparison> run_case(ov::InferRequest& request, const ov::CompiledMo
     results.push_back(compare({golden.name, want.name},
                               as_doubles(want.dtype->element, want.bytes.data(), shape_size(want.shape)), want.shape,
                               as_doubles(got.get_element_type(), got.data(), got.get_size()), got.get_shape(), logits,
-                              tolerances.at(want.name)));
+                              tolerances.at(want.name), criterion));
   }
   for (const auto& port : compiled.outputs()) {
     const bool known = std::any_of(golden.outputs.begin(), golden.outputs.end(),
@@ -546,15 +817,6 @@ std::vector<Comparison> run_case(ov::InferRequest& request, const ov::CompiledMo
     if (!known) results.push_back(failure(golden.name, port.get_any_name(), "the golden case has no reference for it"));
   }
   return results;
-}
-
-// numpy.percentile's default (linear interpolation between the closest ranks).
-double percentile(std::vector<double> values, double percent) {
-  std::sort(values.begin(), values.end());
-  const double rank = percent / 100 * static_cast<double>(values.size() - 1);
-  const auto below = static_cast<std::size_t>(std::floor(rank));
-  const std::size_t above = std::min(below + 1, values.size() - 1);
-  return values[below] + (rank - static_cast<double>(below)) * (values[above] - values[below]);
 }
 
 std::vector<double> time_runs(ov::InferRequest& request, int iterations) {
@@ -615,6 +877,7 @@ int check(const Options& options) {
   std::map<std::string, Tolerance> tolerances;
   for (const GoldenCase& golden : cases)
     for (const Tensor& output : golden.outputs) tolerances.emplace(output.name, tolerance_for(manifest, output.name));
+  const Criterion criterion = criterion_of(manifest);
 
   ov::Core core;
   check_device(core, options.device);
@@ -629,7 +892,7 @@ int check(const Options& options) {
 
   std::vector<Comparison> results;
   for (GoldenCase& golden : cases) {
-    std::vector<Comparison> case_results = run_case(request, compiled, golden, tolerances, logits_outputs);
+    std::vector<Comparison> case_results = run_case(request, compiled, golden, tolerances, logits_outputs, criterion);
     results.insert(results.end(), case_results.begin(), case_results.end());
   }
   print_table(results);
@@ -647,8 +910,8 @@ int check(const Options& options) {
   set_inputs(request, compiled, cases.front());
   const std::vector<double> milliseconds = time_runs(request, options.iterations);
   std::printf("latency of %s on %s (%d runs after %d warm-up): p50 %.3f ms, p90 %.3f ms\n", cases.front().name.c_str(),
-              options.device.c_str(), options.iterations, kWarmupRuns, percentile(milliseconds, 50),
-              percentile(milliseconds, 90));
+              options.device.c_str(), options.iterations, kWarmupRuns, quantile(milliseconds, 0.5),
+              quantile(milliseconds, 0.9));
   return failed.empty() ? 0 : 1;
 }
 
