@@ -23,7 +23,9 @@ from edgeexport.artifact import save_golden, save_tensors, sha256_file, write_ma
 from edgeexport.manifest import Bounds, Manifest, TensorSpec, Tolerance
 from edgeexport.validation import metrics
 from edgeexport.validation.metrics import CRITERION, compare_output
-from test_plant_table import ONLY, PRECISIONS, genuine  # pytest puts tests/ on sys.path
+from edgeexport.zoo import FP32_TOLERANCE
+from test_metrics import T5_ROW_NOISE  # pytest puts tests/ on sys.path
+from test_plant_table import ONLY, PRECISIONS, genuine
 
 openvino = pytest.importorskip("openvino")
 
@@ -295,6 +297,23 @@ def test_each_criterions_own_plant_fails_on_it_alone(check_program: Path, tmp_pa
     assert result.returncode == 1 and result.stderr == "", result.stdout + result.stderr
     assert assert_agrees_with_the_reference(result, tmp_path, targets) == {"genuine": set(), "planted": {name}}
     assert "FAIL: 1 of 2 outputs beyond tolerance: planted/y" in result.stdout
+
+
+def test_each_class_slope_is_judged_with_every_rows_own_noise(check_program: Path, tmp_path: Path) -> None:
+    """tests/test_metrics.py's fp32 logits whose rows round differently (the wide T5's measured row noise):
+    the genuine output passes and one class with a gain of 1.00002 fails on its class slope alone, in C++
+    as in Python. Judging the classes with the case's one noise (the previous rule) fails the genuine one."""
+    rng = np.random.default_rng(0)
+    reference = (9 * rng.standard_normal((1, 16, 1000))).astype(np.float32).astype(np.float64)
+    genuine_target = reference + np.array(T5_ROW_NOISE)[:, None] * rng.standard_normal(reference.shape)
+    planted = genuine_target.copy()
+    planted[..., 11] = reference[..., 11] * 1.00002
+    targets = identity_artifact(tmp_path, {case: (target.astype(np.float32), reference.astype(np.float32))
+                                           for case, target in (("genuine", genuine_target), ("planted", planted))},
+                                FP32_TOLERANCE, logits=True)
+    result = run_check(check_program, tmp_path)
+    assert result.returncode == 1 and result.stderr == "", result.stdout + result.stderr
+    assert assert_agrees_with_the_reference(result, tmp_path, targets) == {"genuine": set(), "planted": {"class scale"}}
 
 
 def test_the_criterions_constants_come_from_the_manifest(check_program: Path, tmp_path: Path,

@@ -149,7 +149,7 @@ def compare_output(name: str, target: np.ndarray, reference: np.ndarray, bounds:
         result.top1, result.top5 = _topk_agreement(got, want)
         result.top1_near_ties = explained_flips(got, want, noise=noise)
     if want.ndim >= 2:
-        _slice_scales(result, errors, noise)
+        _slice_scales(result, errors, bounds, noise)
     misses = _misses(result, bounds, errors, logits=rows)
     result.passed = not misses
     result.failed = list(misses)
@@ -245,23 +245,28 @@ def systematic_scale(bounds: Bounds) -> float:
 
 
 def _slopes(d: np.ndarray, f: np.ndarray, rc: np.ndarray, *, dof: int,
-            noise: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+            noise: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``(elements, columns)`` arrays (``rc`` centred, no column constant): the slope's
     offset from 1, ``sum(d rc) / sum(rc^2)``, and how far noise alone moves it: the floor's
-    worst-case tilt ``sum(f |rc|) / sum(rc^2)`` plus :data:`SLOPE_Z` standard errors, from ``noise``
-    per element or else from the residual ``d - off rc`` with ``dof`` degrees of freedom."""
+    worst-case tilt ``sum(f |rc|) / sum(rc^2)`` plus :data:`SLOPE_Z` standard errors
+    ``sqrt(sum(noise^2 rc^2)) / sum(rc^2)``, from ``noise`` per element (a number, or one per
+    element: ``(elements, 1)``) or else from the residual ``d - off rc`` with ``dof`` degrees of freedom."""
     squares = np.sum(rc ** 2, axis=0)
     off = np.sum(d * rc, axis=0) / squares
-    variance = noise ** 2 if noise is not None else np.sum((d - off * rc) ** 2, axis=0) / dof
-    return off, np.sum(f * np.abs(rc), axis=0) / squares + SLOPE_Z * np.sqrt(variance / squares)
+    if noise is None:
+        noise = np.sqrt(np.sum((d - off * rc) ** 2, axis=0) / dof)
+    spread = np.sqrt(np.sum(np.broadcast_to(np.square(noise), rc.shape) * rc ** 2, axis=0))
+    return off, (np.sum(f * np.abs(rc), axis=0) + SLOPE_Z * spread) / squares
 
 
-def _slice_scales(result: OutputComparison, errors: _Errors, noise: float | None) -> None:
+def _slice_scales(result: OutputComparison, errors: _Errors, bounds: Bounds, noise: float | None) -> None:
     """Fill the slopes of the output's slices, each against its noise (:func:`_slice_excess`).
 
     Logits: each class over the rows and each row over the classes (``class_scale``/``row_scale``,
-    the worst of them: every class and every row is an answer), with the case's ``noise`` (one
-    noise for the whole output, so a class swapped for another is not excused by its own residual).
+    the worst of them: every class and every row is an answer), never with a slice's own residual
+    (a class swapped for another would excuse itself): each row over the classes with the case's
+    ``noise``, each class over the rows with every row's own noise (:func:`_noise`; rows are
+    separate passes through the model, and one row's fp32 rounding can be ten times another's).
     Other outputs of two axes or more: each feature of the last axis (``feature_scale``, the
     :data:`FEATURE_QUANTILE` quantile: a few dead or odd features do not decide), each with its
     own residual (features differ in size, and so does their noise).
@@ -277,14 +282,15 @@ def _slice_scales(result: OutputComparison, errors: _Errors, noise: float | None
             result.feature_scale = float(np.quantile(excess, FEATURE_QUANTILE))
             result.worst_feature = int(np.argmax(excess))
         return
-    for kind, excess in (("class", _slice_excess(d, f, rc, noise=noise)),  # rows centred: level 0
-                         ("row", _slice_excess(d.T, f.T, rc.T, noise=noise))):
+    by_class = _slice_excess(d, f, rc, noise=_noise(errors, bounds, by_row=True))  # rows centred: level 0
+    for kind, excess in (("class", by_class), ("row", _slice_excess(d.T, f.T, rc.T, noise=noise))):
         if excess is not None:
             setattr(result, f"{kind}_scale", float(excess.max()))
             setattr(result, f"worst_{kind}", int(np.argmax(excess)))
 
 
-def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *, noise: float | None = None) -> np.ndarray | None:
+def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *,
+                  noise: float | np.ndarray | None = None) -> np.ndarray | None:
     """Per column of ``(elements, slices)`` arrays (``r`` the reference compared), each centred by
     itself: how far its slope is off 1 beyond its noise (:func:`_slopes`; with ``noise`` None, its
     own residual's). 0 for a column that varies by less than :data:`MIN_SLICE_VARIATION` of its
@@ -306,13 +312,19 @@ def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *, noise: float |
     return excess
 
 
-def _noise(errors: _Errors, bounds: Bounds) -> float:
+def _noise(errors: _Errors, bounds: Bounds, *, by_row: bool = False) -> Any:
     """The per-element noise of this case (output units): a robust estimate (1.4826 x median |d|,
     so a few planted elements do not inflate it) combined with the floor, capped at what the
-    bounds allow (``floor + rms_error x spread``)."""
-    floor = float(np.sqrt(np.mean(errors.f ** 2)))
-    robust = 1.4826 * float(np.median(np.abs(errors.d)))
-    return min(float(np.hypot(robust, floor)), floor + bounds.rms_error * errors.s)
+    bounds allow (``floor + rms_error x spread``). ``by_row``: each row's own over its classes,
+    as ``(rows, 1)``; the case's when rows have fewer than :data:`MIN_FEATURE_ELEMENTS` classes (a
+    median over so few is no estimate: two swapped classes of three would set it)."""
+    last = errors.d.shape[-1]
+    per_row = by_row and last >= MIN_FEATURE_ELEMENTS
+    d, f = (a.reshape(-1, last) if per_row else a.reshape(1, -1) for a in (errors.d, errors.f))
+    floor = np.sqrt(np.mean(f ** 2, axis=1, keepdims=True))
+    robust = 1.4826 * np.median(np.abs(d), axis=1, keepdims=True)
+    noise = np.minimum(np.hypot(robust, floor), floor + bounds.rms_error * errors.s)
+    return noise if per_row else float(noise[0, 0])
 
 
 def explained_flips(got: np.ndarray, want: np.ndarray, *, noise: float) -> float:

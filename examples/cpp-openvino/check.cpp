@@ -478,27 +478,27 @@ Measured measure(Comparison& result, const std::vector<double>& reference, const
 }
 
 // metrics._slopes for one slice: the slope's offset from 1, sum(d rc) / sum(rc^2), and how far noise
-// alone moves it: the floor's worst-case tilt sum(f |rc|) / sum(rc^2) plus slope_z standard errors, from
-// `noise` per element or else from the residual d - off rc with `dof` degrees of freedom.
+// alone moves it: the floor's worst-case tilt sum(f |rc|) / sum(rc^2) plus slope_z standard errors
+// sqrt(sum(noise^2 rc^2)) / sum(rc^2), from `noise` (one per element) or else from the residual d - off rc
+// with `dof` degrees of freedom.
 struct Slope {
   double off, allowance;
 };
 
-Slope slope(const std::vector<double>& d, const std::vector<double>& f,
-                                const std::vector<double>& rc, double dof, std::optional<double> noise,
-                                const Criterion& criterion) {
+Slope slope(const std::vector<double>& d, const std::vector<double>& f, const std::vector<double>& rc, double dof,
+            const std::vector<double>* noise, const Criterion& criterion) {
   double squares = 0, cross = 0, tilt = 0;
   for (std::size_t i = 0; i < rc.size(); ++i)
     squares += rc[i] * rc[i], cross += d[i] * rc[i], tilt += f[i] * std::abs(rc[i]);
   const double off = cross / squares;
-  double variance = 0;
+  double spread = 0;  // sum(noise^2 rc^2)
   if (noise) {
-    variance = *noise * *noise;
+    for (std::size_t i = 0; i < rc.size(); ++i) spread += (*noise)[i] * (*noise)[i] * rc[i] * rc[i];
   } else {
-    for (std::size_t i = 0; i < rc.size(); ++i) variance += (d[i] - off * rc[i]) * (d[i] - off * rc[i]);
-    variance /= dof;
+    for (std::size_t i = 0; i < rc.size(); ++i) spread += (d[i] - off * rc[i]) * (d[i] - off * rc[i]);
+    spread *= squares / dof;
   }
-  return {off, tilt / squares + criterion.slope_z * std::sqrt(variance / squares)};
+  return {off, (tilt + criterion.slope_z * std::sqrt(spread)) / squares};
 }
 
 // One slice of an output seen as (elements, slices): element i of slice j is values[at(i, j)].
@@ -510,8 +510,9 @@ struct Slicing {
 
 // metrics._slice_excess: per slice, centred by itself, how far its slope is off 1 beyond its noise; 0 for a
 // slice that varies by less than min_slice_variation of its RMS value or whose spread is below min_slice_spread
-// of the median slice's. None with one slice or fewer than min_feature_elements elements per slice.
-std::optional<std::vector<double>> slice_excess(const Errors& e, const Slicing& by, std::optional<double> noise,
+// of the median slice's. None with one slice or fewer than min_feature_elements elements per slice. `noise`:
+// one per element of a slice, or null for each slice's own residual.
+std::optional<std::vector<double>> slice_excess(const Errors& e, const Slicing& by, const std::vector<double>* noise,
                                                 const Criterion& criterion) {
   if (by.slices < 2 || static_cast<double>(by.elements) < criterion.min_feature_elements) return std::nullopt;
   std::vector<std::vector<double>> d(by.slices), f(by.slices), rc(by.slices);
@@ -538,13 +539,24 @@ std::optional<std::vector<double>> slice_excess(const Errors& e, const Slicing& 
   return excess;
 }
 
-// metrics._noise: the case's noise per element, 1.4826 x median |d| combined with the floor's RMS, at most
-// what the bounds allow (floor + rms_error x spread).
-double noise_of(const Errors& e, double floor, const Tolerance& tolerance) {
-  std::vector<double> magnitudes(e.d.size());
-  std::transform(e.d.begin(), e.d.end(), magnitudes.begin(), [](double v) { return std::abs(v); });
-  const double robust = 1.4826 * quantile(magnitudes, 0.5);
+// metrics._noise: the noise per element of `count` values of e.d/e.f from `start`, 1.4826 x median |d|
+// combined with the floor's RMS, at most what the bounds allow (floor + rms_error x spread).
+double noise_of(const Errors& e, std::size_t start, std::size_t count, const Tolerance& tolerance) {
+  std::vector<double> magnitudes(count), floors(count);
+  for (std::size_t i = 0; i < count; ++i) magnitudes[i] = std::abs(e.d[start + i]), floors[i] = e.f[start + i];
+  const double robust = 1.4826 * quantile(magnitudes, 0.5), floor = rms_of(floors);
   return std::min(std::hypot(robust, floor), floor + tolerance.rms_error * e.s);
+}
+
+// metrics._noise with by_row: each row's own noise over its classes; the case's `noise` for every row when
+// rows have fewer than min_feature_elements classes.
+std::vector<double> row_noise(const Errors& e, std::size_t columns, double noise, const Tolerance& tolerance,
+                              const Criterion& criterion) {
+  const std::size_t rows = e.d.size() / columns;
+  if (static_cast<double>(columns) < criterion.min_feature_elements) return std::vector<double>(rows, noise);
+  std::vector<double> each(rows);
+  for (std::size_t row = 0; row < rows; ++row) each[row] = noise_of(e, row * columns, columns, tolerance);
+  return each;
 }
 
 // The top-1 half of metrics._topk_agreement: the fraction of rows whose argmax is the reference's.
@@ -589,15 +601,17 @@ double explained_flips(const std::vector<double>& reference, const std::vector<d
   return std::min(static_cast<double>(explainable), most) / static_cast<double>(rows);
 }
 
-// metrics._slice_scales, logits: the worst class (over the rows) and the worst row (over the classes), each
-// judged with the case's noise.
+// metrics._slice_scales, logits: the worst class (over the rows, each row with its own noise) and the worst
+// row (over the classes, with the case's noise).
 std::pair<std::optional<SliceScale>, std::optional<SliceScale>> class_and_row_scales(
-    const Errors& e, std::size_t columns, double noise, const Criterion& criterion) {
+    const Errors& e, std::size_t columns, double noise, const Tolerance& tolerance, const Criterion& criterion) {
   const std::size_t rows = e.d.size() / columns;
+  const std::vector<double> each_row = row_noise(e, columns, noise, tolerance, criterion);
+  const std::vector<double> each_class(columns, noise);
   std::optional<SliceScale> by_class, by_row;
-  if (const auto excess = slice_excess(e, {rows, columns, columns, false}, noise, criterion))
+  if (const auto excess = slice_excess(e, {rows, columns, columns, false}, &each_row, criterion))
     by_class = SliceScale{*std::max_element(excess->begin(), excess->end()), argmax(*excess)};
-  if (const auto excess = slice_excess(e, {columns, rows, columns, true}, noise, criterion))
+  if (const auto excess = slice_excess(e, {columns, rows, columns, true}, &each_class, criterion))
     by_row = SliceScale{*std::max_element(excess->begin(), excess->end()), argmax(*excess)};
   return {by_class, by_row};
 }
@@ -605,7 +619,7 @@ std::pair<std::optional<SliceScale>, std::optional<SliceScale>> class_and_row_sc
 // metrics._slice_scales, other outputs: the feature_quantile quantile over the features of the last axis
 // of their slopes beyond their own noise, and the worst feature.
 std::optional<SliceScale> feature_scale(const Errors& e, std::size_t columns, const Criterion& criterion) {
-  const auto excess = slice_excess(e, {e.d.size() / columns, columns, columns, false}, std::nullopt, criterion);
+  const auto excess = slice_excess(e, {e.d.size() / columns, columns, columns, false}, nullptr, criterion);
   if (!excess) return std::nullopt;
   return SliceScale{quantile(*excess, criterion.feature_quantile), argmax(*excess)};
 }
@@ -640,7 +654,7 @@ void check_scale(Comparison& result, const Measured& m, const Tolerance& toleran
   const Errors& e = m.errors;
   if (!(e.s > 0) || e.dof < criterion.min_scale_dof) return;
   const double limit =
-      systematic_scale(tolerance, criterion) + slope(e.d, e.f, e.rc, e.dof - 1, std::nullopt, criterion).allowance;
+      systematic_scale(tolerance, criterion) + slope(e.d, e.f, e.rc, e.dof - 1, nullptr, criterion).allowance;
   if (std::abs(result.scale - 1) > limit)
     result.failures.push_back(format("scale %.6g is off 1 by more than %.3g", result.scale, limit));
 }
@@ -696,14 +710,14 @@ Comparison compare(Comparison result, const std::vector<double>& reference,
   std::optional<double> noise;
   double top1 = 0, near_ties = 0;
   if (rows) {
-    noise = noise_of(m.errors, m.floor, tolerance);
+    noise = noise_of(m.errors, 0, m.errors.d.size(), tolerance);
     top1 = top1_agreement(reference, target, columns);
     near_ties = explained_flips(reference, target, columns, *noise, criterion);
   }
   std::optional<SliceScale> features, classes, row_slices;
   if (reference_shape.size() >= 2) {
     if (rows)
-      std::tie(classes, row_slices) = class_and_row_scales(m.errors, columns, *noise, criterion);
+      std::tie(classes, row_slices) = class_and_row_scales(m.errors, columns, *noise, tolerance, criterion);
     else
       features = feature_scale(m.errors, columns, criterion);
   }
