@@ -207,4 +207,4 @@ def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tm
     assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in speech("evaluation")]
     code, output = validated(artifact)
     assert code == 0, output
-    assert f"task agreement ({task}, 5 held-out speech): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
+    assert f"task agreement ({task}, 5 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output

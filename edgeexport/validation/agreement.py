@@ -57,8 +57,8 @@ class Criteria:
     ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
     examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
     from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
-    (embeddings) and ``max_cer`` (the character error rate of CTC
-    transcripts; ``min_agreement`` is then the fraction of clips transcribed identically)."""
+    (embeddings) and ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
+    of clips transcribed identically)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -116,7 +116,8 @@ class Agreement:
         """``task agreement (sentence-embedding, 32 held-out sentences): agreement 100.0%, min cosine 0.99998``."""
         values = ", ".join(f"{name.replace('_', ' ')} {value:.1%}" if name == "agreement" else
                            f"{name.replace('_', ' ')} {value:.6g}" for name, value in self.measures.items())
-        return f"task agreement ({self.task}, {self.examples} held-out {self.kind}): {values}"
+        noun = "speech clips" if self.kind == "speech" else self.kind
+        return f"task agreement ({self.task}, {self.examples} held-out {noun}): {values}"
 
     def failures(self) -> list[str]:
         return [f"task agreement: {miss}" for miss in self.misses]
