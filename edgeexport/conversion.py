@@ -247,7 +247,9 @@ def _evaluation(reference: ReferenceModel) -> Evaluation:
         from edgeexport.reference.media import photographs, speech
 
         files = (photographs if source.kind == "photographs" else speech)("evaluation")
-        return files, media_views(reference.task, [example_inputs(processing, path) for path in files], reference.run)
+        batch = reference.sizes["batch"][0] if "batch" in reference.sizes else 1
+        return files, media_views(reference.task, [example_inputs(processing, path) for path in files], reference.run,
+                                  batch)
     from edgeexport.reference.sentences import split
 
     texts = [sentence for sentence, _ in split("evaluation")]

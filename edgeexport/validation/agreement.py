@@ -282,13 +282,16 @@ def example_inputs(processing: Processing, path: str | Path) -> dict[str, np.nda
 
 
 def media_views(task: str, examples: Sequence[Mapping[str, np.ndarray]],
-                run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]) -> np.ndarray:
-    """The task view of preprocessed photographs (:data:`BATCH` a call) or speech clips (one a call, each at its own
-    length; CTC rows padded with -1) through ``run``."""
+                run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]], batch: int) -> np.ndarray:
+    """The task view of preprocessed photographs (``batch`` a call, the golden example's batch, which every target
+    accepts: Core ML enumerates its shapes; the last call padded with the last photograph) or speech clips (one a
+    call, each at its own length; CTC rows padded with -1) through ``run``."""
     if "pixel_values" in examples[0]:
         pixels = np.concatenate([example["pixel_values"] for example in examples])
-        return np.concatenate([task_view(task, run({"pixel_values": pixels[start:start + BATCH]}), np.ones(0))
-                               for start in range(0, len(pixels), BATCH)])
+        padded = np.concatenate([pixels, np.repeat(pixels[-1:], -len(pixels) % batch, axis=0)])
+        views = np.concatenate([task_view(task, run({"pixel_values": padded[start:start + batch]}), np.ones(0))
+                                for start in range(0, len(padded), batch)])
+        return views[:len(pixels)]
     views = [task_view(task, run(dict(example)), np.ones(0))[0] for example in examples]
     if task != "ctc":
         return np.stack(views)
@@ -306,7 +309,8 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     criteria = Criteria(**block["criteria"])
     if "files" in block:
         examples = [_example(artifact, processing, relative) for relative in block["files"]]
-        got = media_views(block["task"], examples, runner)
+        batch = next((case.axes["batch"] for case in artifact.manifest.golden if "batch" in case.axes), 1)
+        got = media_views(block["task"], examples, runner, batch)
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
         return judge(block["task"], got, want, np.ones(0), criteria, kind=kind, blank=processing.blank)
     texts = _texts(artifact, block["texts"])
