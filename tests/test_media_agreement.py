@@ -27,7 +27,7 @@ from edgeexport.processing import Processing, audio_values, image_inputs, softma
 from edgeexport.reference import load_reference
 from edgeexport.reference.media import DATA, MEDIA_SPLITS, PHOTOGRAPHS, SPEECH, photographs, speech
 from edgeexport.reference.sentences import split as sentences
-from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge
+from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views
 
 IMAGE = CRITERIA["image-classification"]
 CTC = CRITERIA["ctc"]
@@ -123,6 +123,19 @@ def test_ctc_plants_fail_and_the_genuine_transcripts_pass() -> None:
                                              r"0\.03", misses[0]), misses
     assert transcribed(swapped, replace(CTC, max_cer=None)) == []
     assert transcribed(np.where(RNG.random(FRAMES.shape) < 0.3, 0, RNG.integers(4, 32, FRAMES.shape)))
+
+
+def test_photographs_run_at_the_golden_batch_as_core_ml_enumerates_it() -> None:
+    """Six photographs through a runtime that takes batches of exactly 4 (Core ML's enumerated shapes): two calls,
+    the last padded with the last photograph, six rows back in order."""
+    pixels = [{"pixel_values": np.full((1, 3, 2, 2), i, np.float32)} for i in range(6)]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert feed["pixel_values"].shape[0] == 4
+        return {"logits": feed["pixel_values"].reshape(4, -1)[:, :2] * [1, -1]}
+
+    views = media_views("image-classification", pixels, run, 4)
+    np.testing.assert_allclose(views, softmax(np.array([[i, -i] for i in range(6)], np.float64)), rtol=1e-6)
 
 
 def test_edit_distance() -> None:
