@@ -255,8 +255,9 @@ class Artifact:
         manifest = Manifest.from_dict(read_json(manifest_path, kind="artifact"))
         artifact = cls(path=root, manifest=manifest)
         golden_files = [index.file for case in manifest.golden for index in (case.inputs, case.outputs)]
-        golden_files += [manifest.evaluation[key] if key == "texts" else manifest.evaluation[key]["file"]
-                         for key in ("texts", "reference") if manifest.evaluation]
+        if manifest.evaluation:
+            evaluation = manifest.evaluation
+            golden_files += [evaluation["reference"]["file"], *evaluation.get("files", [evaluation.get("texts")])]
         for relative in (manifest.model_file, *manifest.files, *golden_files):
             resolve_inside(root, relative)
         return artifact

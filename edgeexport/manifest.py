@@ -225,10 +225,11 @@ class Manifest:
     artifacts, parsed by :class:`edgeexport.generation_spec.GenerationSpec`; ``processing``
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
     ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
-    precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts and reference task
-    outputs of the task-agreement check (:mod:`edgeexport.validation.agreement`); ``criterion`` the
-    constants of the parity criterion the artifact was judged by (``metrics.CRITERION``), for checks
-    on the device that reimplement it (examples/cpp-openvino).
+    precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts (or photograph
+    and speech files) and reference task outputs of the task-agreement check
+    (:mod:`edgeexport.validation.agreement`); ``criterion`` the constants of the parity criterion the
+    artifact was judged by (``metrics.CRITERION``), for checks on the device that reimplement it
+    (examples/cpp-openvino).
     """
 
     model: dict[str, Any]
@@ -347,13 +348,18 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     block = _field(data, "evaluation", dict, "")
     _field(block, "task", str, "evaluation")
-    _field(block, "texts", str, "evaluation")
+    if "files" in block:  # photographs or speech
+        files = _field(block, "files", list, "evaluation")
+        if not files or not all(isinstance(f, str) for f in files):
+            raise ArtifactError("manifest evaluation.files must be a non-empty list of file paths; re-run convert")
+    else:
+        _field(block, "texts", str, "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
-    keys = {"min_agreement", "max_dp", "max_mean_dp", "min_cosine"}
+    keys = {"min_agreement", "max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer"}
     if set(criteria) - keys or "min_agreement" not in criteria:
-        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp and "
-                            "min_cosine; re-run convert")
+        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp, "
+                            "max_scale_error, min_cosine and max_cer; re-run convert")
     for key in criteria:
         _number(criteria, key, "evaluation.criteria")
     return block

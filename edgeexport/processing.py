@@ -213,6 +213,11 @@ def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
 
 def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:
     """``input_values`` (1, samples) from a mono or multi-channel 16-bit PCM WAV at the model's rate."""
+    return {"input_values": audio_values(processing, wav_samples(processing, path))[None]}
+
+
+def wav_samples(processing: Processing, path: str | Path) -> np.ndarray:
+    """The samples of a mono or multi-channel 16-bit PCM WAV at the model's rate, channels averaged, in -1..1."""
     if processing.sampling_rate is None:
         raise InputSpecError(f"the artifact does not take audio; pass {processing.accepted()}")
     try:
@@ -226,10 +231,14 @@ def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
     if rate != processing.sampling_rate:
         raise InputSpecError(f"{str(path)!r} is sampled at {rate} Hz, the model expects {processing.sampling_rate} "
                              f"Hz; resample it (e.g. ffmpeg -i IN -ar {processing.sampling_rate} OUT.wav)")
-    samples = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+    return np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+
+
+def audio_values(processing: Processing, samples: np.ndarray) -> np.ndarray:
+    """A waveform as the model takes it: float32, zero-mean unit-variance where the processing normalizes."""
     if processing.normalize_audio:
         samples = (samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)
-    return {"input_values": samples[None].astype(np.float32)}
+    return samples.astype(np.float32)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -302,11 +311,16 @@ def ctc_transcripts(logits: np.ndarray, processing: Processing) -> list[str]:
     """Greedy CTC: the best token per frame, repeats merged, blanks dropped, word delimiters as spaces."""
     transcripts = []
     for ids in logits.argmax(axis=-1):
-        merged = [int(i) for index, i in enumerate(ids) if index == 0 or i != ids[index - 1]]
         tokens = [" " if token == processing.word_delimiter else token
-                  for token in (processing.label(i) for i in merged if i != processing.blank)]
+                  for token in (processing.label(i) for i in ctc_tokens(ids, processing.blank))]
         transcripts.append(("".join(tokens) if processing.labels else " ".join(tokens)).strip())
     return transcripts
+
+
+def ctc_tokens(ids: np.ndarray, blank: int | None) -> list[int]:
+    """Greedy CTC over one row of per-frame token ids: repeats merged, then blanks (and negative ids, padding) dropped."""
+    merged = [int(i) for index, i in enumerate(ids) if index == 0 or i != ids[index - 1]]
+    return [i for i in merged if i != blank and i >= 0]
 
 
 def decode(task: str, outputs: Mapping[str, np.ndarray], processing: Processing, *, top_k: int = 5,

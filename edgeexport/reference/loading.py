@@ -19,7 +19,8 @@ from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.manifest import Manifest, Tolerance
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
 from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
-from edgeexport.reference.model import ExportWrapper, ModuleWrapper, ReferenceModel, TextSource, flatten_outputs
+from edgeexport.reference.model import (AudioSource, ExportWrapper, ImageSource, ModuleWrapper, ReferenceModel, TextSource,
+                                        flatten_outputs)
 from edgeexport.reference.processors import Processors, folder_processors, zoo_processors
 from edgeexport.reference.sentence_embedding import (MODULES_FILE, SentenceEmbedding, SentenceModules,
                                                      is_sentence_transformers, read_modules)
@@ -106,7 +107,7 @@ def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: b
                            architecture=modules and f"{architecture} ({modules.describe()})")
     reference.details.update(details)
     if (head.modality or spec.modality) == "text" and task != "causal-lm" and TOKENIZER_FILE in reference.assets:
-        reference.text = TextSource(reference.assets[TOKENIZER_FILE])  # a trained encoder sees real sentences
+        reference.input_source = TextSource(reference.assets[TOKENIZER_FILE])  # a trained encoder sees real sentences
     return reference
 
 
@@ -238,10 +239,20 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(), fixed_shape_reason=spec.fixed_shape_reason,
+        input_source=_media_source(inputs[0], processing),
     )
     if head.optional:
         wrapper.output_names = reference.output_names = _returned_outputs(reference, (*head.outputs, *head.optional))
     return reference
+
+
+def _media_source(first_input: InputSpec, processing: Processing) -> ImageSource | AudioSource | None:
+    """Photographs for RGB ``pixel_values``, speech for ``input_values`` at a sampling rate; None for any other input."""
+    if first_input.name == "pixel_values" and processing.image_size and first_input.dims[1] == 3:
+        return ImageSource(processing)
+    if first_input.name == "input_values" and processing.sampling_rate:
+        return AudioSource(processing)
+    return None
 
 
 def _returned_outputs(reference: ReferenceModel, names: Sequence[str]) -> list[str]:

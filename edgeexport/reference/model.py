@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 
 from edgeexport.errors import InputSpecError
 from edgeexport.manifest import TensorSpec, Tolerance, axis_size
+from edgeexport.processing import Processing, audio_values, image_inputs, wav_samples
 from edgeexport.zoo import InputSpec
 
 CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
@@ -65,6 +66,7 @@ class TextSource:
     tokenizer, with its special tokens, the sentences' natural lengths and right padding."""
 
     tokenizer: Asset
+    kind: str = "sentences"
 
     def load(self) -> Any:
         """A fresh ``tokenizers.Tokenizer`` (callers change its padding and truncation)."""
@@ -74,11 +76,12 @@ class TextSource:
             return Tokenizer.from_str(self.tokenizer.decode())
         return Tokenizer.from_file(str(self.tokenizer))
 
-    def encode(self, split: str, batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
-        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of ``batch`` sentences of ``split`` (chosen by
-        ``seed``), each truncated to ``length`` tokens and padded to it."""
+    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of as many sentences of ``split`` as ``drawn``'s
+        ``input_ids`` has rows (chosen by ``seed``), each truncated to its length and padded to it."""
         from edgeexport.reference.sentences import split as sentences
 
+        batch, length = drawn["input_ids"].shape
         tokenizer = self.load()
         tokenizer.enable_truncation(length)
         pad = tokenizer.padding or {}
@@ -89,6 +92,53 @@ class TextSource:
         return {"input_ids": np.array([e.ids for e in encodings], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Realistic ``pixel_values``: the bundled photographs (:mod:`edgeexport.reference.media`) through the model's
+    image processing (:func:`edgeexport.processing.image_inputs`), resized to the size asked for."""
+
+    processing: Processing
+    kind: str = "photographs"
+
+    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        from edgeexport.reference.media import photographs
+
+        batch, _, height, width = drawn["pixel_values"].shape
+        pool, sized = photographs(split), replace(self.processing, image_size=[height, width])
+        rows = [image_inputs(sized, pool[(seed * batch + row) % len(pool)])["pixel_values"][0] for row in range(batch)]
+        return {"pixel_values": np.stack(rows)}
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Realistic ``input_values``: the bundled speech (:mod:`edgeexport.reference.media`), a window of each clip as
+    long as asked for (centred; zero-padded when the clip is shorter), normalized as the feature extractor does."""
+
+    processing: Processing
+    kind: str = "speech"
+
+    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        from edgeexport.reference.media import speech
+
+        batch, length = drawn["input_values"].shape
+        pool = speech(split)
+        rows = [audio_values(self.processing, _window(wav_samples(self.processing, pool[(seed * batch + row) % len(pool)]),
+                                                      length)) for row in range(batch)]
+        return {"input_values": np.stack(rows)}
+
+
+def _window(samples: np.ndarray, length: int) -> np.ndarray:
+    """``length`` samples from the middle of ``samples``, zero-padded on both sides where it is shorter."""
+    if len(samples) >= length:
+        start = (len(samples) - length) // 2
+        return samples[start:start + length]
+    before = (length - len(samples)) // 2
+    return np.pad(samples, (before, length - len(samples) - before))
+
+
+InputSource = TextSource | ImageSource | AudioSource
 
 
 @dataclass
@@ -104,7 +154,9 @@ class ReferenceModel:
     ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`);
     ``fixed_shape_reason`` says why dims that could vary are fixed (the manifest's model block keeps it);
     ``details`` holds more entries of that block (a folder's ``weights_sha256``, a ``random_head``);
-    ``text`` makes the inputs of a trained text encoder real sentences (:class:`TextSource`), not random ids.
+    ``input_source`` makes the inputs realistic instead of random: real sentences through a trained text encoder's
+    tokenizer (:class:`TextSource`), photographs through an image model's processing (:class:`ImageSource`), speech
+    for an audio model (:class:`AudioSource`).
     """
 
     name: str
@@ -126,7 +178,7 @@ class ReferenceModel:
     processing: dict[str, Any] = field(default_factory=dict)
     fixed_shape_reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
-    text: TextSource | None = None
+    input_source: InputSource | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -147,20 +199,19 @@ class ReferenceModel:
 
     def make_inputs(self, sizes: Mapping[str, int] | None = None, *, seed: int = 0,
                     split: str = "golden") -> dict[str, np.ndarray]:
-        """Inputs with the given dynamic-axis sizes (example sizes by default), seeded: sentences of ``split``
-        through the model's tokenizer where the reference has :attr:`text`, else random values."""
+        """Inputs with the given dynamic-axis sizes (example sizes by default), seeded: examples of ``split`` from the
+        reference's :attr:`input_source` where it has one, else random values."""
         axes = {axis: s[0] for axis, s in self.sizes.items()} | dict(sizes or {})
         rng = np.random.default_rng(seed)
         drawn = {spec.name: self._draw(spec, axes, rng) for spec in self.inputs}
-        if self.text is not None:
-            batch, length = drawn["input_ids"].shape
-            encoded = self.text.encode(split, batch, length, seed)
+        if self.input_source is not None:
+            encoded = self.input_source.encode(split, drawn, seed)
             drawn.update({name: value.astype(drawn[name].dtype) for name, value in encoded.items() if name in drawn})
         return drawn
 
     def calibration_inputs(self, count: int, sizes: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
         """``count`` seeded inputs for quantization calibration (example sizes by default), none equal
-        to a golden or fresh case (text references: sentences of the calibration split)."""
+        to a golden or fresh case (references with a source: its calibration split)."""
         return [self.make_inputs(sizes, seed=CALIBRATION_SEED + i, split="calibration") for i in range(count)]
 
     def _draw(self, spec: InputSpec, axes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:

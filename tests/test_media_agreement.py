@@ -1,0 +1,223 @@
+"""Realistic images and audio (edgeexport.reference.media) and task agreement on them.
+
+The bundled photographs and speech are split disjointly and licensed; golden and calibration inputs of image and
+audio models are those files through the model's own processing; image and audio classification and CTC are judged
+on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
+tokens swapped, another model's outputs) fail, each criterion catching one that only it catches.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import wave
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeexport.artifact import Artifact, save_tensors, write_manifest
+from edgeexport.cli import app
+from edgeexport.conversion import convert
+from edgeexport.manifest import GoldenFile
+from edgeexport.processing import Processing, audio_values, image_inputs, softmax, wav_samples
+from edgeexport.reference import load_reference
+from edgeexport.reference.media import DATA, MEDIA_SPLITS, PHOTOGRAPHS, SPEECH, photographs, speech
+from edgeexport.reference.sentences import split as sentences
+from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views
+
+IMAGE = CRITERIA["image-classification"]
+CTC = CRITERIA["ctc"]
+NONE = np.ones(0)
+RNG = np.random.default_rng(11)
+# A random-weight classifier's probabilities: near uniform (the zoo's tiny ViT spreads 0.08..0.12 over 10 classes).
+NEAR_UNIFORM = RNG.normal(size=(6, 10)) * 0.1
+# Greedy CTC frames of 5 clips: runs of tokens 4..31 with blanks (0) between, as the tiny Wav2Vec2 emits them.
+FRAMES = np.where(RNG.random((5, 200)) < 0.3, 0, np.repeat(RNG.integers(4, 32, size=(5, 100)), 2, axis=1))
+
+
+def test_the_bundled_media_are_split_disjointly_licensed_and_small() -> None:
+    images = [p for s in MEDIA_SPLITS for p in photographs(s)]
+    clips = [p for s in MEDIA_SPLITS for p in speech(s)]
+    assert len(set(images)) == len(images) == 12 and len(set(clips)) == len(clips) == 9
+    licences = (DATA / "images" / "LICENSES.md").read_text()
+    assert all(f"| {p.name} |" in licences for p in images)
+    assert sorted(p.name for p in (DATA / "images").glob("*.jpg")) == sorted(p.name for p in images)
+    for split in MEDIA_SPLITS:  # a clip speaks a sentence of its own split
+        assert set(SPEECH[split].values()) <= {text for text, _ in sentences(split)}
+    for clip in clips:
+        with wave.open(str(clip)) as audio:
+            assert (audio.getframerate(), audio.getnchannels(), audio.getsampwidth()) == (16000, 1, 2)
+            assert 1.0 <= audio.getnframes() / 16000 <= 2.5
+    assert sum(p.stat().st_size for p in [*images, *clips]) < 650_000
+    assert set(PHOTOGRAPHS) == set(SPEECH) == set(MEDIA_SPLITS)
+
+
+def test_golden_and_calibration_pixels_are_the_photographs_through_the_processor() -> None:
+    reference = load_reference("vit", task="image-classification")
+    processing = Processing.from_dict(reference.processing)
+    golden = reference.make_inputs({"batch": 3, "height": 32, "width": 48}, seed=0)["pixel_values"]
+    sized = replace(processing, image_size=[32, 48])
+    for row, path in enumerate(photographs("golden")):
+        np.testing.assert_array_equal(golden[row], image_inputs(sized, path)["pixel_values"][0])
+    calibration = reference.calibration_inputs(2)  # every row one of the calibration photographs
+    sized = replace(processing, image_size=list(calibration[0]["pixel_values"].shape[2:]))
+    pool = [image_inputs(sized, path)["pixel_values"][0] for path in photographs("calibration")]
+    assert all(any(np.array_equal(row, photo) for photo in pool) for sample in calibration
+               for row in sample["pixel_values"])
+
+
+def test_golden_audio_is_the_middle_of_each_speech_clip_normalized() -> None:
+    reference = load_reference("wav2vec2", task="ctc")
+    processing = Processing.from_dict(reference.processing)
+    golden = reference.make_inputs({"batch": 2, "audio_length": 3200}, seed=0)["input_values"]
+    for row, path in enumerate(speech("golden")):
+        samples = wav_samples(processing, path)
+        start = (len(samples) - 3200) // 2
+        np.testing.assert_array_equal(golden[row], audio_values(processing, samples[start:start + 3200]))
+        assert abs(float(golden[row].std()) - 1) < 1e-3
+
+
+def test_a_module_without_a_processor_keeps_random_inputs_and_the_manifest_says_so(tmp_path: Path) -> None:
+    module = torch.nn.Linear(4, 2)
+    result = convert(module, {"input": torch.ones(1, 4)}, output_dir=tmp_path / "linear")
+    assert result.manifest.model["inputs"] == "random"
+
+
+# --------------------------------------------------------------------------- plants, at the judge
+
+
+def classified(got: np.ndarray, criteria=IMAGE) -> list[str]:
+    return judge("image-classification", softmax(got), softmax(NEAR_UNIFORM), NONE, criteria,
+                 kind="photographs").misses
+
+
+def test_near_uniform_classification_plants_fail_and_the_genuine_output_passes() -> None:
+    assert classified(NEAR_UNIFORM + RNG.normal(scale=1e-3, size=NEAR_UNIFORM.shape)) == []
+    for planted in (NEAR_UNIFORM[:, [1, 0, *range(2, 10)]], RNG.normal(size=NEAR_UNIFORM.shape) * 0.1):
+        assert classified(planted)
+
+
+@pytest.mark.parametrize("temperature", [1.3, 0.7])
+def test_only_the_log_probability_scale_catches_a_temperature_on_near_uniform_probabilities(temperature: float) -> None:
+    assert classified(NEAR_UNIFORM * temperature) == [
+        f"log-probabilities scaled by {temperature:.4f} against the reference's (a temperature), off 1 by more than 0.03"]
+    assert classified(NEAR_UNIFORM * temperature, replace(IMAGE, max_scale_error=None)) == []
+
+
+def transcribed(got: np.ndarray, criteria=CTC) -> list[str]:
+    return judge("ctc", got, FRAMES, NONE, criteria, kind="speech", blank=0).misses
+
+
+def test_ctc_plants_fail_and_the_genuine_transcripts_pass() -> None:
+    genuine = FRAMES.copy()
+    genuine[0, 1] = 0 if genuine[0, 1] else 5  # one frame flipped: a token more or less in one clip
+    assert transcribed(genuine) == []
+    swapped = FRAMES.copy()
+    swapped[FRAMES == 5], swapped[FRAMES == 6] = 6, 5  # two tokens swapped
+    misses = transcribed(swapped)
+    assert len(misses) == 1 and re.fullmatch(r"character error rate 0\.0\d{3} against the reference's transcripts > "
+                                             r"0\.03", misses[0]), misses
+    assert transcribed(swapped, replace(CTC, max_cer=None)) == []
+    assert transcribed(np.where(RNG.random(FRAMES.shape) < 0.3, 0, RNG.integers(4, 32, FRAMES.shape)))
+
+
+def test_photographs_run_at_the_golden_batch_as_core_ml_enumerates_it() -> None:
+    """Six photographs through a runtime that takes batches of exactly 4 (Core ML's enumerated shapes): two calls,
+    the last padded with the last photograph, six rows back in order."""
+    pixels = [{"pixel_values": np.full((1, 3, 2, 2), i, np.float32)} for i in range(6)]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert feed["pixel_values"].shape[0] == 4
+        return {"logits": feed["pixel_values"].reshape(4, -1)[:, :2] * [1, -1]}
+
+    views = media_views("image-classification", pixels, run, 4)
+    np.testing.assert_allclose(views, softmax(np.array([[i, -i] for i in range(6)], np.float64)), rtol=1e-6)
+
+
+def test_edit_distance() -> None:
+    assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance([1, 2, 3], [1, 3]) == 1
+    assert edit_distance([], [4, 5]) == 2
+    assert edit_distance([1, 2, 3, 4], [2, 1, 3, 5]) == 3
+
+
+# --------------------------------------------------------------------------- artifacts, end to end
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert("vit", task="image-classification", output_dir=tmp_path_factory.mktemp("vit") / "onnx-fp32").artifact
+
+
+def validated(artifact: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["validate", str(artifact)])
+    return result.exit_code, result.output
+
+
+def planted_reference(artifact: Path, folder: Path, plant) -> Path:
+    """A copy of ``artifact`` whose evaluation reference is ``plant(reference)``, re-hashed as a bad copy would be."""
+    shutil.copytree(artifact, folder)
+    manifest = Artifact.open(folder).manifest
+    block = manifest.evaluation
+    want = Artifact.open(folder).read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
+    block["reference"] = save_tensors(folder, REFERENCE_FILE, {"reference": plant(want["reference"])}).to_dict()
+    write_manifest(folder, manifest)
+    return folder
+
+
+def test_the_vit_artifact_carries_the_held_out_photographs_and_passes(vit: Path) -> None:
+    manifest = Artifact.open(vit).manifest
+    assert manifest.model["inputs"] == "photographs"
+    assert manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in photographs("evaluation")]
+    assert all((vit / f).read_bytes() == p.read_bytes() for f, p in zip(manifest.evaluation["files"],
+                                                                         photographs("evaluation")))
+    code, output = validated(vit)
+    assert code == 0, output
+    assert "task agreement (image-classification, 6 held-out photographs): agreement 100.0%" in output
+
+
+def test_a_planted_temperature_in_the_evaluation_reference_fails(vit: Path, tmp_path: Path) -> None:
+    planted = planted_reference(vit, tmp_path / "hot", lambda p: softmax(np.log(p) * 1.3).astype(np.float32))
+    code, output = validated(planted)
+    assert code == 1, output
+    assert re.search(r"task agreement: log-probabilities scaled by 0\.76\d\d against the reference's \(a "
+                     r"temperature\), off 1 by more than 0\.03", output), output
+
+
+def test_swapped_labels_in_the_evaluation_reference_fail(vit: Path, tmp_path: Path) -> None:
+    def swapped(p: np.ndarray) -> np.ndarray:
+        top = p.argmax(-1)
+        out = p.copy()
+        rows = np.arange(len(p))
+        second = np.argsort(-p, axis=-1)[:, 1]
+        out[rows, top], out[rows, second] = p[rows, second], p[rows, top]
+        return out
+
+    code, output = validated(planted_reference(vit, tmp_path / "swapped", swapped))
+    assert code == 1, output
+    assert "task agreement: label agreement 0.000 (6 of 6 labels changed) < 0.97" in output
+
+
+def test_a_corrupt_evaluation_photograph_is_one_error_line(vit: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "corrupt"
+    shutil.copytree(vit, copy)
+    (copy / "evaluation" / "chelsea.jpg").write_bytes(b"not a jpeg")
+    write_manifest(copy, Artifact.open(copy).manifest)
+    code, output = validated(copy)
+    assert code != 0
+    assert output.strip() == ("error: evaluation example 'evaluation/chelsea.jpg' cannot be read as the artifact's "
+                              "image input; the artifact is corrupt, re-run convert")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["ctc", "audio-classification"])
+def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tmp_path: Path) -> None:
+    artifact = convert("wav2vec2", task=task, output_dir=tmp_path / task).artifact
+    assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in speech("evaluation")]
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert f"task agreement ({task}, 5 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
