@@ -44,7 +44,7 @@ def test_a_sentence_transformers_folder_is_a_sentence_embedding_artifact(embedde
     assert embedder.manifest.model["architecture"] == "BertModel (mean pooling, normalize)"
     assert embedder.report is not None and embedder.report.passed, embedder.report.failures()
     agreement = embedder.report.agreement
-    assert agreement is not None and agreement.examples == 32
+    assert agreement is not None and agreement.examples == 96
     assert agreement.measures["agreement"] == 1.0 and agreement.measures["min_cosine"] > 0.9999
 
 
