@@ -1,21 +1,26 @@
 """English questions on short contexts, each answered by a span of its context: the realistic input of
 question-answering models (golden cases, task-agreement evaluation, int8 calibration) and the tests' QA head.
 
-Written for this project, as :mod:`edgeexport.reference.sentences` is for single sentences: 80 contexts of one
+Written for this project, as :mod:`edgeexport.reference.sentences` is for single sentences: 144 contexts of one
 to three everyday sentences (weather, food, sport, technology, places and people), each with two questions
 whose answer is a span of the context, written out here (a name, a number, a place, a phrase). Each context
-belongs to exactly one split, by its position, with both its questions, so golden cases, evaluation, calibration
-and the head the tests train never share a context (:func:`split`).
+belongs to exactly one split, with both its questions, so golden cases, evaluation, calibration and the head the
+tests train never share a context (:func:`split`): the first 80 (:data:`CONTEXTS`) cycle through :data:`SPLITS`,
+the 32 of :data:`MORE_TRAIN` are all train and the 32 of :data:`MORE_EVALUATION` all evaluation, so that answer
+spans are judged on 96 pairs, where 97 % span agreement tolerates two changed spans and one borderline answer does
+not decide a verdict (docs/parity.md, "Question answering").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLITS = ("train", "train", "evaluation", "calibration", "golden")  # context i belongs to SPLITS[i % 5]
+SPLITS = ("train", "train", "evaluation", "calibration", "golden")  # CONTEXTS[i] belongs to SPLITS[i % 5]
 
-# (context, ((question, answer), (question, answer))); every answer occurs exactly once in its context.
-CONTEXTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+Context = tuple[str, tuple[tuple[str, str], ...]]  # (context, ((question, answer), (question, answer)))
+
+# Every answer occurs exactly once in its context.
+CONTEXTS: tuple[Context, ...] = (
     ("The old lighthouse at Carrick Point was built in 1852. It was painted red and white so that sailors could "
      "see it during the day.",
      (("When was the lighthouse at Carrick Point built?", "1852"),
@@ -313,6 +318,234 @@ CONTEXTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 
 
+# Added so that the head the tests train sees more answers: every one of these is train.
+MORE_TRAIN: tuple[Context, ...] = (
+    ("The bakery in Ghent is famous for its speculoos biscuits. It has been run by the same family since 1898.",
+     (("What is the bakery in Ghent famous for?", "its speculoos biscuits"),
+      ("Since when has the same family run the bakery?", "since 1898"))),
+    ("A cold snap froze the water pipes in the school on Monday. The pupils were sent home at lunchtime.",
+     (("What froze the water pipes?", "A cold snap"),
+      ("When were the pupils sent home?", "at lunchtime"))),
+    ("The badminton club plays in the sports hall on Thursday evenings. Rackets can be borrowed for one pound.",
+     (("Where does the badminton club play?", "in the sports hall"),
+      ("How much does it cost to borrow a racket?", "one pound"))),
+    ("The smart watch measures heart rate and counts steps. Its battery lasts about a week.",
+     (("What does the smart watch measure?", "heart rate"),
+      ("How long does the watch's battery last?", "about a week"))),
+    ("Elena works as a park ranger in the Pyrenees. She counts the bears and leads walks for visitors in summer.",
+     (("Where does Elena work?", "in the Pyrenees"),
+      ("What does Elena count?", "the bears"))),
+    ("The aquarium opened a new tank for sharks in June. It holds two million litres of sea water.",
+     (("What did the aquarium open a new tank for?", "sharks"),
+      ("How much water does the tank hold?", "two million litres"))),
+    ("Hummus is made from chickpeas, tahini, lemon juice and garlic. It is usually eaten with warm flatbread.",
+     (("What is hummus usually eaten with?", "warm flatbread"),
+      ("What is hummus made from?", "chickpeas, tahini, lemon juice and garlic"))),
+    ("The golf tournament was stopped for an hour because of lightning. The leader finished nine under par.",
+     (("Why was the golf tournament stopped?", "because of lightning"),
+      ("How far under par did the leader finish?", "nine under par"))),
+    ("Gales of up to 100 miles an hour hit the Western Isles overnight. Ferries to the mainland were cancelled.",
+     (("Where did the gales hit?", "the Western Isles"),
+      ("What was cancelled?", "Ferries to the mainland"))),
+    ("The company's new phone folds in half like a book. It costs eighteen hundred euros.",
+     (("How does the new phone fold?", "in half like a book"),
+      ("How much does the new phone cost?", "eighteen hundred euros"))),
+    ("Marco sails a fishing boat out of Naples. He catches mostly squid and sells it to restaurants on the "
+     "waterfront.",
+     (("What does Marco mostly catch?", "squid"),
+      ("Who does Marco sell his catch to?", "restaurants on the waterfront"))),
+    ("The town's tram line was extended to the university last year. A tram now runs every six minutes.",
+     (("Where was the tram line extended to?", "the university"),
+      ("How often does a tram run?", "every six minutes"))),
+    ("Sushi rice is seasoned with vinegar, sugar and salt. It should be cooled to room temperature before use.",
+     (("What is sushi rice seasoned with?", "vinegar, sugar and salt"),
+      ("To what temperature should sushi rice be cooled?", "room temperature"))),
+    ("The boxing gym on Mill Lane trains about forty young people. Its coach, Danny Reid, was a champion in the "
+     "nineties.",
+     (("Who is the coach of the boxing gym?", "Danny Reid"),
+      ("How many young people does the gym train?", "about forty"))),
+    ("A week of sunshine dried out the moors, and a fire broke out near the reservoir. Firefighters put it out "
+     "after two days.",
+     (("Where did the fire break out?", "near the reservoir"),
+      ("How long did it take to put out the fire?", "two days"))),
+    ("The game console can stream games from the internet instead of discs. It needs a connection of at least "
+     "twenty megabits.",
+     (("What can the console stream games from?", "the internet"),
+      ("What connection does the console need?", "at least twenty megabits"))),
+    ("Amina studies volcanoes at the university in Reykjavik. Last year she spent a month on the slopes of Hekla.",
+     (("What does Amina study?", "volcanoes"),
+      ("How long did Amina spend on Hekla?", "a month"))),
+    ("The zoo's penguins are fed herring twice a day. Visitors can watch the feeding at eleven and three.",
+     (("What are the penguins fed?", "herring"),
+      ("When can visitors watch the feeding?", "at eleven and three"))),
+    ("The food festival in Lyon attracts chefs from twenty countries. This year's prize went to a dessert of "
+     "pears and chestnuts.",
+     (("Where is the food festival held?", "in Lyon"),
+      ("What won this year's prize?", "a dessert of pears and chestnuts"))),
+    ("The skier from Norway won the downhill by a tenth of a second. It was her first win on the World Cup "
+     "circuit.",
+     (("Where is the skier from?", "Norway"),
+      ("By how much did she win the downhill?", "a tenth of a second"))),
+    ("Low cloud and drizzle are forecast for the whole of Wednesday. Highs will reach only nine degrees.",
+     (("What is forecast for Wednesday?", "Low cloud and drizzle"),
+      ("How high will temperatures reach?", "only nine degrees"))),
+    ("The hospital installed a robot that sorts blood samples. It can handle eight hundred samples an hour.",
+     (("What does the robot sort?", "blood samples"),
+      ("How many samples can the robot handle an hour?", "eight hundred samples"))),
+    ("Luis restored an old sailing boat he found in a barn in Galicia. The work took him four summers.",
+     (("Where did Luis find the boat?", "in a barn in Galicia"),
+      ("How long did the restoration take?", "four summers"))),
+    ("The bridge across the harbour is lifted to let tall ships pass. It opens about five times a day.",
+     (("Why is the bridge lifted?", "to let tall ships pass"),
+      ("How often does the bridge open?", "about five times a day"))),
+    ("Tortillas are made from maize flour, water and a little salt. They are cooked on a hot, dry griddle.",
+     (("What are tortillas cooked on?", "a hot, dry griddle"),
+      ("What flour are tortillas made from?", "maize flour"))),
+    ("The table tennis champion started playing at the age of five. She practises for four hours every day.",
+     (("At what age did the champion start playing?", "the age of five"),
+      ("How long does she practise every day?", "four hours"))),
+    ("Thunder and hail hit the city during the evening rush hour. Several streets near the station were flooded.",
+     (("When did the thunder and hail hit?", "during the evening rush hour"),
+      ("Which streets were flooded?", "Several streets near the station"))),
+    ("The messaging app added a feature that deletes messages after a day. Users can switch it on for each chat.",
+     (("What does the new feature do?", "deletes messages after a day"),
+      ("How can users switch the feature on?", "for each chat"))),
+    ("Nadia keeps bees on the roof of her flat in Paris. Last summer her hives gave thirty jars of honey.",
+     (("Where does Nadia keep bees?", "on the roof of her flat in Paris"),
+      ("How many jars of honey did the hives give?", "thirty jars"))),
+    ("The canal boat holiday starts in Oxford and ends in Birmingham. Boats travel at about four miles an hour.",
+     (("Where does the canal boat holiday end?", "in Birmingham"),
+      ("How fast do the boats travel?", "about four miles an hour"))),
+    ("The soup kitchen serves hot meals to about two hundred people each night. It is run by volunteers from "
+     "local churches.",
+     (("How many people does the soup kitchen serve?", "about two hundred people"),
+      ("Who runs the soup kitchen?", "volunteers from local churches"))),
+    ("The horse race was won by a ten-year-old mare called Silver Dawn. Her jockey had never won the race before.",
+     (("Which horse won the race?", "Silver Dawn"),
+      ("How old is the winning horse?", "ten-year-old"))),
+)
+
+# Added for a larger evaluation split: every one of these is evaluation.
+MORE_EVALUATION: tuple[Context, ...] = (
+    ("The library in Dunmore reopened on Monday after a year of repairs to its roof. It now has a reading room "
+     "for children on the ground floor.",
+     (("When did the library in Dunmore reopen?", "on Monday"),
+      ("What was repaired?", "its roof"))),
+    ("Yuki runs a noodle stall near the harbour in Osaka. She makes the broth from pork bones and simmers it for "
+     "twelve hours.",
+     (("Where is Yuki's noodle stall?", "near the harbour in Osaka"),
+      ("How long does Yuki simmer the broth?", "twelve hours"))),
+    ("A landslide blocked the mountain road to Ravello after two days of heavy rain. Buses are taking a longer "
+     "route along the coast.",
+     (("What blocked the mountain road?", "A landslide"),
+      ("Which route are buses taking?", "a longer route along the coast"))),
+    ("The basketball team signed a new centre from Lithuania. He is two metres and eighteen centimetres tall.",
+     (("Where is the new centre from?", "Lithuania"),
+      ("How tall is the new centre?", "two metres and eighteen centimetres"))),
+    ("The headphones block outside noise with six small microphones. A full charge gives thirty hours of music.",
+     (("How do the headphones block outside noise?", "with six small microphones"),
+      ("How much music does a full charge give?", "thirty hours"))),
+    ("Peter repairs clocks in a narrow shop behind the cathedral. His oldest customer brought in a clock made in "
+     "1790.",
+     (("Where is Peter's shop?", "behind the cathedral"),
+      ("When was the oldest clock made?", "1790"))),
+    ("Porridge is made by cooking oats slowly in milk or water. In Scotland it is traditionally eaten with a pinch "
+     "of salt.",
+     (("What is porridge made from?", "oats"),
+      ("How is porridge traditionally eaten in Scotland?", "with a pinch of salt"))),
+    ("The ice hockey final went to a penalty shootout. The visiting goalkeeper saved four shots and was named "
+     "player of the match.",
+     (("How was the ice hockey final decided?", "a penalty shootout"),
+      ("How many shots did the visiting goalkeeper save?", "four shots"))),
+    ("A dust storm from the Sahara turned the sky orange over southern Spain. Cars were covered in a thin layer of "
+     "red sand.",
+     (("Where did the dust storm come from?", "the Sahara"),
+      ("What colour did the sky turn?", "orange"))),
+    ("The city council plans to plant ten thousand trees along its main roads. The work will start next autumn and "
+     "cost about two million pounds.",
+     (("How many trees does the council plan to plant?", "ten thousand trees"),
+      ("How much will the work cost?", "about two million pounds"))),
+    ("The camera app can remove people from the background of a photo. It runs entirely on the phone, so no "
+     "pictures are uploaded.",
+     (("What can the camera app remove?", "people from the background of a photo"),
+      ("Where does the app run?", "entirely on the phone"))),
+    ("Hannah walked the coast path from Minehead to Poole in eight weeks. She raised money for a hospice in her "
+     "home town.",
+     (("How long did Hannah's walk take?", "eight weeks"),
+      ("Who did Hannah raise money for?", "a hospice in her home town"))),
+    ("The cheese is made in the mountains of Savoie from the milk of cows that graze on summer pastures. It is aged "
+     "for at least four months.",
+     (("Where is the cheese made?", "in the mountains of Savoie"),
+      ("How long is the cheese aged?", "at least four months"))),
+    ("The sailing regatta was postponed because there was no wind at all on Saturday. The first race will now be "
+     "held on Sunday afternoon.",
+     (("Why was the regatta postponed?", "because there was no wind at all"),
+      ("When will the first race be held?", "on Sunday afternoon"))),
+    ("Thick ice formed on the canal for the first time in twenty years. Hundreds of people went skating before the "
+     "thaw began.",
+     (("Where did thick ice form?", "on the canal"),
+      ("What did hundreds of people do?", "went skating"))),
+    ("The startup builds sensors that warn farmers when the soil is too dry. Its first customers were vineyards in "
+     "California.",
+     (("What do the startup's sensors warn farmers about?", "when the soil is too dry"),
+      ("Who were the first customers?", "vineyards in California"))),
+    ("The old cinema on Bridge Road was turned into a climbing centre. Its tallest wall is fifteen metres high.",
+     (("What was the old cinema turned into?", "a climbing centre"),
+      ("How high is the tallest wall?", "fifteen metres"))),
+    ("Mr Haddad has taught the school orchestra for twenty-two years. This summer he will retire and move to "
+     "Beirut.",
+     (("How long has Mr Haddad taught the orchestra?", "twenty-two years"),
+      ("Where will Mr Haddad move?", "Beirut"))),
+    ("Kimchi is made by fermenting cabbage with chilli, garlic and ginger. Many Korean families make a large batch "
+     "in late autumn.",
+     (("What vegetable is fermented to make kimchi?", "cabbage"),
+      ("When do many Korean families make kimchi?", "in late autumn"))),
+    ("The women's rugby team beat France by three points in Dublin. The winning try came in the last minute.",
+     (("Who did the women's rugby team beat?", "France"),
+      ("When did the winning try come?", "in the last minute"))),
+    ("A warm front will bring drizzle and low cloud to the hills on Friday. The weekend should be dry but cold.",
+     (("What will the warm front bring?", "drizzle and low cloud"),
+      ("What will the weekend be like?", "dry but cold"))),
+    ("The electric ferry crosses the fjord thirty times a day. Its batteries are charged at each end of the "
+     "crossing in ten minutes.",
+     (("How often does the electric ferry cross the fjord?", "thirty times a day"),
+      ("How long does charging take?", "ten minutes"))),
+    ("Grace found an old map of the town in her grandmother's attic. It showed a windmill where the supermarket "
+     "now stands.",
+     (("Where did Grace find the map?", "in her grandmother's attic"),
+      ("What did the map show?", "a windmill"))),
+    ("The restaurant grows its own herbs on the roof. Its set lunch of three courses costs twenty-five dollars.",
+     (("Where does the restaurant grow its herbs?", "on the roof"),
+      ("How much does the set lunch cost?", "twenty-five dollars"))),
+    ("The cross-country race was held in deep mud on the racecourse at Aintree. Only forty of the sixty runners "
+     "finished.",
+     (("Where was the cross-country race held?", "on the racecourse at Aintree"),
+      ("How many runners finished?", "Only forty"))),
+    ("The power cut began at seven in the evening and lasted until midnight. A fallen tree had brought down a "
+     "cable.",
+     (("When did the power cut begin?", "at seven in the evening"),
+      ("What brought down the cable?", "A fallen tree"))),
+    ("The translation software now understands Welsh and Basque. It was trained on recordings made by volunteers.",
+     (("Which languages does the software now understand?", "Welsh and Basque"),
+      ("Who made the recordings?", "volunteers"))),
+    ("Ravi opened a bookshop that sells only second-hand travel books. It is in a former bank on the high street.",
+     (("What does Ravi's bookshop sell?", "second-hand travel books"),
+      ("What was the building before?", "a former bank"))),
+    ("Apples picked in September keep for months in a cool, dark cellar. Bruised fruit should be eaten first.",
+     (("Where do apples keep for months?", "in a cool, dark cellar"),
+      ("Which fruit should be eaten first?", "Bruised fruit"))),
+    ("The snooker final lasted until one in the morning. The champion won by eighteen frames to fifteen.",
+     (("Until when did the snooker final last?", "one in the morning"),
+      ("What was the final score?", "eighteen frames to fifteen"))),
+    ("Spring tides flooded the promenade at high water on Wednesday. The council put sandbags outside the cafés.",
+     (("What flooded the promenade?", "Spring tides"),
+      ("Where did the council put sandbags?", "outside the cafés"))),
+    ("The drone delivers medicine to islands that have no doctor. Each flight carries up to two kilograms.",
+     (("What does the drone deliver?", "medicine"),
+      ("How much can each flight carry?", "up to two kilograms"))),
+)
+
+
 @dataclass(frozen=True)
 class Question:
     """A question on a context and its answer, a span of the context starting at character ``start``."""
@@ -335,5 +568,6 @@ def split(name: str) -> list[Question]:
     """The questions of one split (``train``, ``evaluation``, ``calibration``, ``golden``), in context order."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(sorted(set(SPLITS)))}")
-    return [Question(question, context, answer) for i, (context, pairs) in enumerate(CONTEXTS)
-            if SPLITS[i % len(SPLITS)] == name for question, answer in pairs]
+    chosen = [entry for i, entry in enumerate(CONTEXTS) if SPLITS[i % len(SPLITS)] == name]
+    chosen += {"train": MORE_TRAIN, "evaluation": MORE_EVALUATION}.get(name, ())
+    return [Question(question, context, answer) for context, pairs in chosen for question, answer in pairs]
