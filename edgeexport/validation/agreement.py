@@ -3,14 +3,18 @@
 Tensor bounds (:mod:`edgeexport.validation.metrics`) judge rounding; this judges what a user sees. A
 text model converted from a trained checkpoint carries an evaluation set (the manifest's ``evaluation``
 block): held-out sentences as raw text (:mod:`edgeexport.reference.sentences`, a split no golden case or
-calibration uses) and PyTorch's task outputs on them. Any machine re-checks it with the artifact's own
-tokenizer and runtime, without torch. Per task:
+calibration uses), or for question answering held-out (question, context) pairs
+(:mod:`edgeexport.reference.questions`), and PyTorch's task outputs on them. Any machine re-checks it with the
+artifact's own tokenizer and runtime, without torch. Per task:
 
 - ``sentence-embedding`` and text ``feature-extraction`` (mean of the token states over the mask): the
   lowest per-sentence cosine with the reference, and nearest-neighbour agreement (the fraction of
   sentences whose most similar other sentence is the reference's);
 - ``sequence-classification``: label agreement and the largest probability change ``max |dp|``;
 - ``token-classification``: label agreement over real tokens and their largest ``|dp|``;
+- ``question-answering``: the answer span of each pair (the best ``start <= end`` over the context's tokens, as
+  :func:`edgeexport.processing.answer_spans` picks it): the fraction of spans equal to the reference's, their mean
+  token-overlap F1, and the largest and mean ``|dp|`` of the start and end probabilities (softmax over the context);
 - ``image-classification`` and ``audio-classification``: as sequence classification, over held-out photographs or
   speech (:mod:`edgeexport.reference.media`) that the artifact carries as their JPEG and WAV files, preprocessed on
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
@@ -35,8 +39,8 @@ import numpy as np
 from edgeexport.artifact import save_tensors
 from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
-from edgeexport.processing import (Processing, audio_inputs, cosine_similarities, ctc_tokens, encode_texts, image_inputs,
-                                   load_tokenizer, softmax)
+from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
+                                   image_inputs, load_tokenizer, softmax)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,16 +53,17 @@ TEXTS_FILE = f"{EVALUATION_DIR}/texts.json"
 REFERENCE_FILE = f"{EVALUATION_DIR}/reference.bin"
 BATCH = 16  # sentences or images per runtime call (audio clips: one per call, each at its own length)
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
+Texts = list[str] | list[tuple[str, str]]  # sentences, or (question, context) pairs
 
 
 @dataclass(frozen=True)
 class Criteria:
-    """What a task's agreement must reach: ``min_agreement`` (labels, or nearest neighbours of embeddings),
-    ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
-    examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
-    from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
-    (embeddings) and ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically)."""
+    """What a task's agreement must reach: ``min_agreement`` (labels, answer spans, or nearest neighbours of
+    embeddings), ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the examples; classification
+    and answers), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are from a scale
+    of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine`` (embeddings) and
+    ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction of clips
+    transcribed identically)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -91,6 +96,11 @@ CRITERIA: dict[str, Criteria] = {
     # and another model 0.90. Identical transcripts are reported, not required: a random-weight model's are hundreds
     # of near-tied tokens long, and fp16 changes one token somewhere in 3 of 5 clips.
     "ctc": Criteria(min_agreement=0.0, max_cer=0.03),
+    # Answer spans (docs/parity.md, the trained MiniLM QA head, 96 held-out pairs): fp32 and fp16 change no span, bf16
+    # two near ties and the most probability (max |dp| 0.045, mean 0.013); start and end logits x1.3 give 0.17 / 0.083,
+    # x1.1 0.063 / 0.031, another head (seed 1) changes 6 spans and 0.15 / 0.039; int8-weights fail on |dp| (ONNX: 2
+    # spans, 0.12 / 0.028; OpenVINO: 4 spans, 0.11 / 0.040). The spans' token-overlap F1 is reported, not bounded.
+    "question-answering": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02),
 }
 
 
@@ -128,8 +138,13 @@ class Agreement:
 
 
 def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), or the best CTC
-    token of every frame (int64)."""
+    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the start and end
+    probabilities over the context's tokens (``mask``) of an answer, ``(batch, 2, tokens)`` float32, or the best
+    CTC token of every frame (int64)."""
+    if task == "question-answering":
+        context = mask.astype(bool)
+        return np.stack([softmax(np.where(context, outputs[name].astype(np.float64), -np.inf))
+                         for name in ("start_logits", "end_logits")], axis=1).astype(np.float32)
     if task == "ctc":
         return outputs["logits"].argmax(-1).astype(np.int64)
     if task == "sentence-embedding":
@@ -164,6 +179,8 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _embedding_measures(result, got, want)
     elif task == "ctc":
         _transcript_measures(result, got, want, blank)
+    elif task == "question-answering":
+        _span_measures(result, got, want, mask.astype(bool))
     else:
         _label_measures(result, got, want, mask.astype(bool) if task == "token-classification" else None)
     return result
@@ -187,20 +204,45 @@ def _label_measures(result: Agreement, got: np.ndarray, want: np.ndarray, tokens
     change = np.abs(got - want).max(-1)
     if tokens is not None:  # token classification: real tokens only
         same, change = same[tokens], change[tokens]
-    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max()), "mean_dp": float(change.mean())}
+    _choice_measures(result, same, change, "label")
     if result.criteria.max_scale_error is not None:
         result.measures["scale"] = log_probability_scale(got, want)
     criteria = result.criteria
+    if criteria.max_scale_error is not None and abs(result.measures["scale"] - 1) > criteria.max_scale_error:
+        result.misses.append(f"log-probabilities scaled by {result.measures['scale']:.4f} against the reference's "
+                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
+
+
+def _span_measures(result: Agreement, got: np.ndarray, want: np.ndarray, context: np.ndarray) -> None:
+    """Answer spans of ``(examples, 2, tokens)`` start and end probabilities: span agreement, token-overlap F1, |dp|."""
+    spans = [[(span["start"], span["end"]) for span in best_spans(view[:, 0], view[:, 1], allowed=context)]
+             for view in (got, want)]
+    same = np.array([g == w for g, w in zip(*spans)])
+    _choice_measures(result, same, np.abs(got.astype(np.float64) - want).max(axis=(1, 2)), "answer span")
+    result.measures["f1"] = float(np.mean([span_f1(g, w) for g, w in zip(*spans)]))  # reported: how far spans moved
+
+
+def span_f1(got: tuple[int, int], want: tuple[int, int]) -> float:
+    """Token-overlap F1 of two inclusive ``(start, end)`` token spans: 1 when equal, 0 when disjoint."""
+    overlap = min(got[1], want[1]) - max(got[0], want[0]) + 1
+    if overlap <= 0:
+        return 0.0
+    precision, recall = overlap / (got[1] - got[0] + 1), overlap / (want[1] - want[0] + 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _choice_measures(result: Agreement, same: np.ndarray, change: np.ndarray, what: str) -> None:
+    """Agreement of the choices a user reads (labels, answer spans: ``same``) and the largest and mean probability
+    change per example (``change``), with the misses of their criteria."""
+    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max()), "mean_dp": float(change.mean())}
+    criteria = result.criteria
     if result.measures["agreement"] < criteria.min_agreement:
-        result.misses.append(f"label agreement {result.measures['agreement']:.3f} ({int((~same).sum())} of {same.size} "
-                             f"labels changed) < {criteria.min_agreement:g}")
+        result.misses.append(f"{what} agreement {result.measures['agreement']:.3f} ({int((~same).sum())} of "
+                             f"{same.size} {what}s changed) < {criteria.min_agreement:g}")
     if criteria.max_dp is not None and result.measures["max_dp"] > criteria.max_dp:
         result.misses.append(f"largest probability change {result.measures['max_dp']:.3f} > {criteria.max_dp:g}")
     if criteria.max_mean_dp is not None and result.measures["mean_dp"] > criteria.max_mean_dp:
         result.misses.append(f"mean probability change {result.measures['mean_dp']:.4f} > {criteria.max_mean_dp:g}")
-    if criteria.max_scale_error is not None and abs(result.measures["scale"] - 1) > criteria.max_scale_error:
-        result.misses.append(f"log-probabilities scaled by {result.measures['scale']:.4f} against the reference's "
-                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
 
 
 def log_probability_scale(got: np.ndarray, want: np.ndarray) -> float:
@@ -252,14 +294,13 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the artifact's evaluation set
 
 
-def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence[Path],
-                     reference: np.ndarray) -> dict[str, Any]:
-    """Write the held-out examples (texts as a JSON list, photographs and speech as copies of their files) and the
-    reference's task view into the artifact; return the manifest block."""
+def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path], reference: np.ndarray) -> dict[str, Any]:
+    """Write the held-out examples (texts or [question, context] pairs as a JSON list, photographs and speech as
+    copies of their files) and the reference's task view into the artifact; return the manifest block."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
     stored = save_tensors(folder, REFERENCE_FILE, {"reference": reference})
     block: dict[str, Any] = {"task": task}
-    if all(isinstance(example, str) for example in examples):
+    if all(isinstance(example, (str, tuple)) for example in examples):
         (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
     else:
@@ -269,11 +310,12 @@ def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence
     return {**block, "reference": stored.to_dict(), "criteria": CRITERIA[task].to_dict()}
 
 
-def evaluation_feed(processing: Processing, tokenizer: Any, texts: Sequence[str],
-                    input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The evaluation texts as model inputs, all padded to the longest (and ``attention_mask`` always)."""
+def evaluation_feed(processing: Processing, tokenizer: Any, texts: Texts,
+                    input_names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The evaluation texts as model inputs, all padded to the longest, and the mask :func:`task_view` reads: the
+    attention mask, or for (question, context) pairs the context's tokens."""
     encoded = encode_texts(tokenizer, texts, processing.max_length)
-    return {name: encoded[name] for name in {*input_names, "attention_mask"}}
+    return {name: encoded[name] for name in input_names}, encoded.get("context_mask", encoded["attention_mask"])
 
 
 def media_kind(processing: Processing, input_names: Sequence[str]) -> str | None:
@@ -324,12 +366,12 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
         return judge(block["task"], got, want, np.ones(0), criteria, kind=kind, blank=processing.blank)
     texts = _texts(artifact, block["texts"])
-    feed = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
-                           artifact.manifest.input_names)
-    names, mask = artifact.manifest.input_names, feed["attention_mask"]
-    views = [task_view(block["task"], runner({name: feed[name][start:start + BATCH] for name in names}),
+    feed, mask = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
+                                 artifact.manifest.input_names)
+    views = [task_view(block["task"], runner({name: value[start:start + BATCH] for name, value in feed.items()}),
                        mask[start:start + BATCH]) for start in range(0, len(texts), BATCH)]
-    return judge(block["task"], np.concatenate(views), want, mask, criteria)
+    return judge(block["task"], np.concatenate(views), want, mask, criteria,
+                 kind="sentences" if isinstance(texts[0], str) else "questions")
 
 
 def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[str, np.ndarray]:
@@ -342,13 +384,18 @@ def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[
                             "re-run convert") from None
 
 
-def _texts(artifact: Artifact, relative: str) -> list[str]:
-    """The evaluation texts, a JSON list of strings; anything else is a corrupt artifact (one line)."""
+def _texts(artifact: Artifact, relative: str) -> Texts:
+    """The evaluation texts, a JSON list of strings or of [question, context] pairs; anything else is a corrupt
+    artifact (one line)."""
     try:
         texts = json.loads(artifact.file(relative).read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"evaluation texts {relative!r} cannot be read ({type(exc).__name__}); the artifact is "
                             "corrupt, re-run convert") from None
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings; re-run convert")
-    return texts
+    if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+        return texts
+    if isinstance(texts, list) and texts and all(isinstance(t, list) and len(t) == 2 and
+                                                 all(isinstance(part, str) for part in t) for t in texts):
+        return [(question, context) for question, context in texts]
+    raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings or of [question, "
+                        "context] pairs; re-run convert")
