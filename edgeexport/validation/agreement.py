@@ -15,10 +15,13 @@ tokenizer and runtime, without torch. Per task:
   speech (:mod:`edgeexport.reference.media`) that the artifact carries as their JPEG and WAV files, preprocessed on
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
-  the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically.
+  the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
+- ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement where the
+  reference's top-1 is not a near tie, KL(reference || artifact) of every next-token distribution, and greedy
+  continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
 
-The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image
-and audio ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image,
+audio and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, cosine_similarities, ctc_tokens, encode_texts, image_inputs,
                                    load_tokenizer, softmax)
+from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
+                                                     sequence_measures)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
 EVALUATION_DIR = "evaluation"
 TEXTS_FILE = f"{EVALUATION_DIR}/texts.json"
 REFERENCE_FILE = f"{EVALUATION_DIR}/reference.bin"
+SEQUENCES_FILE = f"{EVALUATION_DIR}/sequences.bin"
 BATCH = 16  # sentences or images per runtime call (audio clips: one per call, each at its own length)
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
 
@@ -57,8 +63,11 @@ class Criteria:
     ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
     examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
     from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
-    (embeddings) and ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically)."""
+    (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
+    of clips transcribed identically), and for language models ``max_kl`` and ``max_mean_kl`` (the largest and
+    mean next-token KL(reference || artifact)), ``min_greedy_agreement`` (the share of identical greedy
+    continuations) and ``top1_margin`` (the log-probability lead of the reference's top-1 over its top-2 beyond
+    which top-1 agreement counts a position; ``min_agreement`` is then that agreement)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -66,6 +75,10 @@ class Criteria:
     max_scale_error: float | None = None
     min_cosine: float | None = None
     max_cer: float | None = None
+    max_kl: float | None = None
+    max_mean_kl: float | None = None
+    min_greedy_agreement: float | None = None
+    top1_margin: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -91,7 +104,14 @@ CRITERIA: dict[str, Criteria] = {
     # and another model 0.90. Identical transcripts are reported, not required: a random-weight model's are hundreds
     # of near-tied tokens long, and fp16 changes one token somewhere in 3 of 5 clips.
     "ctc": Criteria(min_agreement=0.0, max_cer=0.03),
+    # Language models (docs/parity.md, "Language models"): on the tiny GPT-2, fp32 moves a top-1/top-2 log-probability
+    # gap by at most 5.4e-7 (margin 1e-5 above it); the passing precisions (all but int4-weights) keep top-1 agreement
+    # >= 0.9907, KL <= 3.1e-6 (mean 8.8e-8) and greedy continuations >= 0.9375; logits x1.3 give a mean KL of
+    # 1.9e-4, the two commonest top-1 rows swapped top-1 0.94, another seed top-1 0.45.
+    "causal-lm": Criteria(min_agreement=0.98, max_kl=6e-6, max_mean_kl=2e-7, min_greedy_agreement=0.875,
+                          top1_margin=1e-5),
 }
+CRITERIA["causal-lm-with-past"] = CRITERIA["causal-lm"]
 
 
 @dataclass
@@ -252,14 +272,17 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the artifact's evaluation set
 
 
-def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence[Path],
-                     reference: np.ndarray) -> dict[str, Any]:
-    """Write the held-out examples (texts as a JSON list, photographs and speech as copies of their files) and the
-    reference's task view into the artifact; return the manifest block."""
+def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence[Path] | np.ndarray,
+                     reference: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Write the held-out examples (texts as a JSON list, photographs and speech as copies of their files, token
+    sequences as int32 ids) and the reference's task view into the artifact; return the manifest block."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
-    stored = save_tensors(folder, REFERENCE_FILE, {"reference": reference})
+    stored = save_tensors(folder, REFERENCE_FILE, reference if isinstance(reference, Mapping) else
+                          {"reference": reference})
     block: dict[str, Any] = {"task": task}
-    if all(isinstance(example, str) for example in examples):
+    if isinstance(examples, np.ndarray):
+        block["sequences"] = save_tensors(folder, SEQUENCES_FILE, {"ids": examples.astype(np.int32)}).to_dict()
+    elif all(isinstance(example, str) for example in examples):
         (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
     else:
@@ -315,21 +338,45 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     if not block:
         return None
     processing = Processing.of(artifact.manifest)
-    want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))["reference"]
+    want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
     criteria = Criteria(**block["criteria"])
+    if "sequences" in block:
+        return _check_sequences(artifact, runner, block, want, criteria)
     if "files" in block:
         examples = [_example(artifact, processing, relative) for relative in block["files"]]
         batch = next((case.axes["batch"] for case in artifact.manifest.golden if "batch" in case.axes), 1)
         got = media_views(block["task"], examples, runner, batch)
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
-        return judge(block["task"], got, want, np.ones(0), criteria, kind=kind, blank=processing.blank)
+        return judge(block["task"], got, want["reference"], np.ones(0), criteria, kind=kind, blank=processing.blank)
     texts = _texts(artifact, block["texts"])
     feed = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
                            artifact.manifest.input_names)
     names, mask = artifact.manifest.input_names, feed["attention_mask"]
     views = [task_view(block["task"], runner({name: feed[name][start:start + BATCH] for name in names}),
                        mask[start:start + BATCH]) for start in range(0, len(texts), BATCH)]
-    return judge(block["task"], np.concatenate(views), want, mask, criteria)
+    return judge(block["task"], np.concatenate(views), want["reference"], mask, criteria)
+
+
+def _check_sequences(artifact: Artifact, runner: Runner, block: Mapping[str, Any], want: Mapping[str, np.ndarray],
+                     criteria: Criteria) -> Agreement:
+    """A language model's evaluation: its token sequences through the artifact's runtime, the decoder with its
+    cache through its generator (:mod:`edgeexport.validation.sequence_measures`)."""
+    ids = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))["ids"]
+    if artifact.manifest.generation:
+        from edgeexport.generator import Generator
+
+        model = generator_model(Generator(runner))
+    else:
+        model = forward_model(runner, runner.inputs)
+    return judge_sequences(block["task"], artifact_view(model, ids, want), want, (ids >= 0).sum(1), criteria)
+
+
+def judge_sequences(task: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], lengths: np.ndarray,
+                    criteria: Criteria) -> Agreement:
+    """Compare the artifact's view of token sequences of ``lengths`` with the reference's (a language model)."""
+    result = Agreement(task=task, examples=len(lengths), criteria=criteria, kind="token sequences")
+    result.measures, result.misses = sequence_measures(got, want, lengths, criteria)
+    return result
 
 
 def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[str, np.ndarray]:
