@@ -115,9 +115,10 @@ def forward_model(run: Forward, specs: Sequence[TensorSpec]) -> LanguageModel:
 
 def generator_model(generator: Generator) -> LanguageModel:
     """A decoder with its cache (``causal-lm-with-past``) as its generator runs it: the logits of the prompt's
-    first step (an empty cache), and :meth:`Generator.generate`'s greedy tokens with every logits rule off and
+    first step (an empty cache, through the runner's ``step`` call as the generator makes it: OpenVINO's checked
+    call cannot take an empty cache after a longer one), and :meth:`Generator.generate`'s greedy tokens with every logits rule off and
     no end of sequence, so that they are the argmax of each step's logits, as the reference's are."""
-    first_step = forward_model(generator.decoder, generator.decoder.inputs)
+    first_step = forward_model(generator.decoder.step, generator.decoder.inputs)
 
     def greedy(ids: np.ndarray, count: int) -> np.ndarray:
         output = generator.generate(ids, eos_token_id=(), max_new_tokens=count, min_new_tokens=0, num_beams=1,
