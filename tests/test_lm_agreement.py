@@ -1,18 +1,19 @@
 """Task agreement of language models (edgeexport.validation.sequence_measures): teacher-forced next tokens, their KL
-and greedy continuations over token-id sequences.
+relative to the reference's spread, and greedy continuations over token-id sequences.
 
-Fixed plants, independent of the thresholds, on a numpy language model with random weights (near-uniform
-next-token probabilities, as the zoo's): logits x1.3, two vocabulary rows swapped, another model (seed); each
-fails, the genuine outputs with fp32-sized noise pass, and near ties flipped by noise do not count. Then the tiny
-GPT-2 end to end (slow): its ONNX artifact passes on its evaluation sequences, and logits x1.3 planted into its
-graph fail.
+Fixed plants, sized without the thresholds, on a numpy language model with random weights (near-uniform next-token
+probabilities, as the zoo's), each caught by one criterion only: logits x1.3 and x0.7 (the KL), the top two next
+tokens swapped at every position but a sequence's last (top-1; the greedy tokens follow the last), a cache that lost
+the prompt's last token (greedy); another model misses all three. The genuine outputs with noise of 1 % of the
+logits' spread pass, at the zoo's weight scale and 10x it. Then the tiny GPT-2 end to end (slow): its ONNX artifact
+passes on its evaluation sequences, and logits x1.3 planted into its graph fail.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,10 @@ from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.conversion import convert
 from edgeexport.manifest import GoldenFile, TensorSpec
-from edgeexport.validation.agreement import CRITERIA, judge_sequences
-from edgeexport.validation.sequence_measures import (GREEDY_TOKENS, LENGTHS, SEQUENCES, artifact_view,
+from edgeexport.validation.agreement import CRITERIA, Agreement, Criteria, judge_sequences
+from edgeexport.validation.sequence_measures import (GREEDY_TOKENS, LENGTHS, SEQUENCES, LanguageModel, artifact_view,
                                                      evaluation_sequences, forward_model, reference_view,
-                                                     sequence_feed)
+                                                     sequence_feed, spread, truncated_kl)
 
 LM = CRITERIA["causal-lm"]
 VOCAB = 300
@@ -41,10 +42,10 @@ class RandomLM:
     """A language model with random weights in numpy: each position's state is a running mean of the token
     embeddings so far; its logits spread about as little as the tiny GPT-2's."""
 
-    def __init__(self, seed: int, width: int = 16) -> None:
+    def __init__(self, seed: int, width: int = 16, scale: float = 1.0) -> None:
         rng = np.random.default_rng(seed)
         self.embed = rng.normal(size=(VOCAB, width))
-        self.head = rng.normal(size=(width, VOCAB)) * 0.5 / np.sqrt(width)
+        self.head = rng.normal(size=(width, VOCAB)) * 0.5 * scale / np.sqrt(width)
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         states = np.cumsum(self.embed[feed["input_ids"]], axis=1)
@@ -56,23 +57,34 @@ GENUINE = RandomLM(0)
 WANT = reference_view(forward_model(GENUINE, SPECS), IDS)
 
 
-def judged(run, criteria=LM) -> list[str]:
-    got = artifact_view(forward_model(run, SPECS), IDS, WANT)
-    return judge_sequences("causal-lm", got, WANT, LENGTHS_OF_IDS, criteria).misses
+def judged(model: LanguageModel, want: dict[str, np.ndarray] = WANT, criteria: Criteria = LM) -> Agreement:
+    return judge_sequences("causal-lm", artifact_view(model, IDS, want), want, LENGTHS_OF_IDS, criteria)
 
 
-def planted(change):
-    return lambda feed: {"logits": change(GENUINE(feed)["logits"])}
+def planted(change: Callable[[np.ndarray], np.ndarray], genuine: RandomLM = GENUINE) -> LanguageModel:
+    return forward_model(lambda feed: {"logits": change(genuine(feed)["logits"])}, SPECS)
 
 
-def swap_rows(logits: np.ndarray, a: int, b: int) -> np.ndarray:
+def noisy(logits: np.ndarray, share: float = 0.01) -> np.ndarray:
+    """``logits`` with Gaussian noise of ``share`` of each position's standard deviation: weights quantized."""
+    rng = np.random.default_rng(logits.shape[1])
+    return logits + share * logits.std(-1, keepdims=True) * rng.normal(size=logits.shape).astype(np.float32)
+
+
+def swap_top_two_but_last(logits: np.ndarray) -> np.ndarray:
+    """The two best next tokens swapped at every position of the sequence but its last (which greedy decoding
+    reads)."""
     out = logits.copy()
-    out[..., [a, b]] = logits[..., [b, a]]
+    order = np.argsort(-logits[0], axis=-1)
+    rows = np.arange(logits.shape[1] - 1)
+    out[0, rows, order[rows, 0]], out[0, rows, order[rows, 1]] = logits[0, rows, order[rows, 1]], \
+        logits[0, rows, order[rows, 0]]
     return out
 
 
-# The reference's most frequent top-1 token and its runner-up: the rows a swapped head would matter most for.
-COMMON = [int(t) for t in np.bincount(WANT["top_ids"][:, 0], minlength=VOCAB).argsort()[::-1][:2]]
+def stale_cache(model: LanguageModel) -> LanguageModel:
+    """``model`` whose greedy continuation starts from a cache that lost the prompt's last token."""
+    return LanguageModel(logits=model.logits, greedy=lambda ids, count: model.greedy(ids[:, :-1], count))
 
 
 def test_the_evaluation_sequences_are_fixed_sentence_long_int32_ids() -> None:
@@ -82,7 +94,9 @@ def test_the_evaluation_sequences_are_fixed_sentence_long_int32_ids() -> None:
     assert len(set(LENGTHS_OF_IDS.tolist())) > 10  # natural-ish: many lengths
     for row, length in zip(IDS, LENGTHS_OF_IDS):
         assert (row[:length] >= 0).all() and (row[:length] < VOCAB).all() and (row[length:] == -1).all()
-    assert WANT["top_ids"].shape == (LENGTHS_OF_IDS.sum(), 64) and WANT["greedy"].shape == (SEQUENCES, GREEDY_TOKENS)
+    positions = LENGTHS_OF_IDS.sum()
+    assert WANT["top_ids"].shape == (positions, 64) and WANT["spread"].shape == (positions,)
+    assert WANT["greedy"].shape == (SEQUENCES, GREEDY_TOKENS)
 
 
 def test_a_decoder_with_past_gets_the_whole_sequence_over_an_empty_cache() -> None:
@@ -93,54 +107,57 @@ def test_a_decoder_with_past_gets_the_whole_sequence_over_an_empty_cache() -> No
     assert feed["past_key_values.0.key"].shape == (1, 2, 0, 16)
 
 
-def test_the_genuine_outputs_with_fp32_noise_pass() -> None:
-    noise = np.random.default_rng(1)
-    assert judged(planted(lambda x: x + noise.normal(scale=1e-6, size=x.shape).astype(np.float32))) == []
+def test_the_spread_is_the_log_probability_variance_with_the_rest_as_one_outcome() -> None:
+    scores = np.log(np.array([[0.5, 0.25, 0.125, 0.125]]))
+    top = np.array([[0, 1]])
+    rest_mean = np.log(0.125)
+    mean = 0.5 * np.log(0.5) + 0.25 * np.log(0.25) + 0.25 * rest_mean
+    want = 0.5 * (np.log(0.5) - mean) ** 2 + 0.25 * (np.log(0.25) - mean) ** 2 + 0.25 * (rest_mean - mean) ** 2
+    assert spread(scores, top) == pytest.approx([want], rel=1e-12)
 
 
-@pytest.mark.parametrize("change, miss", [
-    (lambda x: x * 1.3, r"next-token KL\(reference \|\| artifact\) 0\.0\d+ after token \d+ of sequence \d+ > "),
-    (lambda x: swap_rows(x, *COMMON), r"top-1 agreement 0\.\d+ \(\d+ of \d+ next tokens"),
-], ids=["logits-x1.3", "two-rows-swapped"])
-def test_planted_logits_fail(change, miss) -> None:
-    misses = judged(planted(change))
-    assert misses and re.match(miss, misses[0]), misses
+def test_the_relative_kl_does_not_grow_with_the_weights_the_absolute_kl_does() -> None:
+    """The same 1 % noise, the zoo's weight scale against 10x: the absolute KL (which the bounds this replaced
+    judged: mean <= 2e-7) grows 280x, the relative one 3x, and a temperature of 1.3 gives (1.3 - 1)^2 / 2 = 0.045
+    of the spread at both, to second order (0.045 and 0.041)."""
+    absolute, relative = [], []
+    for scale in (1.0, 10.0):
+        genuine = RandomLM(0, scale=scale)
+        want = reference_view(forward_model(genuine, SPECS), IDS)
+        got = artifact_view(planted(noisy, genuine), IDS, want)
+        absolute.append(truncated_kl(want["top_logprobs"], got["at_top"]).mean())
+        relative.append(judge_sequences("causal-lm", got, want, LENGTHS_OF_IDS, LM).measures["relative_kl"])
+        hot = judged(planted(lambda x: x * 1.3, genuine), want)
+        assert hot.measures["relative_kl"] == pytest.approx(0.3 ** 2 / 2, rel=0.15)
+    assert absolute[1] > 100 * absolute[0] and relative[1] < 5 * relative[0]
 
 
-def test_another_model_fails_every_criterion() -> None:
-    misses = judged(RandomLM(1))
-    assert [m.split(" ")[0] for m in misses] == ["top-1", "next-token", "mean", "greedy"], misses
+@pytest.mark.parametrize("scale", [1.0, 10.0], ids=["zoo-scale", "10x-weights"])
+def test_quantization_sized_noise_passes_and_a_temperature_fails_at_any_weight_scale(scale: float) -> None:
+    genuine = RandomLM(0, scale=scale)
+    want = reference_view(forward_model(genuine, SPECS), IDS)
+    assert judged(planted(noisy, genuine), want).misses == []
+    for temperature in (1.3, 0.7):
+        misses = judged(planted(lambda x: x * temperature, genuine), want).misses
+        assert len(misses) == 1 and misses[0].startswith("next-token KL(reference || artifact) 0.04"), misses
 
 
-def test_only_the_kl_catches_a_temperature_top_1_and_greedy_stay() -> None:
-    got = artifact_view(forward_model(planted(lambda x: x * 1.3), SPECS), IDS, WANT)
-    result = judge_sequences("causal-lm", got, WANT, LENGTHS_OF_IDS, LM)
-    assert result.measures["agreement"] == 1.0 and result.measures["greedy_agreement"] == 1.0
-    assert result.misses and all("KL" in miss for miss in result.misses)
-    assert judged(planted(lambda x: x * 1.3), replace(LM, max_kl=None, max_mean_kl=None)) == []
+@pytest.mark.parametrize("model, criterion", [
+    (planted(lambda x: x * 1.3), r"next-token KL\(reference \|\| artifact\) 0\.045\d* of the reference's "
+                                 r"log-probability spread \(.*the largest KL after token \d+ of sequence \d+\) > "),
+    (planted(lambda x: x * 0.7), r"next-token KL\(reference \|\| artifact\) 0\.04\d+ of the reference's "),
+    (planted(swap_top_two_but_last), r"top-1 agreement 0\.\d+ \(\d+ of 536 next tokens changed\) < "),
+    (stale_cache(forward_model(GENUINE, SPECS)), r"greedy agreement 0\.\d+ \(\d+ of 32 continuations of 8 tokens "
+                                                 r"changed, first at token 0\) < "),
+], ids=["logits-x1.3", "logits-x0.7", "top-two-swapped", "stale-cache"])
+def test_each_plant_misses_one_criterion_only(model: LanguageModel, criterion: str) -> None:
+    misses = judged(model).misses
+    assert len(misses) == 1 and re.match(criterion, misses[0]), misses
 
 
-def test_near_ties_flipped_by_noise_do_not_count() -> None:
-    """Every position whose reference top-1 leads its top-2 by less than the margin (here 0.01, wider than the
-    criteria's 1e-5, which this model's gaps never come under) gets the two swapped: top-1 agreement counts only
-    the positions the reference decides, and with no margin the same flips fail."""
-    margin = 0.01
-
-    def flip_near_ties(x: np.ndarray) -> np.ndarray:
-        scores = x[0].astype(np.float64)
-        order = np.argsort(-scores, axis=-1)
-        rows = np.arange(len(scores))
-        near = rows[scores[rows, order[:, 0]] - scores[rows, order[:, 1]] < margin]
-        out = x.copy()
-        out[0, near, order[near, 0]], out[0, near, order[near, 1]] = x[0, near, order[near, 1]], x[0, near, order[near, 0]]
-        return out
-
-    got = artifact_view(forward_model(planted(flip_near_ties), SPECS), IDS, WANT)
-    assert int((got["top1"] != WANT["top_ids"][:, 0]).sum()) > 0
-    lenient = replace(LM, top1_margin=margin, min_greedy_agreement=0.0, max_kl=None, max_mean_kl=None)
-    assert judge_sequences("causal-lm", got, WANT, LENGTHS_OF_IDS, lenient).measures["agreement"] == 1.0
-    misses = judge_sequences("causal-lm", got, WANT, LENGTHS_OF_IDS, replace(lenient, top1_margin=0.0)).misses
-    assert len(misses) == 1 and misses[0].startswith("top-1 agreement"), misses
+def test_another_model_misses_every_criterion() -> None:
+    misses = judged(forward_model(RandomLM(1), SPECS)).misses
+    assert [m.split(" ")[0] for m in misses] == ["top-1", "next-token", "greedy"], misses
 
 
 # --------------------------------------------------------------------------- the tiny GPT-2, end to end
@@ -181,5 +198,5 @@ def test_logits_x1_3_planted_into_the_gpt2_graph_fail(gpt2: Path, tmp_path: Path
     write_manifest(copy, Artifact.open(copy).manifest)  # re-hashed, as a bad copy would be
     code, output = validated(copy)
     assert code == 1, output
-    assert re.search(r"task agreement: next-token KL\(reference \|\| artifact\) \d\.\d+ after token \d+ of sequence "
-                     r"\d+ > ", output), output
+    assert re.search(r"task agreement: next-token KL\(reference \|\| artifact\) 0\.04\d+ of the reference's "
+                     r"log-probability spread", output), output

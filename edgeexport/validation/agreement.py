@@ -16,9 +16,9 @@ tokenizer and runtime, without torch. Per task:
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
   the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
-- ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement where the
-  reference's top-1 is not a near tie, KL(reference || artifact) of every next-token distribution, and greedy
-  continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
+- ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement,
+  KL(reference || artifact) of the next-token distributions relative to the reference's log-probability spread,
+  and greedy continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
 
 The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image,
 audio and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
@@ -64,10 +64,10 @@ class Criteria:
     examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
     from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
     (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically), and for language models ``max_kl`` and ``max_mean_kl`` (the largest and
-    mean next-token KL(reference || artifact)), ``min_greedy_agreement`` (the share of identical greedy
-    continuations) and ``top1_margin`` (the log-probability lead of the reference's top-1 over its top-2 beyond
-    which top-1 agreement counts a position; ``min_agreement`` is then that agreement)."""
+    of clips transcribed identically), and for language models ``max_relative_kl`` (next-token KL(reference ||
+    artifact) over the reference's log-probability spread: a temperature ``T`` gives ``(T - 1)**2 / 2``) and
+    ``min_greedy_agreement`` (the share of identical greedy continuations; ``min_agreement`` is then the share of
+    next tokens whose top-1 is the reference's)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -75,10 +75,8 @@ class Criteria:
     max_scale_error: float | None = None
     min_cosine: float | None = None
     max_cer: float | None = None
-    max_kl: float | None = None
-    max_mean_kl: float | None = None
+    max_relative_kl: float | None = None
     min_greedy_agreement: float | None = None
-    top1_margin: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -104,12 +102,12 @@ CRITERIA: dict[str, Criteria] = {
     # and another model 0.90. Identical transcripts are reported, not required: a random-weight model's are hundreds
     # of near-tied tokens long, and fp16 changes one token somewhere in 3 of 5 clips.
     "ctc": Criteria(min_agreement=0.0, max_cer=0.03),
-    # Language models (docs/parity.md, "Language models"): on the tiny GPT-2, fp32 moves a top-1/top-2 log-probability
-    # gap by at most 5.4e-7 (margin 1e-5 above it); the passing precisions (all but int4-weights) keep top-1 agreement
-    # >= 0.9907, KL <= 3.1e-6 (mean 8.8e-8) and greedy continuations >= 0.9375; logits x1.3 give a mean KL of
-    # 1.9e-4, the two commonest top-1 rows swapped top-1 0.94, another seed top-1 0.45.
-    "causal-lm": Criteria(min_agreement=0.98, max_kl=6e-6, max_mean_kl=2e-7, min_greedy_agreement=0.875,
-                          top1_margin=1e-5),
+    # Language models (docs/parity.md, "Language models"): the tiny GPT-2 at the zoo's weight scale and 10x it, every
+    # ONNX and OpenVINO precision. Passing precisions keep top-1 agreement >= 0.92 and greedy continuations >= 0.69
+    # (int4-weights at the zoo's scale), a KL <= 0.0089 of the reference's spread (int4-weights at 10x, which fails
+    # top-1 0.69 and greedy 0.09); logits x1.3 and x0.7 give 0.044-0.046 at both scales (a temperature T gives
+    # (T - 1)^2 / 2), the top two next tokens swapped top-1 and greedy 0, another model top-1 <= 0.45.
+    "causal-lm": Criteria(min_agreement=0.9, max_relative_kl=0.02, min_greedy_agreement=0.5),
 }
 CRITERIA["causal-lm-with-past"] = CRITERIA["causal-lm"]
 
