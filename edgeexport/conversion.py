@@ -228,17 +228,23 @@ def _golden(reference: ReferenceModel) -> Golden:
     return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
 
 
-Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path], np.ndarray] | None
+Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray,
+                   np.ndarray | dict[str, np.ndarray]] | None
 
 
 def _evaluation(reference: ReferenceModel) -> Evaluation:
     """The held-out examples and the reference's task view of them (:mod:`edgeexport.validation.agreement`): sentences
     or (question, context) pairs for a trained text model, photographs or speech files for an image or audio model,
-    where the task has agreement criteria; None for any other."""
+    token sequences for a language model, where the task has agreement criteria; None for any other."""
     from edgeexport.reference.model import TextSource
     from edgeexport.validation.agreement import (CRITERIA, evaluation_feed, example_inputs, media_kind, media_views,
                                                  task_view)
+    from edgeexport.validation.sequence_measures import (LM_TASKS, evaluation_sequences, forward_model,
+                                                         reference_view)
 
+    if reference.task in LM_TASKS:
+        ids = evaluation_sequences(reference.vocab_size)
+        return ids, reference_view(forward_model(reference.run, reference.input_tensor_specs()), ids)
     source = getattr(reference, "input_source", None)  # a bundle's components have none
     if source is None or reference.task not in CRITERIA:
         return None
