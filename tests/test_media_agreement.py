@@ -1,9 +1,10 @@
 """Realistic images and audio (edgeexport.reference.media) and task agreement on them.
 
 The bundled photographs and speech are split disjointly and licensed; golden and calibration inputs of image and
-audio models are those files through the model's own processing; image and audio classification and CTC are judged
-on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
-tokens swapped, another model's outputs) fail, each criterion catching one that only it catches.
+audio models are those files through the model's own processing; image and audio classification, CTC and depth are
+judged on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
+tokens swapped, depths x1.3 or upside down, another model's outputs) fail, each criterion catching one that only it
+catches.
 """
 
 from __future__ import annotations
@@ -221,3 +222,43 @@ def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tm
     code, output = validated(artifact)
     assert code == 0, output
     assert f"task agreement ({task}, 5 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
+
+
+# --------------------------------------------------------------------------- depth maps
+
+
+DEPTH = CRITERIA["depth-estimation"]
+# Depth maps of 6 photographs as the tiny GLPN gives them: a smooth near-to-far ramp with texture on an offset.
+RAMP = np.linspace(0, 1, 32)[None, :, None] + 0.3 * np.sin(np.arange(32) / 3)[None, None, :]
+DEPTHS = (2.0 + RAMP + 0.1 * RNG.normal(size=(6, 32, 32))).astype(np.float32)
+
+
+def depth_misses(got: np.ndarray, criteria=DEPTH) -> list[str]:
+    return judge("depth-estimation", got.astype(np.float32), DEPTHS, NONE, criteria, kind="photographs").misses
+
+
+def test_depth_plants_fail_and_the_genuine_depths_pass() -> None:
+    spread = np.abs(DEPTHS - DEPTHS.mean()).mean()
+    assert depth_misses(DEPTHS + RNG.normal(scale=0.01 * spread, size=DEPTHS.shape)) == []
+    assert depth_misses(DEPTHS[:, ::-1])  # upside down
+    assert depth_misses(2.0 + RNG.normal(size=DEPTHS.shape))  # another model
+
+
+def test_the_depth_error_catches_depths_scaled_by_1_3_which_keep_their_order() -> None:
+    misses = depth_misses(DEPTHS * 1.3)
+    assert len(misses) == 1 and re.fullmatch(r"relative depth error \d+\.\d{4} on photograph \d > [\d.]+", misses[0]), misses
+    assert depth_misses(DEPTHS * 1.3, replace(DEPTH, max_depth_error=None)) == []
+
+
+@pytest.mark.slow
+def test_the_glpn_artifact_carries_depth_maps_and_a_scaled_reference_fails(tmp_path: Path) -> None:
+    artifact = convert("glpn", task="depth-estimation", output_dir=tmp_path / "glpn").artifact
+    manifest = Artifact.open(artifact).manifest
+    assert manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in photographs("evaluation")]
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert re.search(r"task agreement \(depth-estimation, 6 held-out photographs\): max depth error \d\.\d+e-0[45], "
+                     r"mean depth error \d\.\d+e-0[45], min rank correlation (1|0\.99\d+)$", output, re.M), output
+    code, output = validated(planted_reference(artifact, tmp_path / "scaled", lambda d: d * np.float32(1.3)))
+    assert code == 1, output
+    assert re.search(r"task agreement: relative depth error \d+\.\d{4} on photograph \d > ", output), output

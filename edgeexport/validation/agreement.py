@@ -15,10 +15,12 @@ tokenizer and runtime, without torch. Per task:
   speech (:mod:`edgeexport.reference.media`) that the artifact carries as their JPEG and WAV files, preprocessed on
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
-  the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically.
+  the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
+- ``depth-estimation``: the relative depth error of every photograph's depth map (:func:`depth_error`); the rank
+  correlation of its pixels' depths with the reference's (whether near and far keep their order) is reported.
 
-The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image
-and audio ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image,
+audio and depth ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class Criteria:
     examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
     from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
     (embeddings) and ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically)."""
+    of clips transcribed identically) and ``max_depth_error`` (depth maps: the largest :func:`depth_error` of any
+    photograph)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -66,6 +69,7 @@ class Criteria:
     max_scale_error: float | None = None
     min_cosine: float | None = None
     max_cer: float | None = None
+    max_depth_error: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -91,6 +95,11 @@ CRITERIA: dict[str, Criteria] = {
     # and another model 0.90. Identical transcripts are reported, not required: a random-weight model's are hundreds
     # of near-tied tokens long, and fp16 changes one token somewhere in 3 of 5 clips.
     "ctc": Criteria(min_agreement=0.0, max_cer=0.03),
+    # Depth (docs/parity.md, "Task agreement of depth maps", the zoo's tiny GLPN at every ONNX and OpenVINO precision):
+    # passing precisions keep the relative depth error <= 0.085 (OpenVINO int4-weights; bound 2x that), a spatial flip
+    # gives 0.97, another model 3.9, x1.3 778 (the random model's offset is 260 spreads). onnx fp16 reaches 0.65: it
+    # cannot resolve this random model's map (spread 0.004 on an offset of 1); a trained GLPN's spreads are metres.
+    "depth-estimation": Criteria(min_agreement=0.0, max_depth_error=0.17),
 }
 
 
@@ -128,10 +137,12 @@ class Agreement:
 
 
 def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), or the best CTC
-    token of every frame (int64)."""
+    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the best CTC
+    token of every frame (int64), or depth maps (float32)."""
     if task == "ctc":
         return outputs["logits"].argmax(-1).astype(np.int64)
+    if task == "depth-estimation":  # float32: float16 would round away the tiny GLPN's spread (0.004 on an offset of 1)
+        return np.asarray(outputs["predicted_depth"], np.float32)
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
     if task == "feature-extraction":
@@ -154,6 +165,8 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _embedding_measures(result, got, want)
     elif task == "ctc":
         _transcript_measures(result, got, want, blank)
+    elif task == "depth-estimation":
+        _depth_measures(result, got, want)
     else:
         _label_measures(result, got, want, mask.astype(bool) if task == "token-classification" else None)
     return result
@@ -215,6 +228,37 @@ def _transcript_measures(result: Agreement, got: np.ndarray, want: np.ndarray, b
     if criteria.max_cer is not None and result.measures["cer"] > criteria.max_cer:
         result.misses.append(f"character error rate {result.measures['cer']:.4f} against the reference's transcripts "
                              f"> {criteria.max_cer:g}")
+
+
+def _depth_measures(result: Agreement, got: np.ndarray, want: np.ndarray) -> None:
+    """Depth maps (photograph, height, width): the largest and mean :func:`depth_error`, and the lowest rank correlation
+    (reported: no plant escapes the depth error that the ranks catch)."""
+    errors = np.array([depth_error(g, w) for g, w in zip(got, want)])
+    ranks = np.array([rank_correlation(g, w) for g, w in zip(got, want)])
+    result.measures = {"max_depth_error": float(errors.max()), "mean_depth_error": float(errors.mean()),
+                       "min_rank_correlation": float(ranks.min())}
+    criteria = result.criteria
+    if criteria.max_depth_error is not None and errors.max() > criteria.max_depth_error:
+        result.misses.append(f"relative depth error {errors.max():.4f} on photograph {int(errors.argmax())} "
+                             f"> {criteria.max_depth_error:g}")
+
+
+def depth_error(got: np.ndarray, want: np.ndarray) -> float:
+    """``mean |got - want| / mean |want - mean(want)|`` over one depth map: the error in units of the map's own spread.
+
+    Scale and shift are not fitted away, although depth from one photograph is only known up to them in general: the
+    artifact must reproduce the reference's numbers (GLPN's are metres), so a depth scaled by 1.3 is a failure.
+    Dividing by the map's spread rather than its mean makes the measure independent of units and of the large offset a
+    random-weight model may add to every pixel, which would otherwise hide any error."""
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    return float(np.abs(got - want).mean() / max(np.abs(want - want.mean()).mean(), 1e-12))
+
+
+def rank_correlation(got: np.ndarray, want: np.ndarray) -> float:
+    """Spearman's correlation of two depth maps' pixels: 1 when every pair of pixels keeps its near/far order."""
+    ranks = [np.argsort(np.argsort(x.ravel(), kind="stable"), kind="stable").astype(np.float64) for x in (got, want)]
+    ranks = [r - r.mean() for r in ranks]
+    return float((ranks[0] * ranks[1]).sum() / max(np.sqrt((ranks[0] ** 2).sum() * (ranks[1] ** 2).sum()), 1e-12))
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
