@@ -208,7 +208,8 @@ def image_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarr
         raise InputSpecError(f"cannot read image {str(path)!r} ({exc}); pass a PNG or JPEG file") from None
     pixels = np.asarray(resized, dtype=np.float32) / 255.0
     pixels = (pixels - np.array(processing.image_mean, np.float32)) / np.array(processing.image_std, np.float32)
-    return {"pixel_values": pixels.transpose(2, 0, 1)[None].astype(np.float32)}
+    # Contiguous CHW: astype would keep the HWC strides, and torch.export records them as a dim order Core ML refuses.
+    return {"pixel_values": np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)}
 
 
 def audio_inputs(processing: Processing, path: str | Path) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,24 +116,44 @@ def test_predict_an_image_and_the_readme_snippet(device: Path, copied: Path, tmp
 
 def test_embed_and_predict_text_match_sentence_transformers(device: Path, copied: Path) -> None:
     """``load(path).embed`` on the device (the artifact's tokenizer, no torch) gives sentence-transformers'
-    ``encode`` embeddings to 1e-5, and ``predict --text`` prints their cosine similarities."""
+    ``encode`` embeddings to 1e-5, and ``predict --text`` prints their cosine similarities. Planted: the
+    same embeddings rounded to fp16 (what an fp16 graph output gives) and mean-pooled over the padding
+    too (a pooling that ignores the attention mask) each miss that bound."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    expected = SentenceTransformer(str(minilm_folder()), device="cpu").encode(SENTENCES)
+    model = SentenceTransformer(str(minilm_folder()), device="cpu")
+    expected = model.encode(SENTENCES)
+    assert not _same_embeddings(expected.astype(np.float16).astype(np.float32), expected)
+    assert not _same_embeddings(_pooled_over_padding(model, SENTENCES), expected)
     script = ("import json, sys; from edgeexport import load; "
               "print(json.dumps(load(sys.argv[1]).embed(json.loads(sys.argv[2])).tolist()))")
     result = subprocess.run([device / "python", "-c", script, str(copied / "embedder-onnx"), json.dumps(SENTENCES)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     embedded = np.array(json.loads(result.stdout))
-    assert embedded.shape == expected.shape and np.abs(embedded - expected).max() < 1e-5
+    assert _same_embeddings(embedded, expected)
     args = [arg for sentence in SENTENCES for arg in ("--text", sentence)]
     result = run(device, "predict", str(copied / "embedder-onnx"), *args, "--json")
     assert result.returncode == 0, result.stderr
     similarity = np.array(json.loads(result.stdout)["cosine_similarity"])
     assert np.abs(similarity - expected @ expected.T).max() < 1e-5
     assert similarity[0, 1] > 0.5 > similarity[0, 2]  # the two cat sentences, not the markets
+
+
+def _same_embeddings(got: Any, want: Any) -> bool:
+    """The device embedding's bound: sentence-transformers' own values to 1e-5 (fp32 arithmetic in another order)."""
+    return bool(got.shape == want.shape and abs(got - want).max() < 1e-5)
+
+
+def _pooled_over_padding(model: Any, sentences: list[str]) -> Any:
+    """The planted pooling bug: the model's token embeddings of the padded batch averaged over every position."""
+    import torch
+
+    features = model.tokenize(sentences)
+    with torch.no_grad():
+        tokens = model[0](features)["token_embeddings"]
+    return torch.nn.functional.normalize(tokens.mean(dim=1), dim=-1).numpy()
 
 
 @pytest.mark.parametrize("name", ["decoder-onnx", "decoder-openvino", "bundle-onnx"])

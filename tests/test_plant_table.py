@@ -125,20 +125,17 @@ def test_genuine_outputs_pass(precision: str) -> None:
         assert result, (precision, logits, result.reason)
 
 
-@pytest.mark.parametrize("plant", LOGIT_PLANTS)
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_planted_logits_fail(precision: str, plant: str) -> None:
-    reference = logits_reference()
-    result = judge(LOGIT_PLANTS[plant](genuine(reference, precision), reference), reference, precision, logits=True)
-    assert not result, (precision, plant)
+PLANTED = {**{("logits", name): (plant, logits_reference, True) for name, plant in LOGIT_PLANTS.items()},
+           **{("hidden states", name): (plant, hidden_reference, False) for name, plant in HIDDEN_PLANTS.items()}}
 
 
-@pytest.mark.parametrize("plant", HIDDEN_PLANTS)
+@pytest.mark.parametrize("planted", PLANTED, ids=[" ".join(key) for key in PLANTED])
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_planted_hidden_states_fail(precision: str, plant: str) -> None:
-    reference = hidden_reference()
-    result = judge(HIDDEN_PLANTS[plant](genuine(reference, precision), reference), reference, precision, logits=False)
-    assert not result, (precision, plant)
+def test_planted_outputs_fail(precision: str, planted: tuple[str, str]) -> None:
+    plant, make, logits = PLANTED[planted]
+    reference = make()
+    result = judge(plant(genuine(reference, precision), reference), reference, precision, logits=logits)
+    assert not result, (precision, planted)
 
 
 @pytest.mark.parametrize("precision", [p for p in PRECISIONS if storage(p) != "fp32"])

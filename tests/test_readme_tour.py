@@ -89,6 +89,8 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             assert result.stderr.strip().splitlines()[-1].startswith("PASS: "), result.stderr
     assert (tmp_path / "gpt2-causal-lm-onnx-fp32-tiny-random" / "manifest.json").is_file()
     # The offline hub id error, exactly as the README prints it.
-    console = _section("Models and targets").split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    blocks = [block.split("```", 1)[0].splitlines()
+              for block in _section("Models and targets").split("```console\n")[1:]]
+    console = next(block for block in blocks if "from the Hugging Face Hub" in block[1])
     result = _run(shlex.split(console[0].removeprefix("$ ")), tmp_path, HF_HUB_OFFLINE="1")
     assert result.returncode == 2 and result.stderr.strip() == console[1]

@@ -249,6 +249,9 @@ def test_a_head_less_folder_is_feature_extraction(family: str, tmp_path: Path) -
     assert result.manifest.model["task"] == "feature-extraction"
     assert result.manifest.output_names == outputs
     assert result.report is not None and result.report.passed, result.report.failures()
+    if family != "bert":  # the saved BERT folder has no tokenizer, so no texts to evaluate; media need none
+        agreement = result.report.agreement  # pooled over patches, frames or a convolutional map's positions
+        assert agreement is not None and agreement.passed and agreement.measures["min_cosine"] > 0.99, agreement
 
 
 def test_missing_modules_file_entries_are_one_line(tmp_path: Path) -> None:

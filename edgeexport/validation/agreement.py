@@ -146,10 +146,20 @@ def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) ->
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
     if task == "feature-extraction":
-        weights = mask[..., None].astype(np.float64)
-        pooled = (outputs["last_hidden_state"] * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
-        return pooled.astype(np.float32)
+        return _pooled(np.asarray(outputs["last_hidden_state"], np.float64), mask).astype(np.float32)
     return softmax(outputs["logits"]).astype(np.float32)
+
+
+def _pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One vector per example of a base model's ``last_hidden_state``: text ``(batch, tokens, hidden)`` averaged over
+    the tokens its attention ``mask`` keeps; photographs and speech (no mask) over every patch or frame, and a
+    convolutional map ``(batch, channels, height, width)`` over its positions (global average pooling)."""
+    if hidden.ndim == 4:
+        return hidden.mean(axis=(2, 3))
+    if mask.size == 0:
+        return hidden.mean(axis=1)
+    weights = mask[..., None].astype(np.float64)
+    return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
 
 
 def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criteria: Criteria, *,

@@ -266,7 +266,7 @@ def _slice_scales(result: OutputComparison, errors: _Errors, bounds: Bounds, noi
     the worst of them: every class and every row is an answer), never with a slice's own residual
     (a class swapped for another would excuse itself): each row over the classes with the case's
     ``noise``, each class over the rows with every row's own noise (:func:`_noise`; rows are
-    separate passes through the model, and one row's fp32 rounding can be ten times another's).
+    separate passes through the model, and one row's fp32 rounding can be 80 times another's).
     Other outputs of two axes or more: each feature of the last axis (``feature_scale``, the
     :data:`FEATURE_QUANTILE` quantile: a few dead or odd features do not decide), each with its
     own residual (features differ in size, and so does their noise).
@@ -312,7 +312,7 @@ def _slice_excess(d: np.ndarray, f: np.ndarray, r: np.ndarray, *,
     return excess
 
 
-def _noise(errors: _Errors, bounds: Bounds, *, by_row: bool = False) -> Any:
+def _noise(errors: _Errors, bounds: Bounds, *, by_row: bool = False) -> float | np.ndarray:
     """The per-element noise of this case (output units): a robust estimate (1.4826 x median |d|,
     so a few planted elements do not inflate it) combined with the floor, capped at what the
     bounds allow (``floor + rms_error x spread``). ``by_row``: each row's own over its classes,
