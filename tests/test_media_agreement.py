@@ -28,7 +28,8 @@ from edgeexport.processing import Processing, audio_values, image_inputs, softma
 from edgeexport.reference import load_reference
 from edgeexport.reference.media import DATA, MEDIA_SPLITS, PHOTOGRAPHS, SPEECH, photographs, speech
 from edgeexport.reference.sentences import split as sentences
-from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views
+from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views, task_view
+from edgeexport.validation.vision_measures import box_iou
 
 IMAGE = CRITERIA["image-classification"]
 CTC = CRITERIA["ctc"]
@@ -263,3 +264,69 @@ def test_the_glpn_artifact_carries_depth_maps_and_a_scaled_reference_fails(tmp_p
     code, output = validated(planted_reference(artifact, tmp_path / "scaled", lambda d: d * np.float32(1.3)))
     assert code == 1, output
     assert re.search(r"task agreement: relative depth error \d+\.\d{4} on photograph \d > ", output), output
+
+
+# --------------------------------------------------------------------------- detections
+
+
+DETECTION = CRITERIA["object-detection"]
+# DETR's views of 6 photographs x 10 queries: near-uniform probabilities of 5 classes and "no object" (the zoo's tiny
+# DETR), then boxes (centre x, centre y, width, height) inside the image.
+DETR_LOGITS = RNG.normal(size=(6, 10, 6)) * 0.3
+DETR_BOXES = np.concatenate([RNG.uniform(0.3, 0.7, (6, 10, 2)), RNG.uniform(0.1, 0.4, (6, 10, 2))], axis=-1)
+
+
+def detected(logits: np.ndarray, boxes: np.ndarray = DETR_BOXES, criteria=DETECTION) -> list[str]:
+    view = task_view("object-detection", {"logits": logits, "pred_boxes": boxes}, NONE)
+    want = task_view("object-detection", {"logits": DETR_LOGITS, "pred_boxes": DETR_BOXES}, NONE)
+    return judge("object-detection", view, want, NONE, criteria, kind="photographs").misses
+
+
+def test_box_iou_of_detr_boxes() -> None:
+    box = np.array([0.5, 0.5, 0.2, 0.4])
+    np.testing.assert_allclose(box_iou(np.stack([box, box + [0.02, 0, 0, 0], box + [0.5, 0, 0, 0]]), box),
+                               [1.0, 0.9 * 1 / 1.1, 0.0])  # shifted by 10 % of its width: 0.018 / 0.022
+
+
+def test_detection_plants_fail_and_the_genuine_detections_pass() -> None:
+    assert detected(DETR_LOGITS + RNG.normal(scale=1e-3, size=DETR_LOGITS.shape),
+                    DETR_BOXES + RNG.normal(scale=2e-5, size=DETR_BOXES.shape)) == []
+    swapped = DETR_LOGITS[..., [1, 0, *range(2, 6)]]  # classes 0 and 1 swapped
+    assert [m for m in detected(swapped) if m.startswith("label agreement")]
+    other = RNG.normal(size=DETR_LOGITS.shape) * 0.3, np.roll(DETR_BOXES, 1, axis=1)  # another model
+    assert len(detected(*other)) >= 2
+
+
+def test_only_the_box_iou_catches_boxes_shifted_by_a_tenth_of_their_size() -> None:
+    shifted = DETR_BOXES + np.concatenate([0.1 * DETR_BOXES[..., 2:], np.zeros((6, 10, 2))], axis=-1)  # right, down
+    misses = detected(DETR_LOGITS, shifted)
+    assert len(misses) == 1 and re.fullmatch(r"box IoU 0\.68\d\d with the reference's \(photograph \d, its query \d\) "
+                                             r"< 0\.997", misses[0]), misses
+    assert detected(DETR_LOGITS, shifted, replace(DETECTION, min_box_iou=None)) == []
+
+
+def test_only_the_log_probability_scale_catches_detr_logits_times_1_3() -> None:
+    misses = detected(DETR_LOGITS * 1.3)
+    assert misses == ["log-probabilities scaled by 1.3000 against the reference's (a temperature), off 1 by more "
+                      "than 0.08"], misses
+    assert detected(DETR_LOGITS * 1.3, criteria=replace(DETECTION, max_scale_error=None)) == []
+
+
+@pytest.mark.slow
+def test_the_detr_artifact_carries_detections_and_shifted_boxes_fail(tmp_path: Path) -> None:
+    artifact = convert("detr", task="object-detection", output_dir=tmp_path / "detr").artifact
+    assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}"
+                                                                    for p in photographs("evaluation")]
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert "task agreement (object-detection, 6 held-out photographs): agreement 100.0%" in output
+
+    def shifted(view: np.ndarray) -> np.ndarray:
+        out = view.copy()
+        out[..., -4] += np.float32(0.1) * view[..., -2]  # every box moved right by 10 % of its width
+        return out
+
+    code, output = validated(planted_reference(artifact, tmp_path / "shifted", shifted))
+    assert code == 1, output
+    assert re.search(r"task agreement: box IoU 0\.81\d\d with the reference's \(photograph \d, its query \d\) < ",
+                     output), output

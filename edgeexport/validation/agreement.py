@@ -16,11 +16,14 @@ tokenizer and runtime, without torch. Per task:
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
   the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
-- ``depth-estimation``: the relative depth error of every photograph's depth map (:func:`depth_error`); the rank
-  correlation of its pixels' depths with the reference's (whether near and far keep their order) is reported.
+- ``depth-estimation``: the relative depth error of every photograph's depth map; the rank correlation of its
+  pixels' depths with the reference's (whether near and far keep their order) is reported;
+- ``object-detection`` (DETR): over each photograph's most object-like queries of the reference, paired by index,
+  their class labels and probabilities as for classification, and the IoU of their boxes.
 
-The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image,
-audio and depth ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+The measures of photographs live in :mod:`edgeexport.validation.vision_measures`. The text thresholds
+(:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image, audio, depth,
+and detection ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, cosine_similarities, ctc_tokens, encode_texts, image_inputs,
                                    load_tokenizer, softmax)
+from edgeexport.validation.vision_measures import box_iou, depth_error, rank_correlation, top_queries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,9 +63,10 @@ class Criteria:
     ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
     examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
     from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
-    (embeddings) and ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically) and ``max_depth_error`` (depth maps: the largest :func:`depth_error` of any
-    photograph)."""
+    (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
+    of clips transcribed identically), ``max_depth_error`` (depth maps: the largest
+    :func:`~edgeexport.validation.vision_measures.depth_error` of any photograph), ``min_box_iou`` (detections: the
+    lowest IoU of a judged query's box with the reference's)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -70,6 +75,7 @@ class Criteria:
     min_cosine: float | None = None
     max_cer: float | None = None
     max_depth_error: float | None = None
+    min_box_iou: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -100,6 +106,12 @@ CRITERIA: dict[str, Criteria] = {
     # gives 0.97, another model 3.9, x1.3 778 (the random model's offset is 260 spreads). onnx fp16 reaches 0.65: it
     # cannot resolve this random model's map (spread 0.004 on an offset of 1); a trained GLPN's spreads are metres.
     "depth-estimation": Criteria(min_agreement=0.0, max_depth_error=0.17),
+    # DETR (docs/parity.md, "Task agreement of detections", the tiny DETR at every ONNX and OpenVINO precision and
+    # Core ML fp16): |dp| as for images; passing precisions keep boxes at IoU >= 0.9988 (coreml fp16) and the scale
+    # within 0.040 of 1 (OpenVINO int4-weights); bounds 2x those. Boxes moved by 10 % of their width give 0.82, logits
+    # x1.3 a scale of 1.3, two classes swapped and another model no label kept.
+    "object-detection": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02, max_scale_error=0.08,
+                                 min_box_iou=0.997),
 }
 
 
@@ -143,6 +155,8 @@ def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) ->
         return outputs["logits"].argmax(-1).astype(np.int64)
     if task == "depth-estimation":  # float32: float16 would round away the tiny GLPN's spread (0.004 on an offset of 1)
         return np.asarray(outputs["predicted_depth"], np.float32)
+    if task == "object-detection":  # per query: its class probabilities ("no object" last), then its box
+        return np.concatenate([softmax(outputs["logits"]), outputs["pred_boxes"]], axis=-1).astype(np.float32)
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
     if task == "feature-extraction":
@@ -177,6 +191,8 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _transcript_measures(result, got, want, blank)
     elif task == "depth-estimation":
         _depth_measures(result, got, want)
+    elif task == "object-detection":
+        _detection_measures(result, got, want)
     else:
         _label_measures(result, got, want, mask.astype(bool) if task == "token-classification" else None)
     return result
@@ -253,22 +269,18 @@ def _depth_measures(result: Agreement, got: np.ndarray, want: np.ndarray) -> Non
                              f"> {criteria.max_depth_error:g}")
 
 
-def depth_error(got: np.ndarray, want: np.ndarray) -> float:
-    """``mean |got - want| / mean |want - mean(want)|`` over one depth map: the error in units of the map's own spread.
-
-    Scale and shift are not fitted away, although depth from one photograph is only known up to them in general: the
-    artifact must reproduce the reference's numbers (GLPN's are metres), so a depth scaled by 1.3 is a failure.
-    Dividing by the map's spread rather than its mean makes the measure independent of units and of the large offset a
-    random-weight model may add to every pixel, which would otherwise hide any error."""
-    got, want = got.astype(np.float64), want.astype(np.float64)
-    return float(np.abs(got - want).mean() / max(np.abs(want - want.mean()).mean(), 1e-12))
-
-
-def rank_correlation(got: np.ndarray, want: np.ndarray) -> float:
-    """Spearman's correlation of two depth maps' pixels: 1 when every pair of pixels keeps its near/far order."""
-    ranks = [np.argsort(np.argsort(x.ravel(), kind="stable"), kind="stable").astype(np.float64) for x in (got, want)]
-    ranks = [r - r.mean() for r in ranks]
-    return float((ranks[0] * ranks[1]).sum() / max(np.sqrt((ranks[0] ** 2).sum() * (ranks[1] ** 2).sum()), 1e-12))
+def _detection_measures(result: Agreement, got: np.ndarray, want: np.ndarray) -> None:
+    """DETR views (photograph, query, class probabilities then box): over the reference's :func:`top_queries` of each
+    photograph, paired by index, the label measures of their real classes and the lowest and mean IoU of their boxes."""
+    rows = np.arange(len(want))[:, None], top_queries(want[..., :-4])
+    got, want = got[rows], want[rows]
+    _label_measures(result, got[..., :-5], want[..., :-5], None)  # the real classes: without "no object" and the box
+    ious = box_iou(got[..., -4:], want[..., -4:])
+    result.measures.update(min_box_iou=float(ious.min()), mean_box_iou=float(ious.mean()))
+    if result.criteria.min_box_iou is not None and ious.min() < result.criteria.min_box_iou:
+        photograph, query = np.unravel_index(int(ious.argmin()), ious.shape)
+        result.misses.append(f"box IoU {ious.min():.4f} with the reference's (photograph {photograph}, its query "
+                             f"{int(rows[1][photograph, query])}) < {result.criteria.min_box_iou:g}")
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
