@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from edgeexport.artifact import Artifact
 from edgeexport.cli import app
 from edgeexport.conversion import ConversionResult, convert
 from edgeexport.errors import ConversionError, UnsupportedError, UsageError
-from edgeexport.manifest import Bounds, Tolerance
+from edgeexport.manifest import Bounds, TensorSpec, Tolerance
 from edgeexport.reference import load_reference
 from edgeexport.validation.metrics import compare_output
 from edgeexport.validation.parity import check_parity
@@ -30,7 +32,7 @@ pytest.importorskip("nncf")
 
 from edgeexport.exporters.openvino import EXPORTER  # noqa: E402 - after the skips
 from edgeexport.runner import load  # noqa: E402
-from edgeexport.runtimes.openvino import describe  # noqa: E402
+from edgeexport.runtimes.openvino import OpenVinoRunner, describe, padded_sequence_axis  # noqa: E402
 
 SLOW = pytest.mark.slow
 LOOSE = Bounds(atol=0.0, rounding=0.0, max_error=1e9, rms_error=1e9, scale_error=1e9)
@@ -68,6 +70,42 @@ def test_fp32_artifact_keeps_fp32_weights_and_the_f32_hint(tmp_path: Path) -> No
     assert manifest.exporter["strategy"] == "pytorch" and manifest.exporter["fallback_reason"] is None
     assert manifest.runtime_options == {"inference_precision": "f32"}
     assert "f16" not in _constant_types(result.artifact), "fp32 weights must not be fp16-compressed"
+
+
+def _tokens(batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(1000, 2000, (batch, length))
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_token_sequences_run_padded_in_static_shapes_with_every_tokens_dynamic_outputs(tmp_path: Path) -> None:
+    """Sentences of 5 and 13 tokens run through models reshaped to [2, 8] and [2, 16]; each real token's logits are
+    the dynamic model's to fp32 rounding (1e-5), which the same padding left unmasked misses (4e-4 measured)."""
+    artifact = Artifact.open(_convert("bert", tmp_path / "a", task="token-classification").artifact)
+    static, dynamic = OpenVinoRunner(artifact), OpenVinoRunner(artifact, static_shapes=False)
+    for length in (5, 13):
+        feed = _tokens(2, length, seed=length)
+        got, want = static(feed)["logits"], dynamic(feed)["logits"]
+        assert got.shape == want.shape == (2, length, want.shape[-1])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert list(static._static) == [(2, 8), (2, 16)]
+    unmasked = {name: np.pad(value, ((0, 0), (0, 3)), constant_values=1) for name, value in _tokens(2, 13, 13).items()}
+    with pytest.raises(AssertionError, match="Mismatched elements"):
+        np.testing.assert_allclose(dynamic(unmasked)["logits"][:, :13], want, rtol=0, atol=1e-5)
+
+
+def _inputs(*specs: tuple[str, tuple[int | str, ...]]) -> Any:
+    """A stand-in artifact with these inputs (all that :func:`padded_sequence_axis` reads)."""
+    return SimpleNamespace(manifest=SimpleNamespace(inputs=[TensorSpec(name, "int64", shape) for name, shape in specs]))
+
+
+def test_only_token_inputs_with_an_attention_mask_are_padded() -> None:
+    """A text encoder's [batch, sequence] inputs with a mask are padded; a model without the mask, with a KV cache,
+    or with a fixed length keeps its own model."""
+    tokens, mask = ("input_ids", ("batch", "sequence")), ("attention_mask", ("batch", "sequence"))
+    assert padded_sequence_axis(_inputs(tokens, mask)) == "sequence"
+    assert padded_sequence_axis(_inputs(tokens)) is None
+    assert padded_sequence_axis(_inputs(tokens, mask, ("past_key_values.0.key", ("batch", 2, "past", 8)))) is None
+    assert padded_sequence_axis(_inputs(("input_ids", ("batch", 128)), ("attention_mask", ("batch", 128)))) is None
 
 
 @pytest.mark.parametrize(("name", "precision", "weight_type"), [

@@ -14,14 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.conversion import convert
-from edgeexport.processing import softmax
+from edgeexport.processing import Processing, softmax, text_batch
+from edgeexport.reference.sentences import split
+from edgeexport.runner import load
 from edgeexport.validation.agreement import CRITERIA, Criteria, judge
-from trained import classifier_folder
+from trained import HELD_OUT_LABELS, classifier_folder
 
 RNG = np.random.default_rng(7)
 LOGITS = RNG.normal(size=(32, 4)) * 3  # confident, as a trained 4-topic head (mean top probability ~0.8)
@@ -126,7 +130,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_trained_classifier_passes_with_its_evaluation_set(classifier: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(classifier)])
     assert result.exit_code == 0, result.output
-    assert "task agreement (sequence-classification, 32 held-out sentences): agreement 100.0%" in result.output
+    assert "task agreement (sequence-classification, 96 held-out sentences): agreement 100.0%" in result.output
 
 
 @pytest.mark.parametrize("plant", [{"temperature": 1.3}, {"swap": (0, 1)}], ids=["temperature-1.3", "labels-swapped"])
@@ -142,3 +146,44 @@ def test_a_planted_head_dropped_into_the_artifact_fails(classifier: Path, tmp_pa
     result = CliRunner().invoke(app, ["validate", str(dropped)])
     assert result.exit_code == 1, result.output
     assert "task agreement: " in result.output
+
+
+# ------------------------------------------------------------------------- out of sample: a head nothing was fitted on
+
+# OpenVINO int8 is the listed case of docs/parity.md ("Out of sample"): borderline on every criterion, it fails on the
+# evaluation split (3 of 96 labels changed, max |dp| 0.180) and passes on the 64 held-out sentences by a hair (1 of 64,
+# max |dp| 0.097 against 0.1, mean 0.018 against 0.02).
+BORDERLINE = pytest.mark.xfail(strict=True, reason="borderline OpenVINO int8, listed in docs/parity.md")
+HELD_OUT_PRECISIONS = [("onnx", p) for p in ("fp32", "fp16", "int8-weights", "int4-weights", "int8")] + [
+    ("openvino", p) for p in ("fp32", "fp16", "bf16", "int8-weights", "int4-weights")] + [
+    pytest.param("openvino", "int8", marks=BORDERLINE)]
+
+
+@pytest.fixture(scope="module")
+def held_out_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return classifier_folder(tmp_path_factory.mktemp("held-out") / "minilm-outdoors", labels=HELD_OUT_LABELS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "precision"), HELD_OUT_PRECISIONS)
+def test_validate_passes_exactly_when_held_out_sentences_keep_their_labels(held_out_head: Path, target: str,
+                                                                           precision: str, tmp_path: Path) -> None:
+    """Out of sample (docs/parity.md): a 2-label head no bound or criterion was derived on, converted at every ONNX and
+    OpenVINO precision. ``convert``'s verdict (tensor bounds and task agreement on the evaluation split) must equal
+    the task criterion applied to the 64 sentences of the golden and calibration splits (the head was trained on the
+    train split, so its sentences would be easy ones) run through the artifact's own tokenizer and runtime against
+    PyTorch."""
+    pytest.importorskip(target)
+    result = convert(held_out_head, target=target, precision=precision, output_dir=tmp_path / "artifact")
+    runner = load(result.artifact)
+    manifest = runner.artifact.manifest
+    texts = [sentence for name in ("golden", "calibration") for sentence, _ in split(name)]
+    feed = text_batch(Processing.of(manifest), runner.artifact, texts)
+    got = softmax(runner({name: feed[name] for name in manifest.input_names})["logits"])
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(held_out_head).eval()
+    with torch.inference_mode():
+        want = softmax(model(**{name: torch.from_numpy(feed[name]) for name in manifest.input_names}).logits.numpy())
+    held_out = judge("sequence-classification", got, want, feed["attention_mask"], CLASSIFY)
+    verdict = "pass" if result.report.passed else f"FAIL {result.report.failures()[:2]}"
+    print(f"{target} {precision}: verdict {verdict}; {held_out.describe()}")
+    assert result.report.passed == held_out.passed, (result.report.failures(), held_out.measures)

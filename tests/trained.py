@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from edgeexport.reference.sentences import TOPICS, split
 PACKAGE = "all_minilm_l6_v2"
 FOLDER_NAME = "all-MiniLM-L6-v2"
 HEAD_SEED = 0
+TOPIC_LABELS = tuple((topic,) for topic in TOPICS)
+HELD_OUT_LABELS = (("weather", "sport"), ("food", "technology"))  # outdoors / indoors: 2 labels of 2 topics each
 
 
 def minilm_folder() -> Path:
@@ -55,22 +58,25 @@ def _features(body: transformers.BertModel, texts: list[str], tokenizer: transfo
 
 
 def classifier_folder(destination: Path, task: str = "sequence-classification", *, temperature: float = 1.0,
-                      swap: tuple[int, int] | None = None) -> Path:
+                      swap: tuple[int, int] | None = None, labels: Sequence[Sequence[str]] = TOPIC_LABELS) -> Path:
     """MiniLM with a topic head trained on the train split, saved with ``save_pretrained`` and its tokenizer.
 
     ``task``: ``sequence-classification`` (the pooled output's topic) or ``token-classification`` (every
     token labelled with its sentence's topic). ``temperature`` multiplies the classifier (a planted temperature
-    change); ``swap`` exchanges two labels' classifier rows (a planted label swap).
+    change); ``swap`` exchanges two labels' classifier rows (a planted label swap). ``labels``: the topics each label
+    stands for (one topic each by default; :data:`HELD_OUT_LABELS` is the head no criterion was derived on).
     """
     source = minilm_folder()
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     classes = {"sequence-classification": transformers.BertForSequenceClassification,
                "token-classification": transformers.BertForTokenClassification}[task]
-    labels = {i: topic for i, topic in enumerate(TOPICS)}
+    names = {i: "+".join(topics) for i, topics in enumerate(labels)}
+    label_of = {TOPICS.index(topic): i for i, topics in enumerate(labels) for topic in topics}
     transformers.utils.logging.set_verbosity_error()
-    model = classes.from_pretrained(source, num_labels=len(TOPICS), id2label=labels,
-                                    label2id={v: k for k, v in labels.items()}).eval()
-    texts, targets = zip(*split("train"))
+    model = classes.from_pretrained(source, num_labels=len(labels), id2label=names,
+                                    label2id={v: k for k, v in names.items()}).eval()
+    texts, topics = zip(*split("train"))
+    targets = [label_of[topic] for topic in topics]
     tokens = task == "token-classification"
     features, mask = _features(model.bert, list(texts), tokenizer, tokens=tokens)
     target = torch.tensor(targets)
@@ -78,7 +84,7 @@ def classifier_folder(destination: Path, task: str = "sequence-classification", 
         target = target[:, None].expand(mask.shape)[mask.bool()]
         features = features[mask.bool()]
     torch.manual_seed(HEAD_SEED)
-    head = torch.nn.Linear(features.shape[-1], len(TOPICS))
+    head = torch.nn.Linear(features.shape[-1], len(labels))
     optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(300):
         optimiser.zero_grad()
@@ -87,7 +93,7 @@ def classifier_folder(destination: Path, task: str = "sequence-classification", 
     with torch.no_grad():
         weight, bias = head.weight * temperature, head.bias * temperature
         if swap is not None:
-            order = list(range(len(TOPICS)))
+            order = list(range(len(labels)))
             order[swap[0]], order[swap[1]] = swap[1], swap[0]
             weight, bias = weight[order], bias[order]
         model.classifier.weight.copy_(weight)

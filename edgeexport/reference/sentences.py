@@ -1,16 +1,19 @@
 """Labelled English sentences: the realistic text of golden cases, evaluation sets, calibration and the tests.
 
-Written for this project: 160 everyday sentences of natural lengths (6 to 30 words), 40 on each of four
+Written for this project: 224 everyday sentences of natural lengths (6 to 30 words), 56 on each of four
 topics, with the punctuation, digits and capitals real text has. Each sentence belongs to exactly one
 split, by its position, so golden cases, task-agreement evaluation, int8 calibration and the heads the
-tests train never share a sentence (:func:`split`). Kept apart from :mod:`edgeexport.reference.corpus`,
+tests train never share a sentence (:func:`split`): the first 40 of a topic cycle through :data:`SPLITS`,
+the 16 after them (:data:`MORE_EVALUATION`) are all evaluation, so that task agreement is judged on 96
+sentences, where 97 % label agreement tolerates two changed labels and one borderline sentence does not
+decide a verdict (docs/parity.md, "Out of sample"). Kept apart from :mod:`edgeexport.reference.corpus`,
 whose text builds the zoo's tokenizers and must not change.
 """
 
 from __future__ import annotations
 
 TOPICS = ("weather", "food", "sport", "technology")
-SPLITS = ("train", "train", "evaluation", "calibration", "golden")  # sentence i belongs to SPLITS[i % 5]
+SPLITS = ("train", "train", "evaluation", "calibration", "golden")  # sentence i < 40 belongs to SPLITS[i % 5]
 
 SENTENCES: dict[str, tuple[str, ...]] = {
     "weather": (
@@ -184,11 +187,92 @@ SENTENCES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Added for a larger evaluation split: every one of these is evaluation.
+MORE_EVALUATION: dict[str, tuple[str, ...]] = {
+    "weather": (
+        "The wind picked up after dark and rattled the windows until dawn.",
+        "By noon the frost had melted and the lawn was soaking wet.",
+        "A rainbow appeared over the hills as the last shower passed.",
+        "Meteorologists expect 40 millimetres of rain before Thursday evening.",
+        "The humid air made the afternoon feel much hotter than 28 degrees.",
+        "Ice on the pavement sent several people to hospital with broken wrists.",
+        "Clouds rolled in from the sea and the temperature fell quickly.",
+        "Is it going to snow again before the end of March?",
+        "Dry, settled weather should last well into next week.",
+        "Lightning struck the church tower during last night's storm.",
+        "The flood warning for the river was lifted on Sunday morning.",
+        "A thick mist hung over the valley until the sun burned it off.",
+        "Gusts of up to 90 km/h closed the bridge to lorries.",
+        "Spring arrived early this year, with blossom on the trees in February.",
+        "The drizzle never stopped, so the match was played on a muddy pitch.",
+        "Autumn mornings here are crisp, bright and still.",
+    ),
+    "food": (
+        "Slice the onions thinly and cook them slowly until golden.",
+        "The bakery on the corner sells out of croissants by nine.",
+        "Add a pinch of salt to the water before boiling the pasta.",
+        "Our favourite curry house has a new chef from Kerala.",
+        "She brought a lemon tart and a bowl of fresh strawberries to the party.",
+        "Roast the peppers for 25 minutes, then peel off the skins.",
+        "The soup needs more pepper and a squeeze of lime.",
+        "Do you prefer your steak rare or medium?",
+        "Children at the school now get a free hot lunch every day.",
+        "Grandma's apple pie recipe uses brown sugar and a little cinnamon.",
+        "The market stalls were piled high with cheese, olives and bread.",
+        "Leave the dough to rise in a warm place for an hour.",
+        "A bowl of porridge with honey keeps me going until lunchtime.",
+        "The restaurant was fined for serving undercooked chicken.",
+        "Mix the yoghurt with garlic and mint to make a quick sauce.",
+        "Fresh sardines are grilled on the harbour every summer evening.",
+    ),
+    "sport": (
+        "The striker scored twice in the last ten minutes to win the cup.",
+        "She finished the marathon in just under three hours.",
+        "Our cricket team was bowled out for 112 on a difficult pitch.",
+        "The coach was sacked after five defeats in a row.",
+        "Who won the tennis final at Wimbledon last year?",
+        "The swimmer broke the European record in the 200 metres freestyle.",
+        "Fans sang throughout the match despite the freezing rain.",
+        "The referee sent off two players before half-time.",
+        "He trains at the climbing wall three evenings a week.",
+        "The cycling race finished with a sprint along the seafront.",
+        "A late penalty earned the visitors a draw.",
+        "The rugby club is looking for volunteers to run the junior teams.",
+        "She has not lost a chess game in over a year.",
+        "The stadium will host the Olympic athletics events in 2032.",
+        "Our basketball team lost by a single point in overtime.",
+        "Rowing crews train on the river before sunrise.",
+    ),
+    "technology": (
+        "The update fixed a bug that drained the phone's battery overnight.",
+        "Engineers moved the database to a faster cloud server.",
+        "You can unlock the laptop with your fingerprint.",
+        "The company released a smaller chip that uses half the power.",
+        "How do I reset my password if I lost my phone?",
+        "The app now translates spoken English into twelve languages.",
+        "Hackers stole millions of email addresses from the shopping website.",
+        "Our office switched to a new video calling system last month.",
+        "The robot vacuum maps every room before it starts cleaning.",
+        "Software engineers wrote tests for every function in the library.",
+        "The satellite sends weather images back to Earth every fifteen minutes.",
+        "A firmware bug caused the printers to jam on Tuesday.",
+        "This keyboard connects over Bluetooth to three devices at once.",
+        "The website crashed when a million users logged in at the same time.",
+        "Self-driving buses are being tested on the university campus.",
+        "The new camera sensor records video at 120 frames a second.",
+    ),
+}
+
+
 def split(name: str) -> list[tuple[str, int]]:
     """``(sentence, topic index)`` of one split (``train``, ``evaluation``, ``calibration``, ``golden``), topics
     interleaved so that every prefix mixes them."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(sorted(set(SPLITS)))}")
     count = len(SENTENCES[TOPICS[0]])
-    return [(SENTENCES[topic][i], label) for i in range(count) if SPLITS[i % len(SPLITS)] == name
-            for label, topic in enumerate(TOPICS)]
+    chosen = [(SENTENCES[topic][i], label) for i in range(count) if SPLITS[i % len(SPLITS)] == name
+              for label, topic in enumerate(TOPICS)]
+    if name == "evaluation":
+        chosen += [(MORE_EVALUATION[topic][i], label) for i in range(len(MORE_EVALUATION[TOPICS[0]]))
+                   for label, topic in enumerate(TOPICS)]
+    return chosen

@@ -134,7 +134,7 @@ class Agreement:
         return self.passed
 
     def describe(self) -> str:
-        """``task agreement (sentence-embedding, 32 held-out sentences): agreement 100.0%, min cosine 0.99998``."""
+        """``task agreement (sentence-embedding, 96 held-out sentences): agreement 100.0%, min cosine 0.99998``."""
         values = ", ".join(f"{name.replace('_', ' ')} {value:.1%}" if name == "agreement" else
                            f"{name.replace('_', ' ')} {value:.6g}" for name, value in self.measures.items())
         noun = "speech clips" if self.kind == "speech" else self.kind
