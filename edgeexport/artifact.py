@@ -257,7 +257,8 @@ class Artifact:
         golden_files = [index.file for case in manifest.golden for index in (case.inputs, case.outputs)]
         if manifest.evaluation:
             evaluation = manifest.evaluation
-            golden_files += [evaluation["reference"]["file"], *evaluation.get("files", [evaluation.get("texts")])]
+            examples = evaluation.get("files") or [evaluation.get("texts") or evaluation["sequences"]["file"]]
+            golden_files += [evaluation["reference"]["file"], *examples]
         for relative in (manifest.model_file, *manifest.files, *golden_files):
             resolve_inside(root, relative)
         return artifact

@@ -228,35 +228,39 @@ def _golden(reference: ReferenceModel) -> Golden:
     return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
 
 
-Evaluation = tuple[list[str] | list[Path], np.ndarray] | None
+Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray,
+                   np.ndarray | dict[str, np.ndarray]] | None
 
 
 def _evaluation(reference: ReferenceModel) -> Evaluation:
     """The held-out examples and the reference's task view of them (:mod:`edgeexport.validation.agreement`): sentences
-    for a trained text model, photographs or speech files for an image or audio model, where the task has agreement
-    criteria; None for any other."""
+    or (question, context) pairs for a trained text model, photographs or speech files for an image or audio model,
+    token sequences for a language model, where the task has agreement criteria; None for any other."""
+    from edgeexport.reference.model import TextSource
     from edgeexport.validation.agreement import (CRITERIA, evaluation_feed, example_inputs, media_kind, media_views,
                                                  task_view)
+    from edgeexport.validation.sequence_measures import (LM_TASKS, evaluation_sequences, forward_model,
+                                                         reference_view)
 
+    if reference.task in LM_TASKS:
+        ids = evaluation_sequences(reference.vocab_size)
+        return ids, reference_view(forward_model(reference.run, reference.input_tensor_specs()), ids)
     source = getattr(reference, "input_source", None)  # a bundle's components have none
     if source is None or reference.task not in CRITERIA:
         return None
     processing = Processing.from_dict(reference.processing)
-    if source.kind != "sentences":
-        if media_kind(processing, reference.input_names) != source.kind:
-            return None
-        from edgeexport.reference.media import photographs, speech
+    if isinstance(source, TextSource):
+        texts = source.texts("evaluation")
+        feed, mask = evaluation_feed(processing, source.load(), texts, reference.input_names)
+        return texts, task_view(reference.task, reference.run(feed), mask)
+    if media_kind(processing, reference.input_names) != source.kind:
+        return None
+    from edgeexport.reference.media import photographs, speech
 
-        files = (photographs if source.kind == "photographs" else speech)("evaluation")
-        batch = reference.sizes["batch"][0] if "batch" in reference.sizes else 1
-        return files, media_views(reference.task, [example_inputs(processing, path) for path in files], reference.run,
-                                  batch)
-    from edgeexport.reference.sentences import split
-
-    texts = [sentence for sentence, _ in split("evaluation")]
-    feed = evaluation_feed(processing, source.load(), texts, reference.input_names)
-    outputs = reference.run({name: feed[name] for name in reference.input_names})
-    return texts, task_view(reference.task, outputs, feed["attention_mask"])
+    files = (photographs if source.kind == "photographs" else speech)("evaluation")
+    batch = reference.sizes["batch"][0] if "batch" in reference.sizes else 1
+    return files, media_views(reference.task, [example_inputs(processing, path) for path in files], reference.run,
+                              batch)
 
 
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:

@@ -226,7 +226,7 @@ class Manifest:
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
     ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
     precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts (or photograph
-    and speech files) and reference task outputs of the task-agreement check
+    and speech files, or a language model's token sequences) and reference task outputs of the task-agreement check
     (:mod:`edgeexport.validation.agreement`); ``criterion`` the constants of the parity criterion the
     artifact was judged by (``metrics.CRITERION``), for checks on the device that reimplement it
     (examples/cpp-openvino).
@@ -352,16 +352,18 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
         files = _field(block, "files", list, "evaluation")
         if not files or not all(isinstance(f, str) for f in files):
             raise ArtifactError("manifest evaluation.files must be a non-empty list of file paths; re-run convert")
+    elif "sequences" in block:  # a language model's token ids
+        GoldenFile.from_dict(_field(block, "sequences", dict, "evaluation"), "evaluation.sequences")
     else:
         _field(block, "texts", str, "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
     keys = {"min_agreement", "max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error",
-            "min_box_iou"}
+            "min_box_iou", "max_relative_kl", "min_greedy_agreement"}
     if set(criteria) - keys or "min_agreement" not in criteria:
         raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp, "
-                            "max_scale_error, min_cosine, max_cer, max_depth_error and min_box_iou; "
-                            "re-run convert")
+                            "max_scale_error, min_cosine, max_cer, max_depth_error, min_box_iou, max_relative_kl "
+                            "and min_greedy_agreement; re-run convert")
     for key in criteria:
         _number(criteria, key, "evaluation.criteria")
     return block

@@ -175,17 +175,22 @@ def text_batch(processing: Processing, artifact: Artifact, texts: Sequence[str])
     return encode_texts(load_tokenizer(artifact, processing.tokenizer), texts, processing.max_length)
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> dict[str, np.ndarray]:
-    """Several texts through a ``tokenizers.Tokenizer``: each truncated to ``max_length`` (when given), all
-    right-padded to the longest, as sentence-transformers tokenizes a batch."""
+def encode_texts(tokenizer: Any, texts: Sequence[str] | Sequence[tuple[str, str]],
+                 max_length: int | None) -> dict[str, np.ndarray]:
+    """Several texts, or (question, context) pairs, through a ``tokenizers.Tokenizer``: each truncated to
+    ``max_length`` (when given), all right-padded to the longest, as sentence-transformers tokenizes a batch.
+    Pairs also give ``context_mask``: the context's tokens, where an answer span may lie."""
     if max_length:
         tokenizer.enable_truncation(max_length)
     pad = tokenizer.padding or {}
     tokenizer.enable_padding(pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
     encodings = tokenizer.encode_batch(list(texts))
-    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+    encoded = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+               "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+               "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+    if texts and not isinstance(texts[0], str):
+        encoded["context_mask"] = np.array([[i == 1 for i in e.sequence_ids] for e in encodings])
+    return encoded
 
 
 def cosine_similarities(embeddings: np.ndarray) -> np.ndarray:
@@ -269,9 +274,15 @@ def answer_spans(start_logits: np.ndarray, end_logits: np.ndarray, *, max_tokens
     ``allowed`` (batch, sequence) marks the tokens a span may cover (the context's), as the
     question-answering pipeline masks the question and special tokens.
     """
+    return best_spans(softmax(start_logits), softmax(end_logits), max_tokens=max_tokens, allowed=allowed)
+
+
+def best_spans(start_probabilities: np.ndarray, end_probabilities: np.ndarray, *,
+               max_tokens: int = QA_MAX_ANSWER_TOKENS, allowed: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """:func:`answer_spans` from the start and end probabilities (batch, sequence) rather than their logits."""
     spans = []
-    masks = allowed if allowed is not None else np.ones(start_logits.shape, dtype=bool)
-    for start, end, mask in zip(softmax(start_logits), softmax(end_logits), masks):
+    masks = allowed if allowed is not None else np.ones(start_probabilities.shape, dtype=bool)
+    for start, end, mask in zip(start_probabilities, end_probabilities, masks):
         scores = np.triu(np.tril(np.outer(start, end), max_tokens - 1))  # end >= start, end - start < max_tokens
         scores *= np.outer(mask, mask)
         best = int(scores.argmax())

@@ -107,7 +107,9 @@ def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: b
                            architecture=modules and f"{architecture} ({modules.describe()})")
     reference.details.update(details)
     if (head.modality or spec.modality) == "text" and task != "causal-lm" and TOKENIZER_FILE in reference.assets:
-        reference.input_source = TextSource(reference.assets[TOKENIZER_FILE])  # a trained encoder sees real sentences
+        # a trained encoder sees real sentences; a question-answering one, real questions on a context
+        reference.input_source = TextSource(reference.assets[TOKENIZER_FILE],
+                                            kind="questions" if task == "question-answering" else "sentences")
     return reference
 
 

@@ -62,8 +62,9 @@ def flatten_outputs(result: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
 
 @dataclass(frozen=True)
 class TextSource:
-    """Realistic token ids: the built-in sentences (:mod:`edgeexport.reference.sentences`) through a model's own
-    tokenizer, with its special tokens, the sentences' natural lengths and right padding."""
+    """Realistic token ids: the built-in sentences (:mod:`edgeexport.reference.sentences`), or for ``kind``
+    ``questions`` the built-in (question, context) pairs (:mod:`edgeexport.reference.questions`), through a
+    model's own tokenizer, with its special tokens, the texts' natural lengths and right padding."""
 
     tokenizer: Asset
     kind: str = "sentences"
@@ -76,19 +77,26 @@ class TextSource:
             return Tokenizer.from_str(self.tokenizer.decode())
         return Tokenizer.from_file(str(self.tokenizer))
 
-    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of as many sentences of ``split`` as ``drawn``'s
-        ``input_ids`` has rows (chosen by ``seed``), each truncated to its length and padded to it."""
+    def texts(self, split: str) -> list[str] | list[tuple[str, str]]:
+        """The sentences of ``split``, or its (question, context) pairs."""
+        if self.kind == "questions":
+            from edgeexport.reference.questions import split as questions
+
+            return [(q.question, q.context) for q in questions(split)]
         from edgeexport.reference.sentences import split as sentences
 
+        return [sentence for sentence, _ in sentences(split)]
+
+    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of as many texts of ``split`` as ``drawn``'s
+        ``input_ids`` has rows (chosen by ``seed``), each truncated to its length and padded to it."""
         batch, length = drawn["input_ids"].shape
         tokenizer = self.load()
         tokenizer.enable_truncation(length)
         pad = tokenizer.padding or {}
         tokenizer.enable_padding(length=length, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
-        pool = sentences(split)
-        texts = [pool[(seed * batch + row) % len(pool)][0] for row in range(batch)]
-        encodings = tokenizer.encode_batch(texts)
+        pool = self.texts(split)
+        encodings = tokenizer.encode_batch([pool[(seed * batch + row) % len(pool)] for row in range(batch)])
         return {"input_ids": np.array([e.ids for e in encodings], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
@@ -154,8 +162,8 @@ class ReferenceModel:
     ``processing`` is the manifest's pre- and post-processing block (:mod:`edgeexport.processing`);
     ``fixed_shape_reason`` says why dims that could vary are fixed (the manifest's model block keeps it);
     ``details`` holds more entries of that block (a folder's ``weights_sha256``, a ``random_head``);
-    ``input_source`` makes the inputs realistic instead of random: real sentences through a trained text encoder's
-    tokenizer (:class:`TextSource`), photographs through an image model's processing (:class:`ImageSource`), speech
+    ``input_source`` makes the inputs realistic instead of random: real sentences (or questions on a context)
+    through a trained text encoder's tokenizer (:class:`TextSource`), photographs through an image model's processing (:class:`ImageSource`), speech
     for an audio model (:class:`AudioSource`).
     """
 

@@ -3,14 +3,18 @@
 Tensor bounds (:mod:`edgeexport.validation.metrics`) judge rounding; this judges what a user sees. A
 text model converted from a trained checkpoint carries an evaluation set (the manifest's ``evaluation``
 block): held-out sentences as raw text (:mod:`edgeexport.reference.sentences`, a split no golden case or
-calibration uses) and PyTorch's task outputs on them. Any machine re-checks it with the artifact's own
-tokenizer and runtime, without torch. Per task:
+calibration uses), or for question answering held-out (question, context) pairs
+(:mod:`edgeexport.reference.questions`), and PyTorch's task outputs on them. Any machine re-checks it with the
+artifact's own tokenizer and runtime, without torch. Per task:
 
 - ``sentence-embedding`` and text ``feature-extraction`` (mean of the token states over the mask): the
   lowest per-sentence cosine with the reference, and nearest-neighbour agreement (the fraction of
   sentences whose most similar other sentence is the reference's);
 - ``sequence-classification``: label agreement and the largest probability change ``max |dp|``;
 - ``token-classification``: label agreement over real tokens and their largest ``|dp|``;
+- ``question-answering``: the answer span of each pair (the best ``start <= end`` over the context's tokens, as
+  :func:`edgeexport.processing.answer_spans` picks it): the fraction of spans equal to the reference's, their mean
+  token-overlap F1, and the largest and mean ``|dp|`` of the start and end probabilities (softmax over the context);
 - ``image-classification`` and ``audio-classification``: as sequence classification, over held-out photographs or
   speech (:mod:`edgeexport.reference.media`) that the artifact carries as their JPEG and WAV files, preprocessed on
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
@@ -19,11 +23,14 @@ tokenizer and runtime, without torch. Per task:
 - ``depth-estimation``: the relative depth error of every photograph's depth map; the rank correlation of its
   pixels' depths with the reference's (whether near and far keep their order) is reported;
 - ``object-detection`` (DETR): over each photograph's most object-like queries of the reference, paired by index,
-  their class labels and probabilities as for classification, and the IoU of their boxes.
+  their class labels and probabilities as for classification, and the IoU of their boxes;
+- ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement,
+  KL(reference || artifact) of the next-token distributions relative to the reference's log-probability spread,
+  and greedy continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
 
 The measures of photographs live in :mod:`edgeexport.validation.vision_measures`. The text thresholds
 (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image, audio, depth,
-and detection ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+detection and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ import numpy as np
 from edgeexport.artifact import save_tensors
 from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
-from edgeexport.processing import (Processing, audio_inputs, cosine_similarities, ctc_tokens, encode_texts, image_inputs,
-                                   load_tokenizer, softmax)
+from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
+                                   image_inputs, load_tokenizer, softmax)
+from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
+                                                     sequence_measures)
 from edgeexport.validation.vision_measures import box_iou, depth_error, rank_correlation, top_queries
 
 if TYPE_CHECKING:
@@ -53,20 +62,25 @@ if TYPE_CHECKING:
 EVALUATION_DIR = "evaluation"
 TEXTS_FILE = f"{EVALUATION_DIR}/texts.json"
 REFERENCE_FILE = f"{EVALUATION_DIR}/reference.bin"
+SEQUENCES_FILE = f"{EVALUATION_DIR}/sequences.bin"
 BATCH = 16  # sentences or images per runtime call (audio clips: one per call, each at its own length)
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
+Texts = list[str] | list[tuple[str, str]]  # sentences, or (question, context) pairs
 
 
 @dataclass(frozen=True)
 class Criteria:
-    """What a task's agreement must reach: ``min_agreement`` (labels, or nearest neighbours of embeddings),
-    ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over the
-    examples; classification), ``max_scale_error`` (how far the artifact's log-probabilities, centred per example, are
-    from a scale of 1 of the reference's: a temperature; classification of images and audio), ``min_cosine``
-    (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement`` is then the fraction
-    of clips transcribed identically), ``max_depth_error`` (depth maps: the largest
+    """What a task's agreement must reach: ``min_agreement`` (labels, answer spans, or nearest neighbours of
+    embeddings), ``max_dp`` and ``max_mean_dp`` (the largest probability change of any example, and its mean over
+    the examples; classification and answers), ``max_scale_error`` (how far the artifact's log-probabilities,
+    centred per example, are from a scale of 1 of the reference's: a temperature; classification of images and
+    audio), ``min_cosine`` (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement``
+    is then the fraction of clips transcribed identically), ``max_depth_error`` (depth maps: the largest
     :func:`~edgeexport.validation.vision_measures.depth_error` of any photograph), ``min_box_iou`` (detections: the
-    lowest IoU of a judged query's box with the reference's)."""
+    lowest IoU of a judged query's box with the reference's), and for language models ``max_relative_kl``
+    (next-token KL(reference || artifact) over the reference's log-probability spread: a temperature ``T`` gives
+    ``(T - 1)**2 / 2``) and ``min_greedy_agreement`` (the share of identical greedy continuations; ``min_agreement``
+    is then the share of next tokens whose top-1 is the reference's)."""
 
     min_agreement: float
     max_dp: float | None = None
@@ -76,6 +90,8 @@ class Criteria:
     max_cer: float | None = None
     max_depth_error: float | None = None
     min_box_iou: float | None = None
+    max_relative_kl: float | None = None
+    min_greedy_agreement: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -113,7 +129,19 @@ CRITERIA: dict[str, Criteria] = {
     # x1.3 a scale of 1.3, two classes swapped and another model no label kept.
     "object-detection": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02, max_scale_error=0.08,
                                  min_box_iou=0.997),
+    # Answer spans (docs/parity.md, the trained MiniLM QA head, 96 held-out pairs): fp32 and fp16 change no span, bf16
+    # two near ties and the most probability (max |dp| 0.045, mean 0.013); start and end logits x1.3 give 0.17 / 0.083,
+    # x1.1 0.063 / 0.031, another head (seed 1) changes 6 spans and 0.15 / 0.039; int8-weights fail on |dp| (ONNX: 2
+    # spans, 0.12 / 0.028; OpenVINO: 4 spans, 0.11 / 0.040). The spans' token-overlap F1 is reported, not bounded.
+    "question-answering": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02),
+    # Language models (docs/parity.md, "Language models"): the tiny GPT-2 at the zoo's weight scale and 10x it, every
+    # ONNX and OpenVINO precision. Passing precisions keep top-1 agreement >= 0.92 and greedy continuations >= 0.69
+    # (int4-weights at the zoo's scale), a KL <= 0.0089 of the reference's spread (int4-weights at 10x, which fails
+    # top-1 0.69 and greedy 0.09); logits x1.3 and x0.7 give 0.044-0.046 at both scales (a temperature T gives
+    # (T - 1)^2 / 2), the top two next tokens swapped top-1 and greedy 0, another model top-1 <= 0.45.
+    "causal-lm": Criteria(min_agreement=0.9, max_relative_kl=0.02, min_greedy_agreement=0.5),
 }
+CRITERIA["causal-lm-with-past"] = CRITERIA["causal-lm"]
 
 
 @dataclass
@@ -150,8 +178,13 @@ class Agreement:
 
 
 def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the best CTC
-    token of every frame (int64), or depth maps (float32)."""
+    """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the start and end
+    probabilities over the context's tokens (``mask``) of an answer, ``(batch, 2, tokens)`` float32, the best
+    CTC token of every frame (int64), depth maps (float32), or DETR's per-query class probabilities and boxes."""
+    if task == "question-answering":
+        context = mask.astype(bool)
+        return np.stack([softmax(np.where(context, outputs[name].astype(np.float64), -np.inf))
+                         for name in ("start_logits", "end_logits")], axis=1).astype(np.float32)
     if task == "ctc":
         return outputs["logits"].argmax(-1).astype(np.int64)
     if task == "depth-estimation":  # float32: float16 would round away the tiny GLPN's spread (0.002-0.004 on 4.98 m)
@@ -194,6 +227,8 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _depth_measures(result, got, want)
     elif task == "object-detection":
         _detection_measures(result, got, want)
+    elif task == "question-answering":
+        _span_measures(result, got, want, mask.astype(bool))
     else:
         _label_measures(result, got, want, mask.astype(bool) if task == "token-classification" else None)
     return result
@@ -217,20 +252,45 @@ def _label_measures(result: Agreement, got: np.ndarray, want: np.ndarray, tokens
     change = np.abs(got - want).max(-1)
     if tokens is not None:  # token classification: real tokens only
         same, change = same[tokens], change[tokens]
-    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max()), "mean_dp": float(change.mean())}
+    _choice_measures(result, same, change, "label")
     if result.criteria.max_scale_error is not None:
         result.measures["scale"] = log_probability_scale(got, want)
     criteria = result.criteria
+    if criteria.max_scale_error is not None and abs(result.measures["scale"] - 1) > criteria.max_scale_error:
+        result.misses.append(f"log-probabilities scaled by {result.measures['scale']:.4f} against the reference's "
+                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
+
+
+def _span_measures(result: Agreement, got: np.ndarray, want: np.ndarray, context: np.ndarray) -> None:
+    """Answer spans of ``(examples, 2, tokens)`` start and end probabilities: span agreement, token-overlap F1, |dp|."""
+    spans = [[(span["start"], span["end"]) for span in best_spans(view[:, 0], view[:, 1], allowed=context)]
+             for view in (got, want)]
+    same = np.array([g == w for g, w in zip(*spans)])
+    _choice_measures(result, same, np.abs(got.astype(np.float64) - want).max(axis=(1, 2)), "answer span")
+    result.measures["f1"] = float(np.mean([span_f1(g, w) for g, w in zip(*spans)]))  # reported: how far spans moved
+
+
+def span_f1(got: tuple[int, int], want: tuple[int, int]) -> float:
+    """Token-overlap F1 of two inclusive ``(start, end)`` token spans: 1 when equal, 0 when disjoint."""
+    overlap = min(got[1], want[1]) - max(got[0], want[0]) + 1
+    if overlap <= 0:
+        return 0.0
+    precision, recall = overlap / (got[1] - got[0] + 1), overlap / (want[1] - want[0] + 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _choice_measures(result: Agreement, same: np.ndarray, change: np.ndarray, what: str) -> None:
+    """Agreement of the choices a user reads (labels, answer spans: ``same``) and the largest and mean probability
+    change per example (``change``), with the misses of their criteria."""
+    result.measures = {"agreement": float(same.mean()), "max_dp": float(change.max()), "mean_dp": float(change.mean())}
+    criteria = result.criteria
     if result.measures["agreement"] < criteria.min_agreement:
-        result.misses.append(f"label agreement {result.measures['agreement']:.3f} ({int((~same).sum())} of {same.size} "
-                             f"labels changed) < {criteria.min_agreement:g}")
+        result.misses.append(f"{what} agreement {result.measures['agreement']:.3f} ({int((~same).sum())} of "
+                             f"{same.size} {what}s changed) < {criteria.min_agreement:g}")
     if criteria.max_dp is not None and result.measures["max_dp"] > criteria.max_dp:
         result.misses.append(f"largest probability change {result.measures['max_dp']:.3f} > {criteria.max_dp:g}")
     if criteria.max_mean_dp is not None and result.measures["mean_dp"] > criteria.max_mean_dp:
         result.misses.append(f"mean probability change {result.measures['mean_dp']:.4f} > {criteria.max_mean_dp:g}")
-    if criteria.max_scale_error is not None and abs(result.measures["scale"] - 1) > criteria.max_scale_error:
-        result.misses.append(f"log-probabilities scaled by {result.measures['scale']:.4f} against the reference's "
-                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
 
 
 def log_probability_scale(got: np.ndarray, want: np.ndarray) -> float:
@@ -309,14 +369,18 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the artifact's evaluation set
 
 
-def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence[Path],
-                     reference: np.ndarray) -> dict[str, Any]:
-    """Write the held-out examples (texts as a JSON list, photographs and speech as copies of their files) and the
-    reference's task view into the artifact; return the manifest block."""
+def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path] | np.ndarray,
+                     reference: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Write the held-out examples (texts or [question, context] pairs as a JSON list, photographs and speech as
+    copies of their files, token sequences as int32 ids) and the reference's task view into the artifact; return the
+    manifest block."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
-    stored = save_tensors(folder, REFERENCE_FILE, {"reference": reference})
+    stored = save_tensors(folder, REFERENCE_FILE, reference if isinstance(reference, Mapping) else
+                          {"reference": reference})
     block: dict[str, Any] = {"task": task}
-    if all(isinstance(example, str) for example in examples):
+    if isinstance(examples, np.ndarray):
+        block["sequences"] = save_tensors(folder, SEQUENCES_FILE, {"ids": examples.astype(np.int32)}).to_dict()
+    elif all(isinstance(example, (str, tuple)) for example in examples):
         (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
     else:
@@ -326,11 +390,12 @@ def write_evaluation(folder: Path, task: str, examples: Sequence[str] | Sequence
     return {**block, "reference": stored.to_dict(), "criteria": CRITERIA[task].to_dict()}
 
 
-def evaluation_feed(processing: Processing, tokenizer: Any, texts: Sequence[str],
-                    input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The evaluation texts as model inputs, all padded to the longest (and ``attention_mask`` always)."""
+def evaluation_feed(processing: Processing, tokenizer: Any, texts: Texts,
+                    input_names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The evaluation texts as model inputs, all padded to the longest, and the mask :func:`task_view` reads: the
+    attention mask, or for (question, context) pairs the context's tokens."""
     encoded = encode_texts(tokenizer, texts, processing.max_length)
-    return {name: encoded[name] for name in {*input_names, "attention_mask"}}
+    return {name: encoded[name] for name in input_names}, encoded.get("context_mask", encoded["attention_mask"])
 
 
 def media_kind(processing: Processing, input_names: Sequence[str]) -> str | None:
@@ -372,21 +437,45 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     if not block:
         return None
     processing = Processing.of(artifact.manifest)
-    want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))["reference"]
+    want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
     criteria = Criteria(**block["criteria"])
+    if "sequences" in block:
+        return _check_sequences(artifact, runner, block, want, criteria)
     if "files" in block:
         examples = [_example(artifact, processing, relative) for relative in block["files"]]
         batch = next((case.axes["batch"] for case in artifact.manifest.golden if "batch" in case.axes), 1)
         got = media_views(block["task"], examples, runner, batch)
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
-        return judge(block["task"], got, want, np.ones(0), criteria, kind=kind, blank=processing.blank)
+        return judge(block["task"], got, want["reference"], np.ones(0), criteria, kind=kind, blank=processing.blank)
     texts = _texts(artifact, block["texts"])
-    feed = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
-                           artifact.manifest.input_names)
-    names, mask = artifact.manifest.input_names, feed["attention_mask"]
-    views = [task_view(block["task"], runner({name: feed[name][start:start + BATCH] for name in names}),
+    feed, mask = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
+                                 artifact.manifest.input_names)
+    views = [task_view(block["task"], runner({name: value[start:start + BATCH] for name, value in feed.items()}),
                        mask[start:start + BATCH]) for start in range(0, len(texts), BATCH)]
-    return judge(block["task"], np.concatenate(views), want, mask, criteria)
+    return judge(block["task"], np.concatenate(views), want["reference"], mask, criteria,
+                 kind="sentences" if isinstance(texts[0], str) else "questions")
+
+
+def _check_sequences(artifact: Artifact, runner: Runner, block: Mapping[str, Any], want: Mapping[str, np.ndarray],
+                     criteria: Criteria) -> Agreement:
+    """A language model's evaluation: its token sequences through the artifact's runtime, the decoder with its
+    cache through its generator (:mod:`edgeexport.validation.sequence_measures`)."""
+    ids = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))["ids"]
+    if artifact.manifest.generation:
+        from edgeexport.generator import Generator
+
+        model = generator_model(Generator(runner))
+    else:
+        model = forward_model(runner, runner.inputs)
+    return judge_sequences(block["task"], artifact_view(model, ids, want), want, (ids >= 0).sum(1), criteria)
+
+
+def judge_sequences(task: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], lengths: np.ndarray,
+                    criteria: Criteria) -> Agreement:
+    """Compare the artifact's view of token sequences of ``lengths`` with the reference's (a language model)."""
+    result = Agreement(task=task, examples=len(lengths), criteria=criteria, kind="token sequences")
+    result.measures, result.misses = sequence_measures(got, want, lengths, criteria)
+    return result
 
 
 def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[str, np.ndarray]:
@@ -399,13 +488,18 @@ def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[
                             "re-run convert") from None
 
 
-def _texts(artifact: Artifact, relative: str) -> list[str]:
-    """The evaluation texts, a JSON list of strings; anything else is a corrupt artifact (one line)."""
+def _texts(artifact: Artifact, relative: str) -> Texts:
+    """The evaluation texts, a JSON list of strings or of [question, context] pairs; anything else is a corrupt
+    artifact (one line)."""
     try:
         texts = json.loads(artifact.file(relative).read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"evaluation texts {relative!r} cannot be read ({type(exc).__name__}); the artifact is "
                             "corrupt, re-run convert") from None
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings; re-run convert")
-    return texts
+    if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+        return texts
+    if isinstance(texts, list) and texts and all(isinstance(t, list) and len(t) == 2 and
+                                                 all(isinstance(part, str) for part in t) for t in texts):
+        return [(question, context) for question, context in texts]
+    raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings or of [question, "
+                        "context] pairs; re-run convert")

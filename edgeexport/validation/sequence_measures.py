@@ -1,0 +1,229 @@
+"""Task agreement of language models: teacher-forced next-token distributions and greedy continuations.
+
+The zoo's language models have random weights and no tokenizer, so their evaluation set is token ids: 32
+sequences drawn uniformly from the vocabulary with a fixed seed (:data:`EVALUATION_SEED`, away from the golden,
+calibration and fresh seeds), each as long as a sentence (:data:`LENGTHS`), stored as int32 with -1 after each
+end. The artifact also carries PyTorch's view of them, kept small whatever the vocabulary (:func:`reference_view`):
+at every position the top :data:`TOP_K` next tokens with their log-probabilities and the spread of its
+log-probabilities (:func:`spread`), and the :data:`GREEDY_TOKENS` greedy tokens that follow each whole sequence.
+
+The artifact runs them as its own runtime does (:func:`forward_model` for a graph of whole sequences, and the
+decoder with its cache as its generator runs it: the prompt's first step over an empty cache, then
+:meth:`edgeexport.generator.Generator.generate` for the greedy tokens, :func:`generator_model`), and
+:func:`sequence_measures` compares, over every position of every sequence:
+
+- ``agreement``: the share of positions whose top-1 next token is the reference's;
+- ``relative_kl``: KL(reference || artifact) of the next-token distributions, summed over the positions, over the
+  reference's log-probability spread summed likewise (:func:`spread`). Both are taken over the reference's top-K
+  tokens and the rest of the vocabulary as one outcome (merging outcomes never raises a KL, so the KL is a lower
+  bound of the full one; a temperature or swapped tokens move the top-K). The ratio does not depend on the scale of
+  the logits: a temperature ``T`` gives about ``(T - 1)**2 / 2`` whatever the model, where the absolute KL of the
+  same precision grows 900-11000x from a GPT-2 with the zoo's weights to one with weights 10x larger;
+- ``greedy_agreement``: the share of sequences whose greedy continuation is the reference's, token for token, and
+  ``first_divergence``: the mean index of the first differing token (:data:`GREEDY_TOKENS` where none differs).
+
+The thresholds are derived in docs/parity.md ("Language models"). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.special
+
+from edgeexport.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from edgeexport.generator import Generator
+    from edgeexport.manifest import TensorSpec
+    from edgeexport.validation.agreement import Criteria
+
+LM_TASKS = ("causal-lm", "causal-lm-with-past")
+SEQUENCES = 32
+EVALUATION_SEED = 2000  # away from the golden (0, 1), calibration (500+) and fresh (1000+) seeds
+LENGTHS = (6, 30)  # tokens of a sequence, drawn uniformly: about a sentence's
+GREEDY_TOKENS = 8
+TOP_K = 64
+PAST_PREFIX = "past_key_values."
+
+Forward = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LanguageModel:
+    """How the evaluation runs a model: ``logits`` of every position of one sequence ``(1, length)`` as
+    ``(length, vocab)``, and ``greedy(ids, n)``: the ``n`` tokens greedy decoding adds after it."""
+
+    logits: Callable[[np.ndarray], np.ndarray]
+    greedy: Callable[[np.ndarray, int], np.ndarray]
+
+
+def evaluation_sequences(vocab_size: int, *, count: int = SEQUENCES, seed: int = EVALUATION_SEED) -> np.ndarray:
+    """``(count, longest)`` int32 token ids below ``vocab_size``, each row as long as a length drawn from
+    :data:`LENGTHS`, -1 after its end."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(LENGTHS[0], LENGTHS[1] + 1, size=count)
+    ids = np.full((count, int(lengths.max())), -1, dtype=np.int32)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(0, vocab_size, size=length)
+    return ids
+
+
+def sequence_rows(ids: np.ndarray) -> list[np.ndarray]:
+    """Each sequence of :func:`evaluation_sequences` as a batch of one, ``(1, length)`` int64."""
+    return [row[row >= 0][None].astype(np.int64) for row in ids]
+
+
+def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The inputs of one whole sequence ``(1, length)`` as the first step of generation gives them: the ids, a
+    mask of ones, positions 0, 1, ... where the model takes them, and an empty cache (past length 0).
+
+    Raises:
+        ArtifactError: an input a language model's evaluation cannot fill.
+    """
+    given = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
+    feed = {}
+    for spec in specs:
+        if spec.name in given:
+            feed[spec.name] = given[spec.name].astype(spec.dtype)
+        elif spec.name.startswith(PAST_PREFIX) and len(spec.shape) == 4:
+            feed[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype)
+        else:
+            raise ArtifactError(f"input {spec.name!r} cannot be filled from token ids; a language model's evaluation "
+                                "takes input_ids, attention_mask, position_ids and past key/values")
+    return feed
+
+
+def forward_model(run: Forward, specs: Sequence[TensorSpec]) -> LanguageModel:
+    """A graph run on whole sequences (``causal-lm``, and PyTorch's reference of either task); its greedy
+    tokens run the grown sequence again for each (no cache)."""
+    def logits(ids: np.ndarray) -> np.ndarray:
+        return np.asarray(run(sequence_feed(specs, ids))["logits"][0], dtype=np.float32)
+
+    def greedy(ids: np.ndarray, count: int) -> np.ndarray:
+        tokens: list[int] = []
+        for _ in range(count):
+            tokens.append(int(logits(ids)[-1].argmax()))
+            ids = np.concatenate([ids, [[tokens[-1]]]], axis=1)
+        return np.array(tokens, dtype=np.int64)
+
+    return LanguageModel(logits=logits, greedy=greedy)
+
+
+def generator_model(generator: Generator) -> LanguageModel:
+    """A decoder with its cache (``causal-lm-with-past``) as its generator runs it: the logits of the prompt's
+    first step (an empty cache, through the runner's ``step`` call as the generator makes it: OpenVINO's checked
+    call cannot take an empty cache after a longer one), and :meth:`Generator.generate`'s greedy tokens with every
+    logits rule off and no end of sequence, so that they are the argmax of each step's logits, as the reference's
+    are."""
+    first_step = forward_model(generator.decoder.step, generator.decoder.inputs)
+
+    def greedy(ids: np.ndarray, count: int) -> np.ndarray:
+        output = generator.generate(ids, eos_token_id=(), max_new_tokens=count, min_new_tokens=0, num_beams=1,
+                                    do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0)
+        return output.tokens[0]
+
+    return LanguageModel(logits=first_step.logits, greedy=greedy)
+
+
+def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
+                   greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
+    """PyTorch's view of the sequences, kept small whatever the vocabulary: the ``top_k`` next tokens of every
+    position (``top_ids`` int32, the positions of all sequences one after another) with their log-probabilities
+    (``top_logprobs`` float32, best first) and their :func:`spread` (``spread`` float32), and the greedy tokens
+    after each sequence (``greedy`` int32)."""
+    tops, logprobs, spreads, greedy = [], [], [], []
+    for row in sequence_rows(ids):
+        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
+        top = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k]
+        tops.append(top)
+        logprobs.append(np.take_along_axis(scores, top, axis=-1))
+        spreads.append(spread(scores, top))
+        greedy.append(model.greedy(row, greedy_tokens))
+    return {"top_ids": np.concatenate(tops).astype(np.int32),
+            "top_logprobs": np.concatenate(logprobs).astype(np.float32),
+            "spread": np.concatenate(spreads).astype(np.float32),
+            "greedy": np.stack(greedy).astype(np.int32)}
+
+
+def artifact_view(model: LanguageModel, ids: np.ndarray, want: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The artifact's view of the sequences against the reference's ``want``: its log-probabilities of the
+    reference's top tokens (``at_top``, float64), its own top-1 at every position (``top1``) and its greedy
+    tokens (``greedy``)."""
+    at_top, top1, greedy = [], [], []
+    start = 0
+    for row in sequence_rows(ids):
+        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
+        top_ids = want["top_ids"][start:start + len(scores)].astype(np.int64)
+        start += len(scores)
+        at_top.append(np.take_along_axis(scores, top_ids, axis=-1))
+        top1.append(scores.argmax(-1))
+        greedy.append(model.greedy(row, want["greedy"].shape[1]))
+    return {"at_top": np.concatenate(at_top), "top1": np.concatenate(top1), "greedy": np.stack(greedy)}
+
+
+def spread(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The variance of the log-probabilities ``scores`` ``(positions, vocab)`` under themselves, over the top tokens
+    ``top`` ``(positions, k)`` and the rest of the vocabulary as one outcome (whose log-probability is the rest's
+    mean): what :func:`truncated_kl` of a temperature ``T`` is ``(T - 1)**2 / 2`` times, to second order."""
+    p = np.exp(scores)
+    mean = (p * scores).sum(-1, keepdims=True)
+    in_top = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(in_top, top, True, axis=-1)
+    p_rest = np.where(in_top, 0.0, p).sum(-1)
+    rest_mean = np.where(in_top, 0.0, p * scores).sum(-1) / np.maximum(p_rest, 1e-300)
+    return np.where(in_top, p * (scores - mean) ** 2, 0.0).sum(-1) + p_rest * (rest_mean - mean[:, 0]) ** 2
+
+
+def truncated_kl(want: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """KL(reference || artifact) per position over the reference's top tokens and the rest of the vocabulary as
+    one outcome, from both log-probabilities of those tokens ``(positions, k)``."""
+    p, q = np.exp(want.astype(np.float64)), np.exp(got.astype(np.float64))
+    p_rest = np.clip(1 - p.sum(-1), 0, 1)
+    q_rest = np.clip(1 - q.sum(-1), 1e-30, 1)
+    rest = np.where(p_rest > 0, p_rest * (np.log(np.maximum(p_rest, 1e-30)) - np.log(q_rest)), 0.0)
+    return (p * (want - got)).sum(-1) + rest
+
+
+def sequence_measures(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], lengths: np.ndarray,
+                      criteria: Criteria) -> tuple[dict[str, float], list[str]]:
+    """The measures of the artifact's view ``got`` against the reference's ``want`` over sequences of
+    ``lengths``, and the criteria they miss (as lines)."""
+    if got["at_top"].shape != want["top_logprobs"].shape or got["greedy"].shape != want["greedy"].shape \
+            or not np.isfinite(got["at_top"]).all():
+        return {}, [f"next-token scores of shape {list(got['at_top'].shape)} (finite: "
+                    f"{bool(np.isfinite(got['at_top']).all())}) cannot be compared with the reference's "
+                    f"{list(want['top_logprobs'].shape)}"]
+    changed = got["top1"] != want["top_ids"][:, 0]
+    kl = truncated_kl(want["top_logprobs"], got["at_top"])
+    same = got["greedy"] == want["greedy"]
+    tokens = same.shape[1]
+    first = np.where(same.all(1), tokens, np.argmin(same, axis=1))
+    measures = {"agreement": float(1 - changed.mean()),
+                "relative_kl": float(kl.sum() / want["spread"].astype(np.float64).sum()),
+                "greedy_agreement": float(same.all(1).mean()), "first_divergence": float(first.mean())}
+    misses = []
+    if measures["agreement"] < criteria.min_agreement:
+        misses.append(f"top-1 agreement {measures['agreement']:.3f} ({int(changed.sum())} of {changed.size} next "
+                      f"tokens changed) < {criteria.min_agreement:g}")
+    if criteria.max_relative_kl is not None and measures["relative_kl"] > criteria.max_relative_kl:
+        sequence, token = _locate(int(kl.argmax()), lengths)
+        misses.append(f"next-token KL(reference || artifact) {measures['relative_kl']:.3g} of the reference's "
+                      f"log-probability spread (a temperature T gives (T - 1)^2 / 2; the largest KL after token "
+                      f"{token} of sequence {sequence}) > {criteria.max_relative_kl:g}")
+    if criteria.min_greedy_agreement is not None and measures["greedy_agreement"] < criteria.min_greedy_agreement:
+        misses.append(f"greedy agreement {measures['greedy_agreement']:.3f} ({int((~same.all(1)).sum())} of "
+                      f"{len(same)} continuations of {tokens} tokens changed, first at token "
+                      f"{int(first.min())}) < {criteria.min_greedy_agreement:g}")
+    return measures, misses
+
+
+def _locate(position: int, lengths: np.ndarray) -> tuple[int, int]:
+    """(sequence, token) of a position counted over all sequences one after another."""
+    ends = np.cumsum(lengths)
+    sequence = int(np.searchsorted(ends, position, side="right"))
+    return sequence, position - int(ends[sequence] - lengths[sequence])
