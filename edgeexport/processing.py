@@ -300,12 +300,16 @@ def detections(logits: np.ndarray, boxes: np.ndarray, processing: Processing, *,
     """
     probabilities = softmax(logits)[..., :-1]
     scores, labels = probabilities.max(axis=-1), probabilities.argmax(axis=-1)
-    center_x, center_y, width, height = np.moveaxis(boxes.astype(np.float64), -1, 0)
-    corners = np.stack([center_x - width / 2, center_y - height / 2, center_x + width / 2, center_y + height / 2], -1)
     return [[{"label": processing.label(int(label)), "index": int(label), "score": float(score),
               "box": [float(v) for v in box]}
              for score, label, box in zip(s, l, b) if score > threshold]
-            for s, l, b in zip(scores, labels, corners)]
+            for s, l, b in zip(scores, labels, box_corners(boxes))]
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """DETR boxes ``(..., 4)`` as centre x, centre y, width, height -> ``(x0, y0, x1, y1)`` (float64)."""
+    center_x, center_y, width, height = np.moveaxis(boxes.astype(np.float64), -1, 0)
+    return np.stack([center_x - width / 2, center_y - height / 2, center_x + width / 2, center_y + height / 2], -1)
 
 
 def semantic_maps(class_queries_logits: np.ndarray, masks_queries_logits: np.ndarray) -> np.ndarray:

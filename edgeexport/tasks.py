@@ -13,6 +13,8 @@ class TaskHead:
 
     ``modality`` is empty for tasks of any modality (feature extraction): the model's spec says.
     ``optional`` outputs are exported where the model returns them (a base model's pooler).
+    ``fp32_heads`` are regression outputs whose numbers the user reads (depth in metres): under fp16 their last
+    contraction and the ops after it compute in fp32 (:func:`edgeexport.mixed_precision.head_ops`).
     """
 
     auto_class: str
@@ -20,6 +22,7 @@ class TaskHead:
     logits: tuple[str, ...]
     modality: str
     optional: tuple[str, ...] = ()
+    fp32_heads: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskHead] = {
@@ -34,7 +37,8 @@ TASKS: dict[str, TaskHead] = {
     "segmentation": TaskHead(
         "AutoModelForUniversalSegmentation", ("class_queries_logits", "masks_queries_logits"),
         ("class_queries_logits",), "vision"),
-    "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision"),
+    "depth-estimation": TaskHead("AutoModelForDepthEstimation", ("predicted_depth",), (), "vision",
+                                 fp32_heads=("predicted_depth",)),
     "ctc": TaskHead("AutoModelForCTC", ("logits",), ("logits",), "audio"),
     "audio-classification": TaskHead("AutoModelForAudioClassification", ("logits",), ("logits",), "audio"),
     # A base model with no head: its hidden states (and pooled output where it has a pooler).
@@ -73,6 +77,11 @@ def task_head(task: str) -> TaskHead:
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[task]
+
+
+def fp32_heads(task: str) -> tuple[str, ...]:
+    """The outputs of ``task`` whose heads keep fp32 compute under fp16 (none for a task outside :data:`TASKS`)."""
+    return TASKS[task].fp32_heads if task in TASKS else ()
 
 
 def supported_tasks(tasks: tuple[str, ...]) -> list[str]:

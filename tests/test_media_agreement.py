@@ -1,9 +1,10 @@
 """Realistic images and audio (edgeexport.reference.media) and task agreement on them.
 
 The bundled photographs and speech are split disjointly and licensed; golden and calibration inputs of image and
-audio models are those files through the model's own processing; image and audio classification and CTC are judged
-on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
-tokens swapped, another model's outputs) fail, each criterion catching one that only it catches.
+audio models are those files through the model's own processing; image and audio classification, CTC and depth are
+judged on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
+tokens swapped, depths x1.3 or upside down, another model's outputs) fail, each criterion catching one that only it
+catches.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from edgeexport.processing import Processing, audio_values, image_inputs, softma
 from edgeexport.reference import load_reference
 from edgeexport.reference.media import DATA, MEDIA_SPLITS, PHOTOGRAPHS, SPEECH, photographs, speech
 from edgeexport.reference.sentences import split as sentences
-from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views
+from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views, task_view
+from edgeexport.validation.vision_measures import box_iou
 
 IMAGE = CRITERIA["image-classification"]
 CTC = CRITERIA["ctc"]
@@ -221,3 +223,110 @@ def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tm
     code, output = validated(artifact)
     assert code == 0, output
     assert f"task agreement ({task}, 5 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
+
+
+# --------------------------------------------------------------------------- depth maps
+
+
+DEPTH = CRITERIA["depth-estimation"]
+# Depth maps of 6 photographs as the tiny GLPN gives them: a smooth near-to-far ramp with texture on an offset.
+RAMP = np.linspace(0, 1, 32)[None, :, None] + 0.3 * np.sin(np.arange(32) / 3)[None, None, :]
+DEPTHS = (2.0 + RAMP + 0.1 * RNG.normal(size=(6, 32, 32))).astype(np.float32)
+
+
+def depth_misses(got: np.ndarray, criteria=DEPTH) -> list[str]:
+    return judge("depth-estimation", got.astype(np.float32), DEPTHS, NONE, criteria, kind="photographs").misses
+
+
+def test_depth_plants_fail_and_the_genuine_depths_pass() -> None:
+    spread = np.abs(DEPTHS - DEPTHS.mean()).mean()
+    assert depth_misses(DEPTHS + RNG.normal(scale=0.01 * spread, size=DEPTHS.shape)) == []
+    assert depth_misses(DEPTHS[:, ::-1])  # upside down
+    assert depth_misses(2.0 + RNG.normal(size=DEPTHS.shape))  # another model
+
+
+def test_the_depth_error_catches_depths_scaled_by_1_3_which_keep_their_order() -> None:
+    misses = depth_misses(DEPTHS * 1.3)
+    assert len(misses) == 1 and re.fullmatch(r"relative depth error \d+\.\d{4} on photograph \d > 0\.17", misses[0]), \
+        misses
+    assert depth_misses(DEPTHS * 1.3, replace(DEPTH, max_depth_error=None)) == []
+
+
+@pytest.mark.slow
+def test_the_glpn_artifact_carries_depth_maps_and_a_scaled_reference_fails(tmp_path: Path) -> None:
+    artifact = convert("glpn", task="depth-estimation", output_dir=tmp_path / "glpn").artifact
+    manifest = Artifact.open(artifact).manifest
+    assert manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in photographs("evaluation")]
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert re.search(r"task agreement \(depth-estimation, 6 held-out photographs\): max depth error \d\.\d+e-0[45], "
+                     r"mean depth error \d\.\d+e-0[45], min rank correlation (1|0\.99\d+)$", output, re.M), output
+    code, output = validated(planted_reference(artifact, tmp_path / "scaled", lambda d: d * np.float32(1.3)))
+    assert code == 1, output
+    assert re.search(r"task agreement: relative depth error \d+\.\d{4} on photograph \d > ", output), output
+
+
+# --------------------------------------------------------------------------- detections
+
+
+DETECTION = CRITERIA["object-detection"]
+# DETR's views of 6 photographs x 10 queries: near-uniform probabilities of 5 classes and "no object" (x1.3 changes
+# them by a mean 0.01, as the zoo's tiny DETR's), then boxes (centre x, centre y, width, height) inside the image.
+DETR_LOGITS = RNG.normal(size=(6, 10, 6)) * 0.15
+DETR_BOXES = np.concatenate([RNG.uniform(0.3, 0.7, (6, 10, 2)), RNG.uniform(0.1, 0.4, (6, 10, 2))], axis=-1)
+
+
+def detected(logits: np.ndarray, boxes: np.ndarray = DETR_BOXES, criteria=DETECTION) -> list[str]:
+    view = task_view("object-detection", {"logits": logits, "pred_boxes": boxes}, NONE)
+    want = task_view("object-detection", {"logits": DETR_LOGITS, "pred_boxes": DETR_BOXES}, NONE)
+    return judge("object-detection", view, want, NONE, criteria, kind="photographs").misses
+
+
+def test_box_iou_of_detr_boxes() -> None:
+    box = np.array([0.5, 0.5, 0.2, 0.4])
+    np.testing.assert_allclose(box_iou(np.stack([box, box + [0.02, 0, 0, 0], box + [0.5, 0, 0, 0]]), box),
+                               [1.0, 0.9 * 1 / 1.1, 0.0])  # shifted by 10 % of its width: 0.018 / 0.022
+
+
+def test_detection_plants_fail_and_the_genuine_detections_pass() -> None:
+    assert detected(DETR_LOGITS + RNG.normal(scale=1e-3, size=DETR_LOGITS.shape),
+                    DETR_BOXES + RNG.normal(scale=2e-5, size=DETR_BOXES.shape)) == []
+    swapped = DETR_LOGITS[..., [1, 0, *range(2, 6)]]  # classes 0 and 1 swapped
+    assert [m for m in detected(swapped) if m.startswith("label agreement")]
+    other = RNG.normal(size=DETR_LOGITS.shape) * 0.3, np.roll(DETR_BOXES, 1, axis=1)  # another model
+    assert len(detected(*other)) >= 2
+
+
+def test_only_the_box_iou_catches_boxes_shifted_by_a_tenth_of_their_size() -> None:
+    shifted = DETR_BOXES + np.concatenate([0.1 * DETR_BOXES[..., 2:], np.zeros((6, 10, 2))], axis=-1)  # right, down
+    misses = detected(DETR_LOGITS, shifted)
+    assert len(misses) == 1 and re.fullmatch(r"box IoU 0\.68\d\d with the reference's \(photograph \d, its query \d\) "
+                                             r"< 0\.997", misses[0]), misses
+    assert detected(DETR_LOGITS, shifted, replace(DETECTION, min_box_iou=None)) == []
+
+
+def test_only_the_log_probability_scale_catches_detr_logits_times_1_3() -> None:
+    misses = detected(DETR_LOGITS * 1.3)
+    assert misses == ["log-probabilities scaled by 1.3000 against the reference's (a temperature), off 1 by more "
+                      "than 0.08"], misses
+    assert detected(DETR_LOGITS * 1.3, criteria=replace(DETECTION, max_scale_error=None)) == []
+
+
+@pytest.mark.slow
+def test_the_detr_artifact_carries_detections_and_shifted_boxes_fail(tmp_path: Path) -> None:
+    artifact = convert("detr", task="object-detection", output_dir=tmp_path / "detr").artifact
+    assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}"
+                                                                    for p in photographs("evaluation")]
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert "task agreement (object-detection, 6 held-out photographs): agreement 100.0%" in output
+
+    def shifted(view: np.ndarray) -> np.ndarray:
+        out = view.copy()
+        out[..., -4] += np.float32(0.1) * view[..., -2]  # every box moved right by 10 % of its width
+        return out
+
+    code, output = validated(planted_reference(artifact, tmp_path / "shifted", shifted))
+    assert code == 1, output
+    assert re.search(r"task agreement: box IoU 0\.81\d\d with the reference's \(photograph \d, its query \d\) < ",
+                     output), output

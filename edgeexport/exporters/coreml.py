@@ -7,8 +7,8 @@ Stages, each with its own error class:
      rank-5 equivalents while capturing (:mod:`edgeexport.mil.module_patches`);
   2. convert with ``coremltools.convert`` to an ML Program (:class:`ConversionError` naming the op
      and the PyTorch module it came from): our input and output names, flexible input shapes
-     from the dynamic axes (:func:`shape_mode`), fp16 (thresholds and the ops feeding them in fp32,
-     :func:`fp16_compute`) or fp32 compute precision and a minimum
+     from the dynamic axes (:func:`shape_mode`), fp16 (thresholds and the ops feeding them, and
+     regression heads such as depth, in fp32: :func:`fp16_compute`) or fp32 compute precision and a minimum
      deployment target (iOS16/macOS13 by default). Converter fixes live in
      :mod:`edgeexport.mil.converter_fixes`;
   3. compress weights for ``int8`` (linear quantization) or ``palettize4``/``palettize6``
@@ -24,6 +24,7 @@ import importlib.metadata
 import itertools
 import re
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,8 @@ from edgeexport.errors import CaptureError, ConversionError, UnsupportedError, U
 from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.logs import quiet
 from edgeexport.manifest import Tolerance
-from edgeexport.mixed_precision import threshold_feeders
-from edgeexport.tasks import WITH_PAST
+from edgeexport.mixed_precision import head_ops, threshold_feeders
+from edgeexport.tasks import WITH_PAST, fp32_heads
 from edgeexport.zoo import SPATIAL_AXES
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class ConvertOptions:
     precision: str
     deployment_target: str
     shapes: str  # how dynamic axes are declared: shape_mode()'s "enumerated" or "range"
+    fp32_heads: tuple[str, ...] = ()  # outputs whose heads keep fp32 compute under fp16 (edgeexport.tasks)
 
 
 class CoreMLStrategy(CaptureStrategy):
@@ -201,15 +203,17 @@ def convert(reference: ReferenceModel, source: Any, args: tuple[torch.Tensor, ..
     model = ct.convert(
         source, source="pytorch", convert_to="mlprogram",
         inputs=input_types(reference, args, options.shapes),
-        outputs=[ct.TensorType(name=name) for name in reference.output_names],
-        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else fp16_compute(),
+        outputs=[ct.TensorType(name=name, dtype=np.float32 if name in options.fp32_heads else None)
+                 for name in reference.output_names],
+        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else fp16_compute(options.fp32_heads),
         minimum_deployment_target=getattr(ct.target, options.deployment_target))
     return compress(model, options.precision)
 
 
-def fp16_compute() -> ct.transform.FP16ComputePrecision:
+def fp16_compute(heads: Sequence[str] = ()) -> ct.transform.FP16ComputePrecision:
     """fp16 compute but for the thresholds and the ops feeding them
-    (:func:`edgeexport.mixed_precision.threshold_feeders`), which stay fp32."""
+    (:func:`edgeexport.mixed_precision.threshold_feeders`) and the heads of the outputs named in ``heads``
+    (:func:`edgeexport.mixed_precision.head_ops`), which stay fp32."""
     import coremltools as ct
 
     kept: dict[int, set[int]] = {}
@@ -217,8 +221,10 @@ def fp16_compute() -> ct.transform.FP16ComputePrecision:
     def to_fp16(op: Any) -> bool:
         block = op.enclosing_block
         if id(block) not in kept:  # the first op the pass visits in a block, before it inserts any cast
-            kept[id(block)] = {id(o) for o in threshold_feeders(block.operations, op_type=lambda o: o.op_type,
-                                                                 float_parents=_float_parents)}
+            producers = [v.op for v in block.outputs if v.name in heads and v.op is not None]
+            kept[id(block)] = {id(o) for o in [
+                *threshold_feeders(block.operations, op_type=lambda o: o.op_type, float_parents=_float_parents),
+                *head_ops(producers, op_type=lambda o: o.op_type, float_parents=_float_parents)]}
         return id(op) not in kept[id(block)]
 
     return ct.transform.FP16ComputePrecision(op_selector=to_fp16)
@@ -380,7 +386,8 @@ class CoreMLExporter(Exporter):
 
         target = deployment_target or DEFAULT_DEPLOYMENT_TARGET
         check_deployment_target(target)
-        settings = ConvertOptions(precision=precision, deployment_target=target, shapes=shape_mode(reference))
+        settings = ConvertOptions(precision=precision, deployment_target=target, shapes=shape_mode(reference),
+                                  fp32_heads=fp32_heads(reference.task))
         model, info = run_strategies(tuple(s(settings) for s in STRATEGIES), reference, None)
         with quiet_coremltools():
             model.save(str(folder / MODEL_FILE))

@@ -31,6 +31,7 @@ from edgeexport.exporter import Exporter, ExportResult, Option
 from edgeexport.manifest import Tolerance
 from edgeexport.onnxtools import capture as onnx_capture
 from edgeexport.onnxtools import passes as onnx_passes
+from edgeexport.tasks import fp32_heads
 
 if TYPE_CHECKING:
     from edgeexport.reference.model import ReferenceModel
@@ -114,7 +115,7 @@ class OnnxExporter(Exporter):
                 model, info["fusions"] = onnx_passes.fuse_for_ort(model)
                 passes.append("optimize_for_ort")
             if precision == "fp16":
-                model = model.replaced(onnx_passes.to_fp16(model.loaded()))
+                model = model.replaced(onnx_passes.to_fp16(model.loaded(), heads=fp32_heads(reference.task)))
                 passes.append("float16(keep_io_types)")
             if precision in onnx_passes.WEIGHT_QUANTIZATION:
                 bits, block_size = onnx_passes.WEIGHT_QUANTIZATION[precision]

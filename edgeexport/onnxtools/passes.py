@@ -17,7 +17,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from edgeexport.capture import describe_exception, quiet
 from edgeexport.errors import ConversionError
 from edgeexport.exporter import CALIBRATION_SAMPLES, FLOAT_HEAD_LAYERS
 from edgeexport.logs import logger_levels
-from edgeexport.mixed_precision import threshold_feeders
+from edgeexport.mixed_precision import head_ops, threshold_feeders
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -159,12 +159,13 @@ def fuse_for_ort(model: WorkModel) -> tuple[WorkModel, dict[str, int]]:
                                                if node.domain == "com.microsoft"))
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O and the
-    thresholds in fp32 (:func:`threshold_nodes`)."""
+def to_fp16(model: onnx.ModelProto, *, heads: Sequence[str] = ()) -> onnx.ModelProto:
+    """Convert weights and compute to float16 with onnxruntime's converter, keeping fp32 I/O, the
+    thresholds (:func:`threshold_nodes`) and the heads of the outputs named in ``heads``
+    (:func:`head_nodes`) in fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    kept = threshold_nodes(model.graph)
+    kept = [*threshold_nodes(model.graph), *head_nodes(model.graph, heads)]
     with quiet():
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept,
                                              disable_shape_infer=model.ByteSize() >= PROTOBUF_LIMIT)
@@ -177,6 +178,21 @@ def threshold_nodes(graph: onnx.GraphProto) -> list[str]:
     A node's float inputs are those the graph types FLOAT (inputs of unknown type count as float),
     so shape and index computations are not followed.
     """
+    kept = threshold_feeders(graph.node, op_type=lambda node: node.op_type, float_parents=_float_parents(graph))
+    return [node.name for node in kept]
+
+
+def head_nodes(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[str]:
+    """Names of the nodes computing the graph outputs ``outputs``, back to and including the nearest
+    contraction (:func:`edgeexport.mixed_precision.head_ops`)."""
+    producers = {output: node for node in graph.node for output in node.output}
+    kept = head_ops([producers[name] for name in outputs if name in producers], op_type=lambda node: node.op_type,
+                    float_parents=_float_parents(graph))
+    return [node.name for node in kept]
+
+
+def _float_parents(graph: onnx.GraphProto) -> Callable[[onnx.NodeProto], list[onnx.NodeProto]]:
+    """A node's float parents: the nodes producing its inputs that the graph types FLOAT (or leaves untyped)."""
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
     types.update((t.name, t.data_type) for t in graph.initializer)
     producers = {output: node for node in graph.node for output in node.output}
@@ -185,8 +201,7 @@ def threshold_nodes(graph: onnx.GraphProto) -> list[str]:
         return [producers[name] for name in node.input
                 if name in producers and types.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
 
-    kept = threshold_feeders(graph.node, op_type=lambda node: node.op_type, float_parents=float_parents)
-    return [node.name for node in kept]
+    return float_parents
 
 
 def skip_fp16_round_trips(model: onnx.ModelProto, kept: list[str]) -> onnx.ModelProto:
@@ -196,7 +211,9 @@ def skip_fp16_round_trips(model: onnx.ModelProto, kept: list[str]) -> onnx.Model
     back to fp32 at the next blocked node, so a chain of fp32 nodes still passes fp16 values
     (Mask2Former's sigmoid output, rounded to fp16 between the sigmoid and its threshold, flipped it
     as if it ran in fp16). Such a ``Cast(to=FLOAT16)`` -> ``Cast(to=FLOAT)`` pair is bypassed; the
-    fp16 cast stays only where fp16 nodes read it.
+    fp16 cast stays only where fp16 nodes read it. Where the pair ends in a graph output (an fp32 head,
+    whose output keep_io_types would otherwise round to fp16: GLPN's depth), the ``Cast(to=FLOAT)``
+    keeps the output's name and reads the fp32 value.
     """
     graph, names = model.graph, set(kept)
     outputs = {output.name for output in graph.output}
@@ -206,10 +223,13 @@ def skip_fp16_round_trips(model: onnx.ModelProto, kept: list[str]) -> onnx.Model
     pairs = [(producers[node.input[0]], node) for node in graph.node
              if node.op_type == "Cast" and _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in producers]
     pairs = [(parent, node) for parent, node in pairs if parent.op_type == "Cast" and parent.input[0] in fp32
-             and _cast_to(parent) == onnx.TensorProto.FLOAT16 and node.output[0] not in outputs]
-    bypassed = {node.output[0]: parent.input[0] for parent, node in pairs}
-    for _, node in pairs:
-        graph.node.remove(node)
+             and _cast_to(parent) == onnx.TensorProto.FLOAT16]
+    bypassed = {node.output[0]: parent.input[0] for parent, node in pairs if node.output[0] not in outputs}
+    for parent, node in pairs:
+        if node.output[0] in outputs:
+            node.input[0] = parent.input[0]
+        else:
+            graph.node.remove(node)
     for node in graph.node:
         node.input[:] = [bypassed.get(name, name) for name in node.input]
     used = {name for node in graph.node for name in node.input} | outputs

@@ -20,12 +20,17 @@ artifact's own tokenizer and runtime, without torch. Per task:
   the device by :mod:`edgeexport.processing` from the manifest's processing block;
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
   the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
+- ``depth-estimation``: the relative depth error of every photograph's depth map; the rank correlation of its
+  pixels' depths with the reference's (whether near and far keep their order) is reported;
+- ``object-detection`` (DETR): over each photograph's most object-like queries of the reference, paired by index,
+  their class labels and probabilities as for classification, and the IoU of their boxes;
 - ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement,
   KL(reference || artifact) of the next-token distributions relative to the reference's log-probability spread,
   and greedy continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
 
-The text thresholds (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image,
-audio and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+The measures of photographs live in :mod:`edgeexport.validation.vision_measures`. The text thresholds
+(:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image, audio, depth,
+detection and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_
                                    image_inputs, load_tokenizer, softmax)
 from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
                                                      sequence_measures)
+from edgeexport.validation.vision_measures import box_iou, depth_error, rank_correlation, top_queries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,8 +75,10 @@ class Criteria:
     the examples; classification and answers), ``max_scale_error`` (how far the artifact's log-probabilities,
     centred per example, are from a scale of 1 of the reference's: a temperature; classification of images and
     audio), ``min_cosine`` (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement``
-    is then the fraction of clips transcribed identically), and for language models ``max_relative_kl`` (next-token
-    KL(reference || artifact) over the reference's log-probability spread: a temperature ``T`` gives
+    is then the fraction of clips transcribed identically), ``max_depth_error`` (depth maps: the largest
+    :func:`~edgeexport.validation.vision_measures.depth_error` of any photograph), ``min_box_iou`` (detections: the
+    lowest IoU of a judged query's box with the reference's), and for language models ``max_relative_kl``
+    (next-token KL(reference || artifact) over the reference's log-probability spread: a temperature ``T`` gives
     ``(T - 1)**2 / 2``) and ``min_greedy_agreement`` (the share of identical greedy continuations; ``min_agreement``
     is then the share of next tokens whose top-1 is the reference's)."""
 
@@ -80,6 +88,8 @@ class Criteria:
     max_scale_error: float | None = None
     min_cosine: float | None = None
     max_cer: float | None = None
+    max_depth_error: float | None = None
+    min_box_iou: float | None = None
     max_relative_kl: float | None = None
     min_greedy_agreement: float | None = None
 
@@ -107,6 +117,18 @@ CRITERIA: dict[str, Criteria] = {
     # and another model 0.90. Identical transcripts are reported, not required: a random-weight model's are hundreds
     # of near-tied tokens long, and fp16 changes one token somewhere in 3 of 5 clips.
     "ctc": Criteria(min_agreement=0.0, max_cer=0.03),
+    # Depth (docs/parity.md, "Task agreement of depth maps", the zoo's tiny GLPN at every ONNX and OpenVINO precision):
+    # passing precisions keep the relative depth error <= 0.085 (OpenVINO int4-weights; bound 2x that), a spatial flip
+    # gives 0.97, another model 3.9, x1.3 778 (the random model's offset is 2600 spreads). fp16 keeps the depth head in
+    # fp32 (TaskHead.fp32_heads): onnx 0.0038, coreml 0.0046; 0.65 and 0.84 with an fp16 head (fp16 steps by 0.004
+    # near the random map's 4.98 m, which spreads 0.0026 m).
+    "depth-estimation": Criteria(min_agreement=0.0, max_depth_error=0.17),
+    # DETR (docs/parity.md, "Task agreement of detections", the tiny DETR at every ONNX and OpenVINO precision and
+    # Core ML fp16): |dp| as for images; passing precisions keep boxes at IoU >= 0.9988 (coreml fp16) and the scale
+    # within 0.040 of 1 (OpenVINO int4-weights); bounds 2x those. Boxes moved by 10 % of their width give 0.82, logits
+    # x1.3 a scale of 1.3, two classes swapped and another model no label kept.
+    "object-detection": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02, max_scale_error=0.08,
+                                 min_box_iou=0.997),
     # Answer spans (docs/parity.md, the trained MiniLM QA head, 96 held-out pairs): fp32 and fp16 change no span, bf16
     # two near ties and the most probability (max |dp| 0.045, mean 0.013); start and end logits x1.3 give 0.17 / 0.083,
     # x1.1 0.063 / 0.031, another head (seed 1) changes 6 spans and 0.15 / 0.039; int8-weights fail on |dp| (ONNX: 2
@@ -157,14 +179,18 @@ class Agreement:
 
 def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
     """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the start and end
-    probabilities over the context's tokens (``mask``) of an answer, ``(batch, 2, tokens)`` float32, or the best
-    CTC token of every frame (int64)."""
+    probabilities over the context's tokens (``mask``) of an answer, ``(batch, 2, tokens)`` float32, the best
+    CTC token of every frame (int64), depth maps (float32), or DETR's per-query class probabilities and boxes."""
     if task == "question-answering":
         context = mask.astype(bool)
         return np.stack([softmax(np.where(context, outputs[name].astype(np.float64), -np.inf))
                          for name in ("start_logits", "end_logits")], axis=1).astype(np.float32)
     if task == "ctc":
         return outputs["logits"].argmax(-1).astype(np.int64)
+    if task == "depth-estimation":  # float32: float16 would round away the tiny GLPN's spread (0.002-0.004 on 4.98 m)
+        return np.asarray(outputs["predicted_depth"], np.float32)
+    if task == "object-detection":  # per query: its class probabilities ("no object" last), then its box
+        return np.concatenate([softmax(outputs["logits"]), outputs["pred_boxes"]], axis=-1).astype(np.float32)
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
     if task == "feature-extraction":
@@ -197,6 +223,10 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _embedding_measures(result, got, want)
     elif task == "ctc":
         _transcript_measures(result, got, want, blank)
+    elif task == "depth-estimation":
+        _depth_measures(result, got, want)
+    elif task == "object-detection":
+        _detection_measures(result, got, want)
     elif task == "question-answering":
         _span_measures(result, got, want, mask.astype(bool))
     else:
@@ -285,6 +315,33 @@ def _transcript_measures(result: Agreement, got: np.ndarray, want: np.ndarray, b
     if criteria.max_cer is not None and result.measures["cer"] > criteria.max_cer:
         result.misses.append(f"character error rate {result.measures['cer']:.4f} against the reference's transcripts "
                              f"> {criteria.max_cer:g}")
+
+
+def _depth_measures(result: Agreement, got: np.ndarray, want: np.ndarray) -> None:
+    """Depth maps (photograph, height, width): the largest and mean :func:`depth_error`, and the lowest rank correlation
+    (reported: no plant escapes the depth error that the ranks catch)."""
+    errors = np.array([depth_error(g, w) for g, w in zip(got, want)])
+    ranks = np.array([rank_correlation(g, w) for g, w in zip(got, want)])
+    result.measures = {"max_depth_error": float(errors.max()), "mean_depth_error": float(errors.mean()),
+                       "min_rank_correlation": float(ranks.min())}
+    criteria = result.criteria
+    if criteria.max_depth_error is not None and errors.max() > criteria.max_depth_error:
+        result.misses.append(f"relative depth error {errors.max():.4f} on photograph {int(errors.argmax())} "
+                             f"> {criteria.max_depth_error:g}")
+
+
+def _detection_measures(result: Agreement, got: np.ndarray, want: np.ndarray) -> None:
+    """DETR views (photograph, query, class probabilities then box): over the reference's :func:`top_queries` of each
+    photograph, paired by index, the label measures of their real classes and the lowest and mean IoU of their boxes."""
+    rows = np.arange(len(want))[:, None], top_queries(want[..., :-4])
+    got, want = got[rows], want[rows]
+    _label_measures(result, got[..., :-5], want[..., :-5], None)  # the real classes: without "no object" and the box
+    ious = box_iou(got[..., -4:], want[..., -4:])
+    result.measures.update(min_box_iou=float(ious.min()), mean_box_iou=float(ious.mean()))
+    if result.criteria.min_box_iou is not None and ious.min() < result.criteria.min_box_iou:
+        photograph, query = np.unravel_index(int(ious.argmin()), ious.shape)
+        result.misses.append(f"box IoU {ious.min():.4f} with the reference's (photograph {photograph}, its query "
+                             f"{int(rows[1][photograph, query])}) < {result.criteria.min_box_iou:g}")
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
