@@ -44,8 +44,8 @@ CROP = re.compile(r"_(centre|topleft|bottomright)$")
 def test_the_bundled_media_are_split_disjointly_licensed_and_small() -> None:
     images = [p for s in MEDIA_SPLITS for p in photographs(s)]
     clips = [p for s in MEDIA_SPLITS for p in speech(s)]
-    assert len(set(images)) == len(images) == 42 and len(set(clips)) == len(clips) == 36
-    assert len(photographs("evaluation")) == 36 and len(speech("evaluation")) == 32  # at least 32 judged (#24)
+    assert len(set(images)) == len(images) == 42 and len(set(clips)) == len(clips) == 40
+    assert len(photographs("evaluation")) == len(speech("evaluation")) == 36  # >= 34: one label may change
     sources = {s: {CROP.sub("", p.stem) for p in photographs(s)} for s in MEDIA_SPLITS}  # crops stay with their photo
     assert sum(len(names) for names in sources.values()) == len(set().union(*sources.values())) == 15
     licences = (DATA / "images" / "LICENSES.md").read_text()
@@ -225,4 +225,4 @@ def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tm
     assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in speech("evaluation")]
     code, output = validated(artifact)
     assert code == 0, output
-    assert f"task agreement ({task}, 32 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
+    assert f"task agreement ({task}, 36 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output

@@ -2,8 +2,8 @@
 
 Fifteen public-domain or CC0 photographs from scikit-image's bundled data, scaled to 224 px on the long side
 (``data/images``; the evaluation split also holds three square crops of each of its nine photographs, so that task
-agreement is judged on 36 images), and 36 English sentences of :mod:`edgeexport.reference.sentences` spoken by
-espeak-ng at 16 kHz in four English voices (``data/speech``; 32 of them evaluation); ``data/*/LICENSES.md`` name each
+agreement is judged on 36 images), and 40 English sentences of :mod:`edgeexport.reference.sentences` spoken by
+espeak-ng at 16 kHz in four English voices (``data/speech``; 36 of them evaluation); ``data/*/LICENSES.md`` name each
 file's source and licence. Each photograph and clip belongs to exactly one split (:data:`PHOTOGRAPHS`,
 :data:`SPEECH`), so golden cases, task-agreement evaluation and int8 calibration never share one; a clip's sentence
 is in the same split of the sentences.
@@ -64,7 +64,11 @@ SPEECH: dict[str, dict[str, str]] = {
                    "online": "Online payments are processed in less than a second.",
                    "hikers": "Hikers were told to turn back because of the blizzard on the ridge.",
                    "brown": "Brown the meat first, then add the wine and the stock.",
-                   "chess": "The chess champion defended her title in a tense final game."},
+                   "chess": "The chess champion defended her title in a tense final game.",
+                   "rattled": "The wind picked up after dark and rattled the windows until dawn.",
+                   "slice": "Slice the onions thinly and cook them slowly until golden.",
+                   "striker": "The striker scored twice in the last ten minutes to win the cup.",
+                   "update": "The update fixed a bug that drained the phone's battery overnight."},
     "calibration": {"eggs": "Fry the eggs in butter over a low heat.",
                     "goalkeeper": "Our goalkeeper saved a penalty in the second half."},
 }
