@@ -49,7 +49,7 @@ def test_convert_prints_parity_table_and_writes_artifact(tmp_path: Path, monkeyp
     lines = err.strip().splitlines()
     assert lines[0] == f"wrote {folder} (onnx, fp32, exporter torch.onnx/dynamo; tiny preset, random weights)"
     assert lines[-1].startswith(f"PASS: 4 cases x 1 output of {folder} within bounds (onnx fp32 on onnxruntime); "
-                                "task agreement (image-classification, 6 held-out photographs): agreement 100.0%")
+                                "task agreement (image-classification, 36 held-out photographs): agreement 100.0%")
     code, out, _ = invoke("inspect", folder)
     assert code == 0 and "vit (image-classification, tiny preset, random weights)" in out
 

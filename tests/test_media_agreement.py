@@ -40,21 +40,26 @@ NEAR_UNIFORM = RNG.normal(size=(6, 10)) * 0.1
 # Greedy CTC frames of 5 clips: runs of tokens 4..31 with blanks (0) between, as the tiny Wav2Vec2 emits them.
 FRAMES = np.where(RNG.random((5, 200)) < 0.3, 0, np.repeat(RNG.integers(4, 32, size=(5, 100)), 2, axis=1))
 
+CROP = re.compile(r"_(centre|topleft|bottomright)$")
+
 
 def test_the_bundled_media_are_split_disjointly_licensed_and_small() -> None:
     images = [p for s in MEDIA_SPLITS for p in photographs(s)]
     clips = [p for s in MEDIA_SPLITS for p in speech(s)]
-    assert len(set(images)) == len(images) == 12 and len(set(clips)) == len(clips) == 9
+    assert len(set(images)) == len(images) == 42 and len(set(clips)) == len(clips) == 40
+    assert len(photographs("evaluation")) == len(speech("evaluation")) == 36  # >= 34: one label may change
+    sources = {s: {CROP.sub("", p.stem) for p in photographs(s)} for s in MEDIA_SPLITS}  # crops stay with their photo
+    assert sum(len(names) for names in sources.values()) == len(set().union(*sources.values())) == 15
     licences = (DATA / "images" / "LICENSES.md").read_text()
-    assert all(f"| {p.name} |" in licences for p in images)
+    assert all(f"| {name}.jpg |" in licences for name in set().union(*sources.values()))
     assert sorted(p.name for p in (DATA / "images").glob("*.jpg")) == sorted(p.name for p in images)
     for split in MEDIA_SPLITS:  # a clip speaks a sentence of its own split
         assert set(SPEECH[split].values()) <= {text for text, _ in sentences(split)}
     for clip in clips:
         with wave.open(str(clip)) as audio:
             assert (audio.getframerate(), audio.getnchannels(), audio.getsampwidth()) == (16000, 1, 2)
-            assert 1.0 <= audio.getnframes() / 16000 <= 2.5
-    assert sum(p.stat().st_size for p in [*images, *clips]) < 650_000
+            assert 0.9 <= audio.getnframes() / 16000 <= 2.5
+    assert sum(p.stat().st_size for p in [*images, *clips]) < 2_400_000
     assert set(PHOTOGRAPHS) == set(SPEECH) == set(MEDIA_SPLITS)
 
 
@@ -179,7 +184,7 @@ def test_the_vit_artifact_carries_the_held_out_photographs_and_passes(vit: Path)
                                                                          photographs("evaluation")))
     code, output = validated(vit)
     assert code == 0, output
-    assert "task agreement (image-classification, 6 held-out photographs): agreement 100.0%" in output
+    assert "task agreement (image-classification, 36 held-out photographs): agreement 100.0%" in output
 
 
 def test_a_planted_temperature_in_the_evaluation_reference_fails(vit: Path, tmp_path: Path) -> None:
@@ -201,7 +206,7 @@ def test_swapped_labels_in_the_evaluation_reference_fail(vit: Path, tmp_path: Pa
 
     code, output = validated(planted_reference(vit, tmp_path / "swapped", swapped))
     assert code == 1, output
-    assert "task agreement: label agreement 0.000 (6 of 6 labels changed) < 0.97" in output
+    assert "task agreement: label agreement 0.000 (36 of 36 labels changed) < 0.97" in output
 
 
 def test_a_corrupt_evaluation_photograph_is_one_error_line(vit: Path, tmp_path: Path) -> None:
@@ -222,7 +227,7 @@ def test_the_wav2vec2_artifacts_carry_the_held_out_speech_and_pass(task: str, tm
     assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in speech("evaluation")]
     code, output = validated(artifact)
     assert code == 0, output
-    assert f"task agreement ({task}, 5 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
+    assert f"task agreement ({task}, 36 held-out speech clips): agreement 100.0%" + (", cer 0" if task == "ctc" else "") in output
 
 
 # --------------------------------------------------------------------------- depth maps
@@ -259,7 +264,7 @@ def test_the_glpn_artifact_carries_depth_maps_and_a_scaled_reference_fails(tmp_p
     assert manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in photographs("evaluation")]
     code, output = validated(artifact)
     assert code == 0, output
-    assert re.search(r"task agreement \(depth-estimation, 6 held-out photographs\): max depth error \d\.\d+e-0[45], "
+    assert re.search(r"task agreement \(depth-estimation, 36 held-out photographs\): max depth error \d\.\d+e-0[45], "
                      r"mean depth error \d\.\d+e-0[45], min rank correlation (1|0\.99\d+)$", output, re.M), output
     code, output = validated(planted_reference(artifact, tmp_path / "scaled", lambda d: d * np.float32(1.3)))
     assert code == 1, output
@@ -319,7 +324,7 @@ def test_the_detr_artifact_carries_detections_and_shifted_boxes_fail(tmp_path: P
                                                                     for p in photographs("evaluation")]
     code, output = validated(artifact)
     assert code == 0, output
-    assert "task agreement (object-detection, 6 held-out photographs): agreement 100.0%" in output
+    assert "task agreement (object-detection, 36 held-out photographs): agreement 100.0%" in output
 
     def shifted(view: np.ndarray) -> np.ndarray:
         out = view.copy()
