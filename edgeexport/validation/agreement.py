@@ -137,12 +137,12 @@ CRITERIA: dict[str, Criteria] = {
     # x1.3 a scale of 1.3, two classes swapped and another model no label kept.
     "object-detection": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02, max_scale_error=0.08,
                                  min_box_iou=0.997),
-    # Mask2Former (docs/parity.md, "Task agreement of segmentation maps", the tiny Mask2Former at every ONNX and OpenVINO
-    # precision, 36 photographs): its map is one class per photograph, so int4-weights change the one photograph whose
-    # two best classes are near tied (pixel agreement 0.972). Passing precisions keep the class-score error <= 0.343
-    # (OpenVINO int4-weights), the class-centred correlation >= 0.80 (ONNX int8) and the class scale within 0.049 of 1;
-    # bounds 2x those. Flipped maps give a correlation of -0.26 (score error 0.52), class logits x1.3 a scale of 1.3
-    # (score error 0.33), the mask probabilities x1.3 a score error of 7.8, another model no pixel kept.
+    # Mask2Former (docs/parity.md, "Task agreement of segmentation maps", the tiny Mask2Former at every ONNX and
+    # OpenVINO precision, 36 photographs): its map is one class per photograph, so int4-weights change the one
+    # photograph whose two best classes are near tied (pixel agreement 0.972). Passing precisions keep the class-score
+    # error <= 0.343 (OpenVINO int4-weights), the class-centred correlation >= 0.80 (ONNX int8) and the class scale
+    # within 0.049 of 1; bounds 2x those. Flipped maps give a correlation of -0.26 (score error 0.52), class logits x1.3
+    # a scale of 1.3 (score error 0.33), the mask probabilities x1.3 a score error of 7.8, another model no pixel kept.
     "segmentation": Criteria(min_agreement=0.97, max_scale_error=0.1, max_score_error=0.7, min_correlation=0.6),
     # Answer spans (docs/parity.md, the trained MiniLM QA head, 96 held-out pairs): fp32 and fp16 change no span, bf16
     # two near ties and the most probability (max |dp| 0.045, mean 0.013); start and end logits x1.3 give 0.17 / 0.083,
