@@ -359,11 +359,11 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
     keys = {"min_agreement", "max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error",
-            "min_box_iou", "max_relative_kl", "min_greedy_agreement"}
+            "min_box_iou", "max_score_error", "min_correlation", "max_relative_kl", "min_greedy_agreement"}
     if set(criteria) - keys or "min_agreement" not in criteria:
         raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp, "
-                            "max_scale_error, min_cosine, max_cer, max_depth_error, min_box_iou, max_relative_kl "
-                            "and min_greedy_agreement; re-run convert")
+                            "max_scale_error, min_cosine, max_cer, max_depth_error, min_box_iou, max_score_error, "
+                            "min_correlation, max_relative_kl and min_greedy_agreement; re-run convert")
     for key in criteria:
         _number(criteria, key, "evaluation.criteria")
     return block

@@ -1,10 +1,10 @@
 """Realistic images and audio (edgeexport.reference.media) and task agreement on them.
 
 The bundled photographs and speech are split disjointly and licensed; golden and calibration inputs of image and
-audio models are those files through the model's own processing; image and audio classification, CTC and depth are
-judged on the held-out files the artifact carries, and fixed plants (a temperature of 1.3 and 0.7, two labels or two
-tokens swapped, depths x1.3 or upside down, another model's outputs) fail, each criterion catching one that only it
-catches.
+audio models are those files through the model's own processing; image and audio classification, CTC, depth,
+detection and segmentation are judged on the held-out files the artifact carries, and fixed plants (a temperature of
+1.3 and 0.7, two labels or two tokens swapped, depths x1.3 or upside down, shifted boxes, flipped masks, another
+model's outputs) fail, each criterion catching one that only it catches.
 """
 
 from __future__ import annotations
@@ -335,3 +335,77 @@ def test_the_detr_artifact_carries_detections_and_shifted_boxes_fail(tmp_path: P
     assert code == 1, output
     assert re.search(r"task agreement: box IoU 0\.81\d\d with the reference's \(photograph \d, its query \d\) < ",
                      output), output
+
+
+# --------------------------------------------------------------------------- segmentation maps
+
+
+SEGMENTATION = CRITERIA["segmentation"]
+# Mask2Former's outputs for 6 photographs, 10 queries, 5 classes and the null class, 8 x 8 mask pixels, as the tiny
+# Mask2Former gives them: near-uniform class logits (classes 0 and 1 near tied and ahead, so they share the map), mask
+# logits near 0 (sigmoid near 0.5: the scores' level is many spreads) with a top-to-bottom ramp.
+SEG_LOGITS = RNG.normal(size=(6, 10, 6)) * 0.1 + [0.3, 0.3, 0, 0, 0, 0]
+SEG_LOGITS[..., 1] = SEG_LOGITS[..., 0] + RNG.normal(size=(6, 10)) * 0.01
+SEG_MASKS = (RNG.normal(size=(6, 10, 1, 1)) * 0.05 + np.linspace(-0.05, 0.05, 8)[:, None]
+             + RNG.normal(size=(6, 10, 8, 8)) * 0.02)
+
+
+def segmented(logits: np.ndarray = SEG_LOGITS, masks: np.ndarray = SEG_MASKS, criteria=SEGMENTATION,
+              view: np.ndarray | None = None) -> list[str]:
+    def of(c: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return task_view("segmentation", {"class_queries_logits": c, "masks_queries_logits": m}, NONE)
+
+    got = of(logits, masks) if view is None else view
+    return judge("segmentation", got, of(SEG_LOGITS, SEG_MASKS), NONE, criteria, kind="photographs", classes=5).misses
+
+
+def test_segmentation_plants_fail_and_the_genuine_maps_pass() -> None:
+    assert segmented(SEG_LOGITS + RNG.normal(scale=1e-3, size=SEG_LOGITS.shape),
+                     SEG_MASKS + RNG.normal(scale=1e-3, size=SEG_MASKS.shape)) == []
+    other = RNG.normal(size=SEG_LOGITS.shape) * 0.1, RNG.normal(size=SEG_MASKS.shape)  # another model
+    assert len(segmented(*other)) >= 2
+
+
+@pytest.mark.parametrize(("plant", "criterion", "miss"), [
+    ("swapped", "min_agreement", r"pixel agreement 0\.000 \(384 of 384 pixels changed class\) < 0\.97"),
+    ("flipped", "min_correlation",
+     r"class-centred score correlation -0\.\d{4} on photograph \d < 0\.6 \(a moved map\)"),
+    ("hot", "max_scale_error", r"log-probabilities scaled by 1\.3000 against the reference's \(a temperature\), off 1 "
+                               r"by more than 0\.1"),
+    ("brighter", "max_score_error", r"class score error \d\.\d{4} of their spread on photograph \d > 0\.7"),
+])
+def test_only_one_segmentation_criterion_catches_each_plant(plant: str, criterion: str, miss: str) -> None:
+    """Classes 0 and 1 swapped (near tied: their scores hardly move), the masks upside down (the scores' level keeps
+    the error small), class logits x1.3, mask probabilities x1.3 (the map's argmax, layout and classes kept)."""
+    planted = {"swapped": {"logits": SEG_LOGITS[..., [1, 0, 2, 3, 4, 5]]}, "hot": {"logits": SEG_LOGITS * 1.3},
+               "flipped": {"masks": SEG_MASKS[..., ::-1, :]}, "brighter": {}}[plant]
+    view = None
+    if plant == "brighter":
+        view = task_view("segmentation", {"class_queries_logits": SEG_LOGITS, "masks_queries_logits": SEG_MASKS}, NONE)
+        view[..., 6:] *= 1.3
+    misses = segmented(**planted, view=view)
+    assert len(misses) == 1 and re.fullmatch(miss, misses[0]), misses
+    off = {criterion: 0.0 if criterion == "min_agreement" else None}  # switched off
+    assert segmented(**planted, view=view, criteria=replace(SEGMENTATION, **off)) == []
+
+
+@pytest.mark.slow
+def test_the_mask2former_artifact_carries_class_maps_and_a_flipped_reference_fails(tmp_path: Path) -> None:
+    artifact = convert("mask2former", task="segmentation", output_dir=tmp_path / "mask2former").artifact
+    assert Artifact.open(artifact).manifest.evaluation["files"] == [f"evaluation/{p.name}"
+                                                                    for p in photographs("evaluation")]
+    assert (artifact / REFERENCE_FILE).stat().st_size < 400_000  # 36 photographs x 10 queries x (6 + 16 x 16) float32
+    code, output = validated(artifact)
+    assert code == 0, output
+    assert re.search(r"task agreement \(segmentation, 36 held-out photographs\): agreement 100\.0%, max score error "
+                     r"\d\.\d+e-0[5-7], mean score error \d\.\d+e-0[6-8], min correlation (1|0\.99\d+), scale "
+                     r"(1|0\.99\d+|1\.00\d+)$", output, re.M), output
+
+    def flipped(view: np.ndarray) -> np.ndarray:  # every mask upside down
+        masks = view[..., 6:].reshape(*view.shape[:2], 16, 16)
+        return np.concatenate([view[..., :6], masks[..., ::-1, :].reshape(*view.shape[:2], -1)], axis=-1)
+
+    code, output = validated(planted_reference(artifact, tmp_path / "flipped", flipped))
+    assert code == 1, output
+    assert re.search(r"task agreement: class-centred score correlation -0\.\d{4} on photograph \d+ < 0\.6", output), \
+        output

@@ -24,13 +24,16 @@ artifact's own tokenizer and runtime, without torch. Per task:
   pixels' depths with the reference's (whether near and far keep their order) is reported;
 - ``object-detection`` (DETR): over each photograph's most object-like queries of the reference, paired by index,
   their class labels and probabilities as for classification, and the IoU of their boxes;
+- ``segmentation`` (Mask2Former): the share of pixels whose class is the reference's, the error of the per-pixel class
+  scores (the maps before the argmax) in units of their spread, their correlation after centring each class over the
+  pixels (a flipped map), and the log-probability scale of each query's class probabilities (a temperature);
 - ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement,
   KL(reference || artifact) of the next-token distributions relative to the reference's log-probability spread,
   and greedy continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures).
 
 The measures of photographs live in :mod:`edgeexport.validation.vision_measures`. The text thresholds
 (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image, audio, depth,
-detection and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
+detection, segmentation and language-model ones from the zoo's tiny models at every ONNX and OpenVINO precision.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_
                                    image_inputs, load_tokenizer, softmax)
 from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
                                                      sequence_measures)
-from edgeexport.validation.vision_measures import box_iou, depth_error, rank_correlation, top_queries
+from edgeexport.validation.vision_measures import (box_iou, centred_correlation, class_scores, depth_error,
+                                                   rank_correlation, top_queries)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,7 +81,9 @@ class Criteria:
     audio), ``min_cosine`` (embeddings), ``max_cer`` (the character error rate of CTC transcripts; ``min_agreement``
     is then the fraction of clips transcribed identically), ``max_depth_error`` (depth maps: the largest
     :func:`~edgeexport.validation.vision_measures.depth_error` of any photograph), ``min_box_iou`` (detections: the
-    lowest IoU of a judged query's box with the reference's), and for language models ``max_relative_kl``
+    lowest IoU of a judged query's box with the reference's), ``max_score_error`` and ``min_correlation``
+    (segmentation: the largest error of a photograph's per-pixel class scores over their spread, and the lowest
+    correlation of its class-centred scores with the reference's), and for language models ``max_relative_kl``
     (next-token KL(reference || artifact) over the reference's log-probability spread: a temperature ``T`` gives
     ``(T - 1)**2 / 2``) and ``min_greedy_agreement`` (the share of identical greedy continuations; ``min_agreement``
     is then the share of next tokens whose top-1 is the reference's)."""
@@ -90,6 +96,8 @@ class Criteria:
     max_cer: float | None = None
     max_depth_error: float | None = None
     min_box_iou: float | None = None
+    max_score_error: float | None = None
+    min_correlation: float | None = None
     max_relative_kl: float | None = None
     min_greedy_agreement: float | None = None
 
@@ -129,6 +137,13 @@ CRITERIA: dict[str, Criteria] = {
     # x1.3 a scale of 1.3, two classes swapped and another model no label kept.
     "object-detection": Criteria(min_agreement=0.97, max_dp=0.1, max_mean_dp=0.02, max_scale_error=0.08,
                                  min_box_iou=0.997),
+    # Mask2Former (docs/parity.md, "Task agreement of segmentation maps", the tiny Mask2Former at every ONNX and
+    # OpenVINO precision, 36 photographs): its map is one class per photograph, so int4-weights change the one
+    # photograph whose two best classes are near tied (pixel agreement 0.972). Passing precisions keep the class-score
+    # error <= 0.343 (OpenVINO int4-weights), the class-centred correlation >= 0.80 (ONNX int8) and the class scale
+    # within 0.049 of 1; bounds 2x those. Flipped maps give a correlation of -0.26 (score error 0.52), class logits x1.3
+    # a scale of 1.3 (score error 0.33), the mask probabilities x1.3 a score error of 7.8, another model no pixel kept.
+    "segmentation": Criteria(min_agreement=0.97, max_scale_error=0.1, max_score_error=0.7, min_correlation=0.6),
     # Answer spans (docs/parity.md, the trained MiniLM QA head, 96 held-out pairs): fp32 and fp16 change no span, bf16
     # two near ties and the most probability (max |dp| 0.045, mean 0.013); start and end logits x1.3 give 0.17 / 0.083,
     # x1.1 0.063 / 0.031, another head (seed 1) changes 6 spans and 0.15 / 0.039; int8-weights fail on |dp| (ONNX: 2
@@ -180,7 +195,8 @@ class Agreement:
 def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
     """What a user of ``task`` reads from the outputs: embeddings or class probabilities (float32), the start and end
     probabilities over the context's tokens (``mask``) of an answer, ``(batch, 2, tokens)`` float32, the best
-    CTC token of every frame (int64), depth maps (float32), or DETR's per-query class probabilities and boxes."""
+    CTC token of every frame (int64), depth maps (float32), DETR's per-query class probabilities and boxes, or
+    Mask2Former's per-query class probabilities and sigmoid masks (its pixels flattened)."""
     if task == "question-answering":
         context = mask.astype(bool)
         return np.stack([softmax(np.where(context, outputs[name].astype(np.float64), -np.inf))
@@ -191,6 +207,10 @@ def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) ->
         return np.asarray(outputs["predicted_depth"], np.float32)
     if task == "object-detection":  # per query: its class probabilities ("no object" last), then its box
         return np.concatenate([softmax(outputs["logits"]), outputs["pred_boxes"]], axis=-1).astype(np.float32)
+    if task == "segmentation":  # per query: its class probabilities (null class last), then its mask's pixels
+        masks = np.asarray(outputs["masks_queries_logits"], np.float64)
+        masks = 1.0 / (1.0 + np.exp(-masks.reshape(*masks.shape[:2], -1)))
+        return np.concatenate([softmax(outputs["class_queries_logits"]), masks], axis=-1).astype(np.float32)
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
     if task == "feature-extraction":
@@ -211,9 +231,9 @@ def _pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criteria: Criteria, *,
-          kind: str = "sentences", blank: int | None = None) -> Agreement:
+          kind: str = "sentences", blank: int | None = None, classes: int = 0) -> Agreement:
     """Compare the artifact's task view with the reference's over the evaluation set of ``kind`` (sentences,
-    photographs, speech); ``blank`` is the CTC blank id."""
+    photographs, speech); ``blank`` is the CTC blank id, ``classes`` a segmentation's class count (its labels)."""
     result = Agreement(task=task, examples=len(want), criteria=criteria, kind=kind)
     if got.shape != want.shape or not np.isfinite(got).all():
         result.misses.append(f"outputs of shape {list(got.shape)} (finite: {bool(np.isfinite(got).all())}) "
@@ -227,6 +247,8 @@ def judge(task: str, got: np.ndarray, want: np.ndarray, mask: np.ndarray, criter
         _depth_measures(result, got, want)
     elif task == "object-detection":
         _detection_measures(result, got, want)
+    elif task == "segmentation":
+        _segmentation_measures(result, got, want, classes)
     elif task == "question-answering":
         _span_measures(result, got, want, mask.astype(bool))
     else:
@@ -344,6 +366,32 @@ def _detection_measures(result: Agreement, got: np.ndarray, want: np.ndarray) ->
                              f"{int(rows[1][photograph, query])}) < {result.criteria.min_box_iou:g}")
 
 
+def _segmentation_measures(result: Agreement, got: np.ndarray, want: np.ndarray, classes: int) -> None:
+    """Mask2Former views (photograph, query, class probabilities then mask pixels): the share of pixels whose best class
+    is the reference's, the largest and mean error of each photograph's :func:`class_scores` over their spread, the
+    lowest :func:`centred_correlation`, and the log-probability scale of the queries' class probabilities."""
+    scores = [class_scores(view, classes) for view in (got, want)]
+    errors = np.array([depth_error(g, w) for g, w in zip(*scores)])
+    correlations = np.array([centred_correlation(g, w) for g, w in zip(*scores)])
+    same = scores[0].argmax(1) == scores[1].argmax(1)
+    result.measures = {"agreement": float(same.mean()), "max_score_error": float(errors.max()),
+                       "mean_score_error": float(errors.mean()), "min_correlation": float(correlations.min()),
+                       "scale": log_probability_scale(got[..., :classes + 1], want[..., :classes + 1])}
+    criteria, measures = result.criteria, result.measures
+    if measures["agreement"] < criteria.min_agreement:
+        result.misses.append(f"pixel agreement {measures['agreement']:.3f} ({int((~same).sum())} of {same.size} pixels "
+                             f"changed class) < {criteria.min_agreement:g}")
+    if criteria.max_score_error is not None and errors.max() > criteria.max_score_error:
+        result.misses.append(f"class score error {errors.max():.4f} of their spread on photograph "
+                             f"{int(errors.argmax())} > {criteria.max_score_error:g}")
+    if criteria.min_correlation is not None and correlations.min() < criteria.min_correlation:
+        result.misses.append(f"class-centred score correlation {correlations.min():.4f} on photograph "
+                             f"{int(correlations.argmin())} < {criteria.min_correlation:g} (a moved map)")
+    if criteria.max_scale_error is not None and abs(measures["scale"] - 1) > criteria.max_scale_error:
+        result.misses.append(f"log-probabilities scaled by {measures['scale']:.4f} against the reference's "
+                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
+
+
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Levenshtein distance: the fewest insertions, deletions and substitutions turning ``a`` into ``b``."""
     row = list(range(len(b) + 1))
@@ -446,7 +494,8 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
         batch = next((case.axes["batch"] for case in artifact.manifest.golden if "batch" in case.axes), 1)
         got = media_views(block["task"], examples, runner, batch)
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
-        return judge(block["task"], got, want["reference"], np.ones(0), criteria, kind=kind, blank=processing.blank)
+        return judge(block["task"], got, want["reference"], np.ones(0), criteria, kind=kind, blank=processing.blank,
+                     classes=len(processing.labels))
     texts = _texts(artifact, block["texts"])
     feed, mask = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
                                  artifact.manifest.input_names)

@@ -1,4 +1,4 @@
-"""The measures of task agreement on photographs: depth maps and detections.
+"""The measures of task agreement on photographs: depth maps, detections and segmentation maps.
 
 Each compares the artifact's task view of the held-out photographs with the reference's
 (:mod:`edgeexport.validation.agreement` holds the views, the criteria and the verdict):
@@ -7,7 +7,10 @@ Each compares the artifact's task view of the held-out photographs with the refe
   correlation of its pixels (:func:`rank_correlation`);
 - DETR detections: the queries the reference finds most object-like (:func:`top_queries`; queries keep
   their order in every runtime, so they pair by index), their classes' probabilities and the IoU of
-  their boxes (:func:`box_iou`).
+  their boxes (:func:`box_iou`);
+- Mask2Former segmentation: the per-pixel class scores (:func:`class_scores`, the maps whose argmax is the
+  segmentation), their error in units of their spread (:func:`depth_error`'s measure) and their correlation after
+  centring each class over the pixels (:func:`centred_correlation`: whether the map keeps its layout).
 """
 
 from __future__ import annotations
@@ -51,3 +54,19 @@ def box_iou(got: np.ndarray, want: np.ndarray) -> np.ndarray:
                * np.clip(np.minimum(gy1, wy1) - np.maximum(gy0, wy0), 0, None))
     union = (gx1 - gx0) * (gy1 - gy0) + (wx1 - wx0) * (wy1 - wy0) - overlap
     return overlap / np.maximum(union, 1e-12)
+
+
+def class_scores(view: np.ndarray, classes: int) -> np.ndarray:
+    """Mask2Former's per-pixel class scores ``(photograph, class, pixel)`` from its task view ``(photograph, query,
+    classes + 1 + pixels)`` (each query's class probabilities, the null class last, then its sigmoid mask): each
+    query's real classes weight its mask, as :func:`edgeexport.processing.semantic_maps` sums them before its argmax."""
+    view = view.astype(np.float64)
+    return np.einsum("bqc,bqp->bcp", view[..., :classes], view[..., classes + 1:])
+
+
+def centred_correlation(got: np.ndarray, want: np.ndarray) -> float:
+    """The correlation of two ``(class, pixel)`` score maps after centring each class over the pixels: 1 when every
+    class keeps where it is high and low, near 0 or below for a map flipped or shifted; a class's level (what a
+    temperature or a scale moves) does not enter it."""
+    got, want = (x.astype(np.float64) - x.mean(-1, keepdims=True) for x in (got, want))
+    return float((got * want).sum() / max(np.sqrt((got * got).sum() * (want * want).sum()), 1e-30))
