@@ -342,6 +342,11 @@ class Manifest:
         )
 
 
+# The optional fields of validation.agreement.Criteria (a manifest is parsed without the validation package).
+OPTIONAL_CRITERIA = ("max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error", "min_box_iou",
+                     "max_score_error", "min_correlation", "max_relative_kl", "min_greedy_agreement")
+
+
 def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
     """The optional ``evaluation`` block, its fields checked (its texts file, reference tensors and criteria)."""
     if "evaluation" not in data:
@@ -358,12 +363,9 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
         _field(block, "texts", str, "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
-    keys = {"min_agreement", "max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error",
-            "min_box_iou", "max_score_error", "min_correlation", "max_relative_kl", "min_greedy_agreement"}
-    if set(criteria) - keys or "min_agreement" not in criteria:
-        raise ArtifactError("manifest evaluation.criteria needs min_agreement and may hold max_dp, max_mean_dp, "
-                            "max_scale_error, min_cosine, max_cer, max_depth_error, min_box_iou, max_score_error, "
-                            "min_correlation, max_relative_kl and min_greedy_agreement; re-run convert")
+    if set(criteria) - {"min_agreement", *OPTIONAL_CRITERIA} or "min_agreement" not in criteria:
+        raise ArtifactError(f"manifest evaluation.criteria needs min_agreement and may hold "
+                            f"{', '.join(OPTIONAL_CRITERIA[:-1])} and {OPTIONAL_CRITERIA[-1]}; re-run convert")
     for key in criteria:
         _number(criteria, key, "evaluation.criteria")
     return block

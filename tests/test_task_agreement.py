@@ -9,7 +9,7 @@ here) end to end: its artifact passes, and a planted temperature or label swap d
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.conversion import convert
+from edgeexport.errors import ArtifactError
+from edgeexport.manifest import OPTIONAL_CRITERIA, Manifest
 from edgeexport.processing import Processing, softmax, text_batch
 from edgeexport.reference.sentences import split
 from edgeexport.runner import load
@@ -187,3 +189,15 @@ def test_validate_passes_exactly_when_held_out_sentences_keep_their_labels(held_
     verdict = "pass" if result.report.passed else f"FAIL {result.report.failures()[:2]}"
     print(f"{target} {precision}: verdict {verdict}; {held_out.describe()}")
     assert result.report.passed == held_out.passed, (result.report.failures(), held_out.measures)
+
+
+def test_the_manifest_takes_every_criterion_and_names_them_when_it_meets_another(tmp_path: Path) -> None:
+    """The manifest parser keeps its own list of Criteria's optional fields (it loads without the validation
+    package): a criterion added to Criteria and not to the list would make every artifact judged by it corrupt."""
+    assert {f.name for f in fields(Criteria)} == {"min_agreement", *OPTIONAL_CRITERIA}
+    artifact = convert("vit", task="image-classification", output_dir=tmp_path / "vit").artifact
+    manifest = Artifact.open(artifact).manifest
+    manifest.evaluation["criteria"]["max_wobble"] = 0.1
+    with pytest.raises(ArtifactError, match=r"^manifest evaluation.criteria needs min_agreement and may hold max_dp, "
+                                            r"max_mean_dp, .*, max_relative_kl and min_greedy_agreement; re-run convert$"):
+        Manifest.from_dict(manifest.to_dict())
