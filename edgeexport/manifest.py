@@ -343,8 +343,8 @@ class Manifest:
 
 
 # The optional fields of validation.agreement.Criteria (a manifest is parsed without the validation package).
-OPTIONAL_CRITERIA = ("max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error", "min_box_iou",
-                     "max_score_error", "min_correlation", "max_relative_kl", "min_greedy_agreement")
+OPTIONAL_CRITERIA = ("max_dp", "max_mean_dp", "max_scale_error", "min_cosine", "max_cer", "max_depth_error",
+                     "min_box_iou", "max_score_error", "min_correlation", "max_relative_kl", "min_greedy_agreement")
 
 
 def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
