@@ -318,9 +318,18 @@ def semantic_maps(class_queries_logits: np.ndarray, masks_queries_logits: np.nda
     Each query's class probabilities (without the null class) weight its sigmoid mask; a pixel
     takes the class with the highest total.
     """
-    classes = softmax(class_queries_logits)[..., :-1]
-    masks = 1.0 / (1.0 + np.exp(-masks_queries_logits.astype(np.float64)))
-    return np.einsum("bqc,bqhw->bchw", classes, masks).argmax(axis=1)
+    return mask_class_scores(softmax(class_queries_logits)[..., :-1], sigmoid(masks_queries_logits)).argmax(axis=1)
+
+
+def mask_class_scores(classes: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mask2Former's per-pixel class scores ``(batch, class, *pixels)``: each query's real-class probabilities
+    ``(batch, query, class)`` weighting its sigmoid mask ``(batch, query, *pixels)``, summed over the queries."""
+    return np.einsum("bqc,bq...->bc...", classes, masks)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function in float64 (Mask2Former's masks)."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def ctc_transcripts(logits: np.ndarray, processing: Processing) -> list[str]:

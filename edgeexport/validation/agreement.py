@@ -51,7 +51,7 @@ from edgeexport.artifact import save_tensors
 from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
-                                   image_inputs, load_tokenizer, softmax)
+                                   image_inputs, load_tokenizer, sigmoid, softmax)
 from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
                                                      sequence_measures)
 from edgeexport.validation.vision_measures import (box_iou, centred_correlation, class_scores, depth_error,
@@ -208,8 +208,8 @@ def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) ->
     if task == "object-detection":  # per query: its class probabilities ("no object" last), then its box
         return np.concatenate([softmax(outputs["logits"]), outputs["pred_boxes"]], axis=-1).astype(np.float32)
     if task == "segmentation":  # per query: its class probabilities (null class last), then its mask's pixels
-        masks = np.asarray(outputs["masks_queries_logits"], np.float64)
-        masks = 1.0 / (1.0 + np.exp(-masks.reshape(*masks.shape[:2], -1)))
+        masks = sigmoid(np.asarray(outputs["masks_queries_logits"]))
+        masks = masks.reshape(*masks.shape[:2], -1)
         return np.concatenate([softmax(outputs["class_queries_logits"]), masks], axis=-1).astype(np.float32)
     if task == "sentence-embedding":
         return np.asarray(outputs["sentence_embedding"], np.float32)
@@ -277,10 +277,15 @@ def _label_measures(result: Agreement, got: np.ndarray, want: np.ndarray, tokens
     _choice_measures(result, same, change, "label")
     if result.criteria.max_scale_error is not None:
         result.measures["scale"] = log_probability_scale(got, want)
-    criteria = result.criteria
-    if criteria.max_scale_error is not None and abs(result.measures["scale"] - 1) > criteria.max_scale_error:
-        result.misses.append(f"log-probabilities scaled by {result.measures['scale']:.4f} against the reference's "
-                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
+        _scale_miss(result)
+
+
+def _scale_miss(result: Agreement) -> None:
+    """The miss of a log-probability scale (``result.measures["scale"]``) off 1 by more than its criterion allows."""
+    scale, bound = result.measures["scale"], result.criteria.max_scale_error
+    if bound is not None and abs(scale - 1) > bound:
+        result.misses.append(f"log-probabilities scaled by {scale:.4f} against the reference's (a temperature), off 1 "
+                             f"by more than {bound:g}")
 
 
 def _span_measures(result: Agreement, got: np.ndarray, want: np.ndarray, context: np.ndarray) -> None:
@@ -387,9 +392,7 @@ def _segmentation_measures(result: Agreement, got: np.ndarray, want: np.ndarray,
     if criteria.min_correlation is not None and correlations.min() < criteria.min_correlation:
         result.misses.append(f"class-centred score correlation {correlations.min():.4f} on photograph "
                              f"{int(correlations.argmin())} < {criteria.min_correlation:g} (a moved map)")
-    if criteria.max_scale_error is not None and abs(measures["scale"] - 1) > criteria.max_scale_error:
-        result.misses.append(f"log-probabilities scaled by {measures['scale']:.4f} against the reference's "
-                             f"(a temperature), off 1 by more than {criteria.max_scale_error:g}")
+    _scale_miss(result)
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:

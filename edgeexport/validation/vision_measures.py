@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeexport.processing import box_corners
+from edgeexport.processing import box_corners, mask_class_scores
 
 TOP_QUERIES = 10  # DETR queries judged per photograph: the reference's most object-like (all of the tiny preset's)
 
@@ -59,9 +59,10 @@ def box_iou(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 def class_scores(view: np.ndarray, classes: int) -> np.ndarray:
     """Mask2Former's per-pixel class scores ``(photograph, class, pixel)`` from its task view ``(photograph, query,
     classes + 1 + pixels)`` (each query's class probabilities, the null class last, then its sigmoid mask): each
-    query's real classes weight its mask, as :func:`edgeexport.processing.semantic_maps` sums them before its argmax."""
+    query's real classes weight its mask (:func:`edgeexport.processing.mask_class_scores`, whose argmax
+    :func:`edgeexport.processing.semantic_maps` takes)."""
     view = view.astype(np.float64)
-    return np.einsum("bqc,bqp->bcp", view[..., :classes], view[..., classes + 1:])
+    return mask_class_scores(view[..., :classes], view[..., classes + 1:])
 
 
 def centred_correlation(got: np.ndarray, want: np.ndarray) -> float:
