@@ -21,6 +21,7 @@ from edgeexport.artifact import check_output_dir, save_golden, staged_output, wr
 from edgeexport.bundle import write_bundle
 from edgeexport.errors import StageError, UsageError
 from edgeexport.exporter import Exporter, get_exporter
+from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.manifest import Manifest, check_bound_keys
 from edgeexport.processing import Processing
 from edgeexport.runner import runtime_module
@@ -239,12 +240,10 @@ def _evaluation(reference: ReferenceModel) -> Evaluation:
     from edgeexport.reference.model import TextSource
     from edgeexport.validation.agreement import (CRITERIA, evaluation_feed, example_inputs, media_kind, media_views,
                                                  task_view)
-    from edgeexport.validation.sequence_measures import (LM_TASKS, evaluation_sequences, forward_model,
-                                                         reference_view)
+    from edgeexport.validation.sequence_measures import LM_TASKS
 
     if reference.task in LM_TASKS:
-        ids = evaluation_sequences(reference.vocab_size)
-        return ids, reference_view(forward_model(reference.run, reference.input_tensor_specs()), ids)
+        return _sequences_evaluation(reference)
     source = getattr(reference, "input_source", None)  # a bundle's components have none
     if source is None or reference.task not in CRITERIA:
         return None
@@ -261,6 +260,23 @@ def _evaluation(reference: ReferenceModel) -> Evaluation:
     batch = reference.sizes["batch"][0] if "batch" in reference.sizes else 1
     return files, media_views(reference.task, [example_inputs(processing, path) for path in files], reference.run,
                               batch)
+
+
+def _sequences_evaluation(reference: ReferenceModel) -> Evaluation:
+    """A language model's held-out sentences through its tokenizer (the first :data:`SEQUENCES` of the evaluation
+    split), or seeded random token ids where it has none, and PyTorch's view of them."""
+    from edgeexport.reference.model import TextSource
+    from edgeexport.validation.sequence_measures import (SEQUENCES, evaluation_sequences, forward_model,
+                                                         reference_view, text_sequences)
+
+    examples: list[str] | np.ndarray
+    if TOKENIZER_FILE in reference.assets:
+        source = TextSource(reference.assets[TOKENIZER_FILE])
+        examples = [text for text in source.texts("evaluation") if isinstance(text, str)][:SEQUENCES]
+        ids = text_sequences(source.load(), examples)
+    else:
+        examples = ids = evaluation_sequences(reference.vocab_size)
+    return examples, reference_view(forward_model(reference.run, reference.input_tensor_specs()), ids)
 
 
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:
@@ -293,7 +309,8 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
         golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
         generation=reference.generation, processing=reference.processing,
-        evaluation=write_evaluation(stage, reference.task, *evaluation) if evaluation else {},
+        evaluation=write_evaluation(stage, reference.task, *evaluation, tokenizer=TOKENIZER_FILE) if evaluation
+        else {},
         criterion=dict(CRITERION),
     )
     return write_manifest(stage, manifest, tool_packages)

@@ -37,7 +37,7 @@ from edgeexport.bundle import component_folders
 from edgeexport.decoding import BeamSearch, LogitsRules
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.generation_spec import GenerationConfig, GenerationSpec
-from edgeexport.processing import load_tokenizer
+from edgeexport.processing import load_tokenizer, position_ids
 from edgeexport.runner import Runner, load
 
 Streamer = Callable[[np.ndarray], None]
@@ -344,7 +344,7 @@ class Generator:
         past = {name: np.zeros(_empty_past_shape(specs[name].shape, batch), dtype=specs[name].dtype)
                 for name in self.spec.past}
         if not self.spec.encoder_decoder:
-            feed = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)[:, -ids.shape[1]:]}
+            feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)[:, -ids.shape[1]:]}
             return {**_accepted(self.decoder, feed), **past}
         assert self.encoder is not None  # checked in __init__
         encoded = self.encoder.step(_accepted(self.encoder, {"input_ids": ids, "attention_mask": mask}),
@@ -359,7 +359,7 @@ class Generator:
             mask = np.concatenate([feed["attention_mask"], np.ones((len(chosen), 1), dtype=np.int64)], axis=1)
             following["attention_mask"] = mask
             if "position_ids" in feed:
-                following["position_ids"] = _positions(mask)[:, -1:]
+                following["position_ids"] = position_ids(mask)[:, -1:]
         following.update({past: outputs[present] for past, present in zip(self.spec.past, self.spec.present)})
         return following
 
@@ -420,11 +420,6 @@ def parse_token_ids(text: str) -> list[int]:
     if not all(part.isdigit() for part in parts):
         raise UsageError(f"--prompt-ids must be comma-separated token ids like 1,2,3, got {text!r}")
     return [int(part) for part in parts]
-
-
-def _positions(mask: np.ndarray) -> np.ndarray:
-    """Position ids as transformers derives them from a (left-padded) mask: 0, 1, ... over real tokens."""
-    return np.where(mask == 0, 0, np.cumsum(mask, axis=-1) - 1).astype(np.int64)
 
 
 def _accepted(runner: Runner, feed: Mapping[str, Any]) -> dict[str, Any]:

@@ -226,7 +226,8 @@ class Manifest:
     (optional) what pre- and post-processing need, parsed by :class:`edgeexport.processing.Processing`;
     ``tuning`` (optional) the candidate table of ``convert --precision auto`` that chose this
     precision (:mod:`edgeexport.tuning`); ``evaluation`` (optional) the held-out texts (or photograph
-    and speech files, or a language model's token sequences) and reference task outputs of the task-agreement check
+    and speech files, or a language model's token sequences; a language model's texts name its tokenizer) and
+    reference task outputs of the task-agreement check
     (:mod:`edgeexport.validation.agreement`); ``criterion`` the constants of the parity criterion the
     artifact was judged by (``metrics.CRITERION``), for checks on the device that reimplement it
     (examples/cpp-openvino).
@@ -361,6 +362,9 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
         GoldenFile.from_dict(_field(block, "sequences", dict, "evaluation"), "evaluation.sequences")
     else:
         _field(block, "texts", str, "evaluation")
+        if "tokenizer" in block:  # a language model's sentences, tokenized on the device
+            _field(block, "tokenizer", str, "evaluation")
+            _count(block, "max_tokens", "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
     if set(criteria) - {"min_agreement", *OPTIONAL_CRITERIA} or "min_agreement" not in criteria:

@@ -151,8 +151,9 @@ def load_tokenizer(artifact: Artifact, relative: str) -> Any:
 
 
 def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str | None = None) -> dict[str, Any]:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (batch 1) from the artifact's tokenizer; with a
-    ``pair`` (a question's context) also the context, its token mask and character offsets, for :func:`decode`."""
+    """``input_ids``, ``attention_mask``, ``token_type_ids`` and ``position_ids`` (batch 1) from the artifact's
+    tokenizer; with a ``pair`` (a question's context) also the context, its token mask and character offsets, for
+    :func:`decode`."""
     if processing.tokenizer is None:
         raise InputSpecError("the artifact has no tokenizer (its source folder had no tokenizer.json); pass token "
                              "ids with --inputs FILE.npz")
@@ -160,6 +161,7 @@ def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str
     encoded: dict[str, Any] = {"input_ids": np.array([encoding.ids], dtype=np.int64),
                                "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
                                "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}
+    encoded["position_ids"] = position_ids(encoded["attention_mask"])
     if pair is not None:  # where the context's tokens are, and their character offsets in it (for answers)
         encoded.update(context=pair, context_mask=np.array([[i == 1 for i in encoding.sequence_ids]]),
                        context_offsets=np.array([encoding.offsets]))
@@ -167,8 +169,8 @@ def text_inputs(processing: Processing, artifact: Artifact, text: str, pair: str
 
 
 def text_batch(processing: Processing, artifact: Artifact, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` of several texts with the artifact's tokenizer
-    (:func:`encode_texts`)."""
+    """``input_ids``, ``attention_mask``, ``token_type_ids`` and ``position_ids`` of several texts with the artifact's
+    tokenizer (:func:`encode_texts`)."""
     if processing.tokenizer is None:
         raise InputSpecError("the artifact has no tokenizer (its source folder had no tokenizer.json); pass token "
                              "ids with --inputs FILE.npz")
@@ -178,8 +180,8 @@ def text_batch(processing: Processing, artifact: Artifact, texts: Sequence[str])
 def encode_texts(tokenizer: Any, texts: Sequence[str] | Sequence[tuple[str, str]],
                  max_length: int | None) -> dict[str, np.ndarray]:
     """Several texts, or (question, context) pairs, through a ``tokenizers.Tokenizer``: each truncated to
-    ``max_length`` (when given), all right-padded to the longest, as sentence-transformers tokenizes a batch.
-    Pairs also give ``context_mask``: the context's tokens, where an answer span may lie."""
+    ``max_length`` (when given), all right-padded to the longest, as sentence-transformers tokenizes a batch, with
+    position ids over the real tokens. Pairs also give ``context_mask``: the context's tokens, where an answer span may lie."""
     if max_length:
         tokenizer.enable_truncation(max_length)
     pad = tokenizer.padding or {}
@@ -188,9 +190,15 @@ def encode_texts(tokenizer: Any, texts: Sequence[str] | Sequence[tuple[str, str]
     encoded = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+    encoded["position_ids"] = position_ids(encoded["attention_mask"])
     if texts and not isinstance(texts[0], str):
         encoded["context_mask"] = np.array([[i == 1 for i in e.sequence_ids] for e in encodings])
     return encoded
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """Position ids as transformers derives them from a (left-padded) attention mask: 0, 1, ... over real tokens."""
+    return np.where(mask == 0, 0, np.cumsum(mask, axis=-1) - 1).astype(np.int64)
 
 
 def cosine_similarities(embeddings: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact
@@ -31,6 +32,7 @@ from edgeexport.generation_spec import TOKENIZER_FILE, GenerationConfig, Generat
 from edgeexport.generator import Generator, sample
 from edgeexport.manifest import Manifest
 from edgeexport.reference import ReferenceBundle, ReferenceModel, load_reference
+from edgeexport.reference.processors import zoo_tokenizer
 from edgeexport.runner import load
 from edgeexport.tasks import task_head
 from edgeexport.validation.metrics import compare_output
@@ -48,16 +50,6 @@ MODELS = {
 cli = CliRunner()
 
 
-def _word_tokenizer(folder: Path, vocab_size: int) -> None:
-    """A word-level tokenizer.json: ``w1 w2`` -> [1, 2]; id 0 is [UNK]."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, vocab_size)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-
-
 @dataclass
 class Converted:
     """An artifact (or bundle) of one of MODELS and its PyTorch reference, loaded from the source folder."""
@@ -73,7 +65,8 @@ class Converted:
 
 
 def _save_source(name: str, folder: Path) -> None:
-    """Save the tiny model (with a tokenizer for gpt2) with save_pretrained."""
+    """Save the tiny model with save_pretrained, gpt2 with the zoo's tokenizer (byte-level BPE of the built-in corpus,
+    so that its evaluation sentences are tokens the model knows)."""
     task, init = MODELS[name]
     spec = get_spec(name)
     config = transformers.AutoConfig.for_model(spec.model_type, **spec.presets["tiny"], **init)
@@ -81,7 +74,7 @@ def _save_source(name: str, folder: Path) -> None:
     model = getattr(transformers, task_head(task).auto_class).from_config(config)
     model.save_pretrained(folder)
     if name == "gpt2":
-        _word_tokenizer(folder, config.vocab_size)
+        (folder / "tokenizer.json").write_bytes(zoo_tokenizer(name, config.vocab_size))
 
 
 @contextlib.contextmanager
@@ -347,9 +340,9 @@ def test_artifact_generation_config_is_the_default(converted: Callable[..., Conv
     assert overridden != _transformers_tokens(result, ids, mask, **settings)
     prompt = ",".join(str(i) for i in ids[0])
     flags = ["--num-beams", "1", "--repetition-penalty", "1"]
-    printed = cli.invoke(app, ["generate", str(artifact), "--prompt-ids", prompt, *flags])
+    printed = cli.invoke(app, ["generate", str(artifact), "--prompt-ids", prompt, *flags, "--json"])
     assert printed.exit_code == 0, printed.stderr
-    assert [int(word[1:]) for word in printed.stdout.split()] == _transformers_tokens(result, ids[:1], mask[:1], **greedy)[0]
+    assert json.loads(printed.stdout)["token_ids"][0] == _transformers_tokens(result, ids[:1], mask[:1], **greedy)[0]
 
 
 def test_conversion_records_the_generation_config(converted: Callable[..., Converted], tmp_path: Path,
@@ -463,11 +456,13 @@ def test_onnxruntime_step_keeps_the_cache_in_ortvalues(converted: Callable[..., 
 
 
 def test_cli_generate_streams_text_with_the_artifact_tokenizer(converted: Callable[..., Converted]) -> None:
-    result = cli.invoke(app, ["generate", str(converted("gpt2").artifact), "--prompt", "w5 w6 w7",
-                              "--max-new-tokens", "6"])
+    artifact = converted("gpt2").artifact
+    options = ["generate", str(artifact), "--prompt", "The river flows", "--max-new-tokens", "6"]
+    result = cli.invoke(app, options)
     assert result.exit_code == 0, result.stderr
-    words = result.stdout.split()
-    assert 1 <= len(words) <= 6 and all(w.startswith("w") for w in words)
+    whole = json.loads(cli.invoke(app, [*options, "--json"]).stdout)
+    tokenizer = Tokenizer.from_file(str(artifact / TOKENIZER_FILE))
+    assert result.stdout.strip() == whole["text"].strip() == tokenizer.decode(whole["token_ids"][0]).strip() != ""
     assert "tokens/s (first token" in result.stderr
 
 
@@ -490,7 +485,8 @@ def test_cli_generate_says_when_the_model_ends_the_sequence_at_once(converted: C
                             "3", "--json"])
     data = json.loads(more.stdout)
     assert data["tokens"] == 3 and not data["ended_at_once"] and "note:" not in more.stderr
-    assert data["text"] == " ".join(f"w{i}" for i in data["token_ids"][0])  # the word tokenizer: id i is w<i>
+    tokenizer = Tokenizer.from_file(str(Path(artifact) / TOKENIZER_FILE))
+    assert data["text"] == tokenizer.decode(data["token_ids"][0])
 
 
 def test_cli_generate_bundle_needs_ids_without_tokenizer(converted: Callable[..., Converted]) -> None:

@@ -1,16 +1,19 @@
 """Task agreement of language models (edgeexport.validation.sequence_measures): teacher-forced next tokens, their KL
-relative to the reference's spread, and greedy continuations over token-id sequences.
+relative to the reference's spread, and greedy continuations over token-id sequences, the artifact's run left-padded
+in batches.
 
 Fixed plants, sized without the thresholds, on a numpy language model with random weights (near-uniform next-token
 probabilities, as the zoo's), each caught by one criterion only: logits x1.3 and x0.7 (the KL), the top two next
 tokens swapped at every position but a sequence's last (top-1; the greedy tokens follow the last), a cache that lost
-the prompt's last token (greedy); another model misses all three. The genuine outputs with noise of 1 % of the
-logits' spread pass, at the zoo's weight scale and 10x it. Then the tiny GPT-2 end to end (slow): its ONNX artifact
-passes on its evaluation sequences, and logits x1.3 planted into its graph fail.
+the prompt's last token (greedy); another model misses all three, and so does a model that lets the left padding in.
+The genuine outputs with noise of 1 % of the logits' spread pass, at the zoo's weight scale and 10x it. Then the tiny
+GPT-2 end to end (slow): its ONNX artifact passes on its held-out sentences, and logits x1.3 planted into its graph
+fail.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -19,16 +22,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.conversion import convert
-from edgeexport.manifest import GoldenFile, TensorSpec
+from edgeexport.manifest import TensorSpec
 from edgeexport.validation.agreement import CRITERIA, Agreement, Criteria, judge_sequences
-from edgeexport.validation.sequence_measures import (GREEDY_TOKENS, LENGTHS, SEQUENCES, LanguageModel, artifact_view,
-                                                     evaluation_sequences, forward_model, reference_view,
-                                                     sequence_feed, spread, truncated_kl)
+from edgeexport.reference.processors import zoo_tokenizer
+from edgeexport.reference.sentences import split
+from edgeexport.validation.sequence_measures import (BATCH, GREEDY_TOKENS, LENGTHS, MAX_TOKENS, SEQUENCES,
+                                                     LanguageModel, artifact_view, evaluation_sequences,
+                                                     forward_model, left_padded, reference_view, sequence_feed,
+                                                     spread, text_sequences, truncated_kl)
 
 LM = CRITERIA["causal-lm"]
 VOCAB = 300
@@ -48,8 +55,8 @@ class RandomLM:
         self.head = rng.normal(size=(width, VOCAB)) * 0.5 * scale / np.sqrt(width)
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        states = np.cumsum(self.embed[feed["input_ids"]], axis=1)
-        states /= np.arange(1, states.shape[1] + 1)[None, :, None]
+        mask = feed["attention_mask"][..., None]
+        states = np.cumsum(self.embed[feed["input_ids"]] * mask, axis=1) / np.maximum(np.cumsum(mask, axis=1), 1)
         return {"logits": (np.tanh(states) @ self.head).astype(np.float32)}
 
 
@@ -84,7 +91,14 @@ def swap_top_two_but_last(logits: np.ndarray) -> np.ndarray:
 
 def stale_cache(model: LanguageModel) -> LanguageModel:
     """``model`` whose greedy continuation starts from a cache that lost the prompt's last token."""
-    return LanguageModel(logits=model.logits, greedy=lambda ids, count: model.greedy(ids[:, :-1], count))
+    return LanguageModel(logits=model.logits,
+                         greedy=lambda ids, mask, count: model.greedy(ids[:, :-1], mask[:, :-1], count))
+
+
+def padding_let_in(genuine: RandomLM = GENUINE) -> LanguageModel:
+    """``genuine`` that reads the left padding as tokens (a graph without position ids, or one that drops the mask)."""
+    return forward_model(lambda feed: genuine({**feed, "attention_mask": np.ones_like(feed["attention_mask"])}),
+                         SPECS)
 
 
 def test_the_evaluation_sequences_are_fixed_sentence_long_int32_ids() -> None:
@@ -99,12 +113,24 @@ def test_the_evaluation_sequences_are_fixed_sentence_long_int32_ids() -> None:
     assert WANT["greedy"].shape == (SEQUENCES, GREEDY_TOKENS)
 
 
-def test_a_decoder_with_past_gets_the_whole_sequence_over_an_empty_cache() -> None:
+def test_sentences_go_through_the_tokenizer_cut_to_the_tokens_kept() -> None:
+    tokenizer = zoo_tokenizer("gpt2", 1000)
+    sentences = [sentence for sentence, _ in split("evaluation")][:SEQUENCES]
+    ids = text_sequences(Tokenizer.from_str(tokenizer.decode()), sentences)
+    lengths = (ids >= 0).sum(1)
+    assert ids.dtype == np.int32 and ids.shape == (SEQUENCES, MAX_TOKENS) and lengths.max() == MAX_TOKENS
+    first = Tokenizer.from_str(tokenizer.decode()).encode(sentences[0]).ids
+    assert ids[0, :lengths[0]].tolist() == first[:MAX_TOKENS] and (ids[0, lengths[0]:] == -1).all()
+
+
+def test_a_batch_is_left_padded_and_a_decoder_with_past_gets_it_over_an_empty_cache() -> None:
+    ids, mask = left_padded([np.array([5, 6, 7]), np.array([8])])
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     specs = [*SPECS, TensorSpec("position_ids", "int64", ("batch", "sequence")),
              TensorSpec("past_key_values.0.key", "float32", ("batch", 2, "past_sequence", 16))]
-    feed = sequence_feed(specs, np.array([[5, 6, 7]]))
-    assert feed["position_ids"].tolist() == [[0, 1, 2]] and feed["attention_mask"].tolist() == [[1, 1, 1]]
-    assert feed["past_key_values.0.key"].shape == (1, 2, 0, 16)
+    feed = sequence_feed(specs, ids, mask)
+    assert feed["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]] and feed["attention_mask"].tolist() == mask.tolist()
+    assert feed["past_key_values.0.key"].shape == (2, 2, 0, 16)
 
 
 def test_the_spread_is_the_log_probability_variance_with_the_rest_as_one_outcome() -> None:
@@ -160,6 +186,14 @@ def test_another_model_misses_every_criterion() -> None:
     assert [m.split(" ")[0] for m in misses] == ["top-1", "next-token", "greedy"], misses
 
 
+def test_a_model_that_lets_the_left_padding_in_fails() -> None:
+    """The reference runs each sequence alone; the artifact's batches of BATCH are left-padded to their longest, so
+    every sequence but the longest of its batch reads padding when the model ignores the mask."""
+    assert BATCH > 1
+    misses = judged(padding_let_in()).misses
+    assert [m.split(" ")[0] for m in misses] == ["top-1", "next-token", "greedy"], misses
+
+
 # --------------------------------------------------------------------------- the tiny GPT-2, end to end
 
 
@@ -174,15 +208,15 @@ def validated(artifact: Path) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_the_gpt2_artifact_carries_random_token_sequences_and_passes(gpt2: Path) -> None:
-    artifact = Artifact.open(gpt2)
-    manifest = artifact.manifest
-    assert manifest.model["inputs"] == "random"
-    ids = artifact.read_tensors(GoldenFile.from_dict(manifest.evaluation["sequences"], "s"))["ids"]
-    assert np.array_equal(ids, evaluation_sequences(1000))
+def test_the_gpt2_artifact_carries_held_out_sentences_and_passes(gpt2: Path) -> None:
+    manifest = Artifact.open(gpt2).manifest
+    evaluation = manifest.evaluation
+    assert manifest.input_names == ["input_ids", "attention_mask", "position_ids"]
+    assert (evaluation["tokenizer"], evaluation["max_tokens"]) == ("tokenizer/tokenizer.json", MAX_TOKENS)
+    assert json.loads((gpt2 / evaluation["texts"]).read_text()) == [s for s, _ in split("evaluation")][:SEQUENCES]
     code, output = validated(gpt2)
     assert code == 0, output
-    assert "task agreement (causal-lm, 32 held-out token sequences): agreement 100.0%" in output
+    assert "task agreement (causal-lm, 32 held-out sentences): agreement 100.0%" in output
 
 
 @pytest.mark.slow

@@ -52,8 +52,8 @@ from edgeexport.errors import ArtifactError, InputSpecError
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
                                    image_inputs, load_tokenizer, sigmoid, softmax)
-from edgeexport.validation.sequence_measures import (artifact_view, forward_model, generator_model,
-                                                     sequence_measures)
+from edgeexport.validation.sequence_measures import (LM_TASKS, MAX_TOKENS, artifact_view, forward_model,
+                                                     generator_model, sequence_measures, text_sequences)
 from edgeexport.validation.vision_measures import (box_iou, centred_correlation, class_scores, depth_error,
                                                    rank_correlation, top_queries)
 
@@ -421,10 +421,11 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 
 
 def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path] | np.ndarray,
-                     reference: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
+                     reference: np.ndarray | Mapping[str, np.ndarray], tokenizer: str = "") -> dict[str, Any]:
     """Write the held-out examples (texts or [question, context] pairs as a JSON list, photographs and speech as
     copies of their files, token sequences as int32 ids) and the reference's task view into the artifact; return the
-    manifest block."""
+    manifest block. A language model's texts name the ``tokenizer`` (the artifact's file) that makes them its token
+    sequences, and the tokens kept of each."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
     stored = save_tensors(folder, REFERENCE_FILE, reference if isinstance(reference, Mapping) else
                           {"reference": reference})
@@ -434,6 +435,8 @@ def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path] |
     elif all(isinstance(example, (str, tuple)) for example in examples):
         (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
+        if task in LM_TASKS:
+            block.update(tokenizer=tokenizer, max_tokens=MAX_TOKENS)
     else:
         block["files"] = [f"{EVALUATION_DIR}/{Path(example).name}" for example in examples]
         for example, relative in zip(examples, block["files"]):
@@ -490,7 +493,7 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     processing = Processing.of(artifact.manifest)
     want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
     criteria = Criteria(**block["criteria"])
-    if "sequences" in block:
+    if block["task"] in LM_TASKS:
         return _check_sequences(artifact, runner, block, want, criteria)
     if "files" in block:
         examples = [_example(artifact, processing, relative) for relative in block["files"]]
@@ -510,22 +513,32 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
 
 def _check_sequences(artifact: Artifact, runner: Runner, block: Mapping[str, Any], want: Mapping[str, np.ndarray],
                      criteria: Criteria) -> Agreement:
-    """A language model's evaluation: its token sequences through the artifact's runtime, the decoder with its
-    cache through its generator (:mod:`edgeexport.validation.sequence_measures`)."""
-    ids = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))["ids"]
+    """A language model's evaluation: its sentences through the artifact's tokenizer (or its token sequences), through
+    the artifact's runtime, the decoder with its cache through its generator
+    (:mod:`edgeexport.validation.sequence_measures`)."""
+    if "sequences" in block:
+        ids = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))["ids"]
+    else:
+        texts = _texts(artifact, block["texts"])
+        if not isinstance(texts[0], str):
+            raise ArtifactError(f"evaluation texts {block['texts']!r} of a language model must be sentences, not "
+                                "[question, context] pairs; re-run convert")
+        ids = text_sequences(load_tokenizer(artifact, block["tokenizer"]), texts, block["max_tokens"])
     if artifact.manifest.generation:
         from edgeexport.generator import Generator
 
         model = generator_model(Generator(runner))
     else:
         model = forward_model(runner, runner.inputs)
-    return judge_sequences(block["task"], artifact_view(model, ids, want), want, (ids >= 0).sum(1), criteria)
+    return judge_sequences(block["task"], artifact_view(model, ids, want), want, (ids >= 0).sum(1), criteria,
+                           kind="token sequences" if "sequences" in block else "sentences")
 
 
 def judge_sequences(task: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], lengths: np.ndarray,
-                    criteria: Criteria) -> Agreement:
-    """Compare the artifact's view of token sequences of ``lengths`` with the reference's (a language model)."""
-    result = Agreement(task=task, examples=len(lengths), criteria=criteria, kind="token sequences")
+                    criteria: Criteria, kind: str = "token sequences") -> Agreement:
+    """Compare the artifact's view of token sequences of ``lengths`` (``kind``: sentences, or token sequences) with
+    the reference's (a language model)."""
+    result = Agreement(task=task, examples=len(lengths), criteria=criteria, kind=kind)
     result.measures, result.misses = sequence_measures(got, want, lengths, criteria)
     return result
 

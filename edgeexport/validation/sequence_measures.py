@@ -1,16 +1,19 @@
 """Task agreement of language models: teacher-forced next-token distributions and greedy continuations.
 
-The zoo's language models have random weights and no tokenizer, so their evaluation set is token ids: 32
-sequences drawn uniformly from the vocabulary with a fixed seed (:data:`EVALUATION_SEED`, away from the golden,
-calibration and fresh seeds), each as long as a sentence (:data:`LENGTHS`), stored as int32 with -1 after each
-end. The artifact also carries PyTorch's view of them, kept small whatever the vocabulary (:func:`reference_view`):
+The evaluation set is 32 held-out English sentences (:data:`SEQUENCES`) through the artifact's own tokenizer, each cut
+to :data:`MAX_TOKENS` (:func:`text_sequences`); a model without a tokenizer gets 32 sequences of token ids drawn
+uniformly from the vocabulary with a fixed seed (:data:`EVALUATION_SEED`, away from the golden, calibration and fresh
+seeds), each as long as a sentence (:data:`LENGTHS`). Both are int32 ids with -1 after each end. The artifact also
+carries PyTorch's view of them, each sequence run alone, kept small whatever the vocabulary (:func:`reference_view`):
 at every position the top :data:`TOP_K` next tokens with their log-probabilities and the spread of its
 log-probabilities (:func:`spread`), and the :data:`GREEDY_TOKENS` greedy tokens that follow each whole sequence.
 
-The artifact runs them as its own runtime does (:func:`forward_model` for a graph of whole sequences, and the
-decoder with its cache as its generator runs it: the prompt's first step over an empty cache, then
-:meth:`edgeexport.generator.Generator.generate` for the greedy tokens, :func:`generator_model`), and
-:func:`sequence_measures` compares, over every position of every sequence:
+The artifact runs them as a server batches them (:func:`artifact_view`): :data:`BATCH` sequences a call, left-padded
+to the longest with an attention mask and position ids that skip the padding, as its own runtime runs them
+(:func:`forward_model` for a graph of whole sequences, and the decoder with its cache as its generator runs it: the
+prompt's first step over an empty cache, then :meth:`edgeexport.generator.Generator.generate` for the greedy
+tokens, :func:`generator_model`). A model that lets the padding change the real tokens' next-token scores misses
+here. :func:`sequence_measures` compares, over every position of every sequence:
 
 - ``agreement``: the share of positions whose top-1 next token is the reference's;
 - ``relative_kl``: KL(reference || artifact) of the next-token distributions, summed over the positions, over the
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.special
 
 from edgeexport.errors import ArtifactError
+from edgeexport.processing import encode_texts, position_ids
 
 if TYPE_CHECKING:
     from edgeexport.generator import Generator
@@ -45,6 +49,8 @@ LM_TASKS = ("causal-lm", "causal-lm-with-past")
 SEQUENCES = 32
 EVALUATION_SEED = 2000  # away from the golden (0, 1), calibration (500+) and fresh (1000+) seeds
 LENGTHS = (6, 30)  # tokens of a sequence, drawn uniformly: about a sentence's
+MAX_TOKENS = 30  # a sentence's tokens kept: TensorRT's profile goes to 4x the tiny presets' 8 tokens
+BATCH = 4  # sequences a call: TensorRT's profile goes to 4x the golden example's batch (1 at full size)
 GREEDY_TOKENS = 8
 TOP_K = 64
 PAST_PREFIX = "past_key_values."
@@ -54,11 +60,12 @@ Forward = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class LanguageModel:
-    """How the evaluation runs a model: ``logits`` of every position of one sequence ``(1, length)`` as
-    ``(length, vocab)``, and ``greedy(ids, n)``: the ``n`` tokens greedy decoding adds after it."""
+    """How the evaluation runs a model on a batch of left-padded sequences ``ids`` ``(batch, length)`` with their
+    attention ``mask`` (0 on the padding): ``logits(ids, mask)`` of every position ``(batch, length, vocab)``, and
+    ``greedy(ids, mask, n)``: the ``n`` tokens greedy decoding adds after each ``(batch, n)``."""
 
-    logits: Callable[[np.ndarray], np.ndarray]
-    greedy: Callable[[np.ndarray, int], np.ndarray]
+    logits: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    greedy: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 def evaluation_sequences(vocab_size: int, *, count: int = SEQUENCES, seed: int = EVALUATION_SEED) -> np.ndarray:
@@ -72,26 +79,45 @@ def evaluation_sequences(vocab_size: int, *, count: int = SEQUENCES, seed: int =
     return ids
 
 
+def text_sequences(tokenizer: Any, texts: Sequence[str], max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """``(len(texts), longest)`` int32 ids of ``texts`` through ``tokenizer`` (its special tokens, each text cut to
+    ``max_tokens``), -1 after each end."""
+    encoded = encode_texts(tokenizer, texts, max_tokens)
+    return np.where(encoded["attention_mask"] == 1, encoded["input_ids"], -1).astype(np.int32)
+
+
 def sequence_rows(ids: np.ndarray) -> list[np.ndarray]:
-    """Each sequence of :func:`evaluation_sequences` as a batch of one, ``(1, length)`` int64."""
-    return [row[row >= 0][None].astype(np.int64) for row in ids]
+    """Each sequence of :func:`evaluation_sequences` or :func:`text_sequences` alone, ``(length,)`` int64."""
+    return [row[row >= 0].astype(np.int64) for row in ids]
 
 
-def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The inputs of one whole sequence ``(1, length)`` as the first step of generation gives them: the ids, a
-    mask of ones, positions 0, 1, ... where the model takes them, and an empty cache (past length 0).
+def left_padded(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` of token ids as one batch left-padded to the longest (pad id 0, hidden by the mask), and its
+    attention mask."""
+    longest = max(len(row) for row in rows)
+    ids = np.zeros((len(rows), longest), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, longest - len(row):] = row
+        mask[index, longest - len(row):] = 1
+    return ids, mask
+
+
+def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The inputs of whole left-padded sequences ``(batch, length)`` as the first step of generation gives them: the
+    ids, their mask, positions 0, 1, ... over the real tokens where the model takes them, and an empty cache (past
+    length 0).
 
     Raises:
         ArtifactError: an input a language model's evaluation cannot fill.
     """
-    given = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
+    given = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
     feed = {}
     for spec in specs:
         if spec.name in given:
             feed[spec.name] = given[spec.name].astype(spec.dtype)
         elif spec.name.startswith(PAST_PREFIX) and len(spec.shape) == 4:
-            feed[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype)
+            feed[spec.name] = np.zeros((len(ids), spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype)
         else:
             raise ArtifactError(f"input {spec.name!r} cannot be filled from token ids; a language model's evaluation "
                                 "takes input_ids, attention_mask, position_ids and past key/values")
@@ -101,15 +127,15 @@ def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray) -> dict[str, np.
 def forward_model(run: Forward, specs: Sequence[TensorSpec]) -> LanguageModel:
     """A graph run on whole sequences (``causal-lm``, and PyTorch's reference of either task); its greedy
     tokens run the grown sequence again for each (no cache)."""
-    def logits(ids: np.ndarray) -> np.ndarray:
-        return np.asarray(run(sequence_feed(specs, ids))["logits"][0], dtype=np.float32)
+    def logits(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(run(sequence_feed(specs, ids, mask))["logits"], dtype=np.float32)
 
-    def greedy(ids: np.ndarray, count: int) -> np.ndarray:
-        tokens: list[int] = []
+    def greedy(ids: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
         for _ in range(count):
-            tokens.append(int(logits(ids)[-1].argmax()))
-            ids = np.concatenate([ids, [[tokens[-1]]]], axis=1)
-        return np.array(tokens, dtype=np.int64)
+            chosen = logits(ids, mask)[:, -1].argmax(-1)
+            ids = np.concatenate([ids, chosen[:, None]], axis=1)
+            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+        return ids[:, ids.shape[1] - count:]
 
     return LanguageModel(logits=logits, greedy=greedy)
 
@@ -122,28 +148,29 @@ def generator_model(generator: Generator) -> LanguageModel:
     are."""
     first_step = forward_model(generator.decoder.step, generator.decoder.inputs)
 
-    def greedy(ids: np.ndarray, count: int) -> np.ndarray:
-        output = generator.generate(ids, eos_token_id=(), max_new_tokens=count, min_new_tokens=0, num_beams=1,
+    def greedy(ids: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
+        output = generator.generate(ids, mask, eos_token_id=(), max_new_tokens=count, min_new_tokens=0, num_beams=1,
                                     do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0)
-        return output.tokens[0]
+        return output.tokens
 
     return LanguageModel(logits=first_step.logits, greedy=greedy)
 
 
 def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
                    greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
-    """PyTorch's view of the sequences, kept small whatever the vocabulary: the ``top_k`` next tokens of every
-    position (``top_ids`` int32, the positions of all sequences one after another) with their log-probabilities
-    (``top_logprobs`` float32, best first) and their :func:`spread` (``spread`` float32), and the greedy tokens
-    after each sequence (``greedy`` int32)."""
+    """PyTorch's view of the sequences, each run alone, kept small whatever the vocabulary: the ``top_k`` next tokens
+    of every position (``top_ids`` int32, the positions of all sequences one after another) with their
+    log-probabilities (``top_logprobs`` float32, best first) and their :func:`spread` (``spread`` float32), and the
+    greedy tokens after each sequence (``greedy`` int32)."""
     tops, logprobs, spreads, greedy = [], [], [], []
     for row in sequence_rows(ids):
-        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
+        alone, mask = row[None], np.ones((1, len(row)), dtype=np.int64)
+        scores = scipy.special.log_softmax(model.logits(alone, mask)[0].astype(np.float64), axis=-1)
         top = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k]
         tops.append(top)
         logprobs.append(np.take_along_axis(scores, top, axis=-1))
         spreads.append(spread(scores, top))
-        greedy.append(model.greedy(row, greedy_tokens))
+        greedy.append(model.greedy(alone, mask, greedy_tokens)[0])
     return {"top_ids": np.concatenate(tops).astype(np.int32),
             "top_logprobs": np.concatenate(logprobs).astype(np.float32),
             "spread": np.concatenate(spreads).astype(np.float32),
@@ -151,19 +178,26 @@ def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
 
 
 def artifact_view(model: LanguageModel, ids: np.ndarray, want: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The artifact's view of the sequences against the reference's ``want``: its log-probabilities of the
-    reference's top tokens (``at_top``, float64), its own top-1 at every position (``top1``) and its greedy
-    tokens (``greedy``)."""
+    """The artifact's view of the sequences against the reference's ``want``, :data:`BATCH` a call, left-padded: its
+    log-probabilities of the reference's top tokens (``at_top``, float64), its own top-1 at every position
+    (``top1``) and its greedy tokens (``greedy``)."""
+    rows = sequence_rows(ids)
+    ends = np.cumsum([len(row) for row in rows])
+    top_ids = want["top_ids"].astype(np.int64)
+    if len(top_ids) != ends[-1]:
+        return {"at_top": np.zeros((ends[-1], 0)), "top1": np.zeros(0, np.int64), "greedy": want["greedy"][:0]}
     at_top, top1, greedy = [], [], []
-    start = 0
-    for row in sequence_rows(ids):
-        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
-        top_ids = want["top_ids"][start:start + len(scores)].astype(np.int64)
-        start += len(scores)
-        at_top.append(np.take_along_axis(scores, top_ids, axis=-1))
-        top1.append(scores.argmax(-1))
-        greedy.append(model.greedy(row, want["greedy"].shape[1]))
-    return {"at_top": np.concatenate(at_top), "top1": np.concatenate(top1), "greedy": np.stack(greedy)}
+    for start in range(0, len(rows), BATCH):
+        batch = rows[start:start + BATCH]
+        padded, mask = left_padded(batch)
+        logits = model.logits(padded, mask)
+        for index, row in enumerate(batch):
+            scores = scipy.special.log_softmax(logits[index, -len(row):].astype(np.float64), axis=-1)
+            end = ends[start + index]
+            at_top.append(np.take_along_axis(scores, top_ids[end - len(row):end], axis=-1))
+            top1.append(scores.argmax(-1))
+        greedy.append(model.greedy(padded, mask, want["greedy"].shape[1]))
+    return {"at_top": np.concatenate(at_top), "top1": np.concatenate(top1), "greedy": np.concatenate(greedy)}
 
 
 def spread(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
