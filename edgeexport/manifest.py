@@ -22,8 +22,9 @@ SCHEMA_VERSION = 2  # 2: spread-relative tolerance bounds (docs/parity.md)
 GOLDEN_ALIGNMENT = 64
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 # Golden tensors are numpy arrays (model inputs, and PyTorch outputs through Tensor.numpy(), which
-# refuses bfloat16), so none is ever bfloat16 and numpy, which has no bfloat16, reads them all.
-GOLDEN_DTYPES = tuple(d for d in DTYPES if d != "bfloat16")
+# refuses bfloat16), so none is ever bfloat16 and numpy, which has no bfloat16, reads them all; int16 holds the
+# evaluation's depth codes (validation.agreement.depth_codes).
+GOLDEN_DTYPES = (*(d for d in DTYPES if d != "bfloat16"), "int16")
 
 
 def axis_size(dim: str, axes: Mapping[str, int]) -> int:

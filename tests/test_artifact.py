@@ -95,7 +95,7 @@ def _rewrite_golden_file(folder: Path, change: Callable[[bytes], bytes]) -> None
      "the artifact is corrupt"),
     (lambda f: _edit_golden_index(f, lambda t: t.update(dtype="bfloat16")),
      r"manifest golden\[0\].outputs.tensors\[0\].dtype 'bfloat16' is not one of float32, float16, int64, int32, "
-     r"int8, uint8, bool; the artifact is corrupt"),
+     r"int8, uint8, bool, int16; the artifact is corrupt"),
     (lambda f: _edit_golden_index(f, lambda t: t.update(offset=8)),
      r"manifest golden\[0\].outputs.tensors\[0\].offset 8 is not a multiple of 64; the artifact is corrupt"),
     (lambda f: _edit_golden_index(f, lambda t: t.update(sha256="ABC")),

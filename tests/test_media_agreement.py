@@ -4,7 +4,8 @@ The bundled photographs and speech are split disjointly and licensed; golden and
 audio models are those files through the model's own processing; image and audio classification, CTC, depth,
 detection and segmentation are judged on the held-out files the artifact carries, and fixed plants (a temperature of
 1.3 and 0.7, two labels or two tokens swapped, depths x1.3 or upside down, shifted boxes, flipped masks, another
-model's outputs) fail, each criterion catching one that only it catches.
+model's outputs) fail, each criterion catching one that only it catches. Depth references are stored as int16 codes
+that keep the depth error (and the plants failing).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typer.testing import CliRunner
 from edgeexport.artifact import Artifact, save_tensors, write_manifest
 from edgeexport.cli import app
 from edgeexport.conversion import convert
-from edgeexport.manifest import GoldenFile
 from edgeexport.processing import Processing, audio_values, image_inputs, softmax, wav_samples
 from edgeexport.reference import load_reference
 from edgeexport.reference.media import DATA, MEDIA_SPLITS, PHOTOGRAPHS, SPEECH, photographs, speech
 from edgeexport.reference.sentences import split as sentences
-from edgeexport.validation.agreement import CRITERIA, REFERENCE_FILE, edit_distance, judge, media_views, task_view
-from edgeexport.validation.vision_measures import box_iou
+from edgeexport.validation.agreement import (CRITERIA, REFERENCE_FILE, depth_codes, depth_maps, edit_distance, judge,
+                                             media_views, read_reference, stored_reference, task_view)
+from edgeexport.validation.vision_measures import box_iou, depth_error
 
 IMAGE = CRITERIA["image-classification"]
 CTC = CRITERIA["ctc"]
@@ -166,12 +167,18 @@ def validated(artifact: Path) -> tuple[int, str]:
 
 
 def planted_reference(artifact: Path, folder: Path, plant) -> Path:
-    """A copy of ``artifact`` whose evaluation reference is ``plant(reference)``, re-hashed as a bad copy would be."""
+    """A copy of ``artifact`` whose evaluation reference is ``plant(reference)``, stored as convert stores it and
+    re-hashed as a bad copy would be."""
+    return stored_copy(artifact, folder, lambda task, want: stored_reference(task, plant(want)))
+
+
+def stored_copy(artifact: Path, folder: Path, store) -> Path:
+    """A copy of ``artifact`` whose evaluation reference file holds ``store(task, reference)``, re-hashed."""
     shutil.copytree(artifact, folder)
     manifest = Artifact.open(folder).manifest
     block = manifest.evaluation
-    want = Artifact.open(folder).read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
-    block["reference"] = save_tensors(folder, REFERENCE_FILE, {"reference": plant(want["reference"])}).to_dict()
+    stored = store(block["task"], read_reference(Artifact.open(folder), block))
+    block["reference"] = save_tensors(folder, REFERENCE_FILE, stored).to_dict()
     write_manifest(folder, manifest)
     return folder
 
@@ -207,6 +214,16 @@ def test_swapped_labels_in_the_evaluation_reference_fail(vit: Path, tmp_path: Pa
     code, output = validated(planted_reference(vit, tmp_path / "swapped", swapped))
     assert code == 1, output
     assert "task agreement: label agreement 0.000 (36 of 36 labels changed) < 0.97" in output
+
+
+def test_a_reference_of_another_task_is_one_error_line(vit: Path, tmp_path: Path) -> None:
+    mismatched = stored_copy(vit, tmp_path / "mismatched", lambda task, want: depth_codes(want))
+    code, output = validated(mismatched)
+    assert code != 0
+    assert output.strip() == ("error: evaluation reference 'evaluation/reference.bin' holds depth_offset [36], "
+                              "depth_step [36], depth_codes [36, 10], not the task view of image-classification "
+                              "(reference, or for depth maps depth_offset, depth_step and depth_codes of one offset "
+                              "and step per map); the artifact is corrupt, re-run convert")
 
 
 def test_a_corrupt_evaluation_photograph_is_one_error_line(vit: Path, tmp_path: Path) -> None:
@@ -257,18 +274,75 @@ def test_the_depth_error_catches_depths_scaled_by_1_3_which_keep_their_order() -
     assert depth_misses(DEPTHS * 1.3, replace(DEPTH, max_depth_error=None)) == []
 
 
+# Maps as the zoo's tiny GLPN gives them (its 36 evaluation maps: 4.97-5.02 m, each spreading 0.0018-0.0040 m over a
+# range of 0.031-0.042 m, 15 spreads, 65000-88000 of float32's ulps there) and as a trained GLPN does (a ramp, 1-10 m).
+# Their own generator: RNG's draws, in order, make the other tests' maps.
+CODES_RNG = np.random.default_rng(24)
+TINY_GLPN_DEPTHS = (4.98 + CODES_RNG.laplace(scale=np.linspace(0.0018, 0.0024, 6)[:, None, None], size=(6, 64, 64))
+                    ).astype(np.float32)
+TRAINED_DEPTHS = (1 + 9 * RAMP[..., :1] + 0.5 * CODES_RNG.random((6, 32, 32))).astype(np.float32)
+# What the round trip may move a depth error by: the smallest passing one in docs/parity.md (onnx fp32's 1.0e-4,
+# itself float32's rounding of 4.98 m), 1700x under the bound; measured 4.9e-5 at most on the tiny GLPN's 36 maps.
+ROUND_TRIP = 1e-4
+
+
+@pytest.mark.parametrize("maps", [TINY_GLPN_DEPTHS, TRAINED_DEPTHS, DEPTHS], ids=["tiny-glpn", "trained", "ramp"])
+def test_depth_codes_take_half_the_bytes_and_keep_the_depth_error(maps: np.ndarray) -> None:
+    stored = depth_codes(maps)
+    assert [(name, a.dtype.name, a.shape) for name, a in stored.items()] == [
+        ("depth_offset", "float32", (6,)), ("depth_step", "float32", (6,)), ("depth_codes", "int16", maps.shape)]
+    assert sum(a.nbytes for a in stored.values()) == maps.nbytes // 2 + 6 * 8
+    decoded = depth_maps(stored)
+    assert decoded.dtype == np.float32 and decoded.shape == maps.shape
+    off = np.abs(decoded.astype(np.float64) - maps).reshape(6, -1).max(1)
+    ranges = np.ptp(maps.reshape(6, -1).astype(np.float64), axis=1)
+    assert (off <= ranges / 65534 / 2 + np.spacing(np.abs(maps).max())).all(), (off, ranges)
+    assert max(depth_error(d, m) for d, m in zip(decoded, maps)) <= ROUND_TRIP
+    spread = np.abs(maps - maps.mean((1, 2), keepdims=True)).mean()
+    genuine = maps + CODES_RNG.normal(scale=0.01 * spread, size=maps.shape)  # an artifact's maps, 0.008 of their spread off
+    for got in (genuine, maps):
+        against = [[depth_error(g, w) for g, w in zip(got, want)] for want in (maps, decoded)]
+        assert np.abs(np.subtract(*against)).max() <= ROUND_TRIP
+
+
+def test_depth_plants_still_fail_against_the_decoded_reference() -> None:
+    decoded = depth_maps(depth_codes(DEPTHS))
+    judged = [judge("depth-estimation", got.astype(np.float32), decoded, NONE, DEPTH, kind="photographs").misses
+              for got in (DEPTHS, DEPTHS * 1.3, DEPTHS[:, ::-1])]
+    assert judged[0] == []
+    assert len(judged[1]) == 1 and re.fullmatch(r"relative depth error \d+\.\d{4} on photograph \d > 0\.17",
+                                                judged[1][0]), judged[1]
+    assert judged[2]  # upside down
+
+
+def test_a_constant_depth_map_round_trips() -> None:
+    flat = np.full((2, 4, 4), 4.98, np.float32)
+    assert np.array_equal(depth_maps(depth_codes(flat)), flat)
+
+
 @pytest.mark.slow
 def test_the_glpn_artifact_carries_depth_maps_and_a_scaled_reference_fails(tmp_path: Path) -> None:
     artifact = convert("glpn", task="depth-estimation", output_dir=tmp_path / "glpn").artifact
     manifest = Artifact.open(artifact).manifest
     assert manifest.evaluation["files"] == [f"evaluation/{p.name}" for p in photographs("evaluation")]
+    assert [(t["name"], t["dtype"], t["shape"]) for t in manifest.evaluation["reference"]["tensors"]] == [
+        ("depth_offset", "float32", [36]), ("depth_step", "float32", [36]), ("depth_codes", "int16", [36, 64, 64])]
+    assert (artifact / REFERENCE_FILE).stat().st_size == 2 * 192 + 36 * 64 * 64 * 2  # 295 KB (float32: 590 KB)
     code, output = validated(artifact)
     assert code == 0, output
-    assert re.search(r"task agreement \(depth-estimation, 36 held-out photographs\): max depth error \d\.\d+e-0[45], "
-                     r"mean depth error \d\.\d+e-0[45], min rank correlation (1|0\.99\d+)$", output, re.M), output
+    small = r"(\d\.\d+e-0[45]|0\.000\d+)"  # 1.2e-4 on a 2-core AMD EPYC (AVX-512), printed 0.00012325
+    assert re.search(rf"task agreement \(depth-estimation, 36 held-out photographs\): max depth error {small}, "
+                     rf"mean depth error {small}, min rank correlation (1|0\.99\d+)$", output, re.M), output
     code, output = validated(planted_reference(artifact, tmp_path / "scaled", lambda d: d * np.float32(1.3)))
     assert code == 1, output
     assert re.search(r"task agreement: relative depth error \d+\.\d{4} on photograph \d > ", output), output
+    code, output = validated(stored_copy(artifact, tmp_path / "short", lambda task, want: {
+        **depth_codes(want), "depth_step": depth_codes(want)["depth_step"][:35]}))
+    assert code != 0
+    assert output.strip() == ("error: evaluation reference 'evaluation/reference.bin' holds depth_offset [36], "
+                              "depth_step [35], depth_codes [36, 64, 64], not the task view of depth-estimation "
+                              "(reference, or for depth maps depth_offset, depth_step and depth_codes of one offset "
+                              "and step per map); the artifact is corrupt, re-run convert")
 
 
 # --------------------------------------------------------------------------- detections

@@ -21,7 +21,9 @@ artifact's own tokenizer and runtime, without torch. Per task:
 - ``ctc``: the character error rate of the greedy transcripts against the reference's (over CTC tokens, which are
   the characters of a character vocabulary like Wav2Vec2's) and the fraction of clips transcribed identically;
 - ``depth-estimation``: the relative depth error of every photograph's depth map; the rank correlation of its
-  pixels' depths with the reference's (whether near and far keep their order) is reported;
+  pixels' depths with the reference's (whether near and far keep their order) is reported. The reference's maps are
+  stored as int16 codes on a per-map offset and step (:func:`depth_codes`): half the bytes of float32, moving the
+  tiny GLPN's depth errors by at most 3.2e-5;
 - ``object-detection`` (DETR): over each photograph's most object-like queries of the reference, paired by index,
   their class labels and probabilities as for classification, and the IoU of their boxes;
 - ``segmentation`` (Mask2Former): the share of pixels whose class is the reference's, the error of the per-pixel class
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
 EVALUATION_DIR = "evaluation"
 TEXTS_FILE = f"{EVALUATION_DIR}/texts.json"
 REFERENCE_FILE = f"{EVALUATION_DIR}/reference.bin"
+DEPTH_TENSORS = ("depth_offset", "depth_step", "depth_codes")  # a depth reference's tensors (depth_codes)
+DEPTH_CODE_LIMIT = 32767  # codes span -32767..32767 steps from each map's offset
 SEQUENCES_FILE = f"{EVALUATION_DIR}/sequences.bin"
 BATCH = 16  # sentences or images per runtime call (audio clips: one per call, each at its own length)
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
@@ -203,7 +207,8 @@ def task_view(task: str, outputs: Mapping[str, np.ndarray], mask: np.ndarray) ->
                          for name in ("start_logits", "end_logits")], axis=1).astype(np.float32)
     if task == "ctc":
         return outputs["logits"].argmax(-1).astype(np.int64)
-    if task == "depth-estimation":  # float32: float16 would round away the tiny GLPN's spread (0.002-0.004 on 4.98 m)
+    if task == "depth-estimation":  # float32, not float16, which would round away the tiny GLPN's spread (0.002-0.004
+        # on 4.98 m); the artifact stores the reference's as depth_codes
         return np.asarray(outputs["predicted_depth"], np.float32)
     if task == "object-detection":  # per query: its class probabilities ("no object" last), then its box
         return np.concatenate([softmax(outputs["logits"]), outputs["pred_boxes"]], axis=-1).astype(np.float32)
@@ -428,7 +433,7 @@ def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path] |
     sequences, and the tokens kept of each."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
     stored = save_tensors(folder, REFERENCE_FILE, reference if isinstance(reference, Mapping) else
-                          {"reference": reference})
+                          stored_reference(task, reference))
     block: dict[str, Any] = {"task": task}
     if isinstance(examples, np.ndarray):
         block["sequences"] = save_tensors(folder, SEQUENCES_FILE, {"ids": examples.astype(np.int32)}).to_dict()
@@ -442,6 +447,52 @@ def write_evaluation(folder: Path, task: str, examples: Texts | Sequence[Path] |
         for example, relative in zip(examples, block["files"]):
             shutil.copyfile(example, folder / relative)
     return {**block, "reference": stored.to_dict(), "criteria": CRITERIA[task].to_dict()}
+
+
+def stored_reference(task: str, view: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference's task view as the artifact stores it: depth maps as :func:`depth_codes`, any other view as it
+    is (``reference``)."""
+    return depth_codes(view) if task == "depth-estimation" else {"reference": view}
+
+
+def depth_codes(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Depth maps ``(photograph, ...)`` in half the bytes of float32, keeping what :func:`depth_error` measures: per
+    map the middle of its range (``depth_offset``, float32) and a step (``depth_step``, float32: its half range over
+    :data:`DEPTH_CODE_LIMIT`, rounded up), and each pixel as the nearest whole number of steps from the offset
+    (``depth_codes``, int16). A decoded pixel is off by at most half a step (1/65534 of its map's range) and float32's
+    rounding: exact wherever the range spans fewer than 65534 float32 ulps, within one ulp on the tiny GLPN's maps
+    (0.031-0.042 m on 4.98 m, a depth error of at most 4.9e-5; docs/parity.md, "Storing the reference")."""
+    maps = np.asarray(maps, np.float32)
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    offset = ((flat.min(1) + flat.max(1)) / 2).astype(np.float32)
+    half_range = np.abs(flat - offset[:, None]).max(1) / DEPTH_CODE_LIMIT
+    step = np.nextafter(half_range.astype(np.float32), np.float32(np.inf))  # never below: the codes fit int16
+    codes = np.rint((flat - offset[:, None]) / step[:, None].astype(np.float64))
+    return {"depth_offset": offset, "depth_step": step, "depth_codes": codes.astype(np.int16).reshape(maps.shape)}
+
+
+def depth_maps(stored: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The float32 depth maps that :func:`depth_codes` stored."""
+    codes = stored["depth_codes"].astype(np.float64)
+    per_map = (-1,) + (1,) * (codes.ndim - 1)
+    offset, step = (stored[name].astype(np.float64).reshape(per_map) for name in ("depth_offset", "depth_step"))
+    return (offset + codes * step).astype(np.float32)
+
+
+def read_reference(artifact: Artifact, block: Mapping[str, Any]) -> np.ndarray:
+    """The reference's task view that the evaluation ``block`` stores (:func:`stored_reference`); tensors of other
+    names, or depth codes whose shapes disagree, are a corrupt artifact (one line)."""
+    index = GoldenFile.from_dict(block["reference"], "evaluation.reference")
+    stored = artifact.read_tensors(index)
+    if list(stored) == ["reference"]:  # any task's view as it is (and depth maps stored before depth_codes)
+        return stored["reference"]
+    if block["task"] == "depth-estimation" and sorted(stored) == sorted(DEPTH_TENSORS) \
+            and stored["depth_offset"].shape == stored["depth_step"].shape == stored["depth_codes"].shape[:1]:
+        return depth_maps(stored)
+    held = ", ".join(f"{name} {list(array.shape)}" for name, array in stored.items()) or "no tensors"
+    raise ArtifactError(f"evaluation reference {index.file!r} holds {held}, not the task view of {block['task']} "
+                        f"(reference, or for depth maps {', '.join(DEPTH_TENSORS[:-1])} and {DEPTH_TENSORS[-1]} of one "
+                        "offset and step per map); the artifact is corrupt, re-run convert")
 
 
 def evaluation_feed(processing: Processing, tokenizer: Any, texts: Texts,
@@ -491,23 +542,24 @@ def check_evaluation(artifact: Artifact, runner: Runner) -> Agreement | None:
     if not block:
         return None
     processing = Processing.of(artifact.manifest)
-    want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
     criteria = Criteria(**block["criteria"])
     if block["task"] in LM_TASKS:
+        want = artifact.read_tensors(GoldenFile.from_dict(block["reference"], "evaluation.reference"))
         return _check_sequences(artifact, runner, block, want, criteria)
+    reference = read_reference(artifact, block)
     if "files" in block:
         examples = [_example(artifact, processing, relative) for relative in block["files"]]
         batch = next((case.axes["batch"] for case in artifact.manifest.golden if "batch" in case.axes), 1)
         got = media_views(block["task"], examples, runner, batch)
         kind = media_kind(processing, artifact.manifest.input_names) or "examples"
-        return judge(block["task"], got, want["reference"], np.ones(0), criteria, kind=kind, blank=processing.blank,
+        return judge(block["task"], got, reference, np.ones(0), criteria, kind=kind, blank=processing.blank,
                      classes=len(processing.labels))
     texts = _texts(artifact, block["texts"])
     feed, mask = evaluation_feed(processing, load_tokenizer(artifact, processing.tokenizer or ""), texts,
                                  artifact.manifest.input_names)
     views = [task_view(block["task"], runner({name: value[start:start + BATCH] for name, value in feed.items()}),
                        mask[start:start + BATCH]) for start in range(0, len(texts), BATCH)]
-    return judge(block["task"], np.concatenate(views), want["reference"], mask, criteria,
+    return judge(block["task"], np.concatenate(views), reference, mask, criteria,
                  kind="sentences" if isinstance(texts[0], str) else "questions")
 
 
