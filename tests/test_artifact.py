@@ -24,7 +24,7 @@ def test_manifest_records_io_precision_versions_and_hashes(bert_artifact: Conver
     data = json.loads((bert_artifact.artifact / "manifest.json").read_text())
     assert data["schema_version"] == SCHEMA_VERSION
     assert data["model"] == {"name": "bert", "task": "sequence-classification", "preset": "tiny", "seed": 0,
-                             "source": "zoo", "architecture": "BertForSequenceClassification", "inputs": "random"}
+                             "source": "zoo", "architecture": "BertForSequenceClassification", "inputs": "sentences"}
     assert data["target"] == "onnx" and data["runtime"] == "onnxruntime" and data["precision"] == "fp32"
     assert [i["name"] for i in data["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert data["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"],

@@ -106,10 +106,6 @@ def _from_folder(folder: Path, *, task: str | None, source: str, allow_pickle: b
                            processors=folder_processors(weights_folder), max_length=modules and modules.max_length,
                            architecture=modules and f"{architecture} ({modules.describe()})")
     reference.details.update(details)
-    if (head.modality or spec.modality) == "text" and task != "causal-lm" and TOKENIZER_FILE in reference.assets:
-        # a trained encoder sees real sentences; a question-answering one, real questions on a context
-        reference.input_source = TextSource(reference.assets[TOKENIZER_FILE],
-                                            kind="questions" if task == "question-answering" else "sentences")
     return reference
 
 
@@ -241,11 +237,19 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(), fixed_shape_reason=spec.fixed_shape_reason,
-        input_source=_media_source(inputs[0], processing),
+        input_source=_text_source(task, modality, assets) or _media_source(inputs[0], processing),
     )
     if head.optional:
         wrapper.output_names = reference.output_names = _returned_outputs(reference, (*head.outputs, *head.optional))
     return reference
+
+
+def _text_source(task: str, modality: str, assets: Mapping[str, Any]) -> TextSource | None:
+    """Sentences through the model's tokenizer, or questions on a context for question answering; None without a
+    tokenizer or for an encoder-decoder model."""
+    if modality != "text" or TOKENIZER_FILE not in assets:
+        return None
+    return TextSource(assets[TOKENIZER_FILE], kind="questions" if task == "question-answering" else "sentences")
 
 
 def _media_source(first_input: InputSpec, processing: Processing) -> ImageSource | AudioSource | None:

@@ -12,7 +12,7 @@ import torch
 
 from edgeexport.errors import InputSpecError
 from edgeexport.manifest import TensorSpec, Tolerance, axis_size
-from edgeexport.processing import Processing, audio_values, image_inputs, wav_samples
+from edgeexport.processing import Processing, audio_values, image_inputs, position_ids, wav_samples
 from edgeexport.zoo import InputSpec
 
 CALIBRATION_SEED = 500  # away from the golden (0, 1) and fresh (1000+) seeds
@@ -64,7 +64,10 @@ def flatten_outputs(result: Any) -> tuple[list[str], tuple[torch.Tensor, ...]]:
 class TextSource:
     """Realistic token ids: the built-in sentences (:mod:`edgeexport.reference.sentences`), or for ``kind``
     ``questions`` the built-in (question, context) pairs (:mod:`edgeexport.reference.questions`), through a
-    model's own tokenizer, with its special tokens, the texts' natural lengths and right padding."""
+    model's own tokenizer, with its special tokens, the texts' natural lengths and right padding. Right for decoders
+    too: a left-padded row's padding attends to nothing, so its logits there are whatever a runtime makes of an
+    all-masked row (the tiny GPT-2's differ by 0.53 spreads between PyTorch and onnxruntime); the language models'
+    evaluation reads only real tokens and runs them left-padded (:mod:`edgeexport.validation.sequence_measures`)."""
 
     tokenizer: Asset
     kind: str = "sentences"
@@ -88,18 +91,28 @@ class TextSource:
         return [sentence for sentence, _ in sentences(split)]
 
     def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-        """``input_ids``, ``attention_mask`` and ``token_type_ids`` of as many texts of ``split`` as ``drawn``'s
-        ``input_ids`` has rows (chosen by ``seed``), each truncated to its length and padded to it."""
+        """``input_ids``, ``attention_mask``, ``token_type_ids`` and ``position_ids`` of as many texts of ``split`` as
+        ``drawn``'s ``input_ids`` has rows (chosen by ``seed``), each padded to its length and truncated to it, a row
+        ``r`` to ``2 * r`` tokens less (at least 2), so that texts longer than a short case still leave padding, as
+        random inputs' masks do."""
         batch, length = drawn["input_ids"].shape
         tokenizer = self.load()
-        tokenizer.enable_truncation(length)
         pad = tokenizer.padding or {}
         tokenizer.enable_padding(length=length, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
         pool = self.texts(split)
-        encodings = tokenizer.encode_batch([pool[(seed * batch + row) % len(pool)] for row in range(batch)])
-        return {"input_ids": np.array([e.ids for e in encodings], np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
+        encodings = []
+        for row in range(batch):
+            tokenizer.enable_truncation(max(2, length - 2 * row))
+            encodings.append(tokenizer.encode(*_parts(pool[(seed * batch + row) % len(pool)])))
+        mask = np.array([e.attention_mask for e in encodings], np.int64)
+        return {"input_ids": np.array([e.ids for e in encodings], np.int64), "attention_mask": mask,
+                "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
+                "position_ids": position_ids(mask)}
+
+
+def _parts(text: str | tuple[str, str]) -> tuple[str, ...]:
+    """A sentence, or a (question, context) pair, as ``Tokenizer.encode``'s arguments."""
+    return (text,) if isinstance(text, str) else text
 
 
 @dataclass(frozen=True)
