@@ -22,13 +22,21 @@ decoder with its cache as its generator runs it: the prompt's first step over an
 - ``greedy_agreement``: the share of sequences whose greedy continuation is the reference's, token for token, and
   ``first_divergence``: the mean index of the first differing token (:data:`GREEDY_TOKENS` where none differs).
 
+Encoder-decoder models (:data:`SEQ2SEQ_TASKS`) are judged the same way over pairs (:func:`seq2seq_sequences`): 32
+source sequences (the encoder's input, seed :data:`EVALUATION_SEED`) and 32 targets (seed :data:`TARGET_SEED`), the
+decoder teacher-forced on the decoder-start token followed by the target (its ids, ``decoder_ids``, are stored so), its
+positions those of the measures; the greedy tokens follow the decoder-start token of each source. The reference and
+a ``seq2seq-lm`` graph run whole sequences (:func:`seq2seq_graph`, :func:`seq2seq_components`,
+:func:`seq2seq_model`), a ``seq2seq-lm-with-past`` bundle runs as its generator runs it
+(:func:`seq2seq_generator_model`).
+
 The thresholds are derived in docs/parity.md ("Language models"). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,22 +50,27 @@ if TYPE_CHECKING:
     from edgeexport.validation.agreement import Criteria
 
 LM_TASKS = ("causal-lm", "causal-lm-with-past")
+SEQ2SEQ_TASKS = ("seq2seq-lm", "seq2seq-lm-with-past")
 SEQUENCES = 32
 EVALUATION_SEED = 2000  # away from the golden (0, 1), calibration (500+) and fresh (1000+) seeds
+TARGET_SEED = 2001  # an encoder-decoder's targets (its sources: EVALUATION_SEED)
 LENGTHS = (6, 30)  # tokens of a sequence, drawn uniformly: about a sentence's
 GREEDY_TOKENS = 8
 TOP_K = 64
 PAST_PREFIX = "past_key_values."
 
 Forward = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+Seq2SeqLogits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (source, decoder ids) -> (decoder length, vocab)
 
 
 @dataclass(frozen=True)
 class LanguageModel:
     """How the evaluation runs a model: ``logits`` of every position of one sequence ``(1, length)`` as
-    ``(length, vocab)``, and ``greedy(ids, n)``: the ``n`` tokens greedy decoding adds after it."""
+    ``(length, vocab)``, and ``greedy(ids, n)``: the ``n`` tokens greedy decoding adds after it. An encoder-decoder's
+    ``logits(source, decoder_ids)`` are the decoder's, teacher-forced on ``decoder_ids`` over the encoded source,
+    and its ``greedy(source, n)`` the ``n`` tokens greedy decoding adds after the decoder-start token."""
 
-    logits: Callable[[np.ndarray], np.ndarray]
+    logits: Callable[..., np.ndarray]
     greedy: Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -75,6 +88,21 @@ def evaluation_sequences(vocab_size: int, *, count: int = SEQUENCES, seed: int =
 def sequence_rows(ids: np.ndarray) -> list[np.ndarray]:
     """Each sequence of :func:`evaluation_sequences` as a batch of one, ``(1, length)`` int64."""
     return [row[row >= 0][None].astype(np.int64) for row in ids]
+
+
+def seq2seq_sequences(vocab_size: int, decoder_start: int) -> dict[str, np.ndarray]:
+    """An encoder-decoder's evaluation pairs: ``ids``, the sources (:func:`evaluation_sequences`), and
+    ``decoder_ids``, the decoder-start token followed by a target (seed :data:`TARGET_SEED`), -1 after each end."""
+    targets = evaluation_sequences(vocab_size, seed=TARGET_SEED)
+    start = np.full((len(targets), 1), decoder_start, dtype=np.int32)
+    return {"ids": evaluation_sequences(vocab_size), "decoder_ids": np.concatenate([start, targets], axis=1)}
+
+
+def _examples(ids: np.ndarray, decoder_ids: np.ndarray | None) -> list[tuple[np.ndarray, ...]]:
+    """The arguments of ``LanguageModel.logits`` for each sequence, or each (source, decoder ids) pair."""
+    if decoder_ids is None:
+        return [(row,) for row in sequence_rows(ids)]
+    return list(zip(sequence_rows(ids), sequence_rows(decoder_ids)))
 
 
 def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,15 +158,66 @@ def generator_model(generator: Generator) -> LanguageModel:
     return LanguageModel(logits=first_step.logits, greedy=greedy)
 
 
-def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
-                   greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
-    """PyTorch's view of the sequences, kept small whatever the vocabulary: the ``top_k`` next tokens of every
-    position (``top_ids`` int32, the positions of all sequences one after another) with their log-probabilities
-    (``top_logprobs`` float32, best first) and their :func:`spread` (``spread`` float32), and the greedy tokens
-    after each sequence (``greedy`` int32)."""
+def seq2seq_model(logits: Seq2SeqLogits, decoder_start: int) -> LanguageModel:
+    """An encoder-decoder run on whole decoder sequences (PyTorch's reference, a ``seq2seq-lm`` graph): its greedy
+    tokens run the grown decoder sequence again for each (no cache), from ``decoder_start``."""
+    def greedy(source: np.ndarray, count: int) -> np.ndarray:
+        decoder = np.array([[decoder_start]], dtype=np.int64)
+        for _ in range(count):
+            decoder = np.concatenate([decoder, [[int(logits(source, decoder)[-1].argmax())]]], axis=1)
+        return decoder[0, 1:]
+
+    return LanguageModel(logits=logits, greedy=greedy)
+
+
+def seq2seq_graph(run: Forward, specs: Sequence[TensorSpec]) -> Seq2SeqLogits:
+    """The logits of a ``seq2seq-lm`` graph (``input_ids``, ``attention_mask``, ``decoder_input_ids``)."""
+    dtypes = {spec.name: spec.dtype for spec in specs}
+
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": source, "attention_mask": np.ones_like(source), "decoder_input_ids": decoder_ids}
+        return np.asarray(run({name: feed[name].astype(dtypes[name]) for name in dtypes})["logits"][0], np.float32)
+
+    return logits
+
+
+def seq2seq_components(encoder: Forward, decoder: Forward, decoder_specs: Sequence[TensorSpec]) -> Seq2SeqLogits:
+    """The logits of an encoder and a decoder with a cache (``seq2seq-lm-with-past``, PyTorch's components): the
+    encoder's cross-attention key/values, then the decoder on the whole decoder sequence over an empty cache."""
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        cross = encoder({"input_ids": source, "attention_mask": np.ones_like(source)})
+        given = {**cross, "input_ids": decoder_ids, "encoder_attention_mask": np.ones_like(source)}
+        feed = {spec.name: np.asarray(given[spec.name]).astype(spec.dtype) if spec.name in given else
+                np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype) for spec in decoder_specs}
+        return np.asarray(decoder(feed)["logits"][0], dtype=np.float32)
+
+    return logits
+
+
+def seq2seq_generator_model(generator: Generator) -> LanguageModel:
+    """An encoder-decoder bundle as its generator runs it: the logits of its first feed (the encoder run on the
+    source, an empty cache) with the decoder ids as ``input_ids``, and :meth:`Generator.generate`'s greedy tokens
+    with every logits rule off, no end of sequence, and no forced first or last token (``forced_bos``,
+    ``forced_eos``: BART forces the last), so that they are the argmax of each step's logits."""
+    generator.spec = replace(generator.spec, tokens=replace(generator.spec.tokens, forced_bos=None, forced_eos=None))
+
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        feed = {**generator.first_feed(source, np.ones_like(source), native_cache=False), "input_ids": decoder_ids}
+        return np.asarray(generator.decoder.step(feed)["logits"][0], dtype=np.float32)
+
+    return LanguageModel(logits=logits, greedy=generator_model(generator).greedy)
+
+
+def reference_view(model: LanguageModel, ids: np.ndarray, *, decoder_ids: np.ndarray | None = None,
+                   top_k: int = TOP_K, greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
+    """PyTorch's view of the sequences (an encoder-decoder's: of the sources ``ids`` with their ``decoder_ids``),
+    kept small whatever the vocabulary: the ``top_k`` next tokens of every position (``top_ids`` int32, the positions
+    of all sequences one after another) with their log-probabilities (``top_logprobs`` float32, best first) and their
+    :func:`spread` (``spread`` float32), and the greedy tokens after each sequence (``greedy`` int32)."""
     tops, logprobs, spreads, greedy = [], [], [], []
-    for row in sequence_rows(ids):
-        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
+    for example in _examples(ids, decoder_ids):
+        row = example[0]
+        scores = scipy.special.log_softmax(model.logits(*example).astype(np.float64), axis=-1)
         top = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k]
         tops.append(top)
         logprobs.append(np.take_along_axis(scores, top, axis=-1))
@@ -150,14 +229,16 @@ def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
             "greedy": np.stack(greedy).astype(np.int32)}
 
 
-def artifact_view(model: LanguageModel, ids: np.ndarray, want: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The artifact's view of the sequences against the reference's ``want``: its log-probabilities of the
-    reference's top tokens (``at_top``, float64), its own top-1 at every position (``top1``) and its greedy
-    tokens (``greedy``)."""
+def artifact_view(model: LanguageModel, ids: np.ndarray, want: Mapping[str, np.ndarray], *,
+                  decoder_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The artifact's view of the sequences (or sources with their ``decoder_ids``) against the reference's
+    ``want``: its log-probabilities of the reference's top tokens (``at_top``, float64), its own top-1 at every
+    position (``top1``) and its greedy tokens (``greedy``)."""
     at_top, top1, greedy = [], [], []
     start = 0
-    for row in sequence_rows(ids):
-        scores = scipy.special.log_softmax(model.logits(row).astype(np.float64), axis=-1)
+    for example in _examples(ids, decoder_ids):
+        row = example[0]
+        scores = scipy.special.log_softmax(model.logits(*example).astype(np.float64), axis=-1)
         top_ids = want["top_ids"][start:start + len(scores)].astype(np.int64)
         start += len(scores)
         at_top.append(np.take_along_axis(scores, top_ids, axis=-1))
