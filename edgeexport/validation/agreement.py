@@ -161,10 +161,10 @@ CRITERIA: dict[str, Criteria] = {
     "causal-lm": Criteria(min_agreement=0.9, max_relative_kl=0.02, min_greedy_agreement=0.5),
 }
 CRITERIA["causal-lm-with-past"] = CRITERIA["causal-lm"]
-# Encoder-decoder models (docs/parity.md, "Encoder-decoder language models"): the causal LMs' bounds, unchanged. The tiny
-# BART and T5 at the zoo's init pass at every ONNX and OpenVINO precision; logits x1.3 and x0.7 fail the KL. Known
-# failures: 4-bit weights and OpenVINO int8 of BART with weights 10x the zoo's (top-1, greedy), and the T5 with
-# initializer_factor 3, whose saturated attention PyTorch itself cannot keep under 1e-3 weight noise.
+# Encoder-decoder models (docs/parity.md, "Encoder-decoder language models"): the causal LMs' bounds, unchanged. The
+# tiny BART and T5 at the zoo's init pass at every ONNX and OpenVINO precision; logits x1.3 and x0.7 fail the KL.
+# Known failures: 4-bit weights and OpenVINO int8 of BART with weights 10x the zoo's (top-1, greedy), and the T5
+# with initializer_factor 3, whose saturated attention PyTorch itself cannot keep under 1e-3 weight noise.
 CRITERIA["seq2seq-lm"] = CRITERIA["seq2seq-lm-with-past"] = CRITERIA["causal-lm"]
 
 
