@@ -541,11 +541,11 @@ def _check_seq2seq(artifact: Artifact, runner: Runner, encoder: Runner | None, b
                    want: Mapping[str, np.ndarray], criteria: Criteria) -> Agreement | None:
     """An encoder-decoder's evaluation: its (source, decoder ids) pairs through a ``seq2seq-lm`` graph, or through
     a bundle's generator with the ``encoder``'s runner (None without it: the decoder alone cannot judge them)."""
+    if artifact.manifest.generation and encoder is None:
+        return None
     sequences = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))
     ids, decoder_ids = sequences["ids"], sequences["decoder_ids"]
-    if artifact.manifest.generation:
-        if encoder is None:
-            return None
+    if encoder is not None:
         from edgeexport.generator import Generator
 
         model = seq2seq_generator_model(Generator(runner, encoder))
