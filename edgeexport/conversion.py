@@ -181,7 +181,7 @@ def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Expo
     components = getattr(reference, "components", {"": reference})
     say("running the reference on the golden inputs and the evaluation set")
     golden = {role: _golden(component) for role, component in components.items()}
-    evaluation = {role: _evaluation(component) for role, component in components.items()}
+    evaluation = {"": _evaluation(reference)} if "" in components else {"decoder": _seq2seq_evaluation(reference)}
     with staged_output(folder, force=force) as stage:
         manifests = {}
         for role, component in components.items():
@@ -189,7 +189,7 @@ def export_reference(reference: ReferenceModel | ReferenceBundle, exporter: Expo
             (stage / role).mkdir(exist_ok=True)
             manifests[role] = _write_artifact(stage / role, component, golden[role], exporter, precision=precision,
                                               options=options, tool_packages=tool_packages,
-                                              evaluation=evaluation[role])
+                                              evaluation=evaluation.get(role))
         if "" not in components:
             write_bundle(stage, list(components), _model_info(reference, options.seed))
     report = None
@@ -229,7 +229,7 @@ def _golden(reference: ReferenceModel) -> Golden:
     return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
 
 
-Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray,
+Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray | dict[str, np.ndarray],
                    np.ndarray | dict[str, np.ndarray]] | None
 
 
@@ -245,6 +245,8 @@ def _evaluation(reference: ReferenceModel) -> Evaluation:
 
     if reference.task in LM_TASKS:
         return _sequences_evaluation(reference)
+    if reference.task == "seq2seq-lm":
+        return _seq2seq_evaluation(reference)
     source = getattr(reference, "input_source", None)  # a bundle's components have none
     if source is None or reference.task not in CRITERIA:
         return None
@@ -280,6 +282,30 @@ def _sequences_evaluation(reference: ReferenceModel) -> Evaluation:
     else:
         examples = ids = evaluation_sequences(reference.vocab_size)
     return examples, reference_view(forward_model(reference.run, reference.input_tensor_specs()), ids)
+
+
+def _seq2seq_evaluation(reference: ReferenceModel | ReferenceBundle) -> Evaluation:
+    """An encoder-decoder's evaluation pairs (sources and decoder ids) and PyTorch's view of them: a ``seq2seq-lm``
+    graph's, or a bundle's encoder and decoder together (the decoder's artifact carries them); None for a model
+    without a decoder-start (or BOS) token."""
+    from edgeexport.generation_spec import TokenIds
+    from edgeexport.reference.decoders_with_past import token_ids
+    from edgeexport.validation.sequence_measures import (reference_view, seq2seq_components, seq2seq_graph,
+                                                         seq2seq_model, seq2seq_sequences)
+
+    if hasattr(reference, "components"):
+        encoder, decoder = reference.components["encoder"], reference.components["decoder"]
+        tokens, vocab_size = TokenIds.from_dict(decoder.generation["tokens"]), decoder.vocab_size
+        logits = seq2seq_components(encoder.run, decoder.run, decoder.input_tensor_specs())
+    else:
+        tokens, vocab_size = token_ids(reference.module.model), reference.vocab_size
+        logits = seq2seq_graph(reference.run, reference.input_tensor_specs())
+    start = tokens.decoder_start if tokens.decoder_start is not None else tokens.bos
+    if start is None:
+        return None
+    sequences = seq2seq_sequences(vocab_size, start)
+    return sequences, reference_view(seq2seq_model(logits, start), sequences["ids"],
+                                     decoder_ids=sequences["decoder_ids"])
 
 
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:

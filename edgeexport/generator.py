@@ -243,7 +243,7 @@ class Generator:
         rng = np.random.default_rng(seed)
         sequences = call.start
         start = time.perf_counter()
-        feed = self._first_feed(call.ids, call.mask, native_cache=True)
+        feed = self.first_feed(call.ids, call.mask, native_cache=True)
         unfinished = np.ones(len(call.ids), dtype=bool)
         for _ in range(call.max_new_tokens):
             outputs = self.decoder.step(feed, keep=self.spec.present)
@@ -269,7 +269,7 @@ class Generator:
                             eos=call.eos, fill=call.pad or (call.eos[0] if call.eos else 0),
                             length_penalty=config.length_penalty, early_stopping=config.early_stopping)
         start = time.perf_counter()
-        feed = self._first_feed(call.ids, call.mask, native_cache=False)
+        feed = self.first_feed(call.ids, call.mask, native_cache=False)
         outputs = self.decoder.step(feed)
         feed = {name: np.repeat(value, beams, axis=0) for name, value in feed.items()}
         outputs = {"logits": outputs["logits"][:, -1:], **{name: outputs[name] for name in self.spec.present}}
@@ -336,9 +336,10 @@ class Generator:
             raise ArtifactError("the manifest names no decoder_start (or bos) token id; re-export the model with one set")
         return np.full((len(ids), 1), start, dtype=np.int64)
 
-    def _first_feed(self, ids: np.ndarray, mask: np.ndarray, *, native_cache: bool) -> dict[str, Any]:
-        """The first decoder step's inputs (running the encoder); ``native_cache`` lets the encoder's
-        cross key/values stay backend handles, otherwise they are numpy arrays."""
+    def first_feed(self, ids: np.ndarray, mask: np.ndarray, *, native_cache: bool) -> dict[str, Any]:
+        """The first decoder step's inputs for the prompts ``ids`` with their ``mask``, over an empty cache (running
+        the encoder); ``native_cache`` lets the encoder's cross key/values stay backend handles, otherwise they are
+        numpy arrays. The task agreement teacher-forces a decoder by replacing its ``input_ids``."""
         batch = len(ids)
         specs = {spec.name: spec for spec in self.decoder.inputs}
         past = {name: np.zeros(_empty_past_shape(specs[name].shape, batch), dtype=specs[name].dtype)

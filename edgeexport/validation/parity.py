@@ -139,14 +139,25 @@ def check_components(components: Mapping[str, Artifact], name: str,
                      reference: ReferenceModel | ReferenceBundle | None = None, *, tolerance: Tolerance | None = None,
                      **runner_options: Any) -> ParityReport:
     """:func:`check_parity` of artifacts already opened and hash-checked
-    (:func:`edgeexport.bundle.open_components`); ``name`` is a bundle's folder, as the report names it."""
+    (:func:`edgeexport.bundle.open_components`); ``name`` is a bundle's folder, as the report names it. An
+    encoder-decoder bundle's evaluation set (its decoder's) is judged once, with both runners."""
     reports = {role: _check_one(artifact, reference, tolerance, runner_options)
                for role, artifact in components.items()}
     if "" in reports:
         return reports[""]
     first = next(iter(reports.values()))
     cases = [replace(case, case=f"{role}/{case.case}") for role, report in reports.items() for case in report.cases]
-    return replace(first, artifact=name, cases=cases)
+    return replace(first, artifact=name, cases=cases, agreement=_bundle_agreement(components, runner_options))
+
+
+def _bundle_agreement(components: Mapping[str, Artifact], runner_options: dict[str, Any]) -> Agreement | None:
+    """The task agreement of an encoder-decoder bundle on its decoder's evaluation set, run with both runners."""
+    if set(components) != {"encoder", "decoder"} or not components["decoder"].manifest.evaluation:
+        return None
+    encoder = load(components["encoder"], verify=False, **runner_options)
+    decoder = load(components["decoder"], verify=False, **runner_options)
+    with encoder, decoder:
+        return check_evaluation(decoder.artifact, decoder, encoder)
 
 
 def _check_one(artifact: Artifact, reference: ReferenceModel | ReferenceBundle | None, tolerance: Tolerance | None,

@@ -25,13 +25,21 @@ here. :func:`sequence_measures` compares, over every position of every sequence:
 - ``greedy_agreement``: the share of sequences whose greedy continuation is the reference's, token for token, and
   ``first_divergence``: the mean index of the first differing token (:data:`GREEDY_TOKENS` where none differs).
 
+Encoder-decoder models (:data:`SEQ2SEQ_TASKS`) are judged the same way over pairs (:func:`seq2seq_sequences`): 32
+source sequences (the encoder's input, seed :data:`EVALUATION_SEED`) and 32 targets (seed :data:`TARGET_SEED`), the
+decoder teacher-forced on the decoder-start token followed by the target (its ids, ``decoder_ids``, are stored so), its
+positions those of the measures; the greedy tokens follow the decoder-start token of each source. The reference and
+a ``seq2seq-lm`` graph run whole sequences (:func:`seq2seq_graph`, :func:`seq2seq_components`,
+:func:`seq2seq_model`), a ``seq2seq-lm-with-past`` bundle runs as its generator runs it
+(:func:`seq2seq_generator_model`), each pair alone (:class:`Seq2SeqModel`).
+
 The thresholds are derived in docs/parity.md ("Language models"). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,8 +54,10 @@ if TYPE_CHECKING:
     from edgeexport.validation.agreement import Criteria
 
 LM_TASKS = ("causal-lm", "causal-lm-with-past")
+SEQ2SEQ_TASKS = ("seq2seq-lm", "seq2seq-lm-with-past")
 SEQUENCES = 32
 EVALUATION_SEED = 2000  # away from the golden (0, 1), calibration (500+) and fresh (1000+) seeds
+TARGET_SEED = 2001  # an encoder-decoder's targets (its sources: EVALUATION_SEED)
 LENGTHS = (6, 30)  # tokens of a sequence, drawn uniformly: about a sentence's
 MAX_TOKENS = 30  # a sentence's tokens kept: TensorRT's profile goes to 4x the tiny presets' 8 tokens
 BATCH = 4  # sequences a call: TensorRT's profile goes to 4x the golden example's batch (1 at full size)
@@ -56,6 +66,7 @@ TOP_K = 64
 PAST_PREFIX = "past_key_values."
 
 Forward = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+Seq2SeqLogits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (source, decoder ids) -> (decoder length, vocab)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,16 @@ class LanguageModel:
 
     logits: Callable[[np.ndarray, np.ndarray], np.ndarray]
     greedy: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Seq2SeqModel:
+    """How the evaluation runs an encoder-decoder on one source ``(1, length)``: ``logits(source, decoder_ids)``, the
+    decoder's ``(decoder length, vocab)`` teacher-forced on ``decoder_ids`` ``(1, decoder length)`` over the encoded
+    source, and ``greedy(source, n)``: the ``n`` tokens greedy decoding adds after the decoder-start token."""
+
+    logits: Seq2SeqLogits
+    greedy: Callable[[np.ndarray, int], np.ndarray]
 
 
 def evaluation_sequences(vocab_size: int, *, count: int = SEQUENCES, seed: int = EVALUATION_SEED) -> np.ndarray:
@@ -89,6 +110,14 @@ def text_sequences(tokenizer: Any, texts: Sequence[str], max_tokens: int = MAX_T
 def sequence_rows(ids: np.ndarray) -> list[np.ndarray]:
     """Each sequence of :func:`evaluation_sequences` or :func:`text_sequences` alone, ``(length,)`` int64."""
     return [row[row >= 0].astype(np.int64) for row in ids]
+
+
+def seq2seq_sequences(vocab_size: int, decoder_start: int) -> dict[str, np.ndarray]:
+    """An encoder-decoder's evaluation pairs: ``ids``, the sources (:func:`evaluation_sequences`), and
+    ``decoder_ids``, the decoder-start token followed by a target (seed :data:`TARGET_SEED`), -1 after each end."""
+    targets = evaluation_sequences(vocab_size, seed=TARGET_SEED)
+    start = np.full((len(targets), 1), decoder_start, dtype=np.int32)
+    return {"ids": evaluation_sequences(vocab_size), "decoder_ids": np.concatenate([start, targets], axis=1)}
 
 
 def left_padded(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -156,48 +185,132 @@ def generator_model(generator: Generator) -> LanguageModel:
     return LanguageModel(logits=first_step.logits, greedy=greedy)
 
 
-def reference_view(model: LanguageModel, ids: np.ndarray, *, top_k: int = TOP_K,
-                   greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
-    """PyTorch's view of the sequences, each run alone, kept small whatever the vocabulary: the ``top_k`` next tokens
-    of every position (``top_ids`` int32, the positions of all sequences one after another) with their
-    log-probabilities (``top_logprobs`` float32, best first) and their :func:`spread` (``spread`` float32), and the
-    greedy tokens after each sequence (``greedy`` int32)."""
+def seq2seq_model(logits: Seq2SeqLogits, decoder_start: int) -> Seq2SeqModel:
+    """An encoder-decoder run on whole decoder sequences (PyTorch's reference, a ``seq2seq-lm`` graph): its greedy
+    tokens run the grown decoder sequence again for each (no cache), from ``decoder_start``."""
+    def greedy(source: np.ndarray, count: int) -> np.ndarray:
+        decoder = np.array([[decoder_start]], dtype=np.int64)
+        for _ in range(count):
+            decoder = np.concatenate([decoder, [[int(logits(source, decoder)[-1].argmax())]]], axis=1)
+        return decoder[0, 1:]
+
+    return Seq2SeqModel(logits=logits, greedy=greedy)
+
+
+def seq2seq_graph(run: Forward, specs: Sequence[TensorSpec]) -> Seq2SeqLogits:
+    """The logits of a ``seq2seq-lm`` graph (``input_ids``, ``attention_mask``, ``decoder_input_ids``)."""
+    dtypes = {spec.name: spec.dtype for spec in specs}
+
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": source, "attention_mask": np.ones_like(source), "decoder_input_ids": decoder_ids}
+        return np.asarray(run({name: feed[name].astype(dtypes[name]) for name in dtypes})["logits"][0], np.float32)
+
+    return logits
+
+
+def seq2seq_components(encoder: Forward, decoder: Forward, decoder_specs: Sequence[TensorSpec]) -> Seq2SeqLogits:
+    """The logits of an encoder and a decoder with a cache (``seq2seq-lm-with-past``, PyTorch's components): the
+    encoder's cross-attention key/values, then the decoder on the whole decoder sequence over an empty cache."""
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        cross = encoder({"input_ids": source, "attention_mask": np.ones_like(source)})
+        given = {**cross, "input_ids": decoder_ids, "encoder_attention_mask": np.ones_like(source)}
+        feed = {spec.name: np.asarray(given[spec.name]).astype(spec.dtype) if spec.name in given else
+                np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype) for spec in decoder_specs}
+        return np.asarray(decoder(feed)["logits"][0], dtype=np.float32)
+
+    return logits
+
+
+def seq2seq_generator_model(generator: Generator) -> Seq2SeqModel:
+    """An encoder-decoder bundle as its generator runs it: the logits of its first feed (the encoder run on the
+    source, an empty cache) with the decoder ids as ``input_ids``, and :meth:`Generator.generate`'s greedy tokens
+    with every logits rule off, no end of sequence, and no forced first or last token (``forced_bos``,
+    ``forced_eos``: BART forces the last), so that they are the argmax of each step's logits."""
+    generator.spec = replace(generator.spec, tokens=replace(generator.spec.tokens, forced_bos=None, forced_eos=None))
+
+    def logits(source: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+        feed = {**generator.first_feed(source, np.ones_like(source), native_cache=False), "input_ids": decoder_ids}
+        return np.asarray(generator.decoder.step(feed)["logits"][0], dtype=np.float32)
+
+    batched = generator_model(generator).greedy
+
+    def greedy(source: np.ndarray, count: int) -> np.ndarray:
+        return batched(source, np.ones_like(source), count)[0]
+
+    return Seq2SeqModel(logits=logits, greedy=greedy)
+
+
+def reference_view(model: LanguageModel | Seq2SeqModel, ids: np.ndarray, *, decoder_ids: np.ndarray | None = None,
+                   top_k: int = TOP_K, greedy_tokens: int = GREEDY_TOKENS) -> dict[str, np.ndarray]:
+    """PyTorch's view of the sequences (an encoder-decoder's: of the sources ``ids`` with their ``decoder_ids``), each
+    run alone, kept small whatever the vocabulary: the ``top_k`` next tokens of every position (``top_ids`` int32, the
+    positions of all sequences one after another) with their log-probabilities (``top_logprobs`` float32, best first)
+    and their :func:`spread` (``spread`` float32), and the greedy tokens after each sequence (``greedy`` int32)."""
     tops, logprobs, spreads, greedy = [], [], [], []
-    for row in sequence_rows(ids):
-        alone, mask = row[None], np.ones((1, len(row)), dtype=np.int64)
-        scores = scipy.special.log_softmax(model.logits(alone, mask)[0].astype(np.float64), axis=-1)
+    for logits, tokens in _runs_alone(model, ids, decoder_ids, greedy_tokens):
+        scores = scipy.special.log_softmax(logits.astype(np.float64), axis=-1)
         top = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k]
         tops.append(top)
         logprobs.append(np.take_along_axis(scores, top, axis=-1))
         spreads.append(spread(scores, top))
-        greedy.append(model.greedy(alone, mask, greedy_tokens)[0])
+        greedy.append(tokens)
     return {"top_ids": np.concatenate(tops).astype(np.int32),
             "top_logprobs": np.concatenate(logprobs).astype(np.float32),
             "spread": np.concatenate(spreads).astype(np.float32),
             "greedy": np.stack(greedy).astype(np.int32)}
 
 
-def artifact_view(model: LanguageModel, ids: np.ndarray, want: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The artifact's view of the sequences against the reference's ``want``, :data:`BATCH` a call, left-padded: its
-    log-probabilities of the reference's top tokens (``at_top``, float64), its own top-1 at every position
-    (``top1``) and its greedy tokens (``greedy``)."""
-    rows = sequence_rows(ids)
-    ends = np.cumsum([len(row) for row in rows])
+def artifact_view(model: LanguageModel | Seq2SeqModel, ids: np.ndarray, want: Mapping[str, np.ndarray], *,
+                  decoder_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The artifact's view of the sequences against the reference's ``want``, :data:`BATCH` a call, left-padded (an
+    encoder-decoder's sources with their ``decoder_ids``: each pair alone): its log-probabilities of the reference's
+    top tokens (``at_top``, float64), its own top-1 at every position (``top1``) and its greedy tokens
+    (``greedy``). Positions that do not match the reference's in number give ``at_top`` of width 0, which
+    :func:`sequence_measures` reports."""
+    tokens = want["greedy"].shape[1]
+    runs = (_runs_batched(model, ids, tokens) if isinstance(model, LanguageModel)
+            else _runs_alone(model, ids, decoder_ids, tokens))
     top_ids = want["top_ids"].astype(np.int64)
-    if len(top_ids) != ends[-1]:
-        return {"at_top": np.zeros((ends[-1], 0)), "top1": np.zeros(0, np.int64), "greedy": want["greedy"][:0]}
     at_top, top1, greedy = [], [], []
+    start = 0
+    for logits, continuation in runs:
+        scores = scipy.special.log_softmax(logits.astype(np.float64), axis=-1)
+        chosen = top_ids[start:start + len(scores)]
+        start += len(scores)
+        if len(chosen) != len(scores):
+            break
+        at_top.append(np.take_along_axis(scores, chosen, axis=-1))
+        top1.append(scores.argmax(-1))
+        greedy.append(continuation)
+    if start != len(top_ids):
+        return {"at_top": np.zeros((start, 0)), "top1": np.zeros(0, np.int64), "greedy": want["greedy"][:0]}
+    return {"at_top": np.concatenate(at_top), "top1": np.concatenate(top1), "greedy": np.stack(greedy)}
+
+
+def _runs_alone(model: LanguageModel | Seq2SeqModel, ids: np.ndarray, decoder_ids: np.ndarray | None,
+                tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each sequence (or source with its decoder ids) run alone: its logits ``(length, vocab)`` and ``tokens``
+    greedy tokens."""
+    if isinstance(model, Seq2SeqModel):
+        assert decoder_ids is not None  # an encoder-decoder's evaluation always has them
+        for source, decoder in zip(sequence_rows(ids), sequence_rows(decoder_ids)):
+            yield model.logits(source[None], decoder[None]), model.greedy(source[None], tokens)
+        return
+    for row in sequence_rows(ids):
+        alone, mask = row[None], np.ones((1, len(row)), dtype=np.int64)
+        yield model.logits(alone, mask)[0], model.greedy(alone, mask, tokens)[0]
+
+
+def _runs_batched(model: LanguageModel, ids: np.ndarray, tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The sequences :data:`BATCH` a call, left-padded: each one's logits at its own tokens and its ``tokens`` greedy
+    tokens."""
+    rows = sequence_rows(ids)
     for start in range(0, len(rows), BATCH):
         batch = rows[start:start + BATCH]
         padded, mask = left_padded(batch)
-        logits = model.logits(padded, mask)
+        logits, greedy = model.logits(padded, mask), model.greedy(padded, mask, tokens)
         for index, row in enumerate(batch):
-            scores = scipy.special.log_softmax(logits[index, -len(row):].astype(np.float64), axis=-1)
-            end = ends[start + index]
-            at_top.append(np.take_along_axis(scores, top_ids[end - len(row):end], axis=-1))
-            top1.append(scores.argmax(-1))
-        greedy.append(model.greedy(padded, mask, want["greedy"].shape[1]))
-    return {"at_top": np.concatenate(at_top), "top1": np.concatenate(top1), "greedy": np.concatenate(greedy)}
+            yield logits[index, -len(row):], greedy[index]
 
 
 def spread(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
