@@ -338,8 +338,7 @@ def _write_artifact(stage: Path, reference: ReferenceModel, golden: Golden, expo
         tolerance=tolerance, logits_outputs=reference.logits_outputs, runtime_options=result.runtime_options,
         golden=[save_golden(stage, name, sizes, inputs, outputs) for name, sizes, inputs, outputs in golden],
         generation=reference.generation, processing=reference.processing,
-        evaluation=write_evaluation(stage, reference.task, *evaluation, tokenizer=TOKENIZER_FILE) if evaluation
-        else {},
+        evaluation=write_evaluation(stage, reference.task, *evaluation) if evaluation else {},
         criterion=dict(CRITERION),
     )
     return write_manifest(stage, manifest, tool_packages)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,18 @@ def past_names(layers: int) -> list[str]:
 def present_names(layers: int) -> list[str]:
     """Decoder outputs holding the updated self-attention cache, in the order of :func:`past_names`."""
     return [f"present.{i}.{kind}" for i in range(layers) for kind in KINDS]
+
+
+def empty_past_shape(shape: Sequence[int | str], batch: int) -> tuple[int, ...]:
+    """``(batch, heads, 0, head_dim)``: an empty cache for a past input of the manifest ``shape``.
+
+    Raises:
+        ArtifactError: heads or head_dim are not fixed.
+    """
+    heads, head_dim = shape[1], shape[3]
+    if not (isinstance(heads, int) and isinstance(head_dim, int)):
+        raise ArtifactError(f"cache inputs must have fixed heads and head_dim, the manifest says {list(shape)}")
+    return batch, heads, 0, head_dim
 
 
 def cross_names(layers: int) -> list[str]:

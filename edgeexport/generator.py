@@ -36,7 +36,7 @@ import scipy.special
 from edgeexport.bundle import component_folders
 from edgeexport.decoding import BeamSearch, LogitsRules
 from edgeexport.errors import ArtifactError, InputSpecError, UsageError
-from edgeexport.generation_spec import GenerationConfig, GenerationSpec
+from edgeexport.generation_spec import GenerationConfig, GenerationSpec, empty_past_shape
 from edgeexport.processing import load_tokenizer, position_ids
 from edgeexport.runner import Runner, load
 
@@ -342,7 +342,7 @@ class Generator:
         numpy arrays. The task agreement teacher-forces a decoder by replacing its ``input_ids``."""
         batch = len(ids)
         specs = {spec.name: spec for spec in self.decoder.inputs}
-        past = {name: np.zeros(_empty_past_shape(specs[name].shape, batch), dtype=specs[name].dtype)
+        past = {name: np.zeros(empty_past_shape(specs[name].shape, batch), dtype=specs[name].dtype)
                 for name in self.spec.past}
         if not self.spec.encoder_decoder:
             feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)[:, -ids.shape[1]:]}
@@ -427,11 +427,3 @@ def _accepted(runner: Runner, feed: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``feed`` that the runner's model takes as inputs."""
     names = {spec.name for spec in runner.inputs}
     return {name: value for name, value in feed.items() if name in names}
-
-
-def _empty_past_shape(shape: Sequence[int | str], batch: int) -> tuple[int, ...]:
-    """``(batch, heads, 0, head_dim)`` from a past input's manifest shape."""
-    heads, head_dim = shape[1], shape[3]
-    if not (isinstance(heads, int) and isinstance(head_dim, int)):
-        raise ArtifactError(f"cache inputs must have fixed heads and head_dim, the manifest says {list(shape)}")
-    return batch, heads, 0, head_dim

@@ -181,7 +181,8 @@ def encode_texts(tokenizer: Any, texts: Sequence[str] | Sequence[tuple[str, str]
                  max_length: int | None) -> dict[str, np.ndarray]:
     """Several texts, or (question, context) pairs, through a ``tokenizers.Tokenizer``: each truncated to
     ``max_length`` (when given), all right-padded to the longest, as sentence-transformers tokenizes a batch, with
-    position ids over the real tokens. Pairs also give ``context_mask``: the context's tokens, where an answer span may lie."""
+    position ids over the real tokens. Pairs also give ``context_mask``: the context's tokens, where an answer span
+    may lie."""
     if max_length:
         tokenizer.enable_truncation(max_length)
     pad = tokenizer.padding or {}

@@ -54,6 +54,7 @@ import numpy as np
 
 from edgeexport.artifact import save_tensors
 from edgeexport.errors import ArtifactError, InputSpecError
+from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
                                    image_inputs, load_tokenizer, sigmoid, softmax)
@@ -437,12 +438,12 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 
 def write_evaluation(folder: Path, task: str,
                      examples: Texts | Sequence[Path] | np.ndarray | Mapping[str, np.ndarray],
-                     reference: np.ndarray | Mapping[str, np.ndarray], tokenizer: str = "") -> dict[str, Any]:
+                     reference: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Write the held-out examples (texts or [question, context] pairs as a JSON list, photographs and speech as
     copies of their files, token sequences as int32 ids, an encoder-decoder's as its sources ``ids`` and
     ``decoder_ids``) and the reference's task view into the artifact; return the manifest block. A language model's
-    texts name the ``tokenizer`` (the artifact's file) that makes them its token sequences, and the tokens kept of
-    each."""
+    texts name the tokenizer that makes them its token sequences (the artifact's own, :data:`TOKENIZER_FILE`), and
+    the tokens kept of each."""
     (folder / EVALUATION_DIR).mkdir(exist_ok=True)
     stored = save_tensors(folder, REFERENCE_FILE, reference if isinstance(reference, Mapping) else
                           stored_reference(task, reference))
@@ -455,7 +456,7 @@ def write_evaluation(folder: Path, task: str,
         (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
         if task in LM_TASKS:
-            block.update(tokenizer=tokenizer, max_tokens=MAX_TOKENS)
+            block.update(tokenizer=TOKENIZER_FILE, max_tokens=MAX_TOKENS)
     else:
         block["files"] = [f"{EVALUATION_DIR}/{Path(example).name}" for example in examples]
         for example, relative in zip(examples, block["files"]):

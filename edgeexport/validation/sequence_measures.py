@@ -46,6 +46,7 @@ import numpy as np
 import scipy.special
 
 from edgeexport.errors import ArtifactError
+from edgeexport.generation_spec import empty_past_shape
 from edgeexport.processing import encode_texts, position_ids
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def sequence_feed(specs: Sequence[TensorSpec], ids: np.ndarray, mask: np.ndarray
         if spec.name in given:
             feed[spec.name] = given[spec.name].astype(spec.dtype)
         elif spec.name.startswith(PAST_PREFIX) and len(spec.shape) == 4:
-            feed[spec.name] = np.zeros((len(ids), spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype)
+            feed[spec.name] = np.zeros(empty_past_shape(spec.shape, len(ids)), dtype=spec.dtype)
         else:
             raise ArtifactError(f"input {spec.name!r} cannot be filled from token ids; a language model's evaluation "
                                 "takes input_ids, attention_mask, position_ids and past key/values")
@@ -171,18 +172,21 @@ def forward_model(run: Forward, specs: Sequence[TensorSpec]) -> LanguageModel:
 
 def generator_model(generator: Generator) -> LanguageModel:
     """A decoder with its cache (``causal-lm-with-past``) as its generator runs it: the logits of the prompt's
-    first step (an empty cache, through the runner's ``step`` call as the generator makes it: OpenVINO's checked
-    call cannot take an empty cache after a longer one), and :meth:`Generator.generate`'s greedy tokens with every
+    first step (the generator's own first feed over an empty cache, :meth:`Generator.first_feed`, through the
+    runner's ``step`` call as the generator makes it: OpenVINO's checked call cannot take an empty cache after a
+    longer one), and :meth:`Generator.generate`'s greedy tokens with every
     logits rule off and no end of sequence, so that they are the argmax of each step's logits, as the reference's
     are."""
-    first_step = forward_model(generator.decoder.step, generator.decoder.inputs)
+    def logits(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = generator.first_feed(ids, mask, native_cache=False)
+        return np.asarray(generator.decoder.step(feed)["logits"], dtype=np.float32)
 
     def greedy(ids: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
         output = generator.generate(ids, mask, eos_token_id=(), max_new_tokens=count, min_new_tokens=0, num_beams=1,
                                     do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0)
         return output.tokens
 
-    return LanguageModel(logits=first_step.logits, greedy=greedy)
+    return LanguageModel(logits=logits, greedy=greedy)
 
 
 def seq2seq_model(logits: Seq2SeqLogits, decoder_start: int) -> Seq2SeqModel:
@@ -215,7 +219,7 @@ def seq2seq_components(encoder: Forward, decoder: Forward, decoder_specs: Sequen
         cross = encoder({"input_ids": source, "attention_mask": np.ones_like(source)})
         given = {**cross, "input_ids": decoder_ids, "encoder_attention_mask": np.ones_like(source)}
         feed = {spec.name: np.asarray(given[spec.name]).astype(spec.dtype) if spec.name in given else
-                np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype) for spec in decoder_specs}
+                np.zeros(empty_past_shape(spec.shape, 1), dtype=spec.dtype) for spec in decoder_specs}
         return np.asarray(decoder(feed)["logits"][0], dtype=np.float32)
 
     return logits
