@@ -29,6 +29,7 @@ from edgeexport.tasks import task_head
 from edgeexport.validation.agreement import write_evaluation
 from edgeexport.validation.metrics import CRITERION
 from edgeexport.validation.parity import ParityReport, check_parity
+from edgeexport.validation.sequence_measures import SentencePairs
 from edgeexport.zoo import SPECS, model_kind, weights_note, zoo_task
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ def _golden(reference: ReferenceModel) -> Golden:
     return [(name, sizes, inputs, reference.run(inputs)) for name, sizes, inputs in cases]
 
 
-Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray | dict[str, np.ndarray],
+Evaluation = tuple[list[str] | list[tuple[str, str]] | list[Path] | np.ndarray | dict[str, np.ndarray] | SentencePairs,
                    np.ndarray | dict[str, np.ndarray]] | None
 
 
@@ -285,27 +286,37 @@ def _sequences_evaluation(reference: ReferenceModel) -> Evaluation:
 
 
 def _seq2seq_evaluation(reference: ReferenceModel | ReferenceBundle) -> Evaluation:
-    """An encoder-decoder's evaluation pairs (sources and decoder ids) and PyTorch's view of them: a ``seq2seq-lm``
-    graph's, or a bundle's encoder and decoder together (the decoder's artifact carries them); None for a model
-    without a decoder-start (or BOS) token."""
+    """An encoder-decoder's evaluation pairs and PyTorch's view of them: a ``seq2seq-lm`` graph's, or a bundle's
+    encoder and decoder together (the decoder's artifact carries them); None for a model without a decoder-start (or
+    BOS) token. The pairs are held-out sentences through the model's tokenizer (sources the evaluation split's first
+    :data:`SEQUENCES`, targets its next), or seeded random ids where it has none."""
     from edgeexport.generation_spec import TokenIds
     from edgeexport.reference.decoders_with_past import token_ids
-    from edgeexport.validation.sequence_measures import (reference_view, seq2seq_components, seq2seq_graph,
+    from edgeexport.reference.model import TextSource
+    from edgeexport.validation.sequence_measures import (SEQUENCES, reference_view, seq2seq_components, seq2seq_graph,
                                                          seq2seq_model, seq2seq_sequences)
 
     if hasattr(reference, "components"):
         encoder, decoder = reference.components["encoder"], reference.components["decoder"]
         tokens, vocab_size = TokenIds.from_dict(decoder.generation["tokens"]), decoder.vocab_size
+        assets = decoder.assets
         logits = seq2seq_components(encoder.run, decoder.run, decoder.input_tensor_specs())
     else:
-        tokens, vocab_size = token_ids(reference.module.model), reference.vocab_size
+        tokens, vocab_size, assets = token_ids(reference.module.model), reference.vocab_size, reference.assets
         logits = seq2seq_graph(reference.run, reference.input_tensor_specs())
-    start = tokens.decoder_start if tokens.decoder_start is not None else tokens.bos
+    start = tokens.first_decoder_token
     if start is None:
         return None
-    sequences = seq2seq_sequences(vocab_size, start)
-    return sequences, reference_view(seq2seq_model(logits, start), sequences["ids"],
-                                     decoder_ids=sequences["decoder_ids"])
+    examples: SentencePairs | dict[str, np.ndarray]
+    if TOKENIZER_FILE in assets:
+        source = TextSource(assets[TOKENIZER_FILE])
+        sentences = [text for text in source.texts("evaluation") if isinstance(text, str)]
+        examples = SentencePairs(list(zip(sentences[:SEQUENCES], sentences[SEQUENCES:2 * SEQUENCES])), start)
+        sequences = examples.token_ids(source.load())
+    else:
+        examples = sequences = seq2seq_sequences(vocab_size, start)
+    return examples, reference_view(seq2seq_model(logits, start), sequences["ids"],
+                                    decoder_ids=sequences["decoder_ids"])
 
 
 def _model_info(reference: ReferenceModel | ReferenceBundle, seed: int) -> dict[str, Any]:

@@ -88,6 +88,11 @@ class TokenIds:
     forced_bos: int | None = None
     forced_eos: int | None = None
 
+    @property
+    def first_decoder_token(self) -> int | None:
+        """The token an encoder-decoder's decoder starts from: ``decoder_start``, else ``bos``."""
+        return self.decoder_start if self.decoder_start is not None else self.bos
+
     def to_dict(self) -> dict[str, Any]:
         return {"bos": self.bos, "eos": list(self.eos), "pad": self.pad, "decoder_start": self.decoder_start,
                 "forced_bos": self.forced_bos, "forced_eos": self.forced_eos}

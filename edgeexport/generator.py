@@ -330,8 +330,7 @@ class Generator:
         """What the first new token follows: the prompt, or the decoder-start token of an encoder-decoder."""
         if not self.spec.encoder_decoder:
             return ids
-        tokens = self.spec.tokens
-        start = tokens.decoder_start if tokens.decoder_start is not None else tokens.bos
+        start = self.spec.tokens.first_decoder_token
         if start is None:
             raise ArtifactError("the manifest names no decoder_start (or bos) token id; re-export the model with one set")
         return np.full((len(ids), 1), start, dtype=np.int64)

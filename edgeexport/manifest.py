@@ -366,6 +366,8 @@ def _evaluation(data: Mapping[str, Any]) -> dict[str, Any]:
         if "tokenizer" in block:  # a language model's sentences, tokenized on the device
             _field(block, "tokenizer", str, "evaluation")
             _count(block, "max_tokens", "evaluation")
+        if "decoder_start" in block:  # an encoder-decoder's (source, target) pairs
+            _count(block, "decoder_start", "evaluation")
     GoldenFile.from_dict(_field(block, "reference", dict, "evaluation"), "evaluation.reference")
     criteria = _field(block, "criteria", dict, "evaluation")
     if set(criteria) - {"min_agreement", *OPTIONAL_CRITERIA} or "min_agreement" not in criteria:

@@ -283,4 +283,4 @@ def test_corrupt_evaluation_texts_are_one_line(embedder: ConversionResult, tmp_p
     result = CliRunner().invoke(app, ["validate", str(copy)])
     assert result.exit_code == 2
     assert result.output.strip() == ("error: evaluation texts 'evaluation/texts.json' must be a non-empty JSON list of "
-                                     "strings or of [question, context] pairs; re-run convert")
+                                     "strings or of [question, context] or [source, target] pairs; re-run convert")

@@ -5,8 +5,10 @@ Fixed plants, sized without the thresholds, on a numpy encoder-decoder with rand
 criterion only: logits x1.3 and x0.7 (the KL), the top two next tokens swapped at every teacher-forced position
 (top-1), greedy tokens from a source that lost its last token (greedy); another model misses all three; noise of 1 %
 of the logits' spread passes. The feeds: a ``seq2seq-lm`` graph gets the source with the decoder ids, a bundle's
-decoder the encoder's key/values over an empty cache. Then the tiny BART and T5 bundles end to end (slow): they pass
-on their evaluation pairs, and logits x1.3 planted into the decoder's graph fail with the KL line.
+decoder the encoder's key/values over an empty cache; a tokenizer's pairs are held-out sentences after the
+decoder-start token, and golden cases are sentences too. Then the tiny BART and T5 bundles end to end (slow): they pass on their held-out sentence pairs,
+logits x1.3 planted into the decoder's graph fail with the KL line, and single sentences where pairs belong are one
+line.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from edgeexport.cli import app
 from edgeexport.conversion import convert
 from edgeexport.manifest import GoldenFile, TensorSpec
 from edgeexport.validation.agreement import CRITERIA, Agreement, judge_sequences
-from edgeexport.validation.sequence_measures import (GREEDY_TOKENS, SEQUENCES, TARGET_SEED, Seq2SeqModel,
-                                                     artifact_view, evaluation_sequences, reference_view,
-                                                     seq2seq_components, seq2seq_graph, seq2seq_model,
-                                                     seq2seq_sequences)
+from edgeexport.reference.processors import zoo_tokenizer
+from edgeexport.reference.sentences import split
+from edgeexport.validation.sequence_measures import (GREEDY_TOKENS, MAX_TOKENS, SEQUENCES, TARGET_SEED, Seq2SeqModel,
+                                                     SentencePairs, artifact_view, evaluation_sequences,
+                                                     reference_view, seq2seq_components, seq2seq_graph, seq2seq_model,
+                                                     seq2seq_sequences, text_sequences)
 
 VOCAB = 300
 START = 2
@@ -89,6 +93,44 @@ def test_the_pairs_are_fixed_sources_and_targets_after_the_decoder_start_token()
     assert np.array_equal(DECODER_IDS[:, 1:], evaluation_sequences(VOCAB, seed=TARGET_SEED))
     assert not np.array_equal(DECODER_IDS[:, 1:1 + SOURCES.shape[1]], SOURCES[:, :DECODER_IDS.shape[1] - 1])
     assert WANT["top_ids"].shape == (POSITIONS.sum(), 64) and WANT["greedy"].shape == (SEQUENCES, GREEDY_TOKENS)
+
+
+def test_sentence_pairs_are_sources_and_targets_through_the_tokenizer_after_the_decoder_start_token() -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(zoo_tokenizer("bart", 1000).decode())
+    pairs = SentencePairs([("A cold wind blew from the north all night.", "The wind picked up after dark."),
+                           ("Snow fell.", "It rained on and off all day, and the football pitch turned to mud.")], 2)
+    sequences = pairs.token_ids(tokenizer, max_tokens=12)
+    sources, targets = sequences["ids"], sequences["decoder_ids"]
+    assert np.array_equal(sources, text_sequences(tokenizer, ["A cold wind blew from the north all night.",
+                                                              "Snow fell."], 12))
+    assert tokenizer.decode(sources[1][sources[1] >= 0].tolist(), skip_special_tokens=False) == "<s>Snow fell.</s>"
+    assert targets[:, 0].tolist() == [2, 2]
+    assert np.array_equal(targets[:, 1:], text_sequences(tokenizer, [target for _, target in pairs.pairs], 12))
+    assert (targets[1] >= 0).sum() == 1 + 12  # the long target cut to the tokens kept
+    assert tokenizer.decode(targets[0, 1:][targets[0, 1:] >= 0].tolist(), skip_special_tokens=False) == \
+        "<s>The wind picked up after dark.</s>"
+
+
+@pytest.mark.parametrize("name, start", [("bart", 2), ("t5", 0)])
+def test_golden_sources_and_targets_are_sentences_of_the_golden_split(name: str, start: int) -> None:
+    """The graph's golden case: sources the golden split's sentences (masked, right-padded), decoder ids the
+    decoder-start token and the sentence half the split away, cut to the case; the bundle's encoder the same
+    sources."""
+    from edgeexport.reference import load_reference
+
+    golden = [sentence for sentence, _ in split("golden")]
+    graph = load_reference(name, task="seq2seq-lm")
+    tokenizer = graph.input_source.load()
+    inputs = graph.make_inputs(seed=0)
+    for row, (ids, mask, decoder) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"],
+                                                   inputs["decoder_input_ids"])):
+        assert golden[row].startswith(tokenizer.decode(ids[mask == 1].tolist()).strip())
+        assert decoder[0] == start and len(decoder) == 5
+        assert golden[row + len(golden) // 2].startswith(tokenizer.decode(decoder[1:].tolist()).strip())
+    encoder = load_reference(name, task="seq2seq-lm-with-past").components["encoder"].make_inputs(seed=0)
+    assert np.array_equal(encoder["input_ids"], inputs["input_ids"])
 
 
 def test_greedy_tokens_follow_the_decoder_start_token_as_argmaxes() -> None:
@@ -169,15 +211,16 @@ def validated(artifact: Path) -> tuple[int, str]:
 @pytest.mark.parametrize("name", ["bart", "t5"])
 def test_the_bundle_carries_its_pairs_and_passes_with_both_runners(bundles: dict[str, Path], name: str) -> None:
     decoder = Artifact.open(bundles[name] / "decoder")
-    manifest = decoder.manifest
-    pairs = decoder.read_tensors(GoldenFile.from_dict(manifest.evaluation["sequences"], "s"))
-    tokens = manifest.generation["tokens"]
-    assert np.array_equal(pairs["ids"], evaluation_sequences(1000))
-    assert (pairs["decoder_ids"][:, 0] == tokens["decoder_start"]).all()
-    assert not Artifact.open(bundles[name] / "encoder").manifest.evaluation
+    evaluation = decoder.manifest.evaluation
+    sentences = [sentence for sentence, _ in split("evaluation")]
+    pairs = json.loads(decoder.file(evaluation["texts"]).read_text())
+    assert pairs == [list(pair) for pair in zip(sentences[:SEQUENCES], sentences[SEQUENCES:2 * SEQUENCES])]
+    assert (evaluation["tokenizer"], evaluation["max_tokens"]) == ("tokenizer/tokenizer.json", MAX_TOKENS)
+    assert evaluation["decoder_start"] == decoder.manifest.generation["tokens"]["decoder_start"]
+    assert "sequences" not in evaluation and not Artifact.open(bundles[name] / "encoder").manifest.evaluation
     code, output = validated(bundles[name])
     assert code == 0, output
-    assert re.search(r"task agreement \(seq2seq-lm-with-past, 32 held-out token sequences\): agreement 100\.0%, "
+    assert re.search(r"task agreement \(seq2seq-lm-with-past, 32 held-out sentence pairs\): agreement 100\.0%, "
                      r"relative kl [\d.e-]+, greedy agreement 1,", output), output
     code, output = validated(bundles[name] / "decoder")  # the decoder alone has no encoder to judge its pairs with
     assert code == 0 and "task agreement" not in output, output
@@ -225,3 +268,16 @@ def test_logits_x1_3_planted_into_the_decoder_graph_fail(bundles: dict[str, Path
     assert code == 1, output
     assert re.search(r"task agreement: next-token KL\(reference \|\| artifact\) 0\.04\d+ of the reference's "
                      r"log-probability spread", output), output
+
+
+@pytest.mark.slow
+def test_sentences_where_pairs_belong_are_one_line(bundles: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "sentences"
+    shutil.copytree(bundles["t5"], copy)
+    texts = copy / "decoder" / "evaluation" / "texts.json"
+    texts.write_text(json.dumps([source for source, _ in json.loads(texts.read_text())]))
+    rehashed(copy)
+    code, output = validated(copy)
+    assert code == 2
+    assert output.strip() == ("error: evaluation texts 'evaluation/texts.json' of an encoder-decoder must be "
+                              "[source, target] pairs with evaluation.decoder_start; re-run convert")

@@ -27,7 +27,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from edgeexport.errors import ArtifactError
 from edgeexport.generation_spec import (TOKENIZER_FILE, GenerationConfig, GenerationSpec, TokenIds, cross_names,
                                         past_names, present_names)
-from edgeexport.reference.model import Asset, ReferenceModel
+from edgeexport.reference.model import Asset, ReferenceModel, TextSource
 from edgeexport.zoo import InputSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
     if task == "causal-lm-with-past":
         return _causal(model, _layout(model), tokens, config, sizes, assets, common)
     self_layout, cross_layout = _seq2seq_layout(model)
-    encoder = _seq2seq_encoder(model, self_layout, cross_layout, tokens, sizes, common)
+    sources = TextSource(tokenizer, pad=tokens.pad) if tokenizer is not None else None
+    encoder = _seq2seq_encoder(model, self_layout, cross_layout, tokens, sizes, common, sources)
     decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, config, sizes, assets, common)
     return ReferenceBundle(name=name, task=task, preset=preset, source=source, architecture=common["architecture"],
                            components={"encoder": encoder, "decoder": decoder})
@@ -197,13 +198,15 @@ def _causal(model: torch.nn.Module, layout: Layout, tokens: TokenIds, config: Ge
 
 
 def _seq2seq_encoder(model: torch.nn.Module, self_layout: Layout, cross_layout: Layout, tokens: TokenIds,
-                     sizes: dict[str, tuple[int, int]], common: dict[str, Any]) -> ReferenceModel:
+                     sizes: dict[str, tuple[int, int]], common: dict[str, Any],
+                     sources: TextSource | None) -> ReferenceModel:
+    """The encoder component, its golden sources the built-in sentences where the model has a tokenizer."""
     layers = len(cross_layout)
     inputs = [InputSpec("input_ids", ("batch", "encoder_sequence"), "ids"),
               InputSpec("attention_mask", ("batch", "encoder_sequence"), "mask")]
     generation = GenerationSpec(role="encoder", cross=tuple(cross_names(layers)), tokens=tokens)
     return _component(Seq2SeqEncoderWithCross(model, self_layout, cross_layout).eval(), inputs, cross_names(layers),
-                      sizes, generation, {}, common,
+                      sizes, generation, {}, common, input_source=sources,
                       output_axes={n: {0: "batch", 2: "encoder_sequence"} for n in cross_names(layers)})
 
 
@@ -226,12 +229,13 @@ def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: 
 
 def _component(module: torch.nn.Module, inputs: list[InputSpec], output_names: list[str],
                sizes: dict[str, tuple[int, int]], generation: GenerationSpec, assets: dict[str, Asset],
-               common: dict[str, Any], *, output_axes: dict[str, dict[int, str]]) -> ReferenceModel:
+               common: dict[str, Any], *, output_axes: dict[str, dict[int, str]],
+               input_source: TextSource | None = None) -> ReferenceModel:
     used = {term for spec in inputs for dim in spec.dims if isinstance(dim, str) for term in dim.split("+")}
     return ReferenceModel(module=module, inputs=inputs, output_names=output_names,
                           sizes={axis: size for axis, size in sizes.items() if axis in used},
                           logits_outputs=["logits"] if "logits" in output_names else [], output_axes=output_axes,
-                          generation=generation.to_dict(), assets=assets, **common)
+                          generation=generation.to_dict(), assets=assets, input_source=input_source, **common)
 
 
 def _cache_inputs(names: list[str], layout: Layout, axis: str) -> list[InputSpec]:

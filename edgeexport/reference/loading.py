@@ -18,7 +18,7 @@ from edgeexport.errors import InputSpecError, ModelLoadError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.manifest import Manifest, Tolerance
 from edgeexport.processing import IMAGENET_MEAN, IMAGENET_STD, LABELLED_TASKS, SAMPLING_RATE, Processing
-from edgeexport.reference.decoders_with_past import ReferenceBundle, with_past_reference
+from edgeexport.reference.decoders_with_past import ReferenceBundle, token_ids, with_past_reference
 from edgeexport.reference.model import (AudioSource, ExportWrapper, ImageSource, ModuleWrapper, ReferenceModel, TextSource,
                                         flatten_outputs)
 from edgeexport.reference.processors import Processors, folder_processors, zoo_processors
@@ -237,18 +237,24 @@ def _reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, preset: st
         sizes={a: s for a, s in sizes.items() if a in used_axes},
         tolerance=spec.tolerance, logits_outputs=list(head.logits), vocab_size=spec.vocab_size(config),
         assets=assets, processing=processing.to_dict(), fixed_shape_reason=spec.fixed_shape_reason,
-        input_source=_text_source(task, modality, assets) or _media_source(inputs[0], processing),
+        input_source=_text_source(task, modality, assets, model) or _media_source(inputs[0], processing),
     )
     if head.optional:
         wrapper.output_names = reference.output_names = _returned_outputs(reference, (*head.outputs, *head.optional))
     return reference
 
 
-def _text_source(task: str, modality: str, assets: Mapping[str, Any]) -> TextSource | None:
-    """Sentences through the model's tokenizer, or questions on a context for question answering; None without a
-    tokenizer or for an encoder-decoder model."""
-    if modality != "text" or TOKENIZER_FILE not in assets:
+def _text_source(task: str, modality: str, assets: Mapping[str, Any], model: torch.nn.Module) -> TextSource | None:
+    """Sentences through the model's tokenizer, or questions on a context for question answering, an encoder-decoder's
+    with decoder ids after its first decoder token; None without a tokenizer, or for an encoder-decoder without a
+    decoder-start (or BOS) token."""
+    if modality not in TEXT_MODALITIES or TOKENIZER_FILE not in assets:
         return None
+    if modality == "text2text":
+        tokens = token_ids(model)
+        if tokens.first_decoder_token is None:
+            return None
+        return TextSource(assets[TOKENIZER_FILE], decoder_start=tokens.first_decoder_token, pad=tokens.pad)
     return TextSource(assets[TOKENIZER_FILE], kind="questions" if task == "question-answering" else "sentences")
 
 

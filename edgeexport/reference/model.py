@@ -67,10 +67,15 @@ class TextSource:
     model's own tokenizer, with its special tokens, the texts' natural lengths and right padding. Right for decoders
     too: a left-padded row's padding attends to nothing, so its logits there are whatever a runtime makes of an
     all-masked row (the tiny GPT-2's differ by 0.53 spreads between PyTorch and onnxruntime); the language models'
-    evaluation reads only real tokens and runs them left-padded (:mod:`edgeexport.validation.sequence_measures`)."""
+    evaluation reads only real tokens and runs them left-padded (:mod:`edgeexport.validation.sequence_measures`).
+    An encoder-decoder's source (``decoder_start`` set) also gives its teacher-forced ``decoder_input_ids``: that
+    token followed by a target, another sentence of the split (:meth:`decoder_ids`), padded with ``pad`` (the model's
+    pad id; the tokenizer's, else 0, where None)."""
 
     tokenizer: Asset
     kind: str = "sentences"
+    decoder_start: int | None = None
+    pad: int | None = None
 
     def load(self) -> Any:
         """A fresh ``tokenizers.Tokenizer`` (callers change its padding and truncation)."""
@@ -96,18 +101,42 @@ class TextSource:
         ``r`` to ``2 * r`` tokens less (at least 2), so that texts longer than a short case still leave padding, as
         random inputs' masks do."""
         batch, length = drawn["input_ids"].shape
-        tokenizer = self.load()
-        pad = tokenizer.padding or {}
-        tokenizer.enable_padding(length=length, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
+        tokenizer = self._padded(length)
         pool = self.texts(split)
         encodings = []
         for row in range(batch):
             tokenizer.enable_truncation(max(2, length - 2 * row))
             encodings.append(tokenizer.encode(*_parts(pool[(seed * batch + row) % len(pool)])))
         mask = np.array([e.attention_mask for e in encodings], np.int64)
-        return {"input_ids": np.array([e.ids for e in encodings], np.int64), "attention_mask": mask,
-                "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
-                "position_ids": position_ids(mask)}
+        encoded = {"input_ids": np.array([e.ids for e in encodings], np.int64), "attention_mask": mask,
+                   "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
+                   "position_ids": position_ids(mask)}
+        if self.decoder_start is not None and "decoder_input_ids" in drawn:
+            encoded["decoder_input_ids"] = self.decoder_ids(split, drawn["decoder_input_ids"].shape, seed)
+        return encoded
+
+    def decoder_ids(self, split: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+        """``(batch, length)`` decoder ids of an encoder-decoder, as its labels shifted right: :attr:`decoder_start`,
+        then the sentence half the split away from each row's source (a target that is not the source), cut to the
+        length (the decoder has no mask: any padding would be tokens the model reads)."""
+        batch, length = shape
+        tokenizer = self._padded(length - 1)
+        tokenizer.enable_truncation(length - 1)
+        pool = self.texts(split)
+        rows = []
+        for row in range(batch):
+            target = tokenizer.encode(*_parts(pool[(seed * batch + row + len(pool) // 2) % len(pool)]))
+            rows.append([self.decoder_start, *target.ids])
+        return np.array(rows, np.int64)
+
+    def _padded(self, length: int) -> Any:
+        """A fresh tokenizer that pads to ``length`` with :attr:`pad` (or its own pad token)."""
+        tokenizer = self.load()
+        pad = tokenizer.padding or {}
+        pad_id = self.pad if self.pad is not None else pad.get("pad_id", 0)
+        tokenizer.enable_padding(length=length, pad_id=pad_id,
+                                 pad_token=tokenizer.id_to_token(pad_id) or pad.get("pad_token", "[PAD]"))
+        return tokenizer
 
 
 def _parts(text: str | tuple[str, str]) -> tuple[str, ...]:

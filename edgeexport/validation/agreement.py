@@ -32,9 +32,9 @@ artifact's own tokenizer and runtime, without torch. Per task:
 - ``causal-lm`` and ``causal-lm-with-past``: over token-id sequences, teacher-forced top-1 agreement,
   KL(reference || artifact) of the next-token distributions relative to the reference's log-probability spread,
   and greedy continuations (:mod:`edgeexport.validation.sequence_measures` holds the measures);
-- ``seq2seq-lm`` and ``seq2seq-lm-with-past``: the same over (source, target) pairs, the decoder teacher-forced on the
-  decoder-start token and the target; a bundle's set is judged once with both its encoder and decoder
-  (:func:`check_evaluation` given the encoder's runner), the decoder alone does not judge it.
+- ``seq2seq-lm`` and ``seq2seq-lm-with-past``: the same over (source, target) sentence pairs, the decoder
+  teacher-forced on the decoder-start token and the target; a bundle's set is judged once with both its encoder and
+  decoder (:func:`check_evaluation` given the encoder's runner), the decoder alone does not judge it.
 
 The measures of photographs live in :mod:`edgeexport.validation.vision_measures`. The text thresholds
 (:data:`CRITERIA`) are derived in docs/parity.md from the trained all-MiniLM-L6-v2, the image, audio, depth,
@@ -58,9 +58,10 @@ from edgeexport.generation_spec import TOKENIZER_FILE
 from edgeexport.manifest import GoldenFile
 from edgeexport.processing import (Processing, audio_inputs, best_spans, cosine_similarities, ctc_tokens, encode_texts,
                                    image_inputs, load_tokenizer, sigmoid, softmax)
-from edgeexport.validation.sequence_measures import (LM_TASKS, MAX_TOKENS, SEQ2SEQ_TASKS, artifact_view,
-                                                     forward_model, generator_model, seq2seq_generator_model,
-                                                     seq2seq_graph, seq2seq_model, sequence_measures, text_sequences)
+from edgeexport.validation.sequence_measures import (LM_TASKS, MAX_TOKENS, SEQ2SEQ_TASKS, SentencePairs,
+                                                     artifact_view, forward_model, generator_model,
+                                                     seq2seq_generator_model, seq2seq_graph, seq2seq_model,
+                                                     sequence_measures, text_sequences)
 from edgeexport.validation.vision_measures import (box_iou, centred_correlation, class_scores, depth_error,
                                                    rank_correlation, top_queries)
 
@@ -437,7 +438,7 @@ def _nearest_others(similarity: np.ndarray) -> np.ndarray:
 
 
 def write_evaluation(folder: Path, task: str,
-                     examples: Texts | Sequence[Path] | np.ndarray | Mapping[str, np.ndarray],
+                     examples: Texts | Sequence[Path] | np.ndarray | Mapping[str, np.ndarray] | SentencePairs,
                      reference: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Write the held-out examples (texts or [question, context] pairs as a JSON list, photographs and speech as
     copies of their files, token sequences as int32 ids, an encoder-decoder's as its sources ``ids`` and
@@ -452,11 +453,14 @@ def write_evaluation(folder: Path, task: str,
         sequences = examples if isinstance(examples, Mapping) else {"ids": examples}
         block["sequences"] = save_tensors(folder, SEQUENCES_FILE, {name: ids.astype(np.int32)
                                                                    for name, ids in sequences.items()}).to_dict()
-    elif all(isinstance(example, (str, tuple)) for example in examples):
-        (folder / TEXTS_FILE).write_text(json.dumps(list(examples), indent=0, ensure_ascii=False) + "\n")
+    elif isinstance(examples, SentencePairs) or all(isinstance(example, (str, tuple)) for example in examples):
+        texts = examples.pairs if isinstance(examples, SentencePairs) else list(examples)
+        (folder / TEXTS_FILE).write_text(json.dumps(texts, indent=0, ensure_ascii=False) + "\n")
         block["texts"] = TEXTS_FILE
-        if task in LM_TASKS:
+        if task in LM_TASKS + SEQ2SEQ_TASKS:
             block.update(tokenizer=TOKENIZER_FILE, max_tokens=MAX_TOKENS)
+        if isinstance(examples, SentencePairs):
+            block["decoder_start"] = examples.decoder_start
     else:
         block["files"] = [f"{EVALUATION_DIR}/{Path(example).name}" for example in examples]
         for example, relative in zip(examples, block["files"]):
@@ -610,7 +614,15 @@ def _check_seq2seq(artifact: Artifact, runner: Runner, encoder: Runner | None, b
     a bundle's generator with the ``encoder``'s runner (None without it: the decoder alone cannot judge them)."""
     if artifact.manifest.generation and encoder is None:
         return None
-    sequences = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))
+    if "sequences" in block:
+        sequences = artifact.read_tensors(GoldenFile.from_dict(block["sequences"], "evaluation.sequences"))
+    else:
+        pairs = _texts(artifact, block["texts"])
+        if isinstance(pairs[0], str) or "decoder_start" not in block:
+            raise ArtifactError(f"evaluation texts {block['texts']!r} of an encoder-decoder must be [source, target] "
+                                "pairs with evaluation.decoder_start; re-run convert")
+        sequences = SentencePairs(pairs, block["decoder_start"]).token_ids(
+            load_tokenizer(artifact, block["tokenizer"]), block["max_tokens"])
     ids, decoder_ids = sequences["ids"], sequences["decoder_ids"]
     if encoder is not None:
         from edgeexport.generator import Generator
@@ -619,7 +631,8 @@ def _check_seq2seq(artifact: Artifact, runner: Runner, encoder: Runner | None, b
     else:
         model = seq2seq_model(seq2seq_graph(runner, runner.inputs), int(decoder_ids[0, 0]))
     got = artifact_view(model, ids, want, decoder_ids=decoder_ids)
-    return judge_sequences(block["task"], got, want, (decoder_ids >= 0).sum(1), criteria)
+    return judge_sequences(block["task"], got, want, (decoder_ids >= 0).sum(1), criteria,
+                           kind="token sequences" if "sequences" in block else "sentence pairs")
 
 
 def judge_sequences(task: str, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], lengths: np.ndarray,
@@ -642,8 +655,8 @@ def _example(artifact: Artifact, processing: Processing, relative: str) -> dict[
 
 
 def _texts(artifact: Artifact, relative: str) -> Texts:
-    """The evaluation texts, a JSON list of strings or of [question, context] pairs; anything else is a corrupt
-    artifact (one line)."""
+    """The evaluation texts, a JSON list of strings or of [question, context] (or [source, target]) pairs; anything
+    else is a corrupt artifact (one line)."""
     try:
         texts = json.loads(artifact.file(relative).read_text())
     except (OSError, ValueError) as exc:
@@ -655,4 +668,4 @@ def _texts(artifact: Artifact, relative: str) -> Texts:
                                                  all(isinstance(part, str) for part in t) for t in texts):
         return [(question, context) for question, context in texts]
     raise ArtifactError(f"evaluation texts {relative!r} must be a non-empty JSON list of strings or of [question, "
-                        "context] pairs; re-run convert")
+                        "context] or [source, target] pairs; re-run convert")

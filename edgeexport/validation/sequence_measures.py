@@ -25,10 +25,12 @@ here. :func:`sequence_measures` compares, over every position of every sequence:
 - ``greedy_agreement``: the share of sequences whose greedy continuation is the reference's, token for token, and
   ``first_divergence``: the mean index of the first differing token (:data:`GREEDY_TOKENS` where none differs).
 
-Encoder-decoder models (:data:`SEQ2SEQ_TASKS`) are judged the same way over pairs (:func:`seq2seq_sequences`): 32
-source sequences (the encoder's input, seed :data:`EVALUATION_SEED`) and 32 targets (seed :data:`TARGET_SEED`), the
-decoder teacher-forced on the decoder-start token followed by the target (its ids, ``decoder_ids``, are stored so), its
-positions those of the measures; the greedy tokens follow the decoder-start token of each source. The reference and
+Encoder-decoder models (:data:`SEQ2SEQ_TASKS`) are judged the same way over pairs: 32 held-out source sentences (the
+encoder's input, the evaluation split's first 32) and 32 target sentences (its next 32), both through the artifact's
+tokenizer (:class:`SentencePairs`; without a tokenizer, seeded random sources and targets, seeds
+:data:`EVALUATION_SEED` and :data:`TARGET_SEED`, :func:`seq2seq_sequences`), the decoder teacher-forced on the
+decoder-start token followed by the target (``decoder_ids``), its positions those of the measures; the greedy tokens
+follow the decoder-start token of each source. The reference and
 a ``seq2seq-lm`` graph run whole sequences (:func:`seq2seq_graph`, :func:`seq2seq_components`,
 :func:`seq2seq_model`), a ``seq2seq-lm-with-past`` bundle runs as its generator runs it
 (:func:`seq2seq_generator_model`), each pair alone (:class:`Seq2SeqModel`).
@@ -114,11 +116,32 @@ def sequence_rows(ids: np.ndarray) -> list[np.ndarray]:
 
 
 def seq2seq_sequences(vocab_size: int, decoder_start: int) -> dict[str, np.ndarray]:
-    """An encoder-decoder's evaluation pairs: ``ids``, the sources (:func:`evaluation_sequences`), and
-    ``decoder_ids``, the decoder-start token followed by a target (seed :data:`TARGET_SEED`), -1 after each end."""
-    targets = evaluation_sequences(vocab_size, seed=TARGET_SEED)
+    """An encoder-decoder's evaluation pairs without a tokenizer: ``ids``, the sources (:func:`evaluation_sequences`),
+    and ``decoder_ids``, the decoder-start token followed by a target (seed :data:`TARGET_SEED`), -1 after each end."""
+    return {"ids": evaluation_sequences(vocab_size),
+            "decoder_ids": _after_start(evaluation_sequences(vocab_size, seed=TARGET_SEED), decoder_start)}
+
+
+@dataclass(frozen=True)
+class SentencePairs:
+    """An encoder-decoder's evaluation as text: (source, target) sentence pairs, which the artifact keeps as they
+    are and its tokenizer turns into ids on the device, and the decoder-start token the decoder ids begin with."""
+
+    pairs: list[tuple[str, str]]
+    decoder_start: int
+
+    def token_ids(self, tokenizer: Any, max_tokens: int = MAX_TOKENS) -> dict[str, np.ndarray]:
+        """``ids``, the sources through ``tokenizer`` (:func:`text_sequences`), and ``decoder_ids``, the
+        decoder-start token followed by a target through it (its special tokens too, as a model's labels are)."""
+        sources = text_sequences(tokenizer, [source for source, _ in self.pairs], max_tokens)
+        targets = text_sequences(tokenizer, [target for _, target in self.pairs], max_tokens)
+        return {"ids": sources, "decoder_ids": _after_start(targets, self.decoder_start)}
+
+
+def _after_start(targets: np.ndarray, decoder_start: int) -> np.ndarray:
+    """``targets`` (-1 after each end) each after the decoder-start token."""
     start = np.full((len(targets), 1), decoder_start, dtype=np.int32)
-    return {"ids": evaluation_sequences(vocab_size), "decoder_ids": np.concatenate([start, targets], axis=1)}
+    return np.concatenate([start, targets], axis=1)
 
 
 def left_padded(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
