@@ -18,7 +18,11 @@ import numpy as np
 
 from edgeexport.errors import ArtifactError, UsageError
 
-SCHEMA_VERSION = 2  # 2: spread-relative tolerance bounds (docs/parity.md)
+# 2: spread-relative tolerance bounds (docs/parity.md); 3: evaluation sets that a schema-2 reader misreads as corrupt
+# (sentences tokenized on the device, encoder-decoder sentence pairs, depth maps as int16 codes). A schema-2 artifact
+# still reads: its evaluation formats are read beside schema 3's.
+SCHEMA_VERSION = 3
+OLDEST_SCHEMA_VERSION = 2
 GOLDEN_ALIGNMENT = 64
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 # Golden tensors are numpy arrays (model inputs, and PyTorch outputs through Tensor.numpy(), which
@@ -301,9 +305,9 @@ class Manifest:
                 f"({SCHEMA_VERSION}); upgrade edgeexport to read this artifact")
         if version < 1:
             raise ArtifactError(f"manifest schema_version {version} is not valid")
-        if version < SCHEMA_VERSION:
+        if version < OLDEST_SCHEMA_VERSION:
             raise ArtifactError(
-                f"manifest schema_version {version} is older than this edgeexport reads ({SCHEMA_VERSION}); "
+                f"manifest schema_version {version} is older than this edgeexport reads ({OLDEST_SCHEMA_VERSION}); "
                 "re-run 'edgeexport convert' to rewrite the artifact")
         golden = []
         for i, case in enumerate(_field(data, "golden", list, "")):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeexport import interrupts
+from edgeexport import check_parity, interrupts
 from edgeexport.artifact import Artifact, staged_output, write_manifest
 from edgeexport.conversion import ConversionResult
 from edgeexport.errors import ArtifactError, OutputDirError
-from edgeexport.manifest import SCHEMA_VERSION
+from edgeexport.manifest import OLDEST_SCHEMA_VERSION, SCHEMA_VERSION
 from edgeexport.validation.metrics import CRITERION
 from edgeexport.zoo import FP32_TOLERANCE
 
@@ -203,6 +203,16 @@ def test_newer_schema_is_refused(artifact_copy: Path) -> None:
     _edit_manifest(artifact_copy, schema_version=SCHEMA_VERSION + 1)
     with pytest.raises(ArtifactError, match="newer than this edgeexport understands"):
         Artifact.open(artifact_copy)
+
+
+def test_a_schema_2_artifact_still_reads_and_passes(artifact_copy: Path) -> None:
+    """Schema 3 changed only evaluation sets (sentences tokenized on the device, sentence pairs, depth codes), whose
+    schema-2 forms are still read: an artifact written as schema 2 opens and validates."""
+    assert OLDEST_SCHEMA_VERSION == SCHEMA_VERSION - 1 == 2
+    _edit_manifest(artifact_copy, schema_version=2)
+    assert Artifact.open(artifact_copy).manifest.schema_version == 2
+    report = check_parity(artifact_copy)
+    assert report.passed and report.cases, report
 
 
 def test_schema_1_with_npz_golden_files_is_refused(artifact_copy: Path) -> None:

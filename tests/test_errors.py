@@ -23,7 +23,7 @@ from edgeexport.artifact import Artifact, write_manifest
 from edgeexport.cli import app
 from edgeexport.errors import InputSpecError
 from edgeexport.exporter import targets
-from edgeexport.manifest import SCHEMA_VERSION
+from edgeexport.manifest import OLDEST_SCHEMA_VERSION, SCHEMA_VERSION
 from edgeexport.reference import load_reference
 from edgeexport.tasks import TASKS
 
@@ -287,7 +287,7 @@ def absolute_external_data(model: onnx.ModelProto) -> None:
     (lambda f: (f / "golden" / "example_inputs.bin").unlink(),
      "error: artifact file 'golden/example_inputs.bin' is missing; the artifact is incomplete, re-run convert"),
     (lambda f: edit_manifest(f, schema_version=1),
-     f"error: manifest schema_version 1 is older than this edgeexport reads ({SCHEMA_VERSION}); "
+     f"error: manifest schema_version 1 is older than this edgeexport reads ({OLDEST_SCHEMA_VERSION}); "
      "re-run 'edgeexport convert' to rewrite the artifact"),
     (lambda f: edit_manifest(f, schema_version=SCHEMA_VERSION + 1),
      f"error: manifest schema_version {SCHEMA_VERSION + 1} is newer than this edgeexport understands ({SCHEMA_VERSION}); "

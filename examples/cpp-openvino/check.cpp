@@ -34,7 +34,8 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr std::uint64_t kSchemaVersion = 2;
+constexpr std::uint64_t kSchemaVersion = 3;        // what edgeexport writes (edgeexport/manifest.py)
+constexpr std::uint64_t kOldestSchemaVersion = 2;  // schema 3 changed only the evaluation set, which this skips
 constexpr std::uint64_t kAlignment = 64;
 constexpr std::uintmax_t kMaxManifestBytes = 4 << 20;
 constexpr int kWarmupRuns = 3;
@@ -178,11 +179,11 @@ json read_manifest(const fs::path& root) {
     throw UsageError(
         format("manifest schema_version %ju is newer than this program reads (%ju); rebuild it from a newer edgeexport",
                static_cast<std::uintmax_t>(version), static_cast<std::uintmax_t>(kSchemaVersion)));
-  if (version < kSchemaVersion)
+  if (version < kOldestSchemaVersion)
     throw UsageError(
         format("manifest schema_version %ju is older than this program reads (%ju); re-run 'edgeexport convert' "
                "to rewrite the artifact",
-               static_cast<std::uintmax_t>(version), static_cast<std::uintmax_t>(kSchemaVersion)));
+               static_cast<std::uintmax_t>(version), static_cast<std::uintmax_t>(kOldestSchemaVersion)));
   const std::string target = text(manifest, "target", "");
   if (target != "openvino")
     throw UsageError(in_quotes(root.string()) + " is a " + in_quotes(target) +
