@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeexport.artifact import Artifact
 from edgeexport.errors import UsageError
+from edgeexport.generation_spec import GenerationSpec
 from edgeexport.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,12 @@ PERFORMANCE_HINTS = ("latency", "throughput")
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 SEQUENCE_STEP = 8  # token sequences are padded to the next multiple of this for a static-shape model
 STATIC_SHAPES_KEPT = 8  # compiled static-shape models kept (least recently used dropped): each holds its own weights
+# OpenVINO 2026.4's CPU plugin gets an encoder-decoder's decoder wrong below f32 whenever its self-attention length
+# (past + new tokens) equals the encoder's length, as generation does once the output is as long as the source: its
+# fused-subgraph compiler ("snippets") fails on a fresh request with "SetLoadStoreScalar expects static shapes" and
+# returns logits off by up to 0.6 relative KL on a request used before (tiny BART in bf16 on a 2-core AMX Xeon; no
+# other length failed, f32 never did; docs/parity.md). Without snippets the decoder matches f32 within bf16 rounding.
+CROSS_ATTENTION_SNIPPETS = "DISABLE"
 
 
 class OpenVinoRunner(Runner):
@@ -68,6 +75,9 @@ class OpenVinoRunner(Runner):
             config["PERFORMANCE_HINT"] = self.performance_hint.upper()
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.inference_precision != "f32" and self.device.split(".")[0] == "CPU" and _cross_attention_decoder(
+                self.artifact):
+            config["SNIPPETS_MODE"] = CROSS_ATTENTION_SNIPPETS
         return config
 
     def _activate_impl(self) -> None:
@@ -141,6 +151,14 @@ class OpenVinoRunner(Runner):
         self.compiled = None
         self.core = None
         self._static.clear()
+
+
+def _cross_attention_decoder(artifact: Artifact) -> bool:
+    """Whether the artifact is an encoder-decoder's decoder (:data:`CROSS_ATTENTION_SNIPPETS`)."""
+    if not artifact.manifest.generation:
+        return False
+    generation = GenerationSpec.of(artifact.manifest)
+    return generation.role == "decoder" and generation.encoder_decoder
 
 
 def padded_sequence_axis(artifact: Artifact) -> str | None:
