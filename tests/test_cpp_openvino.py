@@ -201,6 +201,23 @@ def test_converted_models_pass_on_the_device_check(check_program: Path, model: s
                      result.stdout, re.MULTILINE), result.stdout
 
 
+def test_an_encoder_decoders_decoder_compiles_without_snippets_below_f32(check_program: Path,
+                                                                       tmp_path: Path) -> None:
+    """As the Python runner (CROSS_ATTENTION_SNIPPETS, whose fault tests/test_openvino.py checks): the BART bundle's
+    decoder at bf16 compiles without CPU snippets, its encoder and the decoder at f32 with them; all pass."""
+    from edgeexport.conversion import convert
+
+    bundle = convert("bart", task="seq2seq-lm-with-past", target="openvino", precision="bf16",
+                     output_dir=tmp_path / "bf16", validate=False).artifact
+    line = "compiled without CPU snippets: an encoder-decoder's decoder below f32"
+    decoder, encoder = run_check(check_program, bundle / "decoder"), run_check(check_program, bundle / "encoder")
+    assert decoder.returncode == encoder.returncode == 0, decoder.stdout + encoder.stdout
+    assert line in decoder.stdout and line not in encoder.stdout
+    edit_manifest(bundle / "decoder", runtime_options={"inference_precision": "f32"})
+    f32 = run_check(check_program, bundle / "decoder")
+    assert f32.returncode == 0 and line not in f32.stdout, f32.stdout
+
+
 def _planted(reference: np.ndarray) -> dict[str, np.ndarray]:
     """Corruptions of a logits reference (rows over the last axis), by the criterion each must break."""
     rows_mean = reference.mean(axis=-1, keepdims=True)

@@ -107,6 +107,20 @@ const json& object(const json& parent, const std::string& key, const std::string
   return typed(parent, key, where, &json::is_object, "an object");
 }
 
+// Whether the artifact is an encoder-decoder's decoder (a generation block of role "decoder" with cross-attention
+// inputs). OpenVINO 2026.4's CPU plugin gets those wrong below f32 when past + new tokens equals the encoder's length,
+// so they compile without snippets there, as edgeexport's runner does (edgeexport/runtimes/openvino.py).
+bool cross_attention_decoder(const json& manifest) {
+  const auto generation = manifest.find("generation");
+  if (generation == manifest.end() || !generation->is_object()) return false;
+  const auto role = generation->find("role");
+  if (role == generation->end() || !role->is_string() || role->get<std::string>() != "decoder") return false;
+  const auto cache = generation->find("cache");
+  if (cache == generation->end() || !cache->is_object()) return false;
+  const auto cross = cache->find("cross");
+  return cross != cache->end() && cross->is_array() && !cross->empty();
+}
+
 // ------------------------------------------------------------------ files and hashes
 
 // sha256 with OpenSSL's EVP interface, fed in pieces.
@@ -898,9 +912,14 @@ int check(const Options& options) {
   check_device(core, options.device);
   ov::AnyMap config;
   const json& runtime_options = object(manifest, "runtime_options", "");
-  if (runtime_options.contains("inference_precision"))
-    config.insert(ov::hint::inference_precision(
-        ov::element::Type(text(runtime_options, "inference_precision", "runtime_options"))));
+  const std::string precision = runtime_options.contains("inference_precision")
+                                    ? text(runtime_options, "inference_precision", "runtime_options")
+                                    : "";
+  if (!precision.empty()) config.insert(ov::hint::inference_precision(ov::element::Type(precision)));
+  if (precision != "f32" && options.device.rfind("CPU", 0) == 0 && cross_attention_decoder(manifest)) {
+    config.insert({"SNIPPETS_MODE", "DISABLE"});
+    std::printf("compiled without CPU snippets: an encoder-decoder's decoder below f32\n");
+  }
   const fs::path model_path = inside(options.artifact, text(manifest, "model_file", ""));
   ov::CompiledModel compiled = core.compile_model(core.read_model(model_path.string()), options.device, config);
   ov::InferRequest request = compiled.create_infer_request();
