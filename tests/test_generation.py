@@ -31,8 +31,10 @@ from edgeexport.errors import ArtifactError, InputSpecError, UsageError
 from edgeexport.generation_spec import TOKENIZER_FILE, GenerationConfig, GenerationSpec, past_names, present_names
 from edgeexport.generator import Generator, sample
 from edgeexport.manifest import Manifest
+from edgeexport.processing import position_ids
 from edgeexport.reference import ReferenceBundle, ReferenceModel, load_reference
 from edgeexport.reference.processors import zoo_tokenizer
+from edgeexport.reference.sentences import split
 from edgeexport.runner import load
 from edgeexport.tasks import task_head
 from edgeexport.validation.metrics import compare_output
@@ -157,6 +159,49 @@ def test_seq2seq_reference_is_an_encoder_and_a_decoder() -> None:
     assert decoder.input_names[:2] == ["input_ids", "encoder_attention_mask"]
     assert decoder.input_names[2:] == past_names(2) + encoder.output_names
     assert GenerationSpec.from_dict(decoder.generation).tokens.decoder_start == 0
+
+
+def _golden_sentences(tokenizer: Any, count: int, seed: int, offset: int = 0) -> list[list[int]]:
+    """The token ids of the golden split's sentences a case of ``count`` rows and ``seed`` takes (each alone)."""
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    pool = [sentence for sentence, _ in split("golden")]
+    return [tokenizer.encode(pool[(seed * count + row + offset) % len(pool)]).ids for row in range(count)]
+
+
+def test_a_causal_decoders_golden_step_continues_sentences_over_its_own_cache() -> None:
+    """The decode step (6 cached tokens, 1 new) is the golden sentences' 7th token over the cache the decoder gives
+    their first 6: its logits are those of the whole 7 tokens run at once over an empty cache, at the last. The
+    prefill (no past) is right-padded, each row 2 tokens shorter."""
+    reference = load_reference("gpt2", task="causal-lm-with-past")
+    step = reference.make_inputs(dict(reference.shape_cases()[1][1]), seed=1)
+    ids = np.array([tokens[:7] for tokens in _golden_sentences(reference.input_source.text.load(), 3, 1)])
+    assert np.array_equal(step["input_ids"], ids[:, 6:]) and step["position_ids"].tolist() == [[6]] * 3
+    assert (step["attention_mask"] == 1).all()
+    whole = {**step, "input_ids": ids, "position_ids": position_ids(step["attention_mask"]),
+             **{name: step[name][:, :, :0] for name in past_names(2)}}
+    assert np.allclose(reference.run(step)["logits"][:, 0], reference.run(whole)["logits"][:, -1], atol=1e-5)
+    prefill = reference.make_inputs(dict(reference.shape_cases()[0][1]), seed=0)
+    assert prefill["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_an_encoder_decoders_golden_step_continues_targets_over_the_sources() -> None:
+    """The BART decoder's decode step is the decoder-start token and a target sentence's first 5 tokens (``<s>``
+    first) cached, its 6th new, over the cross-attention of the golden case's sources (the encoder's own golden
+    inputs): its logits are those of the whole decoder ids run at once over an empty cache."""
+    bundle = load_reference("bart", task="seq2seq-lm-with-past")
+    encoder, decoder = bundle.components["encoder"], bundle.components["decoder"]
+    sizes = dict(decoder.shape_cases()[1][1])
+    step = decoder.make_inputs(sizes, seed=1)
+    sources = encoder.make_inputs({"batch": 3, "encoder_sequence": 13}, seed=1)
+    assert np.array_equal(step["encoder_attention_mask"], sources["attention_mask"])
+    cross = encoder.run(sources)
+    assert all(np.array_equal(step[name], value) for name, value in cross.items())
+    targets = _golden_sentences(decoder.input_source.text.load(), 3, 1, offset=len(split("golden")) // 2)
+    ids = np.array([[2, *tokens[:6]] for tokens in targets])
+    assert step["input_ids"][:, 0].tolist() == [tokens[5] for tokens in targets]
+    whole = {**step, "input_ids": ids, **{name: step[name][:, :, :0] for name in past_names(2)}}
+    assert np.allclose(decoder.run(step)["logits"][:, 0], decoder.run(whole)["logits"][:, -1], atol=1e-5)
 
 
 def test_with_past_task_needs_the_base_task() -> None:

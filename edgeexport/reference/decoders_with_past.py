@@ -18,7 +18,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from edgeexport.errors import ArtifactError
 from edgeexport.generation_spec import (TOKENIZER_FILE, GenerationConfig, GenerationSpec, TokenIds, cross_names,
                                         past_names, present_names)
-from edgeexport.reference.model import Asset, ReferenceModel, TextSource
+from edgeexport.reference.model import Asset, CachedTextSource, ReferenceModel, TextSource
 from edgeexport.zoo import InputSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -137,12 +137,14 @@ def with_past_reference(spec: ModelSpec, model: torch.nn.Module, *, task: str, p
     sizes = AXIS_SIZES[preset or "full"]
     tokens, config = token_ids(model), generation_config(model)
     assets = {TOKENIZER_FILE: tokenizer} if tokenizer is not None else {}
+    text = TextSource(tokenizer, pad=tokens.pad) if tokenizer is not None else None
     if task == "causal-lm-with-past":
-        return _causal(model, _layout(model), tokens, config, sizes, assets, common)
+        return _in_sentences(_causal(model, _layout(model), tokens, config, sizes, assets, common), text)
     self_layout, cross_layout = _seq2seq_layout(model)
-    sources = TextSource(tokenizer, pad=tokens.pad) if tokenizer is not None else None
-    encoder = _seq2seq_encoder(model, self_layout, cross_layout, tokens, sizes, common, sources)
+    encoder = _seq2seq_encoder(model, self_layout, cross_layout, tokens, sizes, common, text)
     decoder = _seq2seq_decoder(model, self_layout, cross_layout, tokens, config, sizes, assets, common)
+    if tokens.first_decoder_token is not None:
+        decoder = _in_sentences(decoder, text and replace(text, decoder_start=tokens.first_decoder_token), encoder)
     return ReferenceBundle(name=name, task=task, preset=preset, source=source, architecture=common["architecture"],
                            components={"encoder": encoder, "decoder": decoder})
 
@@ -225,6 +227,18 @@ def _seq2seq_decoder(model: torch.nn.Module, self_layout: Layout, cross_layout: 
                       generation, assets, common,
                       output_axes={"logits": {0: "batch", 1: "sequence"},
                                    **{n: {0: "batch", 2: TOTAL} for n in present_names(layers)}})
+
+
+def _in_sentences(decoder: ReferenceModel, text: TextSource | None,
+                  encoder: ReferenceModel | None = None) -> ReferenceModel:
+    """The decoder with golden inputs that are a decode step in the middle of sentences (:class:`CachedTextSource`:
+    its cache its own on their first tokens, an encoder-decoder's cross-attention the ``encoder``'s on the sources),
+    where it has a tokenizer (``text``)."""
+    if text is None:
+        return decoder
+    spec = GenerationSpec.from_dict(decoder.generation)
+    source = CachedTextSource(text, decoder.run, spec.past, spec.present, encoder.run if encoder else None)
+    return replace(decoder, input_source=source)
 
 
 def _component(module: torch.nn.Module, inputs: list[InputSpec], output_names: list[str],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -117,16 +117,18 @@ class TextSource:
 
     def decoder_ids(self, split: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
         """``(batch, length)`` decoder ids of an encoder-decoder, as its labels shifted right: :attr:`decoder_start`,
-        then the sentence half the split away from each row's source (a target that is not the source), cut to the
-        length (the decoder has no mask: any padding would be tokens the model reads)."""
+        then the sentence half the split away from each row's source (a target that is not the source) with its
+        special tokens, its first tokens as far as the length goes (not truncated by the tokenizer, which would keep
+        the end-of-sequence token in a window this short), and padding only after a sentence shorter than that (the
+        decoder has no mask: padding is tokens the model reads)."""
         batch, length = shape
         tokenizer = self._padded(length - 1)
-        tokenizer.enable_truncation(length - 1)
+        tokenizer.no_truncation()
         pool = self.texts(split)
         rows = []
         for row in range(batch):
             target = tokenizer.encode(*_parts(pool[(seed * batch + row + len(pool) // 2) % len(pool)]))
-            rows.append([self.decoder_start, *target.ids])
+            rows.append([self.decoder_start, *target.ids[:length - 1]])
         return np.array(rows, np.int64)
 
     def _padded(self, length: int) -> Any:
@@ -137,6 +139,71 @@ class TextSource:
         tokenizer.enable_padding(length=length, pad_id=pad_id,
                                  pad_token=tokenizer.id_to_token(pad_id) or pad.get("pad_token", "[PAD]"))
         return tokenizer
+
+
+Run = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]  # a reference component's numpy call
+
+
+@dataclass(frozen=True)
+class CachedTextSource:
+    """Realistic inputs of a decoder with a cache: a decode step in the middle of real sentences. Each row is a
+    sentence of the split through the tokenizer of ``text`` (an encoder-decoder's: its target after the decoder-start
+    token, :meth:`TextSource.decoder_ids`, over the source sentence's cross-attention key/values from ``encoder``), as
+    long as the step's past and new tokens together; the cache is what the decoder itself (``decoder``) gives for the
+    first ``past`` tokens over an empty cache, and ``input_ids`` are the tokens after them. A causal decoder's prefill
+    (no past) is right-padded as :class:`TextSource`'s rows are (row ``r`` ``2 * r`` tokens shorter), with the mask
+    and position ids over the real tokens: left padding, as generation pads a batch, leaves padded positions
+    attending to nothing, whose logits differ between runtimes (the language models' evaluation runs that, reading
+    real tokens only). A step with a past keeps every row whole, so that its new tokens are real ones.
+    ``past``/``present`` name the cache inputs and the decoder's outputs that fill them, in the same order."""
+
+    text: TextSource
+    decoder: Run
+    past: tuple[str, ...]
+    present: tuple[str, ...]
+    encoder: Run | None = None
+    kind: str = "sentences"
+
+    def encode(self, split: str, drawn: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        """The step's inputs for the sizes of ``drawn`` (rows chosen by ``seed`` as :meth:`TextSource.encode`)."""
+        batch, new = drawn["input_ids"].shape
+        past = next(drawn[name] for name in self.past).shape[2]
+        if self.encoder is not None:
+            whole = self._seq2seq(split, drawn, past + new, seed)
+        else:
+            whole = self._causal(split, batch, past + new, seed, shorter=0 if past else 2)
+        steps = [name for name in ("input_ids", "position_ids") if name in whole]  # inputs of the new tokens only
+        cache = {name: drawn[name] for name in self.past}
+        if past:
+            prefix = {name: whole[name][:, :past] for name in (*steps, "attention_mask") if name in whole}
+            empty = {name: value[:, :, :0] for name, value in cache.items()}
+            filled = self.decoder({**drawn, **whole, **prefix, **empty})
+            cache = {name: filled[output] for name, output in zip(self.past, self.present)}
+        return {**whole, **cache, **{name: whole[name][:, past:] for name in steps}}
+
+    def _causal(self, split: str, batch: int, total: int, seed: int, shorter: int) -> dict[str, np.ndarray]:
+        """``total`` tokens a row, right-padded, row ``r`` ``shorter * r`` shorter but at least one token: ids, the
+        mask and position ids over them."""
+        tokenizer = self.text.load()
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(total)
+        pool = self.text.texts(split)
+        ids, mask = np.zeros((batch, total), np.int64), np.zeros((batch, total), np.int64)
+        for row in range(batch):
+            tokens = tokenizer.encode(*_parts(pool[(seed * batch + row) % len(pool)])).ids
+            tokens = tokens[:max(1, total - shorter * row)]
+            ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+
+    def _seq2seq(self, split: str, drawn: Mapping[str, np.ndarray], total: int, seed: int) -> dict[str, np.ndarray]:
+        """``total`` decoder ids a row (the decoder-start token and a target) over its source's cross-attention
+        key/values and mask."""
+        assert self.encoder is not None  # only for an encoder-decoder
+        batch, length = drawn["encoder_attention_mask"].shape
+        sources = self.text.encode(split, {"input_ids": np.zeros((batch, length), np.int64)}, seed)
+        cross = self.encoder({"input_ids": sources["input_ids"], "attention_mask": sources["attention_mask"]})
+        return {"input_ids": self.text.decoder_ids(split, (batch, total), seed),
+                "encoder_attention_mask": sources["attention_mask"], **cross}
 
 
 def _parts(text: str | tuple[str, str]) -> tuple[str, ...]:
@@ -188,7 +255,7 @@ def _window(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples, (before, length - len(samples) - before))
 
 
-InputSource = TextSource | ImageSource | AudioSource
+InputSource = TextSource | CachedTextSource | ImageSource | AudioSource
 
 
 @dataclass
