@@ -6,9 +6,9 @@ criterion only: logits x1.3 and x0.7 (the KL), the top two next tokens swapped a
 (top-1), greedy tokens from a source that lost its last token (greedy); another model misses all three; noise of 1 %
 of the logits' spread passes. The feeds: a ``seq2seq-lm`` graph gets the source with the decoder ids, a bundle's
 decoder the encoder's key/values over an empty cache; a tokenizer's pairs are held-out sentences after the
-decoder-start token, and golden cases are sentences too. Then the tiny BART and T5 bundles end to end (slow): they pass on their held-out sentence pairs,
-logits x1.3 planted into the decoder's graph fail with the KL line, and single sentences where pairs belong are one
-line.
+decoder-start token, and golden cases are sentences too. Then the tiny BART and T5 bundles end to end (slow): they
+pass on their held-out sentence pairs, logits x1.3 planted into the decoder's graph fail with the KL line, and
+single sentences where pairs belong are one line.
 """
 
 from __future__ import annotations

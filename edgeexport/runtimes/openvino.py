@@ -63,6 +63,7 @@ class OpenVinoRunner(Runner):
         self.compiled: Any = None
         self.request: Any = None
         self.sequence_axis = padded_sequence_axis(artifact) if static_shapes else None
+        self.cross_attention_decoder = _cross_attention_decoder(artifact)
         self._static: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     @property
@@ -75,8 +76,7 @@ class OpenVinoRunner(Runner):
             config["PERFORMANCE_HINT"] = self.performance_hint.upper()
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        if self.inference_precision != "f32" and self.device.split(".")[0] == "CPU" and _cross_attention_decoder(
-                self.artifact):
+        if self.cross_attention_decoder and self.inference_precision != "f32" and self.device.split(".")[0] == "CPU":
             config["SNIPPETS_MODE"] = CROSS_ATTENTION_SNIPPETS
         return config
 
